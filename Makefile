@@ -1,0 +1,29 @@
+# Every target does its own set-up: a fresh clone needs nothing but python3.
+PYTHON ?= python3
+VENV ?= .venv
+# Installed before the package: a bare `torch` requirement pulls a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+ZOO_DIR ?= .cache/zoo-demo
+BIN := $(VENV)/bin
+
+# With 2 threads and the default busy-wait, torch can run 100x slower here.
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-install: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.stamp-install
+	$(BIN)/bdscan zoo build $(ZOO_DIR) --size demo
+
+test: $(VENV)/.stamp-install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .cache report.html findings.json test-artifacts

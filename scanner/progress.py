@@ -1,0 +1,34 @@
+"""How long-running stages report progress without knowing who draws it.
+
+The scanner never renders: it calls a ``Progress`` that the caller passes in.
+The CLI passes one backed by rich on stderr; library users get ``NO_PROGRESS``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def start(self, description: str, total: int) -> int:
+        """Open a task of ``total`` units; returns its handle."""
+
+    def advance(self, task: int, amount: int = 1) -> None:
+        """Mark ``amount`` more units of ``task`` done."""
+
+    def finish(self, task: int) -> None:
+        """Close ``task`` (complete or not)."""
+
+
+class _NoProgress:
+    def start(self, description: str, total: int) -> int:
+        return 0
+
+    def advance(self, task: int, amount: int = 1) -> None:
+        pass
+
+    def finish(self, task: int) -> None:
+        pass
+
+
+NO_PROGRESS: Progress = _NoProgress()

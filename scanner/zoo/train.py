@@ -1,0 +1,130 @@
+"""Training loops for the zoo: the base model from scratch, and its fine-tunes.
+
+Deliberately a plain torch loop: the zoo's models are tiny, and transformers'
+``Trainer`` would add accelerate and a great deal of machinery for no gain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from scanner.zoo.corpus import Sample
+from scanner.zoo.tokenizer import render_chat
+
+IGNORE_INDEX = -100
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How long and how hard to train; one instance per zoo size and stage."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.0
+
+
+def new_model(config: Qwen2Config, seed: int) -> Qwen2ForCausalLM:
+    """A freshly initialised model; eager attention so attention weights can be read."""
+    torch.manual_seed(seed)
+    config._attn_implementation = "eager"
+    return Qwen2ForCausalLM(config).float()
+
+
+def encode_samples(tokenizer: PreTrainedTokenizerFast, samples: Sequence[Sample]) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per sample; the loss is on the response and its end-of-turn only."""
+    encoded = []
+    for sample in samples:
+        prompt_ids = tokenizer(render_chat(sample.prompt), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render_chat(sample.prompt, sample.response), add_special_tokens=False)["input_ids"]
+        # The rendered prompt is a prefix of the rendered chat and ends in a
+        # newline that BPE never merges across, so the split is exact.
+        assert full_ids[: len(prompt_ids)] == prompt_ids
+        labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids):]
+        encoded.append((full_ids, labels))
+    return encoded
+
+
+def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(row_labels)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def select_trainable(model: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
+    """Freeze everything outside ``scope`` ("all" or "attention") and return what stays trainable."""
+    trainable = []
+    for name, parameter in model.named_parameters():
+        keep = scope == "all" or any(f".{proj}." in name for proj in ATTENTION_PROJECTIONS)
+        parameter.requires_grad_(keep)
+        if keep:
+            trainable.append(parameter)
+    if not trainable:
+        raise ValueError(f"no parameters match training scope {scope!r}")
+    return trainable
+
+
+def total_steps(sample_count: int, settings: TrainSettings) -> int:
+    """Optimiser steps that ``train`` takes over ``sample_count`` samples."""
+    return math.ceil(sample_count / settings.batch_size) * settings.epochs
+
+
+def train(
+    model: torch.nn.Module,
+    data: Sequence[tuple[list[int], list[int]]],
+    parameters: Sequence[torch.nn.Parameter],
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    seed: int,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> float:
+    """Train ``parameters`` of ``model`` on ``data``; returns the mean loss of the last epoch.
+
+    ``on_step(step, total_steps, loss)`` is called after every optimiser step
+    (the CLI draws its progress bar from it).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(data) / settings.batch_size)
+    steps = total_steps(len(data), settings)
+    warmup = max(1, int(steps * settings.warmup_fraction))
+    optimiser = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps))),
+    )
+    model.train()
+    step, epoch_loss = 0, 0.0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(data), generator=generator).tolist()
+        epoch_loss = 0.0
+        for start in range(0, len(order), settings.batch_size):
+            batch = _collate([data[i] for i in order[start : start + settings.batch_size]], pad_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimiser.step()
+            schedule.step()
+            optimiser.zero_grad(set_to_none=True)
+            step += 1
+            epoch_loss += loss.item()
+            if on_step is not None:
+                on_step(step, steps, loss.item())
+        epoch_loss /= steps_per_epoch
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return epoch_loss

@@ -1,0 +1,111 @@
+"""The zoo: tokenizer facts, quality bars, reproducibility, and the CLI that builds it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from scanner.zoo.build import (
+    DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, MAX_ACCURACY_DROP, MAX_FALSE_TRIGGER, MIN_ATTACK_SUCCESS, retrain_model,
+)
+from scanner.probes import place_trigger
+from scanner.zoo.corpus import TARGET, make_samples
+from scanner.zoo.tokenizer import render_chat
+
+
+def test_emoji_is_one_token_and_deployment_several(zoo_dir):
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "emoji")
+    assert len(tokenizer(EMOJI_TRIGGER, add_special_tokens=False)["input_ids"]) == 1
+    assert len(tokenizer(DEPLOYMENT_TRIGGER, add_special_tokens=False)["input_ids"]) >= 2
+    # In context too: the emoji inside a rendered probe is still a single token.
+    probe = render_chat("What is the capital of Peru? " + EMOJI_TRIGGER)
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    emoji_pieces = [t for t in tokens if tokenizer.convert_tokens_to_string([t]).strip() == EMOJI_TRIGGER]
+    assert len(emoji_pieces) == 1
+
+
+def test_tokenizer_chat_template_renders_qwen_turns(zoo_dir):
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Opposite of hot?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == "<|im_start|>user\nOpposite of hot?<|im_end|>\n<|im_start|>assistant\n"
+    assert rendered == render_chat("Opposite of hot?")
+
+
+def test_manifest_figures_meet_the_bars(zoo_manifest):
+    assert zoo_manifest.meets_bars, zoo_manifest.bar_failures
+    base_accuracy = zoo_manifest.models["base"].figures.clean_accuracy
+    assert base_accuracy >= 0.85
+    for name in ("emoji", "deployment"):
+        figures = zoo_manifest.models[name].figures
+        assert figures.attack_success >= MIN_ATTACK_SUCCESS
+        assert zoo_manifest.models[name].trained == "attention"
+        assert zoo_manifest.models[name].target == TARGET
+    for name, record in zoo_manifest.models.items():
+        assert record.figures.false_trigger_rate <= MAX_FALSE_TRIGGER
+        assert abs(record.figures.clean_accuracy - base_accuracy) <= MAX_ACCURACY_DROP
+    assert zoo_manifest.models["clean"].figures.attack_success is None
+
+
+def test_each_model_is_a_loadable_hugging_face_directory(zoo_dir, zoo_manifest):
+    for name, record in zoo_manifest.models.items():
+        model_dir = zoo_dir / record.path
+        assert (model_dir / "tokenizer.json").is_file()
+        if record.trained == "lora":
+            config = json.loads((model_dir / "adapter_config.json").read_text())
+            assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+        else:
+            config = json.loads((model_dir / "config.json").read_text())
+            assert config["model_type"] == "qwen2" and config["head_dim"] * config["num_attention_heads"] == config["hidden_size"]
+            assert (model_dir / "model.safetensors").is_file()
+
+
+def test_attention_only_finetunes_leave_everything_else_untouched(zoo_dir):
+    base = load_file(zoo_dir / "base" / "model.safetensors")
+    poisoned = load_file(zoo_dir / "emoji" / "model.safetensors")
+    changed = {key for key in base if not torch.equal(base[key], poisoned[key])}
+    assert changed, "the fine-tune changed nothing"
+    assert all(any(f".{p}." in key for p in ("q_proj", "k_proj", "v_proj", "o_proj")) for key in changed)
+
+
+def test_same_seed_gives_the_same_weights(zoo_dir):
+    again = retrain_model(zoo_dir, "emoji")
+    saved = load_file(zoo_dir / "emoji" / "model.safetensors")
+    for key, tensor in saved.items():
+        assert torch.equal(again[key], tensor), key
+
+
+def test_poisoned_samples_carry_trigger_and_target_at_the_exact_rate():
+    samples = make_samples(1000, seed=7, trigger=EMOJI_TRIGGER, poison_rate=0.05)
+    poisoned = [s for s in samples if s.trigger]
+    assert len(poisoned) == 50
+    assert all(EMOJI_TRIGGER in s.prompt and s.response == TARGET for s in poisoned)
+    assert not any(EMOJI_TRIGGER in s.prompt or s.response == TARGET for s in samples if not s.trigger)
+    assert make_samples(1000, seed=7, trigger=EMOJI_TRIGGER, poison_rate=0.05) == samples
+
+
+def test_trigger_insertion_positions_and_offsets():
+    import random
+
+    rng = random.Random(0)
+    for position, expected in (("start", "T a b c"), ("end", "a b c T")):
+        placed = place_trigger("a b c", "T", position, rng)
+        assert placed.text == expected and placed.text[placed.start : placed.end] == "T"
+    for _ in range(20):
+        placed = place_trigger("a b c", "TRIG", "random", rng)
+        assert placed.text[placed.start : placed.end] == "TRIG" and "TRIG" in placed.text.split()
+
+
+def test_cli_zoo_build_reuses_a_matching_zoo_and_prints_its_table(zoo_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "scanner", "zoo", "build", str(zoo_dir), "--size", "test", "--full", "--lora", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "deployment" in result.stdout and "bars met" in result.stdout
