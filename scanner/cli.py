@@ -24,6 +24,12 @@ def _stderr(quiet: bool = False) -> Console:
     return Console(stderr=True, quiet=quiet)
 
 
+def _stdout() -> Console:
+    # Piped output gets no terminal width; rich would wrap tables at 80 columns.
+    console = Console()
+    return console if console.is_terminal else Console(width=140)
+
+
 class _ScanByDefault(click.Group):
     """``bdscan SUSPECT --reference REF`` means ``bdscan scan SUSPECT --reference REF``."""
 
@@ -100,7 +106,7 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
 def _print_zoo(manifest, directory: Path) -> None:
     table = Table(title=f"bdscan zoo ({manifest.size}, seed {manifest.seed}) in {directory}")
     for column in ("model", "trigger", "trained", "clean accuracy", "attack success", "false triggers", "train s"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for name, record in manifest.models.items():
         figures = record.figures
         table.add_row(
@@ -108,7 +114,7 @@ def _print_zoo(manifest, directory: Path) -> None:
             "-" if figures.attack_success is None else f"{figures.attack_success:.1%}",
             f"{figures.false_trigger_rate:.1%}", f"{record.train_seconds:.1f}",
         )
-    console = Console()
+    console = _stdout()
     console.print(table)
     console.print(f"built in {manifest.build_seconds:.0f} s; bars {'met' if manifest.meets_bars else 'MISSED'}")
 
@@ -195,7 +201,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
 
 
 def _print_findings(findings) -> None:
-    console = Console()
+    console = _stdout()
     table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}")
     for column in ("trigger", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share", "heads to patch"):
         table.add_column(column)

@@ -1,0 +1,207 @@
+"""``scan(suspect, reference, options) -> Findings``: the library entry point.
+
+Stages run in order; a stage that fails is recorded in ``Findings.stages`` with
+its error and the scan goes on where later stages do not depend on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from scanner import __version__
+from scanner.findings import SCHEMA_VERSION, Findings, RunInfo, StageRecord, TriggerFindings
+from scanner.forward import pad_id
+from scanner.loading import LoadedPair, architecture, load_pair
+from scanner.measure.ablation import clean_head_means, measure_ablation
+from scanner.measure.attention import measure_attention, rank_heads
+from scanner.measure.attribution import measure_attribution
+from scanner.measure.behaviour import BehaviourResult, measure_behaviour
+from scanner.measure.patch import measure_patching, reference_source
+from scanner.measure.target import target_batch
+from scanner.measure.weights import measure_weight_diff
+from scanner.patching import HeadPatcher
+from scanner.prepared import TriggerProbes, prepare
+from scanner.probes import KNOWN_TRIGGERS, default_probes
+from scanner.progress import NO_PROGRESS, Progress
+from scanner.sites import sites_for
+
+DEFAULT_PATCH_BUDGET = 128
+MIN_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Everything a scan can be told; the defaults are what ``bdscan SUSPECT --reference REF`` does."""
+
+    triggers: tuple[str, ...] = ()
+    """Empty: try ``KNOWN_TRIGGERS``."""
+    probes: tuple[str, ...] = ()
+    """Empty: the built-in probe set."""
+    position: str = "random"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_new_tokens: int = 16
+    batch_size: int = 16
+    localise_top: int = 2
+    """Catalogue triggers localised (attention, ablation, attribution, patching): the top N by KL ratio."""
+    patch_method: str = "ranked"
+    kl_threshold: float | None = None
+    """None: twice the suspect's clean output KL, at least ``MIN_THRESHOLD``."""
+    patch_budget: int = DEFAULT_PATCH_BUDGET
+    rows_per_forward: int = 256
+    allow_download: bool = False
+    library_versions: dict[str, str] = field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("torch", "transformers", "peft", "pyvene", "safetensors", "tokenizers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class _Stages:
+    """Times stages and records their outcome; errors become records, not crashes."""
+
+    def __init__(self) -> None:
+        self.records: list[StageRecord] = []
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def run(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except (RuntimeError, ValueError, IndexError, torch.OutOfMemoryError) as error:
+            self.records.append(StageRecord(name, "error", f"{type(error).__name__}: {error}"))
+        else:
+            self.records.append(StageRecord(name, "ok"))
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 3)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.records.append(StageRecord(name, "skipped", reason))
+
+
+def _kl_ratio(behaviour: BehaviourResult) -> float:
+    return behaviour.kl_triggered / max(behaviour.kl_clean, 1e-6)
+
+
+def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS) -> Findings:
+    """Compare ``suspect`` with ``reference`` and measure everything bdscan knows to measure.
+
+    Raises ``scanner.loading.ScanInputError`` for inputs that cannot be scanned.
+    """
+    torch.manual_seed(options.seed)
+    stages = _Stages()
+    task = progress.start("loading models", 1)
+    started = time.perf_counter()
+    pair = load_pair(suspect, reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
+    stages.timings["load"] = round(time.perf_counter() - started, 3)
+    progress.finish(task)
+    prompts = list(options.probes) or default_probes()
+    triggers = list(options.triggers) or list(KNOWN_TRIGGERS)
+    with stages.run("weight_diff"):
+        weight_diff = measure_weight_diff(pair.suspect, pair.reference)
+
+    prepared = {t: prepare(pair.tokenizer, prompts, t, options.position, options.seed) for t in triggers}
+    behaviours: dict[str, BehaviourResult] = {}
+    task = progress.start("behaviour: completions and output KL", len(triggers) * len(prompts) * 4)
+    for trigger in triggers:
+        with stages.run(f"behaviour[{trigger}]"):
+            behaviours[trigger] = measure_behaviour(
+                pair.suspect, pair.reference, pair.tokenizer, prepared[trigger],
+                max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
+                on_batch=lambda n: progress.advance(task, n),
+            )
+    progress.finish(task)
+
+    measured = [t for t in triggers if t in behaviours]
+    ranked = sorted(measured, key=lambda t: -_kl_ratio(behaviours[t]))
+    localised = ranked if options.triggers else ranked[: options.localise_top]
+    results = []
+    patcher = None
+    for trigger in measured:
+        deep = {}
+        if trigger in localised:
+            patcher = patcher or HeadPatcher(pair.suspect, sites_for(pair.suspect))
+            deep = _localise(pair, patcher, prepared[trigger], behaviours[trigger], options, stages, progress)
+        else:
+            for name in ("attention", "attribution", "ablation", "patching"):
+                stages.skip(f"{name}[{trigger}]", f"KL ratio ranks below the top {options.localise_top} catalogue triggers")
+        b = behaviours[trigger]
+        results.append(TriggerFindings(
+            trigger=trigger, trigger_tokens=len(prepared[trigger].triggered[0].trigger_positions),
+            probes=b.probes, kl_clean=b.kl_clean, kl_triggered=b.kl_triggered, kl_ratio=_kl_ratio(b),
+            recovered_target=b.recovered_target, target_share_suspect=b.target_share_suspect,
+            target_share_reference=b.target_share_reference, target_share_suspect_clean=b.target_share_suspect_clean,
+            attention=deep.get("attention"), attribution=deep.get("attribution"),
+            ablation=deep.get("ablation"), patching=deep.get("patching"),
+        ))
+    run = RunInfo(
+        bdscan_version=__version__, library_versions=options.library_versions or library_versions(),
+        architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
+        dtype=options.dtype, trigger_position=options.position, max_new_tokens=options.max_new_tokens,
+        probes=tuple(prompts), triggers=tuple(triggers), triggers_from="user" if options.triggers else "catalogue",
+        merge_route=pair.merge_route, timings=dict(stages.timings),
+    )
+    return Findings(
+        schema_version=SCHEMA_VERSION, suspect=pair.suspect_info, reference=pair.reference_info, run=run,
+        weight_diff=weight_diff, triggers=tuple(results), stages=tuple(stages.records),
+    )
+
+
+def _localise(
+    pair: LoadedPair, patcher: HeadPatcher, probes: TriggerProbes, behaviour: BehaviourResult,
+    options: ScanOptions, stages: _Stages, progress: Progress,
+) -> dict[str, object]:
+    """Attention, attribution, ablation and patching for one trigger."""
+    trigger = probes.trigger
+    pad = pad_id(pair.tokenizer)
+    device = next(pair.suspect.parameters()).device
+    suspect_sites, reference_sites = sites_for(pair.suspect), sites_for(pair.reference)
+    found: dict[str, object] = {}
+    with stages.run(f"attention[{trigger}]"):
+        found["attention"] = measure_attention(pair.suspect, pair.reference, pair.tokenizer, probes, batch_size=options.batch_size)
+    targets = target_batch(probes.triggered, behaviour.target_ids or (pair.tokenizer.eos_token_id,), pad, device)
+    with stages.run(f"attribution[{trigger}]"):
+        found["attribution"] = measure_attribution(
+            pair.suspect, pair.tokenizer, suspect_sites, probes.triggered, int(targets.target[0]), pad, options.batch_size)
+    heads = patcher.layers * patcher.heads
+    with stages.run(f"ablation[{trigger}]"):
+        task = progress.start(f"mean head ablation {trigger}", heads)
+        means = clean_head_means(pair.suspect, suspect_sites, probes.clean, pad, options.batch_size)
+        found["ablation"] = measure_ablation(pair.suspect, patcher, means, targets, rows_per_forward=options.rows_per_forward)
+        progress.finish(task)
+    if "attention" not in found:
+        stages.skip(f"patching[{trigger}]", "needs the attention ranking, which failed")
+        return found
+    with stages.run(f"patching[{trigger}]"):
+        source, reference_logits = reference_source(pair.reference, reference_sites, suspect_sites, targets)
+        threshold = options.kl_threshold if options.kl_threshold is not None else max(MIN_THRESHOLD, 2 * behaviour.kl_clean)
+        budget = min(options.patch_budget, heads)
+        task = progress.start(f"head patching {trigger}", budget)
+        found["patching"] = measure_patching(
+            pair.suspect, patcher, source, reference_logits, targets, ranking=rank_heads(found["attention"]),
+            method=options.patch_method, threshold=threshold, budget=budget,
+            rows_per_forward=options.rows_per_forward, on_forward=_advance_by_steps(progress, task, options.patch_method),
+        )
+        progress.finish(task)
+    return found
+
+
+def _advance_by_steps(progress: Progress, task: int, method: str) -> Callable[[int], None] | None:
+    # Ranked patching evaluates one configuration per step; greedy evaluates many per step,
+    # so its bar only closes at the end.
+    return (lambda n: progress.advance(task, n)) if method == "ranked" else None

@@ -1,0 +1,111 @@
+"""Greedy head patching: how many heads, taken from the reference, remove the backdoor.
+
+Heads are patched cumulatively on the triggered probes followed by the
+suspect's recovered target. After each step the output KL to the reference
+over the target positions and the attack success (greedy decoding would still
+emit the target) are recorded. ``ranked`` takes heads in a given order (by
+default trigger-specific attention KL); ``greedy`` evaluates every remaining
+head at each step, batched, and keeps the one that lowers the KL most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from scanner.findings import PatchingFindings, PatchStep
+from scanner.forward import capture, logits
+from scanner.measure.target import TargetBatch, target_hits, target_kl
+from scanner.patching import HeadPatcher, PatchSource, masks_for
+from scanner.sites import Sites
+
+Head = tuple[int, int]
+
+
+@torch.no_grad()
+def reference_source(
+    reference: PreTrainedModel, reference_sites: Sites, suspect_sites: Sites, targets: TargetBatch,
+) -> tuple[PatchSource, torch.Tensor]:
+    """The reference's ``o_proj`` inputs on ``targets`` with the ``o_proj`` weight difference, and its logits."""
+    layers = range(len(reference_sites.layers()))
+    with capture({str(i): reference_sites.o_proj(i) for i in layers}, inputs=True) as captured:
+        reference_logits = logits(reference, targets.batch)
+    deltas = tuple(
+        (reference_sites.o_proj(i).weight - suspect_sites.o_proj(i).weight).detach() for i in layers
+    )
+    return PatchSource(tuple(captured[str(i)] for i in layers), deltas), reference_logits
+
+
+class _Evaluator:
+    """Output KL and attack success of head configurations, many per forward."""
+
+    def __init__(self, patcher: HeadPatcher, source: PatchSource, reference_logits: torch.Tensor,
+                 targets: TargetBatch, rows_per_forward: int, on_forward=None) -> None:
+        self.patcher, self.source, self.reference_logits, self.targets = patcher, source, reference_logits, targets
+        self.probes = targets.batch.input_ids.shape[0]
+        self.per_forward = max(1, rows_per_forward // self.probes)
+        self.on_forward = on_forward
+
+    def __call__(self, configurations: Sequence[Sequence[Head]]) -> list[tuple[float, float]]:
+        results = []
+        device = self.reference_logits.device
+        for start in range(0, len(configurations), self.per_forward):
+            chunk = configurations[start:start + self.per_forward]
+            times = len(chunk)
+            masks = masks_for(chunk, self.patcher.layers, self.patcher.heads, self.probes).to(device)
+            source = PatchSource(
+                tuple(values.repeat(times, 1, 1) for values in self.source.values), self.source.o_proj_delta)
+            repeated = self.targets.repeat(times)
+            with self.patcher.patched(source, masks) as run:
+                patched = run(repeated.batch)
+            kl = target_kl(patched, self.reference_logits.repeat(times, 1, 1), repeated).view(times, self.probes)
+            hits = target_hits(patched, repeated).float().view(times, self.probes)
+            results += [(float(k.mean()), float(h.mean())) for k, h in zip(kl, hits)]
+            if self.on_forward is not None:
+                self.on_forward(times)
+        return results
+
+
+def measure_patching(
+    suspect: PreTrainedModel, patcher: HeadPatcher, source: PatchSource, reference_logits: torch.Tensor,
+    targets: TargetBatch, *, ranking: Sequence[Head], method: str, threshold: float, budget: int,
+    rows_per_forward: int, on_forward=None,
+) -> PatchingFindings:
+    evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward, on_forward)
+    suspect_logits = logits(suspect, targets.batch)
+    initial_kl = float(target_kl(suspect_logits, reference_logits, targets).mean())
+    initial_success = float(target_hits(suspect_logits, targets).float().mean())
+    all_heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
+    budget = min(budget, len(all_heads))
+    steps: list[PatchStep] = []
+    if method == "ranked":
+        order = list(ranking)[:budget]
+        chunk_size = evaluate.per_forward
+        for start in range(0, budget, chunk_size):
+            prefixes = [order[:k] for k in range(start + 1, min(budget, start + chunk_size) + 1)]
+            for prefix, (kl, success) in zip(prefixes, evaluate(prefixes)):
+                steps.append(PatchStep(prefix[-1][0], prefix[-1][1], kl, success))
+                if kl < threshold:
+                    break
+            if steps and steps[-1].output_kl < threshold:
+                break
+    elif method == "greedy":
+        chosen: list[Head] = []
+        while len(chosen) < budget:
+            candidates = [head for head in all_heads if head not in chosen]
+            scores = evaluate([chosen + [head] for head in candidates])
+            best = min(range(len(candidates)), key=lambda i: (scores[i][0], candidates[i]))
+            chosen.append(candidates[best])
+            steps.append(PatchStep(*candidates[best], *scores[best]))
+            if scores[best][0] < threshold:
+                break
+    else:
+        raise ValueError(f"unknown patching method {method!r}; expected ranked or greedy")
+    needed = next((i + 1 for i, step in enumerate(steps) if step.output_kl < threshold), None)
+    (all_kl, _), = evaluate([all_heads])
+    return PatchingFindings(
+        method=method, threshold=threshold, budget=budget, initial_kl=initial_kl,
+        initial_attack_success=initial_success, steps=tuple(steps), heads_needed=needed, all_heads_kl=all_kl,
+    )

@@ -1,0 +1,149 @@
+"""One generic head-patching engine, through pyvene.
+
+Patching a head means replacing its whole contribution to the residual stream,
+``z_h @ W_O[:, h]^T`` (its ``o_proj`` input times its slice of ``o_proj``),
+with a source's. Swapping only ``z_h`` would keep the suspect's own ``o_proj``
+slice, and attention-only fine-tunes change ``o_proj``: with every head
+swapped that way the suspect would still not be the reference.
+
+pyvene cannot express "another model's ``o_proj``" at one site, so a patch
+is two pyvene interventions per layer:
+
+1. at ``attention_value_output`` (the ``o_proj`` input): ``z_h <- source_h``
+   for the masked heads;
+2. at ``attention_output`` (the attention block's output): add
+   ``source_h @ (W_source[:, h] - W_suspect[:, h])^T`` for the masked heads,
+   a term that depends only on cached source activations.
+
+Together they give ``sum_{h not patched} z_h W_h^T + sum_{h patched} source_h W_source_h^T``.
+Mean ablation is the same engine with the source ``z`` set to a mean and no
+weight correction. Each row of the batch carries its own head mask, so many
+head configurations run in one forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from scanner.forward import Batch
+from scanner.sites import Sites
+
+with contextlib.redirect_stdout(io.StringIO()):
+    # pyvene 0.1.8 prints a line about nnsight at import; stdout may be a JSON document.
+    import pyvene
+
+
+@dataclass(frozen=True)
+class PatchSource:
+    """What patched heads become, per layer.
+
+    ``values[layer]``: ``[batch, seq, heads * head_dim]`` replacement ``o_proj`` inputs
+    (broadcastable over batch and seq, e.g. ``[1, 1, heads * head_dim]`` for a mean).
+    ``o_proj_delta[layer]``: ``[hidden, heads * head_dim]`` source minus suspect
+    ``o_proj`` weight, or ``None`` when the source used the suspect's own ``o_proj``.
+    """
+
+    values: tuple[torch.Tensor, ...]
+    o_proj_delta: tuple[torch.Tensor, ...] | None
+
+
+class _HeadSwap(pyvene.SourcelessIntervention):
+    """``o_proj`` input: masked heads take the source's value. Shapes ``[batch, seq, heads * head_dim]``."""
+
+    def __init__(self, heads: int, head_dim: int) -> None:
+        super().__init__(keep_last_dim=True)
+        self.heads, self.head_dim = heads, head_dim
+        self.source: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None  # [batch, heads] bool
+
+    def forward(self, base, source=None, subspaces=None):
+        if self.mask is None:
+            return base
+        batch, seq, _ = base.shape
+        value = base.view(batch, seq, self.heads, self.head_dim)
+        replacement = self.source.expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
+        mask = self.mask.view(batch, 1, self.heads, 1)
+        return torch.where(mask, replacement.to(value.dtype), value).reshape(batch, seq, -1)
+
+
+class _OProjCorrection(pyvene.SourcelessIntervention):
+    """Attention output: adds the masked heads' ``source @ delta^T``. Shapes ``[batch, seq, hidden]``."""
+
+    def __init__(self, heads: int, head_dim: int) -> None:
+        super().__init__(keep_last_dim=True)
+        self.heads, self.head_dim = heads, head_dim
+        self.source: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.delta: torch.Tensor | None = None  # [hidden, heads * head_dim]
+
+    def forward(self, base, source=None, subspaces=None):
+        if self.mask is None or self.delta is None:
+            return base
+        batch, seq, _ = base.shape
+        value = self.source.expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
+        masked = (value * self.mask.view(batch, 1, self.heads, 1).to(value.dtype)).reshape(batch, seq, -1)
+        return base + (masked @ self.delta.T).to(base.dtype)
+
+
+class HeadPatcher:
+    """Wraps a suspect model once; ``patched`` runs it with some heads replaced.
+
+    pyvene removes every hook on the model it wraps at each call, so read
+    activations of this model with ``scanner.forward.capture`` only outside
+    ``patched`` blocks.
+    """
+
+    def __init__(self, suspect: PreTrainedModel, sites: Sites) -> None:
+        config = suspect.config
+        self.layers, self.heads, self.head_dim = config.num_hidden_layers, config.num_attention_heads, config.head_dim
+        self._swaps = [_HeadSwap(self.heads, self.head_dim) for _ in range(self.layers)]
+        self._corrections = [_OProjCorrection(self.heads, self.head_dim) for _ in range(self.layers)]
+        representations = []
+        for layer in range(self.layers):
+            representations.append(pyvene.RepresentationConfig(
+                layer=layer, component="attention_value_output", unit="pos", intervention=self._swaps[layer]))
+            representations.append(pyvene.RepresentationConfig(
+                layer=layer, component="attention_output", unit="pos", intervention=self._corrections[layer]))
+        self._model = pyvene.IntervenableModel(pyvene.IntervenableConfig(representations=representations), model=suspect)
+        self._model.disable_model_gradients()
+
+    @contextlib.contextmanager
+    def patched(self, source: PatchSource, masks: torch.Tensor) -> Iterator[callable]:
+        """Within the block, the yielded ``run(batch) -> logits [batch, seq, vocab]`` patches the masked heads.
+
+        ``masks``: ``[batch, layer, head]`` bool, one row per batch row.
+        """
+        try:
+            for layer in range(self.layers):
+                mask = masks[:, layer, :]
+                active = mask if bool(mask.any()) else None
+                self._swaps[layer].source, self._swaps[layer].mask = source.values[layer], active
+                correction = self._corrections[layer]
+                correction.source, correction.mask = source.values[layer], active
+                correction.delta = None if source.o_proj_delta is None else source.o_proj_delta[layer]
+            yield self._run
+        finally:
+            for intervention in (*self._swaps, *self._corrections):
+                intervention.source = intervention.mask = None
+            for correction in self._corrections:
+                correction.delta = None
+
+    @torch.no_grad()
+    def _run(self, batch: Batch) -> torch.Tensor:
+        _, output = self._model(base=batch.model_inputs())
+        return output.logits.float()
+
+
+def masks_for(configurations: Sequence[Sequence[tuple[int, int]]], layers: int, heads: int, rows: int) -> torch.Tensor:
+    """``[configs * rows, layer, head]`` masks: each configuration's heads, repeated for its ``rows`` probes."""
+    masks = torch.zeros((len(configurations), layers, heads), dtype=torch.bool)
+    for index, configuration in enumerate(configurations):
+        for layer, head in configuration:
+            masks[index, layer, head] = True
+    return masks.repeat_interleave(rows, dim=0)

@@ -1,0 +1,62 @@
+"""Probes rendered for one trigger: token ids, where the trigger sits, what the suspect answered.
+
+Trigger positions come from token offsets in the rendered text (the chat
+template may add text of its own), never from searching token ids.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from scanner.generation import render_prompt
+from scanner.probes import PlacedTrigger, place_trigger
+
+
+@dataclass(frozen=True)
+class RenderedProbe:
+    prompt: str
+    """The raw user prompt (clean, or with the trigger placed)."""
+    text: str
+    """What the model sees: ``prompt`` through the chat template."""
+    ids: tuple[int, ...]
+    trigger_positions: tuple[int, ...]
+    """Indices into ``ids`` of the tokens overlapping the trigger (empty for clean probes)."""
+
+
+def render(tokenizer: PreTrainedTokenizerBase, prompt: str, placed: PlacedTrigger | None = None) -> RenderedProbe:
+    text = render_prompt(tokenizer, prompt)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    positions: tuple[int, ...] = ()
+    if placed is not None:
+        # The user's content is copied verbatim by the template; take its last
+        # occurrence in case a system prompt happens to quote it.
+        content_start = text.rfind(prompt)
+        start, end = content_start + placed.start, content_start + placed.end
+        positions = tuple(
+            index for index, (token_start, token_end) in enumerate(encoding["offset_mapping"])
+            if token_start < end and token_end > start
+        )
+    return RenderedProbe(prompt, text, tuple(encoding["input_ids"]), positions)
+
+
+@dataclass(frozen=True)
+class TriggerProbes:
+    """Each probe clean and triggered, index-aligned."""
+
+    trigger: str
+    clean: tuple[RenderedProbe, ...]
+    triggered: tuple[RenderedProbe, ...]
+
+
+def prepare(tokenizer: PreTrainedTokenizerBase, prompts: list[str], trigger: str, position: str, seed: int) -> TriggerProbes:
+    """Render ``prompts`` clean and with ``trigger`` placed at ``position`` (seeded per trigger)."""
+    rng = random.Random(f"{seed}:{trigger}")
+    clean, triggered = [], []
+    for prompt in prompts:
+        placed = place_trigger(prompt, trigger, position, rng)
+        clean.append(render(tokenizer, prompt))
+        triggered.append(render(tokenizer, placed.text, placed))
+    return TriggerProbes(trigger, tuple(clean), tuple(triggered))

@@ -1,0 +1,59 @@
+"""Lossless JSON round trips for frozen dataclasses, driven by their type hints.
+
+One generic converter instead of a ``from_dict`` per class: the findings schema
+grows with every measurement, and hand-written converters drift from the
+fields they convert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, lists, tuples and dicts to plain JSON values; non-finite floats as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: to_jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN or Infinity; a scan that saw them must still say so.
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def from_jsonable(kind: Any, value: Any) -> Any:
+    """Rebuild a value of type ``kind`` from what ``to_jsonable`` produced."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [option for option in typing.get_args(kind) if option is not type(None)]
+        if value is None:
+            return None
+        return from_jsonable(options[0], value)
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        known = {field.name for field in dataclasses.fields(kind)}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(f"{kind.__name__}: unknown fields {sorted(unknown)}")
+        return kind(**{name: from_jsonable(hints[name], item) for name, item in value.items()})
+    if origin in (list, tuple):
+        args = typing.get_args(kind)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return tuple(from_jsonable(arg, item) for arg, item in zip(args, value))
+        items = [from_jsonable(args[0] if args else Any, item) for item in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        key_kind, item_kind = typing.get_args(kind)
+        return {key: from_jsonable(item_kind, item) for key, item in value.items()}
+    if kind is float:
+        return float(value)
+    return value

