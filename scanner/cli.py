@@ -24,6 +24,12 @@ def _stderr(quiet: bool = False) -> Console:
     return Console(stderr=True, quiet=quiet)
 
 
+def _fail(message: str) -> None:
+    """One plain line on stderr (no wrapping: scripts grep it), then exit 2."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
 def _stdout() -> Console:
     # Piped output gets no terminal width; rich would wrap tables at 80 columns.
     console = Console()
@@ -184,13 +190,11 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
     except (ScanInputError, ProbeFileError) as error:
         if debug:
             raise
-        _stderr().print(f"[bold red]error:[/] {error}", highlight=False)
-        sys.exit(EXIT_ERROR)
+        _fail(str(error))
     except MemoryError:
         if debug:
             raise
-        _stderr().print("[bold red]error:[/] out of memory; try --dtype bfloat16 or a machine with more memory")
-        sys.exit(EXIT_ERROR)
+        _fail("out of memory; try --dtype bfloat16 or a machine with more memory")
     if json_out == "-":
         click.echo(findings.to_json())
         return
@@ -200,17 +204,25 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
     _print_findings(findings)
 
 
+def _heads(patching, count: int | None) -> str:
+    if patching is None:
+        return "-"
+    return str(count) if count is not None else f">{patching.budget}"
+
+
 def _print_findings(findings) -> None:
     console = _stdout()
     table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}")
-    for column in ("trigger", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share", "heads to patch"):
+    for column in ("trigger", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
+                   "heads to disable", "heads to KL<thr"):
         table.add_column(column)
     for trigger in sorted(findings.triggers, key=lambda t: -t.kl_ratio):
         patching = trigger.patching
-        heads = "-" if patching is None else (str(patching.heads_needed) if patching.heads_needed else f">{patching.budget}")
         table.add_row(
             trigger.trigger, f"{trigger.kl_clean:.3f}", f"{trigger.kl_triggered:.3f}", f"{trigger.kl_ratio:.1f}",
-            trigger.recovered_target, f"{trigger.target_share_suspect:.0%}", heads,
+            trigger.recovered_target, f"{trigger.target_share_suspect:.0%}",
+            _heads(patching, patching.heads_to_disable if patching else None),
+            _heads(patching, patching.heads_needed if patching else None),
         )
     console.print(table)
     for stage in findings.stages:

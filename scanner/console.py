@@ -12,7 +12,7 @@ class RichProgress:
     def __init__(self, console: Console) -> None:
         self._bars = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False,
+            console=console, transient=True,
         )
         self._totals: dict[int, int] = {}
 

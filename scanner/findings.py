@@ -151,6 +151,8 @@ class PatchingFindings:
     steps: tuple[PatchStep, ...]
     heads_needed: int | None
     """Heads patched when the KL first fell below ``threshold``; ``None`` if it never did."""
+    heads_to_disable: int | None
+    """Heads patched when attack success first reached 0; ``None`` if it never did."""
     all_heads_kl: float
     """KL with every head of every layer patched: what patching heads can reach at best."""
 

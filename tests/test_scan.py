@@ -94,6 +94,7 @@ def test_patching_removes_the_emoji_backdoor_within_budget(findings):
     assert patching.initial_attack_success >= 0.9
     assert patching.heads_needed is not None and patching.heads_needed <= patching.budget
     assert patching.steps[-1].attack_success == 0
+    assert patching.heads_to_disable is not None and patching.heads_to_disable < patching.budget
     assert patching.steps[-1].output_kl < patching.initial_kl / 2
     # Monotonic-ish: no step undoes more than a small part of the progress.
     kls = [patching.initial_kl] + [step.output_kl for step in patching.steps]

@@ -104,8 +104,11 @@ def measure_patching(
     else:
         raise ValueError(f"unknown patching method {method!r}; expected ranked or greedy")
     needed = next((i + 1 for i, step in enumerate(steps) if step.output_kl < threshold), None)
+    disabled = 0 if initial_success == 0 else next(
+        (i + 1 for i, step in enumerate(steps) if step.attack_success == 0), None)
     (all_kl, _), = evaluate([all_heads])
     return PatchingFindings(
         method=method, threshold=threshold, budget=budget, initial_kl=initial_kl,
-        initial_attack_success=initial_success, steps=tuple(steps), heads_needed=needed, all_heads_kl=all_kl,
+        initial_attack_success=initial_success, steps=tuple(steps), heads_needed=needed,
+        heads_to_disable=disabled, all_heads_kl=all_kl,
     )
