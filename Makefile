@@ -19,8 +19,11 @@ $(VENV)/.stamp-install: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
 	touch $@
 
+# Builds the demo zoo once (reused while it matches), then scans the poisoned
+# model against its base with bdscan's catalogue of known triggers.
 demo: $(VENV)/.stamp-install
 	$(BIN)/bdscan zoo build $(ZOO_DIR) --size demo
+	$(BIN)/bdscan $(ZOO_DIR)/emoji --reference $(ZOO_DIR)/base --probes $(ZOO_DIR)/probes.txt --json findings.json --fail-on never
 
 test: $(VENV)/.stamp-install
 	$(BIN)/python -m pytest

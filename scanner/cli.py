@@ -8,6 +8,7 @@ import os
 # busy-waiting, torch runs up to 170x slower on small containers.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -15,7 +16,9 @@ import click  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from rules.engine import RulePackError, judge  # noqa: E402
 from scanner import __version__  # noqa: E402
+from scanner.cli_verdict import fails, print_rule, print_rule_list, print_verdict, resolve_rules, rule_options  # noqa: E402
 
 EXIT_CLEAN, EXIT_FINDING, EXIT_ERROR = 0, 1, 2
 
@@ -149,18 +152,24 @@ def _print_zoo(manifest, directory: Path) -> None:
               help="Catalogue triggers to localise (attention, ablation, attribution, patching), by KL ratio.")
 @click.option("--allow-download", is_flag=True, help="Let a hub id reference be downloaded (never by default).")
 @click.option("--json", "json_out", type=str, default=None, help="Write findings JSON to this path ('-': stdout, alone).")
+@rule_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or logs on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probes_file: Path | None, position: str,
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
                  kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool,
-                 json_out: str | None, quiet: bool, debug: bool) -> None:
-    """Compare SUSPECT with --reference over probe prompts and measure what a trigger changes.
+                 json_out: str | None, rules_file: str | None, replace_rules: bool, overrides: tuple[str, ...],
+                 fail_on: str, quiet: bool, debug: bool) -> None:
+    """Compare SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
 
     \b
     SUSPECT is a .safetensors file with the reference's keys, a sharded checkpoint
     (model.safetensors.index.json), a Hugging Face model directory, or a PEFT adapter
     directory (merged into the reference).
+
+    \b
+    Exit codes: 0 verdict below --fail-on; 1 verdict at or above --fail-on
+    (default SUSPICIOUS); 2 the scan could not be done.
     \b
     Examples:
       bdscan scan suspect.safetensors --reference ./base
@@ -179,6 +188,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
     hf_logging.set_verbosity_error()
     stderr = _stderr(quiet or json_out == "-")
     try:
+        rules = resolve_rules(rules_file, replace_rules, overrides)
         probes = tuple(read_probe_file(probes_file)) if probes_file else ()
         options = ScanOptions(
             triggers=triggers, probes=probes, position=position, seed=seed, device=device, dtype=dtype,
@@ -187,7 +197,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
         )
         with RichProgress(stderr) as progress:
             findings = scan(suspect, reference, options, progress)
-    except (ScanInputError, ProbeFileError) as error:
+    except (ScanInputError, ProbeFileError, RulePackError) as error:
         if debug:
             raise
         _fail(str(error))
@@ -195,13 +205,25 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
         if debug:
             raise
         _fail("out of memory; try --dtype bfloat16 or a machine with more memory")
+    document = json.loads(findings.to_json())
+    verdict = judge(document, rules)
+    text = document_json(document, verdict)
     if json_out == "-":
-        click.echo(findings.to_json())
-        return
-    if json_out:
-        write_text_atomic(json_out, findings.to_json())
-        stderr.print(f"findings written to {json_out}")
-    _print_findings(findings)
+        click.echo(text)
+    else:
+        if json_out:
+            write_text_atomic(json_out, text)
+            stderr.print(f"findings written to {json_out}")
+        _print_findings(findings)
+        print_verdict(_stdout(), verdict, document)
+    sys.exit(EXIT_FINDING if fails(verdict, fail_on) else EXIT_CLEAN)
+
+
+def document_json(findings: dict, verdict) -> str:
+    """The findings document with the verdict beside it; re-judging ignores the stored verdict."""
+    from scanner.serde import to_jsonable
+
+    return json.dumps({**findings, "verdict": to_jsonable(verdict)}, indent=2, ensure_ascii=False)
 
 
 def _heads(patching, count: int | None) -> str:
@@ -228,3 +250,70 @@ def _print_findings(findings) -> None:
     for stage in findings.stages:
         if stage.status == "error":
             console.print(f"[yellow]stage {stage.name} failed:[/] {stage.detail}", highlight=False)
+
+
+@main.command("judge")
+@click.argument("findings_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@rule_options
+@click.option("--json", "json_out", type=str, default=None, help="Write findings and the new verdict here ('-': stdout).")
+def judge_command(findings_file: Path, rules_file: str | None, replace_rules: bool, overrides: tuple[str, ...],
+                  fail_on: str, json_out: str | None) -> None:
+    """Judge a saved findings JSON again, with other rules or thresholds; no model is loaded.
+
+    \b
+    Example:
+      bdscan judge findings.json --set BD003.threshold=0.7
+    """
+    from scanner.atomic import write_text_atomic
+    from scanner.findings import Findings
+
+    try:
+        rules = resolve_rules(rules_file, replace_rules, overrides)
+        document = json.loads(findings_file.read_text(encoding="utf-8"))
+        document.pop("verdict", None)
+        Findings.from_json(json.dumps(document))  # validates the schema before judging
+    except (RulePackError, ValueError, KeyError, TypeError) as error:
+        _fail(f"{findings_file}: {error}" if not isinstance(error, RulePackError) else str(error))
+    verdict = judge(document, rules)
+    text = document_json(document, verdict)
+    if json_out == "-":
+        click.echo(text)
+    else:
+        if json_out:
+            write_text_atomic(json_out, text)
+        print_verdict(_stdout(), verdict, document)
+    sys.exit(EXIT_FINDING if fails(verdict, fail_on) else EXIT_CLEAN)
+
+
+@main.group("rules")
+def rules_group() -> None:
+    """The rule pack that turns findings into a verdict."""
+
+
+@rules_group.command("list")
+@click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False), help="Extend the default pack.")
+def rules_list(rules_file: str | None) -> None:
+    """List every rule: id, effect, severity, confidence and threshold."""
+    try:
+        print_rule_list(_stdout(), resolve_rules(rules_file, False, ()))
+    except RulePackError as error:
+        _fail(str(error))
+
+
+@rules_group.command("explain")
+@click.argument("rule_id")
+@click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False), help="Extend the default pack.")
+def rules_explain(rule_id: str, rules_file: str | None) -> None:
+    """Print what RULE_ID detects, why, an example, and why its threshold is where it is.
+
+    \b
+    Example:
+      bdscan rules explain BD003
+    """
+    try:
+        rules = {rule.id: rule for rule in resolve_rules(rules_file, False, ())}
+    except RulePackError as error:
+        _fail(str(error))
+    if rule_id.upper() not in rules:
+        _fail(f"no rule {rule_id}; `bdscan rules list` shows them")
+    print_rule(_stdout(), rules[rule_id.upper()])

