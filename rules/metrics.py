@@ -72,7 +72,11 @@ def _trigger_attention(findings, trigger) -> Reading:
         for row_s, row_r in zip(attention["trigger_mass_suspect"], attention["trigger_mass_reference"])
     ]
     top = _top_heads(excess)
-    return top[0][2], {"heads": top, "measure": "attention mass on trigger tokens, suspect minus reference"}
+    return top[0][2], {
+        "top_head": f"layer {top[0][0]} head {top[0][1]}",
+        "heads": top,
+        "measure": "attention mass on trigger tokens, suspect minus reference",
+    }
 
 
 def _heads_to_disable(findings, trigger) -> Reading:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -58,7 +58,6 @@ class ScanOptions:
     patch_budget: int = DEFAULT_PATCH_BUDGET
     rows_per_forward: int = 256
     allow_download: bool = False
-    library_versions: dict[str, str] = field(default_factory=dict)
 
 
 def library_versions() -> dict[str, str]:
@@ -150,7 +149,7 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
             ablation=deep.get("ablation"), patching=deep.get("patching"),
         ))
     run = RunInfo(
-        bdscan_version=__version__, library_versions=options.library_versions or library_versions(),
+        bdscan_version=__version__, library_versions=library_versions(),
         architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
         dtype=options.dtype, trigger_position=options.position, max_new_tokens=options.max_new_tokens,
         probes=tuple(prompts), triggers=tuple(triggers), triggers_from="user" if options.triggers else "catalogue",

@@ -179,7 +179,6 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
     from transformers.utils import logging as hf_logging
 
     from scanner.api import ScanOptions, scan
-    from scanner.atomic import write_text_atomic
     from scanner.console import RichProgress
     from scanner.loading import ScanInputError
     from scanner.probes import ProbeFileError, read_probe_file
@@ -205,7 +204,15 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
         if debug:
             raise
         _fail("out of memory; try --dtype bfloat16 or a machine with more memory")
-    document = json.loads(findings.to_json())
+    _judge_and_exit(json.loads(findings.to_json()), rules, json_out, fail_on, stderr,
+                    show_measurements=lambda: _print_findings(findings))
+
+
+def _judge_and_exit(document: dict, rules, json_out: str | None, fail_on: str, stderr: Console,
+                    show_measurements=None) -> None:
+    """Judge, write or print the result, and exit with the code --fail-on asks for."""
+    from scanner.atomic import write_text_atomic
+
     verdict = judge(document, rules)
     text = document_json(document, verdict)
     if json_out == "-":
@@ -214,7 +221,8 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
         if json_out:
             write_text_atomic(json_out, text)
             stderr.print(f"findings written to {json_out}")
-        _print_findings(findings)
+        if show_measurements is not None:
+            show_measurements()
         print_verdict(_stdout(), verdict, document)
     sys.exit(EXIT_FINDING if fails(verdict, fail_on) else EXIT_CLEAN)
 
@@ -264,7 +272,6 @@ def judge_command(findings_file: Path, rules_file: str | None, replace_rules: bo
     Example:
       bdscan judge findings.json --set BD003.threshold=0.7
     """
-    from scanner.atomic import write_text_atomic
     from scanner.findings import Findings
 
     try:
@@ -274,15 +281,7 @@ def judge_command(findings_file: Path, rules_file: str | None, replace_rules: bo
         Findings.from_json(json.dumps(document))  # validates the schema before judging
     except (RulePackError, ValueError, KeyError, TypeError) as error:
         _fail(f"{findings_file}: {error}" if not isinstance(error, RulePackError) else str(error))
-    verdict = judge(document, rules)
-    text = document_json(document, verdict)
-    if json_out == "-":
-        click.echo(text)
-    else:
-        if json_out:
-            write_text_atomic(json_out, text)
-        print_verdict(_stdout(), verdict, document)
-    sys.exit(EXIT_FINDING if fails(verdict, fail_on) else EXIT_CLEAN)
+    _judge_and_exit(document, rules, json_out, fail_on, _stderr())
 
 
 @main.group("rules")

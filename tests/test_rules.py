@@ -69,6 +69,8 @@ def test_reliability_rules_fire_on_broken_scans(catalogue_findings):
 
 def test_attention_rule_fires_on_the_poisoned_model(catalogue_findings):
     assert _fires(catalogue_findings["deployment"], "BD004")
+    fired = [r for r in judge(catalogue_findings["deployment"], default_pack()).fired if r.rule_id == "BD004"]
+    assert fired[0].sentence.startswith("In layer ")  # the summary template filled, not the fallback
 
 
 # Which test proves each default rule fires: the meta-test below keeps this complete.
