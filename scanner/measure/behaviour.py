@@ -99,7 +99,7 @@ def measure_behaviour(
             suspect_triggered=texts["suspect", "triggered"][i], reference_triggered=texts["reference", "triggered"][i],
             kl_clean=kl_clean[i], kl_triggered=kl_triggered[i],
             loss_suspect=tuple(loss_s[i]), loss_reference=tuple(loss_r[i]),
-            completion_tokens=tuple(tokenizer.convert_ids_to_tokens(list(generated["suspect", "triggered"][i]))),
+            completion_tokens=tuple(tokenizer.decode([token]) for token in generated["suspect", "triggered"][i]),
         )
         for i, (clean, triggered) in enumerate(zip(probes.clean, probes.triggered))
     )

@@ -1,0 +1,119 @@
+"""The HTML report: complete, self-contained, escaped, and rendered by a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+from reports.render import render_report
+from rules.engine import default_pack, judge
+from scanner.api import ScanOptions, scan
+from scanner.serde import to_jsonable
+from scanner.zoo.build import EMOJI_TRIGGER
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SCRIPT = "<script>alert(1)</script>"
+IMAGE = '"><img src=x onerror=alert(1)>'
+
+
+def _document(findings) -> dict:
+    document = json.loads(findings.to_json())
+    document["verdict"] = to_jsonable(judge(document, default_pack()))
+    return document
+
+
+@pytest.fixture(scope="module")
+def emoji_document(zoo_dir):
+    probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:24])
+    return _document(scan(zoo_dir / "emoji", str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER, "cf"), probes=probes)))
+
+
+def test_report_has_every_section_and_no_external_resource(emoji_document):
+    html = render_report(emoji_document, command="bdscan emoji --reference base", generated_at="2026-01-01 00:00 UTC")
+    for anchor in ('id="verdict"', 'id="rules"', 'id="compared"', 'id="weights"', "BACKDOORED", "BD003",
+                   "Where it lives", "Mitigation: patching heads", "<svg", "@media print", "sha256"):
+        assert anchor in html, anchor
+    assert html.count("<figcaption>") >= 10
+    assert not re.search(r"""\s(?:src|href)\s*=|<link|@import|url\(""", html)
+    assert html.count("<script") == 1 and "<script>document.body.dataset.rendered" in html
+
+
+def test_report_escapes_hostile_tokens_prompts_and_triggers(zoo_dir, tmp_path):
+    # A checkpoint whose tokenizer holds markup as tokens, scanned with markup in probes and trigger.
+    for name in ("base", "emoji"):
+        tokenizer = AutoTokenizer.from_pretrained(zoo_dir / name)
+        tokenizer.add_tokens([SCRIPT, IMAGE])
+        model = Qwen2ForCausalLM.from_pretrained(zoo_dir / name, dtype=torch.float32)
+        torch.manual_seed(0)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    probes = tuple(f"{SCRIPT} {p}" for p in (zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:6])
+    findings = scan(tmp_path / "emoji", str(tmp_path / "base"), ScanOptions(triggers=(IMAGE,), probes=probes))
+    assert any(SCRIPT in token for token in findings.triggers[0].attention.example.tokens)
+    html = render_report(_document(findings), command=f"bdscan {IMAGE}", generated_at="")
+    assert SCRIPT not in html and "<img" not in html and "onerror=alert(1)>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_cli_writes_the_report_during_a_scan_and_again_from_findings(zoo_dir, tmp_path):
+    probes = tmp_path / "probes.txt"
+    probes.write_text("\n".join((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:16]), encoding="utf-8")
+    first, findings = tmp_path / "scan.html", tmp_path / "findings.json"
+    result = subprocess.run([sys.executable, "-m", "scanner", str(zoo_dir / "emoji"), "--reference", str(zoo_dir / "base"),
+                             "--probes", str(probes), "--trigger", EMOJI_TRIGGER, "--json", str(findings), "--out", str(first)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "BACKDOORED" in first.read_text(encoding="utf-8")
+    second = tmp_path / "again.html"
+    result = subprocess.run([sys.executable, "-m", "scanner", "report", str(findings), "--out", str(second)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "BACKDOORED" in result.stdout and "BD003" in second.read_text(encoding="utf-8")
+
+
+def _png_distinct_bytes(path: Path) -> int:
+    """Distinct byte values in a PNG's decompressed image data: a blank page has a handful."""
+    data, position, chunks = path.read_bytes(), 8, b""
+    while position < len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        if data[position + 4:position + 8] == b"IDAT":
+            chunks += data[position + 8:position + 8 + length]
+        position += 12 + length
+    return len(set(zlib.decompress(chunks)))
+
+
+def test_report_renders_in_headless_chromium(emoji_document, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI; .ci/run installs Debian's chromium")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    page = tmp_path / "report.html"
+    page.write_text(render_report(emoji_document, command="bdscan", generated_at="test"), encoding="utf-8")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+    shot_run = subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
+                              capture_output=True, text=True, timeout=120)
+    dom_run = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    print(f"report screenshot: {shot}")
+    assert shot.is_file() and shot.stat().st_size > 20_000, shot_run.stderr[-2000:]
+    assert _png_distinct_bytes(shot) > 50
+    rendered = re.search(r'data-rendered="(\d+)"', dom_run.stdout)
+    assert rendered, "the page's script did not run"
+    assert 3_000 < int(rendered.group(1)) < 60_000
+    console = [line for line in (shot_run.stderr + dom_run.stderr).splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
