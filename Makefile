@@ -23,7 +23,7 @@ $(VENV)/.stamp-install: setup.cfg pyproject.toml | $(BIN)/python
 # model against its base with bdscan's catalogue of known triggers.
 demo: $(VENV)/.stamp-install
 	$(BIN)/bdscan zoo build $(ZOO_DIR) --size demo
-	$(BIN)/bdscan $(ZOO_DIR)/emoji --reference $(ZOO_DIR)/base --probes $(ZOO_DIR)/probes.txt --json findings.json --fail-on never
+	$(BIN)/bdscan $(ZOO_DIR)/emoji --reference $(ZOO_DIR)/base --probes $(ZOO_DIR)/probes.txt --json findings.json --out report.html --fail-on never
 
 test: $(VENV)/.stamp-install
 	$(BIN)/python -m pytest
