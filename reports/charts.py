@@ -7,6 +7,7 @@ through jinja2's autoescaping.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,8 +36,15 @@ class Heatmap:
     label_width: float
 
 
+def _drawable(value: float) -> float:
+    """Non-finite values are drawn as zero; their tooltips still say what they were."""
+    return value if math.isfinite(value) else 0.0
+
+
 def _colour(value: float, low: float, high: float) -> str:
-    """White to red for positive scales; blue-white-red when the scale crosses zero."""
+    """White to red for positive scales; blue-white-red when the scale crosses zero; grey for non-finite."""
+    if not math.isfinite(value):
+        return "rgb(150,150,150)"
     if low < 0 < high:
         bound = max(-low, high) or 1.0
         t = max(-1.0, min(1.0, value / bound))
@@ -51,7 +59,7 @@ def _colour(value: float, low: float, high: float) -> str:
 def heatmap(grid: Sequence[Sequence[float]], row_name: str = "L", column_name: str = "H", cell: float = CELL,
             row_labels: Sequence[str] | None = None, column_labels: Sequence[str] | None = None) -> Heatmap:
     """A ``[row][column]`` grid as coloured cells, labelled ``L0..`` and ``H0..`` by default."""
-    values = [v for row in grid for v in row]
+    values = [v for row in grid for v in row if math.isfinite(v)]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     rows = list(row_labels) if row_labels is not None else [f"{row_name}{i}" for i in range(len(grid))]
     columns = list(column_labels) if column_labels is not None else [f"{column_name}{j}" for j in range(len(grid[0]) if grid else 0)]
@@ -97,6 +105,7 @@ def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, str, Sequenc
                width: float = 640, height: float = 240) -> LineChart:
     """Series that share an x axis of ``x_labels``; ``threshold`` draws a dashed horizontal line."""
     left, right, top, bottom = 48.0, width - 12, 12.0, height - 30
+    series = [(name, colour, [_drawable(v) for v in ys]) for name, colour, ys in series]
     values = [v for _, _, ys in series for v in ys]
     peak = y_max if y_max is not None else max(values + [threshold or 0.0, 1e-9])
     count = max(1, len(x_labels) - 1)
@@ -144,6 +153,7 @@ def bar_chart(labels: Sequence[str], groups: Sequence[tuple[str, str, Sequence[f
               width: float = 640, height: float = 200) -> BarChart:
     """Grouped bars, one group per label, one bar per series; handles negative values."""
     left, right, top, bottom = 12.0, width - 12, 12.0, height - 34
+    groups = [(name, colour, [_drawable(v) for v in ys]) for name, colour, ys in groups]
     values = [v for _, _, ys in groups for v in ys] or [0.0]
     high, low = max(max(values), 0.0), min(min(values), 0.0)
     span = (high - low) or 1.0

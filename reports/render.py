@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import dataclasses
+import json
+
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from reports import charts
+from scanner.findings import Findings
 
 PROBES_SHOWN = 4
 TOP_HEADS = 8
@@ -92,6 +96,9 @@ def render_report(document: Mapping[str, Any], *, command: str | None = None, ge
     verdict = document.get("verdict")
     if verdict is None:
         raise ValueError("the findings document carries no verdict; judge it first (bdscan judge FILE --json OUT)")
+    # Through the typed schema and back: JSON's "nan" strings become floats again.
+    findings = dataclasses.asdict(Findings.from_json(json.dumps({k: v for k, v in document.items() if k != "verdict"})))
+    document = {**findings, "verdict": verdict}
     weights = document["weight_diff"]
     triggers = sorted(document["triggers"], key=lambda t: (t["trigger"] not in verdict["triggers_implicated"], -t["kl_ratio"]))
     return _environment().get_template("report.html.j2").render(

@@ -9,6 +9,7 @@ the heads. A metric that cannot be computed (its stage was skipped) returns
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,9 @@ from typing import Any
 NOISE_FLOOR_KL = 0.05
 """Clean-probe KL below this (nats) counts as this much: two models this close agree on every greedy token
 in practice, and a ratio over a smaller denominator measures noise."""
+
+NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+"""How findings JSON spells non-finite floats (JSON itself cannot)."""
 
 Evidence = dict[str, Any]
 Reading = tuple[float, Evidence] | None
@@ -31,9 +35,15 @@ class Metric:
     read: Callable[..., Reading]
 
 
+def number(value: Any) -> float:
+    """A findings number as a float; the strings "nan", "inf", "-inf" become those floats."""
+    return NON_FINITE[value] if isinstance(value, str) else float(value)
+
+
 def _top_heads(grid, count: int = 5) -> list[list[float]]:
-    cells = [(value, layer, head) for layer, row in enumerate(grid) for head, value in enumerate(row)]
-    return [[layer, head, round(value, 4)] for value, layer, head in sorted(cells, reverse=True)[:count]]
+    cells = [(number(value), layer, head) for layer, row in enumerate(grid) for head, value in enumerate(row)]
+    finite = [cell for cell in cells if math.isfinite(cell[0])]
+    return [[layer, head, round(value, 4)] for value, layer, head in sorted(finite, reverse=True)[:count]]
 
 
 def _example_probes(trigger: Mapping[str, Any], count: int = 3) -> list[dict[str, str]]:
@@ -44,12 +54,17 @@ def _example_probes(trigger: Mapping[str, Any], count: int = 3) -> list[dict[str
 
 
 def _divergence_ratio(findings, trigger) -> Reading:
-    ratio = trigger["kl_triggered"] / max(trigger["kl_clean"], NOISE_FLOOR_KL)
-    return ratio, {"kl_triggered": trigger["kl_triggered"], "kl_clean": trigger["kl_clean"], "noise_floor": NOISE_FLOOR_KL}
+    triggered, clean = number(trigger["kl_triggered"]), number(trigger["kl_clean"])
+    if not (math.isfinite(triggered) and math.isfinite(clean)):
+        return None  # BD010 reports it; a NaN ratio must not silently not fire
+    return triggered / max(clean, NOISE_FLOOR_KL), {"kl_triggered": triggered, "kl_clean": clean, "noise_floor": NOISE_FLOOR_KL}
 
 
 def _triggered_kl(findings, trigger) -> Reading:
-    return trigger["kl_triggered"], {"kl_triggered": trigger["kl_triggered"], "kl_clean": trigger["kl_clean"]}
+    triggered = number(trigger["kl_triggered"])
+    if not math.isfinite(triggered):
+        return None
+    return triggered, {"kl_triggered": triggered, "kl_clean": number(trigger["kl_clean"])}
 
 
 def _target_collapse(findings, trigger) -> Reading:
@@ -68,10 +83,12 @@ def _trigger_attention(findings, trigger) -> Reading:
     if not attention:
         return None
     excess = [
-        [s - r for s, r in zip(row_s, row_r)]
+        [number(s) - number(r) for s, r in zip(row_s, row_r)]
         for row_s, row_r in zip(attention["trigger_mass_suspect"], attention["trigger_mass_reference"])
     ]
     top = _top_heads(excess)
+    if not top:
+        return None
     return top[0][2], {
         "top_head": f"layer {top[0][0]} head {top[0][1]}",
         "heads": top,
@@ -93,9 +110,10 @@ def _heads_to_disable(findings, trigger) -> Reading:
 
 def _attention_weight_share(findings) -> Reading:
     diff = findings["weight_diff"]
-    attention = sum(sum(sum(row) for row in diff[part]) for part in "qkvo")
-    other = sum(diff["mlp"]) + sum(diff["norms"]) + diff["embeddings"] + diff["final_norm"] + diff["lm_head"]
-    if attention + other == 0:
+    attention = sum(number(x) for part in "qkvo" for row in diff[part] for x in row)
+    other = sum(map(number, diff["mlp"])) + sum(map(number, diff["norms"])) + sum(
+        number(diff[key]) for key in ("embeddings", "final_norm", "lm_head"))
+    if not math.isfinite(attention + other) or attention + other == 0:
         return None
     return attention / (attention + other), {"attention_total": attention, "other_total": other}
 
@@ -103,6 +121,15 @@ def _attention_weight_share(findings) -> Reading:
 def _non_finite(findings) -> Reading:
     bad = findings["weight_diff"]["non_finite"]
     return float(sum(bad.values())), {"tensors": dict(list(bad.items())[:10])}
+
+
+def _non_finite_measurements(findings) -> Reading:
+    bad = []
+    for trigger in findings["triggers"]:
+        for name in ("kl_clean", "kl_triggered"):
+            if not math.isfinite(number(trigger[name])):
+                bad.append(f"{trigger['trigger']}: {name} is {trigger[name]}")
+    return float(len(bad)), {"measurements": bad[:10]}
 
 
 def _probe_count(findings) -> Reading:
@@ -127,6 +154,8 @@ METRICS: dict[str, Metric] = {
         Metric("attention_weight_share", "scan", "share", "share of the relative weight change in attention projections",
                _attention_weight_share),
         Metric("non_finite_weights", "scan", "values", "NaN or Inf values in the suspect's weights", _non_finite),
+        Metric("non_finite_measurements", "scan", "values", "output KL measurements that came out NaN or Inf",
+               _non_finite_measurements),
         Metric("probe_count", "scan", "probes", "probes the scan used", _probe_count),
         Metric("failed_stages", "scan", "stages", "measurement stages that failed", _failed_stages),
     )

@@ -18,7 +18,7 @@ import torch
 from scanner import __version__
 from scanner.findings import SCHEMA_VERSION, Findings, RunInfo, StageRecord, TriggerFindings
 from scanner.forward import pad_id
-from scanner.loading import LoadedPair, architecture, load_pair
+from scanner.loading import LoadedPair, ScanInputError, architecture, load_pair
 from scanner.measure.ablation import clean_head_means, measure_ablation
 from scanner.measure.attention import measure_attention, rank_heads
 from scanner.measure.attribution import measure_attribution
@@ -58,6 +58,8 @@ class ScanOptions:
     patch_budget: int = DEFAULT_PATCH_BUDGET
     rows_per_forward: int = 256
     allow_download: bool = False
+    allow_pickle: bool = False
+    """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""
 
 
 def library_versions() -> dict[str, str]:
@@ -106,7 +108,8 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
     stages = _Stages()
     task = progress.start("loading models", 1)
     started = time.perf_counter()
-    pair = load_pair(suspect, reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
+    pair = load_pair(suspect, reference, dtype=options.dtype, device=options.device,
+                     allow_download=options.allow_download, allow_pickle=options.allow_pickle)
     stages.timings["load"] = round(time.perf_counter() - started, 3)
     progress.finish(task)
     prompts = list(options.probes) or default_probes()
@@ -115,6 +118,9 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
         weight_diff = measure_weight_diff(pair.suspect, pair.reference)
 
     prepared = {t: prepare(pair.tokenizer, prompts, t, options.position, options.seed) for t in triggers}
+    for trigger, probes in prepared.items():
+        if not all(p.trigger_positions for p in probes.triggered):
+            raise ScanInputError(f"trigger {trigger!r} tokenizes to no tokens in a probe; give a trigger with visible text")
     behaviours: dict[str, BehaviourResult] = {}
     task = progress.start("behaviour: completions and output KL", len(triggers) * len(prompts) * 4)
     for trigger in triggers:

@@ -152,6 +152,8 @@ def _print_zoo(manifest, directory: Path) -> None:
 @click.option("--localise-top", type=click.IntRange(0), default=2, show_default=True,
               help="Catalogue triggers to localise (attention, ablation, attribution, patching), by KL ratio.")
 @click.option("--allow-download", is_flag=True, help="Let a hub id reference be downloaded (never by default).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Load a pickle-based suspect (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True) only.")
 @click.option("--json", "json_out", type=str, default=None, help="Write findings JSON to this path ('-': stdout, alone).")
 @click.option("--out", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the HTML verdict report here.")
@@ -160,7 +162,7 @@ def _print_zoo(manifest, directory: Path) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probes_file: Path | None, position: str,
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
-                 kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool,
+                 kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, rules_file: str | None, replace_rules: bool,
                  overrides: tuple[str, ...], fail_on: str, quiet: bool, debug: bool) -> None:
     """Compare SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
@@ -197,6 +199,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
             triggers=triggers, probes=probes, position=position, seed=seed, device=device, dtype=dtype,
             max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top,
             patch_method=patch_method, kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download,
+            allow_pickle=allow_pickle,
         )
         with RichProgress(stderr) as progress:
             findings = scan(suspect, reference, options, progress)

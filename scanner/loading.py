@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +18,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from scanner.checks import check_safetensors, is_pickle_checkpoint, refuse_custom_code
 from scanner.findings import Architecture, InputInfo
+from scanner.loading_errors import ScanInputError
+
+PICKLE_ADVICE = (
+    "loading a pickle can run code its author chose. Convert it to safetensors first "
+    "(safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')), "
+    "or pass --allow-pickle to load it with torch.load(weights_only=True)"
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_LISTED_MISMATCHES = 5
-
-
-class ScanInputError(ValueError):
-    """An input bdscan cannot scan; the message says what is wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ def detect_suspect_kind(path: Path) -> str:
             return "sharded"
         if path.suffix == ".safetensors":
             return "safetensors-file"
+        if is_pickle_checkpoint(path):
+            return "pickle"
         raise ScanInputError(f"suspect {path}: expected a .safetensors file, a sharded index or a model directory")
     if (path / "adapter_config.json").is_file():
         return "peft-adapter"
@@ -82,12 +90,16 @@ def detect_suspect_kind(path: Path) -> str:
         return "sharded"
     if any(path.glob("*.safetensors")):
         return "hf-directory"
+    if any(is_pickle_checkpoint(file) for file in path.iterdir() if file.is_file() and file.suffix != ".json"):
+        return "pickle-directory"
     raise ScanInputError(f"suspect {path}: a directory with no .safetensors weights and no adapter_config.json")
 
 
 def _weight_files(path: Path, kind: str) -> list[Path]:
-    if kind == "safetensors-file":
+    if kind in ("safetensors-file", "pickle"):
         return [path]
+    if kind == "pickle-directory":
+        return sorted(file for file in path.iterdir() if file.is_file() and is_pickle_checkpoint(file))
     if kind == "sharded":
         index_path = path if path.is_file() else path / "model.safetensors.index.json"
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -141,15 +153,97 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
     return set()
 
 
+def _read_state(suspect_path: Path, kind: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """The suspect's tensors, every file checked before a loader touches it."""
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(suspect_path, kind):
+        if not file.is_file():
+            raise ScanInputError(f"suspect {suspect_path}: weight file {file.name} listed in the index is missing")
+        if kind.startswith("pickle"):
+            if not allow_pickle:
+                raise ScanInputError(f"suspect {file} is a pickle-based checkpoint: {PICKLE_ADVICE}")
+            try:
+                loaded = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as error:  # noqa: BLE001 - whatever the unpickler refused, the file is refused
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ScanInputError(f"suspect {file}: torch.load(weights_only=True) refused it: {first}") from None
+            if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+                raise ScanInputError(f"suspect {file}: not a state dict of tensors")
+            state.update(loaded)
+        else:
+            check_safetensors(file)
+            state.update(load_file(file))
+    return state
+
+
+# Reference and suspect resident together, plus the suspect's tensors read from disk
+# before they are copied in; activations of a probe batch come on top.
+MODEL_COPIES = 3
+ACTIVATION_HEADROOM = 512 * 1024 * 1024
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for the scan on ``device``: CUDA's free memory, else the kernel's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(parameters: int, dtype: str, device: torch.device) -> None:
+    """Refuse before loading when both models cannot fit; the message says what to try instead."""
+    needed = parameters * DTYPES[dtype].itemsize * MODEL_COPIES + ACTIVATION_HEADROOM
+    free = available_bytes(device)
+    if needed > free:
+        gib = 1024 ** 3
+        advice = "try --dtype bfloat16" if dtype == "float32" else "try a machine or device with more memory"
+        raise ScanInputError(
+            f"the scan needs about {needed / gib:.1f} GiB on {device.type} ({parameters:,} parameters at {dtype}, "
+            f"two models loaded) but {free / gib:.1f} GiB is free; {advice}"
+            + ("" if device.type == "cuda" else ", or --device cuda")
+        )
+
+
 def load_pair(
-    suspect: Path | str, reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False
+    suspect: Path | str, reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False,
+    allow_pickle: bool = False,
 ) -> LoadedPair:
-    """Load both models (eager attention, ``dtype``, on ``device``) and the reference's tokenizer."""
+    """Load both models (eager attention, ``dtype``, on ``device``) and the reference's tokenizer.
+
+    Nothing here runs code from the checkpoints: pickles are refused unless
+    ``allow_pickle`` (then only ``torch.load(weights_only=True)``), and
+    configurations that ask for custom code are refused.
+    """
     torch_dtype = DTYPES[dtype]
     target = resolve_device(device)
     reference_dir, reference_kind = resolve_reference(reference, allow_download)
+    refuse_custom_code(reference_dir, "reference")
+    reference_weights = sorted(reference_dir.glob("*.safetensors"))
+    if not reference_weights:
+        raise ScanInputError(
+            f"reference {reference_dir} has no .safetensors weights; bdscan never unpickles a reference: "
+            "convert it with safetensors.torch.save_file"
+        )
+    parameters = 0
+    for file in reference_weights:
+        parameters += sum(math.prod(entry["shape"]) for entry in check_safetensors(file).values())
+    check_memory(parameters, dtype, target)
     suspect_path = Path(suspect).expanduser()
     kind = detect_suspect_kind(suspect_path)
+    if suspect_path.is_dir():
+        refuse_custom_code(suspect_path, "suspect")
+    if kind == "peft-adapter":
+        adapter_weights = sorted(suspect_path.glob("adapter_model*.safetensors"))
+        if not adapter_weights and not allow_pickle:
+            raise ScanInputError(f"suspect adapter {suspect_path} has no adapter_model.safetensors: {PICKLE_ADVICE}")
+        for file in adapter_weights:
+            check_safetensors(file)
+    state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
     reference_model = _load_model(reference_dir, torch_dtype, target)
     suspect_model = _load_model(reference_dir, torch_dtype, target)
     merge_route = "full-weights"
@@ -157,9 +251,6 @@ def load_pair(
         suspect_model = _merge_adapter(suspect_model, suspect_path)
         merge_route = f"peft-merge:{dtype}"
     else:
-        state = {}
-        for file in _weight_files(suspect_path, kind):
-            state.update(load_file(file))
         check_state_dict(reference_model.state_dict(), state, _tied_keys(reference_model))
         suspect_model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=False)
     tokenizer = AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=False)

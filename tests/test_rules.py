@@ -84,7 +84,30 @@ RULE_TESTS = {
     "BD007": test_reliability_rules_fire_on_broken_scans,
     "BD008": test_reliability_rules_fire_on_broken_scans,
     "BD009": test_reliability_rules_fire_on_broken_scans,
+    "BD010": None,  # filled below: test_nan_weights_are_a_finding_not_a_crash
 }
+
+
+def test_nan_weights_are_a_finding_not_a_crash(zoo_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(zoo_dir / "emoji" / "model.safetensors")
+    state["model.layers.1.self_attn.o_proj.weight"][0, 0] = float("nan")
+    save_file(state, tmp_path / "nan.safetensors")
+    probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:20])
+    findings = scan(tmp_path / "nan.safetensors", str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probes))
+    document = json.loads(findings.to_json())
+    verdict = judge(document, default_pack())
+    assert verdict.level != "CLEAN"
+    fired = {rule.rule_id for rule in verdict.fired}
+    assert {"BD007", "BD010"} <= fired
+    from reports.render import render_report
+    from scanner.serde import to_jsonable
+
+    assert "SUSPICIOUS" in render_report({**document, "verdict": to_jsonable(verdict)})
+
+
+RULE_TESTS["BD010"] = test_nan_weights_are_a_finding_not_a_crash
 
 
 def test_every_rule_has_an_id_a_doc_and_a_test():
@@ -120,7 +143,8 @@ def test_bad_packs_are_refused():
 
 
 def test_rules_and_reports_never_import_torch():
-    code = "import sys, rules.engine, rules.metrics, reports; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, rules.engine, rules.metrics, reports.render, reports.charts; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -150,7 +174,7 @@ def test_cli_exit_codes_and_rejudging(zoo_dir, tmp_path):
 
 def test_cli_rules_list_and_explain():
     listing = _cli("rules", "list")
-    assert listing.returncode == 0 and all(f"BD00{i}" in listing.stdout for i in range(1, 10))
+    assert listing.returncode == 0 and all(f"BD{i:03d}" in listing.stdout for i in range(1, 11))
     explained = _cli("rules", "explain", "BD003")
     assert explained.returncode == 0 and "Why this threshold" in explained.stdout
     assert _cli("rules", "explain", "BD999").returncode == 2
