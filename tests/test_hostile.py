@@ -205,3 +205,21 @@ def test_too_little_memory_is_refused_before_loading(zoo_dir, monkeypatch):
     monkeypatch.setattr(scanner.loading, "available_bytes", lambda device: 10 * 1024 * 1024)
     with pytest.raises(ScanInputError, match=r"needs about .* GiB .* try --dtype bfloat16"):
         load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    import os
+
+    from scanner.atomic import write_text_atomic
+
+    target = tmp_path / "report.html"
+    target.write_text("the previous, complete report", encoding="utf-8")
+
+    def interrupted(source, destination):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(target, "<html>half a new report")
+    assert target.read_text(encoding="utf-8") == "the previous, complete report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]

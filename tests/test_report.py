@@ -93,7 +93,7 @@ def _png_distinct_bytes(path: Path) -> int:
     return len(set(zlib.decompress(chunks)))
 
 
-def test_report_renders_in_headless_chromium(emoji_document, tmp_path):
+def test_report_renders_in_headless_chromium(emoji_document, tmp_path, capsys):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         if os.environ.get("CI"):
@@ -109,7 +109,8 @@ def test_report_renders_in_headless_chromium(emoji_document, tmp_path):
     shot_run = subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
                               capture_output=True, text=True, timeout=120)
     dom_run = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    print(f"report screenshot: {shot}")
+    with capsys.disabled():
+        print(f"\nreport screenshot: {shot}")
     assert shot.is_file() and shot.stat().st_size > 20_000, shot_run.stderr[-2000:]
     assert _png_distinct_bytes(shot) > 50
     rendered = re.search(r'data-rendered="(\d+)"', dom_run.stdout)

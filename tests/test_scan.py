@@ -131,3 +131,13 @@ def test_findings_record_inputs_and_run(findings, zoo_dir):
     assert result.run.triggers == TRIGGERS and result.run.triggers_from == "user"
     assert {"load", "weight_diff"} <= set(result.run.timings)
     assert set(result.run.library_versions) >= {"torch", "transformers", "pyvene", "peft"}
+
+
+def test_true_greedy_patching_picks_the_best_head_each_step(zoo_dir):
+    options = ScanOptions(triggers=(EMOJI_TRIGGER,), probes=_probes(zoo_dir, 12), patch_method="greedy", patch_budget=4)
+    patching = scan(zoo_dir / "emoji", str(zoo_dir / "base"), options).triggers[0].patching
+    assert patching.method == "greedy" and 1 <= len(patching.steps) <= 4
+    kls = [patching.initial_kl] + [step.output_kl for step in patching.steps]
+    # Each greedy step takes the best single addition, so the KL never rises.
+    assert all(later <= earlier + 1e-6 for earlier, later in zip(kls, kls[1:]))
+    assert len({(step.layer, step.head) for step in patching.steps}) == len(patching.steps)
