@@ -97,13 +97,16 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
     from transformers.utils import logging as hf_logging
 
     from scanner.console import RichProgress
-    from scanner.zoo.build import build_zoo, ensure_zoo
+    from scanner.zoo.build import ZooDirectoryError, build_zoo, ensure_zoo
 
     hf_logging.disable_progress_bar()
     extras = tuple(name for name, wanted in (("full", with_full), ("lora", with_lora)) if wanted)
-    with RichProgress(_stderr(quiet)) as progress:
-        builder = build_zoo if force else ensure_zoo
-        manifest = builder(directory, size, seed, extras, progress)
+    try:
+        with RichProgress(_stderr(quiet)) as progress:
+            builder = build_zoo if force else ensure_zoo
+            manifest = builder(directory, size, seed, extras, progress)
+    except ZooDirectoryError as error:
+        _fail(str(error))
     _print_zoo(manifest, directory)
     if not manifest.meets_bars:
         _stderr().print("[bold red]The zoo misses its quality bars:[/]")

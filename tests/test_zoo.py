@@ -109,3 +109,15 @@ def test_cli_zoo_build_reuses_a_matching_zoo_and_prints_its_table(zoo_dir):
     )
     assert result.returncode == 0, result.stderr
     assert "deployment" in result.stdout and "bars met" in result.stdout
+
+
+def test_zoo_build_never_replaces_a_directory_that_is_not_a_zoo(tmp_path):
+    precious = tmp_path / "my-models"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "scanner", "zoo", "build", str(precious), "--size", "test", "--force", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "not a bdscan zoo" in result.stderr
+    assert (precious / "notes.txt").read_text(encoding="utf-8") == "keep me"

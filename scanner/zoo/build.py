@@ -226,6 +226,7 @@ def build_zoo(
     started = time.perf_counter()
     torch.manual_seed(seed)
     final = Path(directory)
+    refuse_to_replace(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
@@ -266,6 +267,27 @@ def build_zoo(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+class ZooDirectoryError(ValueError):
+    """A build target that is not safe to replace; the message says what to do."""
+
+
+def refuse_to_replace(directory: Path) -> None:
+    """A build replaces ``directory`` whole: allow that only for an earlier zoo or an empty directory.
+
+    Checked before training, so a wrong path costs the user nothing, not
+    minutes of training followed by the deletion of their files.
+    """
+    if not directory.exists() or (directory / MANIFEST).is_file():
+        return
+    if not directory.is_dir():
+        raise ZooDirectoryError(f"{directory} is a file; give a directory for the zoo")
+    if any(directory.iterdir()):
+        raise ZooDirectoryError(
+            f"{directory} exists and is not a bdscan zoo (no {MANIFEST}); the build would replace it whole, "
+            "so give a new or empty directory"
+        )
 
 
 def check_bars(records: dict[str, ModelRecord]) -> list[str]:
