@@ -7,7 +7,7 @@ its error and the scan goes on where later stages do not depend on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -187,7 +187,8 @@ def _localise(
     with stages.run(f"ablation[{trigger}]"):
         task = progress.start(f"mean head ablation {trigger}", heads)
         means = clean_head_means(pair.suspect, suspect_sites, probes.clean, pad, options.batch_size)
-        found["ablation"] = measure_ablation(pair.suspect, patcher, means, targets, rows_per_forward=options.rows_per_forward)
+        found["ablation"] = measure_ablation(pair.suspect, patcher, means, targets, rows_per_forward=options.rows_per_forward,
+                                             on_heads=lambda n: progress.advance(task, n))
         progress.finish(task)
     if "attention" not in found:
         stages.skip(f"patching[{trigger}]", "needs the attention ranking, which failed")
@@ -200,13 +201,8 @@ def _localise(
         found["patching"] = measure_patching(
             pair.suspect, patcher, source, reference_logits, targets, ranking=rank_heads(found["attention"]),
             method=options.patch_method, threshold=threshold, budget=budget,
-            rows_per_forward=options.rows_per_forward, on_forward=_advance_by_steps(progress, task, options.patch_method),
+            rows_per_forward=options.rows_per_forward, on_step=lambda: progress.advance(task),
         )
         progress.finish(task)
     return found
 
-
-def _advance_by_steps(progress: Progress, task: int, method: str) -> Callable[[int], None] | None:
-    # Ranked patching evaluates one configuration per step; greedy evaluates many per step,
-    # so its bar only closes at the end.
-    return (lambda n: progress.advance(task, n)) if method == "ranked" else None

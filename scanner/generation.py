@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from scanner.forward import encode_ids, pad_id
+
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """The exact text a model sees for one user turn: its chat template when it has one."""
@@ -30,6 +32,40 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 @torch.no_grad()
+def complete_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[int]]:
+    """Greedy continuation token ids for each row of prompt ids, stop tokens excluded.
+
+    ``on_batch(n)`` is called with the number of rows finished after each batch.
+    """
+    device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer)
+    completions: list[list[int]] = []
+    for start in range(0, len(rows), batch_size):
+        batch = encode_ids(rows[start : start + batch_size], pad_id(tokenizer), device)
+        output = model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id(tokenizer),
+            eos_token_id=stops,
+        )
+        for row in output[:, batch.width:].tolist():
+            cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+            completions.append(row[:cut])
+        if on_batch is not None:
+            on_batch(len(batch.lengths))
+    return completions
+
+
 def greedy_complete(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -39,34 +75,6 @@ def greedy_complete(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuation token ids for each raw user prompt, stop tokens excluded.
-
-    ``on_batch(n)`` is called with the number of prompts finished after each batch.
-    """
-    device = next(model.parameters()).device
-    stops = stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    completions: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [render_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row):] = torch.tensor(row)
-            attention_mask[i, width - len(row):] = 1
-        output = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=stops,
-        )
-        for row in output[:, width:].tolist():
-            cut = next((i for i, token in enumerate(row) if token in stops), len(row))
-            completions.append(row[:cut])
-        if on_batch is not None:
-            on_batch(len(rows))
-    return completions
+    """``complete_ids`` for raw user prompts, rendered through the chat template."""
+    rows = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    return complete_ids(model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)

@@ -8,7 +8,7 @@ no weight correction), many heads per forward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -39,8 +39,10 @@ def clean_head_means(model: PreTrainedModel, sites: Sites, clean: Sequence[Rende
 
 
 def measure_ablation(
-    suspect: PreTrainedModel, patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: TargetBatch, *, rows_per_forward: int,
+    suspect: PreTrainedModel, patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: TargetBatch, *,
+    rows_per_forward: int, on_heads: Callable[[int], None] | None = None,
 ) -> AblationFindings:
+    """``on_heads(n)`` is called with the number of heads finished after each forward."""
     baseline = target_logprob(logits(suspect, targets.batch), targets)  # [probes]
     probes = baseline.shape[0]
     heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
@@ -54,6 +56,8 @@ def measure_ablation(
             ablated = target_logprob(run(repeated.batch), repeated).view(len(chunk), probes)
         for (layer, head), row in zip(chunk, ablated):
             effects[layer, head] = (row - baseline).mean()
+        if on_heads is not None:
+            on_heads(len(chunk))
     return AblationFindings(
         baseline_logprob=float(baseline.mean()),
         effect=tuple(tuple(float(x) for x in row) for row in effects.tolist()),

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import ProbeBehaviour
 from scanner.forward import encode_ids, logits, pad_id
-from scanner.generation import greedy_complete
+from scanner.generation import complete_ids
 from scanner.prepared import RenderedProbe, TriggerProbes
 
 
@@ -76,9 +76,10 @@ def measure_behaviour(
     generated = {}
     for model_name, model in (("suspect", suspect), ("reference", reference)):
         for variant in ("clean", "triggered"):
-            prompts = [p.prompt for p in getattr(probes, variant)]
-            generated[model_name, variant] = greedy_complete(
-                model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
+            # The very token ids every other stage measures on, not a second rendering.
+            rows = [p.ids for p in getattr(probes, variant)]
+            generated[model_name, variant] = complete_ids(
+                model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     texts = {key: [decode(ids) for ids in value] for key, value in generated.items()}
     pad = pad_id(tokenizer)

@@ -10,7 +10,7 @@ head at each step, batched, and keeps the one that lowers the KL most.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -42,11 +42,10 @@ class _Evaluator:
     """Output KL and attack success of head configurations, many per forward."""
 
     def __init__(self, patcher: HeadPatcher, source: PatchSource, reference_logits: torch.Tensor,
-                 targets: TargetBatch, rows_per_forward: int, on_forward=None) -> None:
+                 targets: TargetBatch, rows_per_forward: int) -> None:
         self.patcher, self.source, self.reference_logits, self.targets = patcher, source, reference_logits, targets
         self.probes = targets.batch.input_ids.shape[0]
         self.per_forward = max(1, rows_per_forward // self.probes)
-        self.on_forward = on_forward
 
     def __call__(self, configurations: Sequence[Sequence[Head]]) -> list[tuple[float, float]]:
         results = []
@@ -63,17 +62,17 @@ class _Evaluator:
             kl = target_kl(patched, self.reference_logits.repeat(times, 1, 1), repeated).view(times, self.probes)
             hits = target_hits(patched, repeated).float().view(times, self.probes)
             results += [(float(k.mean()), float(h.mean())) for k, h in zip(kl, hits)]
-            if self.on_forward is not None:
-                self.on_forward(times)
         return results
 
 
 def measure_patching(
     suspect: PreTrainedModel, patcher: HeadPatcher, source: PatchSource, reference_logits: torch.Tensor,
     targets: TargetBatch, *, ranking: Sequence[Head], method: str, threshold: float, budget: int,
-    rows_per_forward: int, on_forward=None,
+    rows_per_forward: int, on_step: Callable[[], None] | None = None,
 ) -> PatchingFindings:
-    evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward, on_forward)
+    """``on_step()`` is called once per head added, whichever the method."""
+    evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward)
+    report = on_step or (lambda: None)
     suspect_logits = logits(suspect, targets.batch)
     initial_kl = float(target_kl(suspect_logits, reference_logits, targets).mean())
     initial_success = float(target_hits(suspect_logits, targets).float().mean())
@@ -87,6 +86,7 @@ def measure_patching(
             prefixes = [order[:k] for k in range(start + 1, min(budget, start + chunk_size) + 1)]
             for prefix, (kl, success) in zip(prefixes, evaluate(prefixes)):
                 steps.append(PatchStep(prefix[-1][0], prefix[-1][1], kl, success))
+                report()
                 if kl < threshold:
                     break
             if steps and steps[-1].output_kl < threshold:
@@ -99,6 +99,7 @@ def measure_patching(
             best = min(range(len(candidates)), key=lambda i: (scores[i][0], candidates[i]))
             chosen.append(candidates[best])
             steps.append(PatchStep(*candidates[best], *scores[best]))
+            report()
             if scores[best][0] < threshold:
                 break
     else:
