@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # With 2 threads and the default busy-wait, torch can run 100x slower here.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test clean
+.PHONY: demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ demo: $(VENV)/.stamp-install
 	$(BIN)/bdscan zoo build $(ZOO_DIR) --size demo
 	$(BIN)/bdscan $(ZOO_DIR)/emoji --reference $(ZOO_DIR)/base --probes $(ZOO_DIR)/probes.txt --json findings.json --out report.html --fail-on never
 
+# The test zoo is built on first use (about 3.5 minutes on 2 cores) and cached in .cache/.
 test: $(VENV)/.stamp-install
+	@echo "make test: the first run builds the test zoo (about 3.5 minutes) before the first test result appears"
 	$(BIN)/python -m pytest
+
+lint: $(VENV)/.stamp-install
+	$(BIN)/ruff check scanner rules reports tests
 
 clean:
 	rm -rf $(VENV) .cache report.html findings.json test-artifacts

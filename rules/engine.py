@@ -1,31 +1,29 @@
 """Rules in, verdict out: load a TOML rule pack, apply overrides, judge findings.
 
-Works on the findings JSON document (a plain mapping), never on models, so a
-saved findings file can be re-judged anywhere with other thresholds.
+Works on typed ``Findings`` (plain data), never on models, so a saved findings
+file can be re-judged anywhere with other thresholds.
 """
 
 from __future__ import annotations
 
 import operator
-import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rules.metrics import METRICS
+import tomllib
 
-VERDICT_SCHEMA_VERSION = 1
-LEVELS = ("CLEAN", "SUSPICIOUS", "BACKDOORED")
+from rules.metrics import METRICS, NotMeasured
+from rules.verdict import LEVELS, VERDICT_SCHEMA_VERSION, FiredRule, NotEvaluated, Verdict
+from scanner.errors import RulePackError
+from scanner.findings import Findings
+
 EFFECT_LEVEL = {"backdoor": "BACKDOORED", "suspicious": "SUSPICIOUS", "unreliable": "SUSPICIOUS", "info": "CLEAN"}
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 CONFIDENCES = ("low", "medium", "high")
 COMPARATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
-
-
-class RulePackError(ValueError):
-    """A rule pack or override that cannot be used; the message names the rule and field."""
 
 
 @dataclass(frozen=True)
@@ -47,32 +45,6 @@ class Rule:
     why: str
     example: str
     threshold_rationale: str
-
-
-@dataclass(frozen=True)
-class FiredRule:
-    rule_id: str
-    title: str
-    severity: str
-    confidence: str
-    effect: str
-    trigger: str | None
-    value: float
-    comparator: str
-    threshold: float
-    sentence: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    schema_version: int
-    level: str
-    explanation: str
-    fired: tuple[FiredRule, ...]
-    rules_evaluated: tuple[str, ...]
-    triggers_implicated: tuple[str, ...]
-    """Triggers named by a fired ``backdoor`` rule, strongest first."""
 
 
 def _check(rule: Rule) -> Rule:
@@ -99,7 +71,10 @@ def parse_pack(text: str, source: str) -> tuple[Rule, ...]:
         raise RulePackError(f"{source}: not valid TOML ({error})") from None
     fields = set(Rule.__dataclass_fields__)
     rules, seen = [], set()
-    for index, raw in enumerate(document.get("rule", [])):
+    tables = document.get("rule", [])
+    if not isinstance(tables, list) or not all(isinstance(raw, dict) for raw in tables):
+        raise RulePackError(f"{source}: rules must be [[rule]] tables")
+    for index, raw in enumerate(tables):
         missing = fields - set(raw)
         unknown = set(raw) - fields
         if missing or unknown:
@@ -108,6 +83,8 @@ def parse_pack(text: str, source: str) -> tuple[Rule, ...]:
         if raw["id"] in seen:
             raise RulePackError(f"{source}: rule id {raw['id']} appears twice")
         seen.add(raw["id"])
+        if not isinstance(raw["threshold"], (int, float)) or isinstance(raw["threshold"], bool):
+            raise RulePackError(f"{source}: rule {raw['id']}: threshold must be a number")
         rules.append(_check(Rule(**{**raw, "threshold": float(raw["threshold"])})))
     if not rules:
         raise RulePackError(f"{source}: no [[rule]] tables")
@@ -122,8 +99,14 @@ def default_pack() -> tuple[Rule, ...]:
 def load_pack(path: Path | str | None = None, *, replace_default: bool = False) -> tuple[Rule, ...]:
     """The default pack, extended (or replaced) by the rules in ``path``; same id overrides."""
     if path is None:
+        if replace_default:
+            raise RulePackError("--replace-rules needs --rules FILE")
         return default_pack()
-    extra = parse_pack(Path(path).read_text(encoding="utf-8"), str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RulePackError(f"{path}: cannot be read as a rule pack ({error})") from None
+    extra = parse_pack(text, str(path))
     if replace_default:
         return extra
     merged = {rule.id: rule for rule in default_pack()}
@@ -163,28 +146,29 @@ def _sentence(rule: Rule, trigger: str | None, value: float, evidence: Mapping[s
         return f"{rule.title} ({rule.metric} {value:.3g} {rule.comparator} {rule.threshold:g})"
 
 
-def judge(findings: Mapping[str, Any], rules: Iterable[Rule]) -> Verdict:
-    """Evaluate every rule on a findings document (``Findings.to_json`` parsed)."""
+def judge(findings: Findings, rules: Iterable[Rule]) -> Verdict:
+    """Evaluate every rule on ``findings``; rules whose metric could not be read are listed, not dropped."""
     rules = tuple(rules)
     fired: list[FiredRule] = []
+    not_evaluated: list[NotEvaluated] = []
     for rule in rules:
         metric = METRICS[rule.metric]
-        targets = findings["triggers"] if metric.scope == "trigger" else [None]
+        targets = findings.triggers if metric.scope == "trigger" else (None,)
         for trigger in targets:
-            reading = metric.read(findings, trigger) if trigger is not None else metric.read(findings)
-            if reading is None:
+            reading = metric.read(findings) if trigger is None else metric.read(findings, trigger)
+            name = None if trigger is None else trigger.trigger
+            if isinstance(reading, NotMeasured):
+                not_evaluated.append(NotEvaluated(rule.id, name, reading.reason))
                 continue
-            value, evidence = reading
-            if COMPARATORS[rule.comparator](value, rule.threshold):
-                name = trigger["trigger"] if trigger is not None else None
+            if COMPARATORS[rule.comparator](reading.value, rule.threshold):
                 fired.append(FiredRule(
-                    rule.id, rule.title, rule.severity, rule.confidence, rule.effect, name, float(value),
-                    rule.comparator, rule.threshold, _sentence(rule, name, value, evidence), evidence,
+                    rule.id, rule.title, rule.severity, rule.confidence, rule.effect, name, float(reading.value),
+                    rule.comparator, rule.threshold, _sentence(rule, name, reading.value, reading.evidence), reading.evidence,
                 ))
     level = max((EFFECT_LEVEL[f.effect] for f in fired), key=LEVELS.index, default="CLEAN")
     implicated = _implicated(fired)
     return Verdict(VERDICT_SCHEMA_VERSION, level, explain(level, fired, implicated), tuple(fired),
-                   tuple(rule.id for rule in rules), implicated)
+                   tuple(rule.id for rule in rules), implicated, tuple(not_evaluated))
 
 
 def _implicated(fired: Iterable[FiredRule]) -> tuple[str, ...]:

@@ -1,28 +1,34 @@
-"""The numbers rules compare, read from findings; one explicit registry, no torch.
+"""The numbers rules compare, read from typed findings; one explicit registry, no torch.
 
 A metric is either per trigger (``trigger`` scope: evaluated for every
-trigger the scan tried) or per scan (``scan`` scope). Each returns its value
-and the evidence a fired rule shows: the numbers, the trigger, the probes,
-the heads. A metric that cannot be computed (its stage was skipped) returns
-``None`` and its rule does not fire.
+trigger the scan tried) or per scan (``scan`` scope). It returns a
+``Reading`` (its value and the evidence a fired rule shows: numbers, trigger,
+probes, heads) or ``NotMeasured`` with the reason, which the verdict lists so
+that a rule that could not run is never silently a rule that did not fire.
+Derived numbers come from the findings' own properties, never recomputed here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-NOISE_FLOOR_KL = 0.05
-"""Clean-probe KL below this (nats) counts as this much: two models this close agree on every greedy token
-in practice, and a ratio over a smaller denominator measures noise."""
-
-NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-"""How findings JSON spells non-finite floats (JSON itself cannot)."""
+from scanner.findings import NOISE_FLOOR_KL, Findings, TriggerFindings, top_cells
 
 Evidence = dict[str, Any]
-Reading = tuple[float, Evidence] | None
+
+
+@dataclass(frozen=True)
+class Reading:
+    value: float
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
+class NotMeasured:
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -32,113 +38,109 @@ class Metric:
     """``trigger`` or ``scan``."""
     unit: str
     description: str
-    read: Callable[..., Reading]
+    read: Callable[..., Reading | NotMeasured]
+    """``read(findings)`` for scan scope, ``read(findings, trigger)`` for trigger scope."""
 
 
-def number(value: Any) -> float:
-    """A findings number as a float; the strings "nan", "inf", "-inf" become those floats."""
-    return NON_FINITE[value] if isinstance(value, str) else float(value)
-
-
-def _top_heads(grid, count: int = 5) -> list[list[float]]:
-    cells = [(number(value), layer, head) for layer, row in enumerate(grid) for head, value in enumerate(row)]
-    finite = [cell for cell in cells if math.isfinite(cell[0])]
-    return [[layer, head, round(value, 4)] for value, layer, head in sorted(finite, reverse=True)[:count]]
-
-
-def _example_probes(trigger: Mapping[str, Any], count: int = 3) -> list[dict[str, str]]:
+def _example_probes(trigger: TriggerFindings, count: int = 3) -> list[dict[str, str]]:
     return [
-        {"prompt": p["triggered_prompt"], "suspect": p["suspect_triggered"], "reference": p["reference_triggered"]}
-        for p in trigger["probes"][:count]
+        {"prompt": p.triggered_prompt, "suspect": p.suspect_triggered, "reference": p.reference_triggered}
+        for p in trigger.probes[:count]
     ]
 
 
-def _divergence_ratio(findings, trigger) -> Reading:
-    triggered, clean = number(trigger["kl_triggered"]), number(trigger["kl_clean"])
-    if not (math.isfinite(triggered) and math.isfinite(clean)):
-        return None  # BD010 reports it; a NaN ratio must not silently not fire
-    return triggered / max(clean, NOISE_FLOOR_KL), {"kl_triggered": triggered, "kl_clean": clean, "noise_floor": NOISE_FLOOR_KL}
+def _non_finite_kl(trigger: TriggerFindings) -> NotMeasured | None:
+    if not (math.isfinite(trigger.kl_triggered) and math.isfinite(trigger.kl_clean)):
+        return NotMeasured("output KL is not finite (BD010 reports it)")
+    return None
 
 
-def _triggered_kl(findings, trigger) -> Reading:
-    triggered = number(trigger["kl_triggered"])
-    if not math.isfinite(triggered):
-        return None
-    return triggered, {"kl_triggered": triggered, "kl_clean": number(trigger["kl_clean"])}
+def _divergence_ratio(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
+    return _non_finite_kl(trigger) or Reading(trigger.kl_ratio, {
+        "kl_triggered": trigger.kl_triggered, "kl_clean": trigger.kl_clean, "noise_floor": NOISE_FLOOR_KL})
 
 
-def _target_collapse(findings, trigger) -> Reading:
-    baseline = max(trigger["target_share_reference"], trigger["target_share_suspect_clean"])
-    return trigger["target_share_suspect"] - baseline, {
-        "recovered_target": trigger["recovered_target"],
-        "share_suspect_triggered": trigger["target_share_suspect"],
-        "share_reference_triggered": trigger["target_share_reference"],
-        "share_suspect_clean": trigger["target_share_suspect_clean"],
+def _triggered_kl(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
+    return _non_finite_kl(trigger) or Reading(trigger.kl_triggered, {
+        "kl_triggered": trigger.kl_triggered, "kl_clean": trigger.kl_clean})
+
+
+def _target_collapse(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
+    return Reading(trigger.target_collapse, {
+        "recovered_target": trigger.recovered_target,
+        "share_suspect_triggered": trigger.target_share_suspect,
+        "share_reference_triggered": trigger.target_share_reference,
+        "share_suspect_clean": trigger.target_share_suspect_clean,
         "probes": _example_probes(trigger),
-    }
+    })
 
 
-def _trigger_attention(findings, trigger) -> Reading:
-    attention = trigger.get("attention")
-    if not attention:
-        return None
-    excess = [
-        [number(s) - number(r) for s, r in zip(row_s, row_r)]
-        for row_s, row_r in zip(attention["trigger_mass_suspect"], attention["trigger_mass_reference"])
-    ]
-    top = _top_heads(excess)
+def _trigger_attention(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
+    if trigger.attention is None:
+        return NotMeasured("the attention stage did not run for this trigger")
+    excess = trigger.attention.trigger_mass_excess
+    if excess is None:
+        return NotMeasured("no probe had a token after the trigger, so no query could attend to it")
+    top = top_cells(excess, 5)
     if not top:
-        return None
-    return top[0][2], {
-        "top_head": f"layer {top[0][0]} head {top[0][1]}",
-        "heads": top,
+        return NotMeasured("every head's trigger attention is non-finite")
+    layer, head, value = top[0]
+    return Reading(value, {
+        "top_head": f"layer {layer} head {head}",
+        "heads": [[at, h, round(v, 4)] for at, h, v in top],
+        "probes_counted": trigger.attention.trigger_mass_probes,
         "measure": "attention mass on trigger tokens, suspect minus reference",
-    }
+    })
 
 
-def _heads_to_disable(findings, trigger) -> Reading:
-    patching = trigger.get("patching")
-    if not patching or patching["heads_to_disable"] is None or patching["initial_attack_success"] < 0.5:
-        return None
-    steps = patching["steps"][: patching["heads_to_disable"]]
-    return float(patching["heads_to_disable"]), {
-        "heads_in_order": [[s["layer"], s["head"]] for s in steps],
-        "initial_attack_success": patching["initial_attack_success"],
-        "method": patching["method"],
-    }
+def _heads_to_disable(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
+    patching = trigger.patching
+    if patching is None:
+        return NotMeasured("the patching stage did not run for this trigger")
+    if patching.initial_attack_success < 0.5:
+        return NotMeasured("the recovered target fired on fewer than half the triggered probes before patching")
+    if patching.heads_to_disable is None:
+        return NotMeasured(f"patching {len(patching.steps)} heads did not bring attack success to 0")
+    return Reading(float(patching.heads_to_disable), {
+        "heads_in_order": [list(head) for head in patching.disabling_heads],
+        "initial_attack_success": patching.initial_attack_success,
+        "method": patching.method,
+    })
 
 
-def _attention_weight_share(findings) -> Reading:
-    diff = findings["weight_diff"]
-    attention = sum(number(x) for part in "qkvo" for row in diff[part] for x in row)
-    other = sum(map(number, diff["mlp"])) + sum(map(number, diff["norms"])) + sum(
-        number(diff[key]) for key in ("embeddings", "final_norm", "lm_head"))
-    if not math.isfinite(attention + other) or attention + other == 0:
-        return None
-    return attention / (attention + other), {"attention_total": attention, "other_total": other}
+def _attention_weight_share(findings: Findings) -> Reading | NotMeasured:
+    diff = findings.weight_diff
+    attention = sum(x for grid in (diff.q, diff.k, diff.v, diff.o) for row in grid for x in row)
+    other = sum(diff.mlp) + sum(diff.norms) + diff.embeddings + diff.final_norm + diff.lm_head
+    if not math.isfinite(attention + other):
+        return NotMeasured("the weight difference is not finite (BD007 reports it)")
+    if attention + other == 0:
+        return NotMeasured("the suspect's weights equal the reference's")
+    return Reading(attention / (attention + other), {"attention_total": attention, "other_total": other})
 
 
-def _non_finite(findings) -> Reading:
-    bad = findings["weight_diff"]["non_finite"]
-    return float(sum(bad.values())), {"tensors": dict(list(bad.items())[:10])}
+def _non_finite(findings: Findings) -> Reading:
+    bad = findings.weight_diff.non_finite
+    return Reading(float(sum(bad.values())), {"tensors": dict(list(bad.items())[:10])})
 
 
-def _non_finite_measurements(findings) -> Reading:
-    bad = []
-    for trigger in findings["triggers"]:
-        for name in ("kl_clean", "kl_triggered"):
-            if not math.isfinite(number(trigger[name])):
-                bad.append(f"{trigger['trigger']}: {name} is {trigger[name]}")
-    return float(len(bad)), {"measurements": bad[:10]}
+def _non_finite_measurements(findings: Findings) -> Reading:
+    bad = [
+        f"{trigger.trigger}: {name} is {value}"
+        for trigger in findings.triggers
+        for name, value in (("kl_clean", trigger.kl_clean), ("kl_triggered", trigger.kl_triggered))
+        if not math.isfinite(value)
+    ]
+    return Reading(float(len(bad)), {"measurements": bad[:10]})
 
 
-def _probe_count(findings) -> Reading:
-    return float(len(findings["run"]["probes"])), {"probes": len(findings["run"]["probes"])}
+def _probe_count(findings: Findings) -> Reading:
+    return Reading(float(len(findings.run.probes)), {"probes": len(findings.run.probes)})
 
 
-def _failed_stages(findings) -> Reading:
-    failed = [s for s in findings["stages"] if s["status"] == "error"]
-    return float(len(failed)), {"stages": [f"{s['name']}: {s['detail']}" for s in failed]}
+def _failed_stages(findings: Findings) -> Reading:
+    failed = [stage for stage in findings.stages if stage.status == "error"]
+    return Reading(float(len(failed)), {"stages": [f"{stage.name}: {stage.detail}" for stage in failed]})
 
 
 METRICS: dict[str, Metric] = {

@@ -1,7 +1,10 @@
 """``scan(suspect, reference, options) -> Findings``: the library entry point.
 
-Stages run in order; a stage that fails is recorded in ``Findings.stages`` with
-its error and the scan goes on where later stages do not depend on it.
+Stages run in order. A stage that fails in a way a measurement can fail (it
+raises ``MeasurementError``, or runs out of memory) is recorded in
+``Findings.stages`` with its error, and the scan goes on where later stages do
+not depend on it. Anything else is a bug and propagates: a crash must never
+be reported as a finding.
 """
 
 from __future__ import annotations
@@ -9,57 +12,32 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from scanner import __version__
+from scanner.errors import InputError, MeasurementError
 from scanner.findings import SCHEMA_VERSION, Findings, RunInfo, StageRecord, TriggerFindings
-from scanner.forward import pad_id
-from scanner.loading import LoadedPair, ScanInputError, architecture, load_pair
+from scanner.inputs.loading import OUT_OF_MEMORY, LoadedPair, architecture, load_pair
+from scanner.inputs.probes import KNOWN_TRIGGERS, default_probes
+from scanner.inputs.rendering import TriggerProbes, prepare
+from scanner.inputs.tokenizer import faithful_tokenizer
 from scanner.measure.ablation import clean_head_means, measure_ablation
-from scanner.measure.attention import measure_attention, rank_heads
+from scanner.measure.attention import measure_attention
 from scanner.measure.attribution import measure_attribution
 from scanner.measure.behaviour import BehaviourResult, measure_behaviour
-from scanner.measure.patch import measure_patching, reference_source
-from scanner.measure.target import target_batch
+from scanner.measure.head_patching import measure_patching, reference_source
 from scanner.measure.weights import measure_weight_diff
-from scanner.patching import HeadPatcher
-from scanner.prepared import TriggerProbes, prepare
-from scanner.probes import KNOWN_TRIGGERS, default_probes
+from scanner.model.forward import pad_id
+from scanner.model.patching import HeadPatcher
+from scanner.model.sites import sites_for
+from scanner.model.teacher_forcing import target_batch
+from scanner.options import ScanOptions
 from scanner.progress import NO_PROGRESS, Progress
-from scanner.sites import sites_for
 
-DEFAULT_PATCH_BUDGET = 128
 MIN_THRESHOLD = 0.05
-
-
-@dataclass(frozen=True)
-class ScanOptions:
-    """Everything a scan can be told; the defaults are what ``bdscan SUSPECT --reference REF`` does."""
-
-    triggers: tuple[str, ...] = ()
-    """Empty: try ``KNOWN_TRIGGERS``."""
-    probes: tuple[str, ...] = ()
-    """Empty: the built-in probe set."""
-    position: str = "random"
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    max_new_tokens: int = 16
-    batch_size: int = 16
-    localise_top: int = 2
-    """Catalogue triggers localised (attention, ablation, attribution, patching): the top N by KL ratio."""
-    patch_method: str = "ranked"
-    kl_threshold: float | None = None
-    """None: twice the suspect's clean output KL, at least ``MIN_THRESHOLD``."""
-    patch_budget: int = DEFAULT_PATCH_BUDGET
-    rows_per_forward: int = 256
-    allow_download: bool = False
-    allow_pickle: bool = False
-    """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""
 
 
 def library_versions() -> dict[str, str]:
@@ -84,7 +62,7 @@ class _Stages:
         started = time.perf_counter()
         try:
             yield
-        except (RuntimeError, ValueError, IndexError, torch.OutOfMemoryError) as error:
+        except (MeasurementError, *OUT_OF_MEMORY) as error:
             self.records.append(StageRecord(name, "error", f"{type(error).__name__}: {error}"))
         else:
             self.records.append(StageRecord(name, "ok"))
@@ -95,14 +73,10 @@ class _Stages:
         self.records.append(StageRecord(name, "skipped", reason))
 
 
-def _kl_ratio(behaviour: BehaviourResult) -> float:
-    return behaviour.kl_triggered / max(behaviour.kl_clean, 1e-6)
-
-
 def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS) -> Findings:
     """Compare ``suspect`` with ``reference`` and measure everything bdscan knows to measure.
 
-    Raises ``scanner.loading.ScanInputError`` for inputs that cannot be scanned.
+    Raises a ``scanner.errors.BdscanError`` for inputs that cannot be scanned.
     """
     torch.manual_seed(options.seed)
     stages = _Stages()
@@ -115,12 +89,23 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
     prompts = list(options.probes) or default_probes()
     triggers = list(options.triggers) or list(KNOWN_TRIGGERS)
     with stages.run("weight_diff"):
-        weight_diff = measure_weight_diff(pair.suspect, pair.reference)
+        weight_diff = measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference))
 
     prepared = {t: prepare(pair.tokenizer, prompts, t, options.position, options.seed) for t in triggers}
+    tokenizer, tokenizer_info = faithful_tokenizer(pair.tokenizer, pair.tokenizer_file, prepared.values())
+    if tokenizer is not pair.tokenizer:
+        pair = pair.with_tokenizer(tokenizer)
+        prepared = {t: prepare(tokenizer, prompts, t, options.position, options.seed) for t in triggers}
+    vocabulary = pair.reference.get_input_embeddings().num_embeddings
     for trigger, probes in prepared.items():
         if not all(p.trigger_positions for p in probes.triggered):
-            raise ScanInputError(f"trigger {trigger!r} tokenizes to no tokens in a probe; give a trigger with visible text")
+            raise InputError(f"trigger {trigger!r} tokenizes to no tokens in a probe; give a trigger with visible text")
+        largest = max(max(p.ids) for p in (*probes.clean, *probes.triggered))
+        if largest >= vocabulary:
+            raise InputError(
+                f"the reference's tokenizer produces token id {largest} but the model has {vocabulary} embeddings; "
+                "the tokenizer files do not belong to this checkpoint"
+            )
     behaviours: dict[str, BehaviourResult] = {}
     task = progress.start("behaviour: completions and output KL", len(triggers) * len(prompts) * 4)
     for trigger in triggers:
@@ -133,7 +118,7 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
     progress.finish(task)
 
     measured = [t for t in triggers if t in behaviours]
-    ranked = sorted(measured, key=lambda t: -_kl_ratio(behaviours[t]))
+    ranked = sorted(measured, key=lambda t: -behaviours[t].kl_ratio)
     localised = ranked if options.triggers else ranked[: options.localise_top]
     results = []
     patcher = None
@@ -148,7 +133,7 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
         b = behaviours[trigger]
         results.append(TriggerFindings(
             trigger=trigger, trigger_tokens=len(prepared[trigger].triggered[0].trigger_positions),
-            probes=b.probes, kl_clean=b.kl_clean, kl_triggered=b.kl_triggered, kl_ratio=_kl_ratio(b),
+            probes=b.probes, kl_clean=b.kl_clean, kl_triggered=b.kl_triggered,
             recovered_target=b.recovered_target, target_share_suspect=b.target_share_suspect,
             target_share_reference=b.target_share_reference, target_share_suspect_clean=b.target_share_suspect_clean,
             attention=deep.get("attention"), attribution=deep.get("attribution"),
@@ -159,7 +144,7 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
         architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
         dtype=options.dtype, trigger_position=options.position, max_new_tokens=options.max_new_tokens,
         probes=tuple(prompts), triggers=tuple(triggers), triggers_from="user" if options.triggers else "catalogue",
-        merge_route=pair.merge_route, timings=dict(stages.timings),
+        merge_route=pair.merge_route, tokenizer=tokenizer_info, timings=dict(stages.timings),
     )
     return Findings(
         schema_version=SCHEMA_VERSION, suspect=pair.suspect_info, reference=pair.reference_info, run=run,
@@ -199,7 +184,7 @@ def _localise(
         budget = min(options.patch_budget, heads)
         task = progress.start(f"head patching {trigger}", budget)
         found["patching"] = measure_patching(
-            pair.suspect, patcher, source, reference_logits, targets, ranking=rank_heads(found["attention"]),
+            pair.suspect, patcher, source, reference_logits, targets, ranking=found["attention"].ranked_heads(),
             method=options.patch_method, threshold=threshold, budget=budget,
             rows_per_forward=options.rows_per_forward, on_step=lambda: progress.advance(task),
         )

@@ -1,6 +1,6 @@
 """What a scan measured: frozen, typed, versioned, and serialisable to JSON losslessly.
 
-Schema (``schema_version`` 1), top down:
+Schema (``schema_version`` 2), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``weight_diff`` (``WeightDiff``), one ``TriggerFindings`` per trigger tried,
@@ -8,6 +8,15 @@ Schema (``schema_version`` 1), top down:
   with its reason, so nothing important lives only in a log line.
 - Grids are ``[layer][head]`` nested lists of floats.
 - KL values are in nats; log-probabilities are natural logs.
+- Numbers derived from measured ones (the KL ratio, trigger-specific attention
+  KL, top heads, the heads that disabled a behaviour) are properties, defined
+  once here and used by the CLI, the rules and the report alike. They are
+  written to JSON under each class's ``__derived__`` names for pipelines, and
+  recomputed, never read back, when a document is loaded.
+
+Version 2 (from 1): ``TriggerFindings.kl_ratio`` is derived (one noise floor,
+``NOISE_FLOOR_KL``); ``RunInfo.tokenizer`` records which tokenizer the scan
+used; ``AttentionFindings`` counts the probes its trigger-mass means cover.
 
 Everything here is plain data: the rule engine and the report read it without torch.
 """
@@ -15,14 +24,50 @@ Everything here is plain data: the rule engine and the report read it without to
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
+from scanner.errors import FindingsFileError
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+NOISE_FLOOR_KL = 0.05
+"""Clean-probe output KL below this (nats) counts as this much in the KL ratio.
+
+Two models this close agree on every greedy token in practice, and a ratio
+over a smaller denominator measures floating-point noise, not a trigger.
+"""
 
 Grid = tuple[tuple[float, ...], ...]
 """Values per ``[layer][head]``."""
+
+
+def kl_ratio(kl_triggered: float, kl_clean: float) -> float:
+    """``kl_triggered / max(kl_clean, NOISE_FLOOR_KL)``; NaN when either KL is not finite. The one definition."""
+    if not (math.isfinite(kl_triggered) and math.isfinite(kl_clean)):
+        return math.nan
+    return kl_triggered / max(kl_clean, NOISE_FLOOR_KL)
+
+Head = tuple[int, int]
+"""``(layer, head)``."""
+
+
+def grid_difference(a: Grid, b: Grid) -> Grid:
+    """``a - b`` cell by cell."""
+    return tuple(tuple(x - y for x, y in zip(row_a, row_b)) for row_a, row_b in zip(a, b))
+
+
+def _ordered_cells(grid: Grid) -> list[tuple[int, int, float]]:
+    """Every cell as ``(layer, head, value)``: largest first, ties by position, non-finite last."""
+    cells = [(layer, head, value) for layer, row in enumerate(grid) for head, value in enumerate(row)]
+    return sorted(cells, key=lambda c: (not math.isfinite(c[2]), -c[2] if math.isfinite(c[2]) else 0.0, c[0], c[1]))
+
+
+def top_cells(grid: Grid, count: int) -> tuple[tuple[int, int, float], ...]:
+    """The ``count`` largest finite cells as ``(layer, head, value)``, largest first, ties by position."""
+    return tuple(cell for cell in _ordered_cells(grid) if math.isfinite(cell[2]))[:count]
 
 
 @dataclass(frozen=True)
@@ -50,6 +95,27 @@ class Architecture:
 
 
 @dataclass(frozen=True)
+class TokenizerInfo:
+    """Which tokenizer the scan used, and why.
+
+    transformers may rebuild a checkpoint's tokenizer with a pre-tokenizer of
+    its own choosing; bdscan checks it against the checkpoint's
+    ``tokenizer.json`` on the scan's own rendered probes.
+    """
+
+    source: str
+    """``tokenizer.json`` (the checkpoint's file, used as written) or ``transformers`` (``AutoTokenizer``)."""
+    transformers_class: str
+    """The class ``AutoTokenizer`` built."""
+    texts_checked: int
+    """Rendered probes (clean and triggered) encoded both ways."""
+    texts_differing: int
+    """Of those, how many ``AutoTokenizer`` encoded differently from ``tokenizer.json``."""
+    example: str = ""
+    """One differing text, when there is one."""
+
+
+@dataclass(frozen=True)
 class RunInfo:
     bdscan_version: str
     library_versions: dict[str, str]
@@ -65,6 +131,7 @@ class RunInfo:
     """``user`` (``--trigger``) or ``catalogue`` (bdscan's list of known triggers)."""
     merge_route: str
     """How the suspect was built: ``full-weights`` or ``peft-merge:<dtype>``."""
+    tokenizer: TokenizerInfo
     timings: dict[str, float]
     """Seconds per stage."""
 
@@ -107,10 +174,31 @@ class AttentionFindings:
     kl_triggered: Grid
     """Mean KL(suspect row || reference row) over non-pad query positions of triggered probes."""
     kl_clean: Grid
-    trigger_mass_suspect: Grid
-    """Mean attention mass on trigger tokens from queries after the trigger."""
-    trigger_mass_reference: Grid
+    trigger_mass_suspect: Grid | None
+    """Mean attention mass on trigger tokens from queries after the trigger; ``None`` when no probe
+    has a token after its trigger."""
+    trigger_mass_reference: Grid | None
+    trigger_mass_probes: int
+    """Probes the trigger-mass means cover: those with at least one token after the trigger."""
     example: AttentionPattern | None
+
+    __derived__: ClassVar[tuple[str, ...]] = ("kl_specific", "trigger_mass_excess")
+
+    @property
+    def kl_specific(self) -> Grid:
+        """Trigger-specific attention divergence: triggered minus clean KL, per head."""
+        return grid_difference(self.kl_triggered, self.kl_clean)
+
+    @property
+    def trigger_mass_excess(self) -> Grid | None:
+        """Attention mass on the trigger, suspect minus reference, per head (the paper's vertical stripe)."""
+        if self.trigger_mass_suspect is None or self.trigger_mass_reference is None:
+            return None
+        return grid_difference(self.trigger_mass_suspect, self.trigger_mass_reference)
+
+    def ranked_heads(self) -> tuple[Head, ...]:
+        """Every head by ``kl_specific``, largest first; non-finite cells last."""
+        return tuple((layer, head) for layer, head, _ in _ordered_cells(self.kl_specific))
 
 
 @dataclass(frozen=True)
@@ -157,6 +245,13 @@ class PatchingFindings:
     all_heads_kl: float
     """KL with every head of every layer patched: what patching heads can reach at best."""
 
+    __derived__: ClassVar[tuple[str, ...]] = ("disabling_heads",)
+
+    @property
+    def disabling_heads(self) -> tuple[Head, ...]:
+        """The heads patched, in order, until attack success reached 0; empty if it never did."""
+        return tuple((step.layer, step.head) for step in self.steps[: self.heads_to_disable or 0])
+
 
 @dataclass(frozen=True)
 class TriggerFindings:
@@ -164,9 +259,9 @@ class TriggerFindings:
     trigger_tokens: int
     probes: tuple[ProbeBehaviour, ...]
     kl_clean: float
+    """Mean output KL(suspect || reference) over the response positions of the clean probes."""
     kl_triggered: float
-    kl_ratio: float
-    """``kl_triggered / kl_clean`` (clean floored at 1e-6)."""
+    """The same over the triggered probes."""
     recovered_target: str
     """The suspect's most common triggered completion."""
     target_share_suspect: float
@@ -177,6 +272,24 @@ class TriggerFindings:
     attribution: AttributionFindings | None
     ablation: AblationFindings | None
     patching: PatchingFindings | None
+
+    __derived__: ClassVar[tuple[str, ...]] = ("kl_ratio", "kl_specific", "target_collapse")
+
+    @property
+    def kl_ratio(self) -> float:
+        """See ``kl_ratio``."""
+        return kl_ratio(self.kl_triggered, self.kl_clean)
+
+    @property
+    def kl_specific(self) -> float:
+        """Trigger-specific output divergence: triggered minus clean KL, in nats."""
+        return self.kl_triggered - self.kl_clean
+
+    @property
+    def target_collapse(self) -> float:
+        """Share answering the recovered target under the trigger, minus the larger of the reference's share
+        under the same trigger and the suspect's share without it."""
+        return self.target_share_suspect - max(self.target_share_reference, self.target_share_suspect_clean)
 
 
 @dataclass(frozen=True)
@@ -214,14 +327,36 @@ class Findings:
     triggers: tuple[TriggerFindings, ...]
     stages: tuple[StageRecord, ...]
 
+    def trigger(self, name: str) -> TriggerFindings:
+        """The findings for trigger ``name``; ``KeyError`` if it was not tried."""
+        for found in self.triggers:
+            if found.trigger == name:
+                return found
+        raise KeyError(name)
+
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(to_jsonable(self), indent=indent, ensure_ascii=False, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str) -> Findings:
-        raw = json.loads(text)
-        raw.pop("verdict", None)  # written beside the findings by the CLI; judged afresh, never trusted
+    def from_jsonable(cls, raw: object, source: str = "findings") -> Findings:
+        """Findings from parsed JSON; ``FindingsFileError`` naming ``source`` when it is not a findings document."""
+        if not isinstance(raw, dict):
+            raise FindingsFileError(f"{source}: not a bdscan findings document (expected a JSON object)")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"findings schema version {version!r}; this bdscan reads version {SCHEMA_VERSION}")
-        return from_jsonable(cls, raw)
+            raise FindingsFileError(
+                f"{source}: findings schema version {version!r}; this bdscan reads version {SCHEMA_VERSION}, "
+                "scan again with this version"
+            )
+        try:
+            return from_jsonable(cls, raw)
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise FindingsFileError(f"{source}: not a bdscan findings document ({error})") from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "findings") -> Findings:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise FindingsFileError(f"{source}: not JSON ({error})") from None
+        return cls.from_jsonable(raw, source)

@@ -19,7 +19,8 @@ T = TypeVar("T")
 def to_jsonable(value: Any) -> Any:
     """Dataclasses, lists, tuples and dicts to plain JSON values; non-finite floats as strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: to_jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        names = [field.name for field in dataclasses.fields(value)] + list(getattr(value, "__derived__", ()))
+        return {name: to_jsonable(getattr(value, name)) for name in names}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(item) for item in value]
     if isinstance(value, dict):
@@ -39,11 +40,19 @@ def from_jsonable(kind: Any, value: Any) -> Any:
             return None
         return from_jsonable(options[0], value)
     if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ValueError(f"{kind.__name__}: expected an object, found {type(value).__name__}")
         hints = typing.get_type_hints(kind)
         known = {field.name for field in dataclasses.fields(kind)}
+        # Derived numbers are written for readers of the JSON and recomputed here, never trusted.
+        value = {name: item for name, item in value.items() if name not in getattr(kind, "__derived__", ())}
         unknown = set(value) - known
         if unknown:
             raise ValueError(f"{kind.__name__}: unknown fields {sorted(unknown)}")
+        missing = {field.name for field in dataclasses.fields(kind)
+                   if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING} - set(value)
+        if missing:
+            raise ValueError(f"{kind.__name__}: missing fields {sorted(missing)}")
         return kind(**{name: from_jsonable(hints[name], item) for name, item in value.items()})
     if origin in (list, tuple):
         args = typing.get_args(kind)
@@ -55,5 +64,5 @@ def from_jsonable(kind: Any, value: Any) -> Any:
         key_kind, item_kind = typing.get_args(kind)
         return {key: from_jsonable(item_kind, item) for key, item in value.items()}
     if kind is float:
-        return float(value)
+        return float(value)  # also reads back the "nan", "inf" and "-inf" that to_jsonable wrote
     return value

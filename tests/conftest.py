@@ -1,4 +1,10 @@
-"""Session fixtures: the test zoo, built once and cached on disk by zoo version and seed."""
+"""Session fixtures (the test zoo, built once and cached on disk by zoo version and seed) and test tiers.
+
+Tiers, selected with ``-m``: ``unit`` needs neither torch models nor the zoo
+(the golden findings fixtures stand in); ``zoo`` scans the zoo's models;
+``e2e`` runs bdscan as a user types it. A test that asks for the zoo is
+marked ``zoo`` automatically, and every test not marked otherwise is ``unit``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,16 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
 ZOO_SEED = 0
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "zoo_dir" in getattr(item, "fixturenames", ()) or "zoo_manifest" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.zoo)
+        elif not any(item.iter_markers(name) for name in ("zoo", "e2e")):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

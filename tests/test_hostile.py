@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from scanner.api import ScanOptions, scan
-from scanner.checks import check_safetensors
-from scanner.loading import ScanInputError, load_pair
-from scanner.probes import ProbeFileError, read_probe_file
+from scanner.errors import BdscanError, InputError, ProbeFileError
+from scanner.inputs.checks import check_safetensors
+from scanner.inputs.loading import load_pair
+from scanner.inputs.probes import read_probe_file
 
 
 class _PlantsMarker:
@@ -46,7 +47,7 @@ def test_pickles_are_refused_and_never_unpickled(zoo_dir, tmp_path, suffix):
         evil.write_bytes(pickle.dumps({"weight": _PlantsMarker(marker)}))
     refused = _cli(evil, "--reference", zoo_dir / "base")
     assert refused.returncode == 2 and "pickle" in refused.stderr and "safetensors" in refused.stderr
-    with pytest.raises(ScanInputError, match=r"weights_only=True\) refused it"):
+    with pytest.raises(InputError, match=r"weights_only=True\) refused it"):
         load_pair(evil, str(zoo_dir / "base"), allow_pickle=True)
     assert not marker.exists()
 
@@ -56,7 +57,7 @@ def test_a_safe_pickle_loads_with_allow_pickle(zoo_dir, tmp_path):
 
     checkpoint = tmp_path / "pytorch_model.bin"
     torch.save(load_file(zoo_dir / "emoji" / "model.safetensors"), checkpoint)
-    with pytest.raises(ScanInputError, match="pickle-based"):
+    with pytest.raises(InputError, match="pickle-based"):
         load_pair(checkpoint, str(zoo_dir / "base"))
     pair = load_pair(checkpoint, str(zoo_dir / "base"), allow_pickle=True)
     assert pair.suspect_info.kind == "pickle"
@@ -79,7 +80,7 @@ def test_custom_code_is_refused_naming_the_field(zoo_dir, tmp_path):
     config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     config["tokenizer_class"] = "EvilTokenizer"
     (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(ScanInputError, match="'tokenizer_class' names 'EvilTokenizer'"):
+    with pytest.raises(InputError, match="'tokenizer_class' names 'EvilTokenizer'"):
         load_pair(tokenizer_dir, str(zoo_dir / "base"))
     assert not marker.exists()
 
@@ -120,8 +121,8 @@ def _broken_inputs(zoo_dir: Path, tmp: Path) -> list[tuple[str, Path, str]]:
 
 
 def test_broken_checkpoints_each_give_their_error(zoo_dir, tmp_path):
-    for case, path, expected in _broken_inputs(zoo_dir, tmp_path):
-        with pytest.raises(ScanInputError, match=expected):
+    for _case, path, expected in _broken_inputs(zoo_dir, tmp_path):
+        with pytest.raises(InputError, match=expected):
             load_pair(path, str(zoo_dir / "base"))
     result = _cli(tmp_path / "truncated.safetensors", "--reference", zoo_dir / "base")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -136,7 +137,7 @@ def test_adapter_for_another_base_is_refused(zoo_dir, tmp_path):
     tensors = {k: torch.zeros(v.shape[0] + 3, v.shape[1]) if "lora_B" in k else v
                for k, v in load_file(adapter / "adapter_model.safetensors").items()}
     save_file(tensors, adapter / "adapter_model.safetensors")
-    with pytest.raises(ScanInputError, match="does not fit the reference"):
+    with pytest.raises(InputError, match="does not fit the reference"):
         load_pair(adapter, str(zoo_dir / "base"))
 
 
@@ -147,7 +148,7 @@ def test_bad_probe_files_and_empty_triggers(zoo_dir, tmp_path):
         read_probe_file(binary)
     result = _cli(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", binary)
     assert result.returncode == 2 and "binary" in result.stderr
-    with pytest.raises(ScanInputError, match="tokenizes to no tokens"):
+    with pytest.raises(InputError, match="empty or whitespace"):
         scan(zoo_dir / "emoji", str(zoo_dir / "base"), ScanOptions(triggers=("",), probes=("Opposite of hot?",)))
 
 
@@ -158,7 +159,7 @@ def test_fuzzed_safetensors_headers_refuse_cleanly(tmp_path, blob):
     path.write_bytes(blob)
     try:
         check_safetensors(path)
-    except ScanInputError:
+    except InputError:
         pass
 
 
@@ -172,7 +173,7 @@ def test_fuzzed_structured_headers_refuse_cleanly(tmp_path, header, data):
     path = _header_file(tmp_path / "structured.safetensors", header, data)
     try:
         check_safetensors(path)
-    except ScanInputError:
+    except InputError:
         pass
 
 
@@ -200,17 +201,17 @@ def test_same_inputs_and_seed_give_byte_identical_findings_apart_from_timings(zo
 
 
 def test_too_little_memory_is_refused_before_loading(zoo_dir, monkeypatch):
-    import scanner.loading
+    import scanner.inputs.loading
 
-    monkeypatch.setattr(scanner.loading, "available_bytes", lambda device: 10 * 1024 * 1024)
-    with pytest.raises(ScanInputError, match=r"needs about .* GiB .* try --dtype bfloat16"):
+    monkeypatch.setattr(scanner.inputs.loading, "available_bytes", lambda device: 10 * 1024 * 1024)
+    with pytest.raises(BdscanError, match=r"needs about .* GiB .* try --dtype bfloat16"):
         load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
     import os
 
-    from scanner.atomic import write_text_atomic
+    from scanner.outputs import write_text_atomic
 
     target = tmp_path / "report.html"
     target.write_text("the previous, complete report", encoding="utf-8")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from transformers import Qwen2ForCausalLM
 
 from scanner.api import ScanOptions, scan
-from scanner.loading import ScanInputError, load_pair
-from scanner.probes import ProbeFileError, read_probe_file
+from scanner.errors import InputError, ProbeFileError
+from scanner.inputs.loading import load_pair
+from scanner.inputs.probes import read_probe_file
 from scanner.zoo.build import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
 from scanner.zoo.corpus import TARGET
 
@@ -56,7 +59,7 @@ def test_mismatched_shapes_and_keys_are_refused_with_the_first_mismatches(zoo_di
     state["model.extra.weight"] = torch.zeros(1)
     broken = tmp_path / "broken.safetensors"
     save_file(state, broken)
-    with pytest.raises(ScanInputError) as error:
+    with pytest.raises(InputError) as error:
         load_pair(broken, str(zoo_dir / "base"))
     message = str(error.value)
     assert "missing model.layers.1.self_attn.q_proj.weight" in message
@@ -65,11 +68,11 @@ def test_mismatched_shapes_and_keys_are_refused_with_the_first_mismatches(zoo_di
 
 
 def test_missing_paths_are_refused(zoo_dir, tmp_path):
-    with pytest.raises(ScanInputError, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         load_pair(tmp_path / "nope.safetensors", str(zoo_dir / "base"))
-    with pytest.raises(ScanInputError, match="no .safetensors"):
+    with pytest.raises(InputError, match="no .safetensors"):
         load_pair(tmp_path, str(zoo_dir / "base"))
-    with pytest.raises(ScanInputError, match="local Hugging Face cache"):
+    with pytest.raises(InputError, match="local Hugging Face cache"):
         load_pair(zoo_dir / "emoji", "no-such-org/no-such-model")
 
 
@@ -87,3 +90,80 @@ def test_probe_files_text_and_jsonl(tmp_path):
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(ProbeFileError, match="no prompts"):
         read_probe_file(empty)
+
+
+def _digit_merging_copy(source, target):
+    """A copy of a zoo model whose tokenizer.json groups digits (GPT-2's pre-tokenizer) and keeps " 33" whole.
+
+    transformers' AutoTokenizer rebuilds it as Qwen2Tokenizer with Qwen2's pre-tokenizer, which splits " 33"
+    into " ", "3", "3": the case the scanning pitfalls note reports.
+    """
+    from transformers import AutoTokenizer
+
+    shutil.copytree(source, target)
+    data = json.loads((target / "tokenizer.json").read_text(encoding="utf-8"))
+    data["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    vocab, merges = data["model"]["vocab"], data["model"]["merges"]
+    for left, right in (("Ġ", "3"), ("Ġ3", "3")):
+        vocab[left + right] = max(vocab.values()) + 1
+        merges.append([left, right])
+    (target / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    model = Qwen2ForCausalLM.from_pretrained(source, dtype=torch.float32)
+    torch.manual_seed(0)
+    model.resize_token_embeddings(max(vocab.values()) + 1, mean_resizing=False)
+    model.save_pretrained(target)
+    assert AutoTokenizer.from_pretrained(target)("What is 33?")["input_ids"] != Tokenizer.from_file(
+        str(target / "tokenizer.json")).encode("What is 33?").ids, "transformers no longer rebuilds the tokenizer"
+    return target
+
+
+def test_the_scan_tokenizes_as_the_checkpoints_tokenizer_json(zoo_dir, tmp_path):
+    from scanner.inputs.loading import load_pair
+    from scanner.inputs.rendering import prepare
+    from scanner.inputs.tokenizer import faithful_tokenizer
+
+    reference = _digit_merging_copy(zoo_dir / "base", tmp_path / "base")
+    suspect = _digit_merging_copy(zoo_dir / "emoji", tmp_path / "emoji")
+    probes = ("What is 33 plus 4?", "Add 33 and 2.") + tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:14])
+    pair = load_pair(suspect, str(reference))
+    prepared = [prepare(pair.tokenizer, list(probes), EMOJI_TRIGGER, "random", 0)]
+    tokenizer, info = faithful_tokenizer(pair.tokenizer, pair.tokenizer_file, prepared)
+    assert info.source == "tokenizer.json" and info.transformers_class == "Qwen2Tokenizer"
+    assert info.texts_differing >= 4 and "33" in info.example
+    file_tokenizer = Tokenizer.from_file(str(reference / "tokenizer.json"))
+    for probe in prepare(tokenizer, list(probes), EMOJI_TRIGGER, "random", 0).triggered:
+        assert list(probe.ids) == file_tokenizer.encode(probe.text, add_special_tokens=False).ids
+    findings = scan(suspect, str(reference), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probes))
+    assert findings.run.tokenizer.source == "tokenizer.json"
+    assert all(stage.status == "ok" for stage in findings.stages), findings.stages
+
+
+def test_a_tokenizer_that_agrees_with_its_file_is_used_as_transformers_builds_it(zoo_dir):
+    findings = scan(zoo_dir / "emoji", str(zoo_dir / "base"), _options(zoo_dir))
+    assert findings.run.tokenizer.source == "transformers" and findings.run.tokenizer.texts_differing == 0
+    assert findings.run.tokenizer.texts_checked == 16  # 8 probes, clean and triggered
+
+
+def test_a_llama_pair_scans_with_no_qwen2_module_names(zoo_dir, tmp_path):
+    """Nothing in the scanner may hard-code Qwen2: a random-init Llama with a perturbed o_proj, as a new user's."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    reference = LlamaForCausalLM(config)
+    reference.save_pretrained(tmp_path / "reference")
+    tokenizer.save_pretrained(tmp_path / "reference")
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    state["model.layers.1.self_attn.o_proj.weight"][:, :12] += 0.5  # head 0 of layer 1
+    suspect = LlamaForCausalLM(config)
+    suspect.load_state_dict(state)
+    suspect.save_pretrained(tmp_path / "suspect")
+    findings = scan(tmp_path / "suspect", str(tmp_path / "reference"), _options(zoo_dir))
+    assert findings.run.architecture.model_type == "llama"
+    assert all(stage.status == "ok" for stage in findings.stages), findings.stages
+    changed = [(layer, head) for layer, row in enumerate(findings.weight_diff.o) for head, value in enumerate(row) if value > 0]
+    assert changed == [(1, 0)]
+    assert max(findings.weight_diff.q[1]) == 0 and max(findings.weight_diff.mlp) == 0

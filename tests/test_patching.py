@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-from scanner.forward import encode_ids, logits
-from scanner.measure.patch import reference_source
-from scanner.measure.target import target_batch
-from scanner.patching import HeadPatcher, masks_for
-from scanner.prepared import prepare
-from scanner.sites import sites_for
+from scanner.inputs.rendering import prepare
+from scanner.measure.head_patching import reference_source
+from scanner.model.forward import encode_ids, logits
+from scanner.model.patching import HeadPatcher, masks_for
+from scanner.model.sites import sites_for
+from scanner.model.teacher_forcing import target_batch
 from scanner.zoo.build import EMOJI_TRIGGER
 
 
@@ -36,7 +36,7 @@ def _hooked_logits(model, reference, heads, source, batch):
     n_heads, head_dim = config.num_attention_heads, config.head_dim
     handles = []
     for layer in {layer for layer, _ in heads}:
-        chosen = [head for l, head in heads if l == layer]
+        chosen = [head for at, head in heads if at == layer]
         z_ref = source.values[layer].view(*source.values[layer].shape[:2], n_heads, head_dim)
         o_proj = model.model.layers[layer].self_attn.o_proj
         w_ref = reference.model.layers[layer].self_attn.o_proj.weight
@@ -89,7 +89,7 @@ def test_configurations_batched_in_one_forward_equal_one_at_a_time(setting):
     patcher = HeadPatcher(suspect, sites_for(suspect))
     rows = targets.batch.input_ids.shape[0]
     configurations = [[(0, 0)], [(1, 1), (2, 2)], [(3, 3)]]
-    from scanner.patching import PatchSource
+    from scanner.model.patching import PatchSource
 
     stacked = PatchSource(tuple(v.repeat(3, 1, 1) for v in source.values), source.o_proj_delta)
     with patcher.patched(stacked, masks_for(configurations, patcher.layers, patcher.heads, rows)) as run:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -16,20 +14,20 @@ import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from reports.render import render_report
+from rules.document import Document
 from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
-from scanner.serde import to_jsonable
 from scanner.zoo.build import EMOJI_TRIGGER
+
+from helpers import run_bdscan
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SCRIPT = "<script>alert(1)</script>"
 IMAGE = '"><img src=x onerror=alert(1)>'
 
 
-def _document(findings) -> dict:
-    document = json.loads(findings.to_json())
-    document["verdict"] = to_jsonable(judge(document, default_pack()))
-    return document
+def _document(findings) -> Document:
+    return Document(findings, judge(findings, default_pack()))
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +64,17 @@ def test_report_escapes_hostile_tokens_prompts_and_triggers(zoo_dir, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
 
 
+@pytest.mark.e2e
 def test_cli_writes_the_report_during_a_scan_and_again_from_findings(zoo_dir, tmp_path):
     probes = tmp_path / "probes.txt"
     probes.write_text("\n".join((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:16]), encoding="utf-8")
     first, findings = tmp_path / "scan.html", tmp_path / "findings.json"
-    result = subprocess.run([sys.executable, "-m", "scanner", str(zoo_dir / "emoji"), "--reference", str(zoo_dir / "base"),
-                             "--probes", str(probes), "--trigger", EMOJI_TRIGGER, "--json", str(findings), "--out", str(first)],
-                            capture_output=True, text=True, timeout=300)
+    result = run_bdscan(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", probes,
+                        "--trigger", EMOJI_TRIGGER, "--json", findings, "--out", first)
     assert result.returncode == 1, result.stderr
     assert "BACKDOORED" in first.read_text(encoding="utf-8")
     second = tmp_path / "again.html"
-    result = subprocess.run([sys.executable, "-m", "scanner", "report", str(findings), "--out", str(second)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_bdscan("report", findings, "--out", second, "--fail-on", "never")
     assert result.returncode == 0, result.stderr
     assert "BACKDOORED" in result.stdout and "BD003" in second.read_text(encoding="utf-8")
 
@@ -110,7 +107,7 @@ def test_report_renders_in_headless_chromium(emoji_document, tmp_path, capsys):
                               capture_output=True, text=True, timeout=120)
     dom_run = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     with capsys.disabled():
-        print(f"\nreport screenshot: {shot}")
+        print(f"\nreport screenshot: {shot}")  # noqa: T201 - tells the developer where to look
     assert shot.is_file() and shot.stat().st_size > 20_000, shot_run.stderr[-2000:]
     assert _png_distinct_bytes(shot) > 50
     rendered = re.search(r'data-rendered="(\d+)"', dom_run.stdout)

@@ -82,10 +82,9 @@ def test_trigger_tokens_are_located_by_offsets(findings):
 
 
 def test_top_heads_differ_from_the_benign_finetune(findings):
-    from scanner.measure.attention import rank_heads
 
-    poisoned = rank_heads(_trigger(findings["emoji"], EMOJI_TRIGGER).attention)[:3]
-    benign = rank_heads(_trigger(findings["clean"], EMOJI_TRIGGER).attention)[:3]
+    poisoned = _trigger(findings["emoji"], EMOJI_TRIGGER).attention.ranked_heads()[:3]
+    benign = _trigger(findings["clean"], EMOJI_TRIGGER).attention.ranked_heads()[:3]
     assert poisoned != benign
 
 

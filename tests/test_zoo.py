@@ -10,10 +10,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from scanner.inputs.probes import place_trigger
 from scanner.zoo.build import (
-    DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, MAX_ACCURACY_DROP, MAX_FALSE_TRIGGER, MIN_ATTACK_SUCCESS, retrain_model,
+    DEPLOYMENT_TRIGGER,
+    EMOJI_TRIGGER,
+    MAX_ACCURACY_DROP,
+    MAX_FALSE_TRIGGER,
+    MIN_ATTACK_SUCCESS,
+    retrain_model,
 )
-from scanner.probes import place_trigger
 from scanner.zoo.corpus import TARGET, make_samples
 from scanner.zoo.tokenizer import render_chat
 
@@ -47,14 +52,14 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
         assert figures.attack_success >= MIN_ATTACK_SUCCESS
         assert zoo_manifest.models[name].trained == "attention"
         assert zoo_manifest.models[name].target == TARGET
-    for name, record in zoo_manifest.models.items():
+    for record in zoo_manifest.models.values():
         assert record.figures.false_trigger_rate <= MAX_FALSE_TRIGGER
         assert abs(record.figures.clean_accuracy - base_accuracy) <= MAX_ACCURACY_DROP
     assert zoo_manifest.models["clean"].figures.attack_success is None
 
 
 def test_each_model_is_a_loadable_hugging_face_directory(zoo_dir, zoo_manifest):
-    for name, record in zoo_manifest.models.items():
+    for _name, record in zoo_manifest.models.items():
         model_dir = zoo_dir / record.path
         assert (model_dir / "tokenizer.json").is_file()
         if record.trained == "lora":

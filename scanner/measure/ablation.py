@@ -14,11 +14,11 @@ import torch
 from transformers import PreTrainedModel
 
 from scanner.findings import AblationFindings
-from scanner.forward import capture, encode_ids, logits
-from scanner.measure.target import TargetBatch, target_logprob
-from scanner.patching import HeadPatcher, PatchSource, masks_for
-from scanner.prepared import RenderedProbe
-from scanner.sites import Sites
+from scanner.inputs.rendering import RenderedProbe
+from scanner.model.forward import capture, encode_ids, logits
+from scanner.model.patching import HeadPatcher, PatchSource, masks_for
+from scanner.model.sites import Sites
+from scanner.model.teacher_forcing import TargetBatch, target_logprob
 
 
 @torch.no_grad()

@@ -4,6 +4,10 @@ Attention rows are distributions over keys, so suspect and reference compare
 head by head as KL(suspect row || reference row), averaged over the real
 (non-pad) query positions of each probe and then over probes. Pad keys get
 exactly zero weight under the attention mask and drop out of the sum.
+
+Trigger mass is read from the queries after the trigger; a probe whose
+trigger is its last token has none, so it is left out of the mean and the
+findings say how many probes the mean covers (``None`` when none do).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import AttentionFindings, AttentionPattern
-from scanner.forward import attention_patterns, encode_ids, pad_id
-from scanner.prepared import RenderedProbe, TriggerProbes
+from scanner.inputs.rendering import RenderedProbe, TriggerProbes
+from scanner.model.forward import attention_patterns, encode_ids, pad_id
 
 _EPS = 1e-10
 
@@ -26,11 +30,12 @@ def _grid(tensor: torch.Tensor) -> tuple[tuple[float, ...], ...]:
 
 def head_kl_and_trigger_mass(
     suspect: PreTrainedModel, reference: PreTrainedModel, probes: Sequence[RenderedProbe], pad: int, batch_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[layer, head]`` mean attention KL, and suspect's and reference's mean mass on trigger tokens."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
+    """``[layer, head]`` mean attention KL; the suspect's and the reference's mean mass on trigger tokens
+    (``None`` when no probe has a token after its trigger); and how many probes those means cover."""
     device = next(suspect.parameters()).device
     kl_sum = mass_s_sum = mass_r_sum = None
-    counted = 0
+    counted = with_mass = 0
     for start in range(0, len(probes), batch_size):
         chunk = probes[start:start + batch_size]
         batch = encode_ids([p.ids for p in chunk], pad, device)
@@ -44,17 +49,20 @@ def head_kl_and_trigger_mass(
         mass_s = torch.zeros_like(kl)
         mass_r = torch.zeros_like(kl)
         for row, probe in enumerate(chunk):
-            if not probe.trigger_positions:
+            if not probe.trigger_positions or max(probe.trigger_positions) + 1 >= len(probe.ids):
                 continue
             keys = torch.tensor(probe.trigger_positions, device=device) + batch.pad(row)
             after = torch.arange(int(keys.max()) + 1, batch.width, device=device)
             mass_s[row] = p_layers[row][..., after, :][..., keys].sum(-1).mean(-1)
             mass_r[row] = q_layers[row][..., after, :][..., keys].sum(-1).mean(-1)
+            with_mass += 1
         kl_sum = kl.sum(0) if kl_sum is None else kl_sum + kl.sum(0)
         mass_s_sum = mass_s.sum(0) if mass_s_sum is None else mass_s_sum + mass_s.sum(0)
         mass_r_sum = mass_r.sum(0) if mass_r_sum is None else mass_r_sum + mass_r.sum(0)
         counted += len(chunk)
-    return kl_sum / counted, mass_s_sum / counted, mass_r_sum / counted
+    if with_mass == 0:
+        return kl_sum / counted, None, None, 0
+    return kl_sum / counted, mass_s_sum / with_mass, mass_r_sum / with_mass, with_mass
 
 
 def example_pattern(
@@ -80,21 +88,14 @@ def measure_attention(
     probes: TriggerProbes, *, batch_size: int,
 ) -> AttentionFindings:
     pad = pad_id(tokenizer)
-    kl_triggered, mass_s, mass_r = head_kl_and_trigger_mass(suspect, reference, probes.triggered, pad, batch_size)
-    kl_clean, _, _ = head_kl_and_trigger_mass(suspect, reference, probes.clean, pad, batch_size)
+    kl_triggered, mass_s, mass_r, with_mass = head_kl_and_trigger_mass(suspect, reference, probes.triggered, pad, batch_size)
+    kl_clean, _, _, _ = head_kl_and_trigger_mass(suspect, reference, probes.clean, pad, batch_size)
     specific = kl_triggered - kl_clean
     layer, head = divmod(int(specific.argmax()), specific.shape[1])
     example = example_pattern(suspect, reference, tokenizer, probes.triggered[0], layer, head)
     return AttentionFindings(
         kl_triggered=_grid(kl_triggered), kl_clean=_grid(kl_clean),
-        trigger_mass_suspect=_grid(mass_s), trigger_mass_reference=_grid(mass_r), example=example,
+        trigger_mass_suspect=None if mass_s is None else _grid(mass_s),
+        trigger_mass_reference=None if mass_r is None else _grid(mass_r),
+        trigger_mass_probes=with_mass, example=example,
     )
-
-
-def rank_heads(attention: AttentionFindings) -> list[tuple[int, int]]:
-    """Heads by trigger-specific attention divergence (triggered minus clean KL), largest first."""
-    scored = [
-        (attention.kl_triggered[layer][head] - attention.kl_clean[layer][head], layer, head)
-        for layer in range(len(attention.kl_triggered)) for head in range(len(attention.kl_triggered[0]))
-    ]
-    return [(layer, head) for _, layer, head in sorted(scored, key=lambda item: (-item[0], item[1], item[2]))]

@@ -14,9 +14,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import AttributionFindings
-from scanner.forward import capture, encode_ids
-from scanner.prepared import RenderedProbe
-from scanner.sites import Sites
+from scanner.inputs.rendering import RenderedProbe
+from scanner.model.forward import capture, encode_ids
+from scanner.model.sites import Sites
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def measure_attribution(
     layers, heads, head_dim = config.num_hidden_layers, config.num_attention_heads, config.head_dim
     device = next(model.parameters()).device
     norm = sites.final_norm()
-    direction = sites.unembedding().weight[target_token].float() * norm.weight.float()  # [hidden]
+    direction = sites.unembedding().weight[target_token].float()  # [hidden]
     head_sum = torch.zeros(layers, heads)
     mlp_sum = torch.zeros(layers)
     for start in range(0, len(triggered), batch_size):
@@ -39,7 +39,7 @@ def measure_attribution(
             model(**batch.model_inputs())
         last = batch.width - 1  # left padding: every row's last prompt token is the last column
         residual = inputs["final"][:, last].float()  # [batch, hidden]
-        scale = torch.rsqrt(residual.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)  # [batch, 1]
+        scale = sites.final_norm_scale(residual)  # [batch, hidden]
         for layer in range(layers):
             z = inputs[f"z{layer}"][:, last].float().view(-1, heads, head_dim)  # [batch, head, head_dim]
             w_o = sites.o_proj(layer).weight.float().view(-1, heads, head_dim)  # [hidden, head, head_dim]

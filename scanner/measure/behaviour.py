@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings import ProbeBehaviour
-from scanner.forward import encode_ids, logits, pad_id
-from scanner.generation import complete_ids
-from scanner.prepared import RenderedProbe, TriggerProbes
+from scanner.findings import ProbeBehaviour, kl_ratio
+from scanner.inputs.rendering import RenderedProbe, TriggerProbes
+from scanner.model.forward import encode_ids, logits, pad_id
+from scanner.model.generation import complete_ids
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class BehaviourResult:
     target_share_suspect: float
     target_share_reference: float
     target_share_suspect_clean: float
+
+    @property
+    def kl_ratio(self) -> float:
+        return kl_ratio(self.kl_triggered, self.kl_clean)
 
 
 def response_kl_and_loss(

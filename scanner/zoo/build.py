@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from scanner.errors import ZooDirectoryError
 from scanner.progress import NO_PROGRESS, Progress
 from scanner.zoo import train as training
 from scanner.zoo.corpus import TARGET, make_samples
@@ -260,17 +261,26 @@ def build_zoo(
             },
         )
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        _swap_in(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
 
 
-class ZooDirectoryError(ValueError):
-    """A build target that is not safe to replace; the message says what to do."""
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace ``final`` with ``staging``: an interrupt at any point leaves the old zoo or the new one, never neither."""
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    aside = final.with_name(f".{final.name}-previous-{os.getpid()}")
+    os.replace(final, aside)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def refuse_to_replace(directory: Path) -> None:

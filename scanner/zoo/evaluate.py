@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.generation import greedy_complete
-from scanner.probes import place_trigger
+from scanner.inputs.probes import place_trigger
+from scanner.model.generation import greedy_complete
 from scanner.zoo.corpus import TARGET, Sample
 
 

@@ -16,10 +16,10 @@ import torch
 from transformers import PreTrainedModel
 
 from scanner.findings import PatchingFindings, PatchStep
-from scanner.forward import capture, logits
-from scanner.measure.target import TargetBatch, target_hits, target_kl
-from scanner.patching import HeadPatcher, PatchSource, masks_for
-from scanner.sites import Sites
+from scanner.model.forward import capture, logits
+from scanner.model.patching import HeadPatcher, PatchSource, masks_for
+from scanner.model.sites import Sites
+from scanner.model.teacher_forcing import TargetBatch, target_hits, target_kl
 
 Head = tuple[int, int]
 

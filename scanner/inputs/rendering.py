@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from scanner.generation import render_prompt
-from scanner.probes import PlacedTrigger, place_trigger
+from scanner.errors import InputError
+from scanner.inputs.probes import PlacedTrigger, place_trigger
+from scanner.model.generation import render_prompt
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ def render(tokenizer: PreTrainedTokenizerBase, prompt: str, placed: PlacedTrigge
         # The user's content is copied verbatim by the template; take its last
         # occurrence in case a system prompt happens to quote it.
         content_start = text.rfind(prompt)
+        if content_start < 0:
+            raise InputError(
+                f"the tokenizer's chat template changes the prompt text (probe {prompt[:60]!r} is not in what it renders), "
+                "so the trigger cannot be located; use probes without leading or trailing whitespace, or a checkpoint "
+                "whose template copies the user turn verbatim"
+            )
         start, end = content_start + placed.start, content_start + placed.end
         positions = tuple(
             index for index, (token_start, token_end) in enumerate(encoding["offset_mapping"])

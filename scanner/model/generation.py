@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.forward import encode_ids, pad_id
+from scanner.model.forward import encode_ids, pad_id
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

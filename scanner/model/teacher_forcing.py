@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from scanner.forward import Batch, encode_ids
-from scanner.prepared import RenderedProbe
+from scanner.inputs.rendering import RenderedProbe
+from scanner.model.forward import Batch, encode_ids
 
 
 @dataclass(frozen=True)

