@@ -20,11 +20,12 @@ DATA = Path(__file__).resolve().parent / "data"
 ZOO_SEED = 0
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "zoo_dir" in getattr(item, "fixturenames", ()) or "zoo_manifest" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.zoo)
-        elif not any(item.iter_markers(name) for name in ("zoo", "e2e")):
+        elif not any(item.get_closest_marker(name) for name in ("zoo", "e2e")):
             item.add_marker(pytest.mark.unit)
 
 

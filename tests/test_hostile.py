@@ -6,8 +6,6 @@ import json
 import pickle
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,8 @@ from scanner.inputs.checks import check_safetensors
 from scanner.inputs.loading import load_pair
 from scanner.inputs.probes import read_probe_file
 
+from helpers import invoke
+
 
 class _PlantsMarker:
     """Unpickling this calls open(marker, 'w'): the file appears iff the pickle ran."""
@@ -33,10 +33,6 @@ class _PlantsMarker:
         return (open, (str(self.marker), "w"))
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "scanner", *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("suffix", [".bin", ".pt", ".ckpt"])
 def test_pickles_are_refused_and_never_unpickled(zoo_dir, tmp_path, suffix):
     marker = tmp_path / "PWNED"
@@ -45,8 +41,8 @@ def test_pickles_are_refused_and_never_unpickled(zoo_dir, tmp_path, suffix):
         torch.save({"weight": _PlantsMarker(marker)}, evil)  # a zip archive with a pickle inside
     else:
         evil.write_bytes(pickle.dumps({"weight": _PlantsMarker(marker)}))
-    refused = _cli(evil, "--reference", zoo_dir / "base")
-    assert refused.returncode == 2 and "pickle" in refused.stderr and "safetensors" in refused.stderr
+    refused = invoke(evil, "--reference", zoo_dir / "base")
+    assert refused.exit_code == 2 and "pickle" in refused.stderr and "safetensors" in refused.stderr
     with pytest.raises(InputError, match=r"weights_only=True\) refused it"):
         load_pair(evil, str(zoo_dir / "base"), allow_pickle=True)
     assert not marker.exists()
@@ -73,8 +69,8 @@ def test_custom_code_is_refused_naming_the_field(zoo_dir, tmp_path):
         config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilForCausalLM", "AutoConfig": "evil.EvilConfig"}
         (model_dir / "config.json").write_text(json.dumps(config))
     for suspect, reference in ((tmp_path / "suspect", zoo_dir / "base"), (zoo_dir / "emoji", tmp_path / "reference")):
-        result = _cli(suspect, "--reference", reference)
-        assert result.returncode == 2 and "'auto_map'" in result.stderr, result.stderr
+        result = invoke(suspect, "--reference", reference)
+        assert result.exit_code == 2 and "'auto_map'" in result.stderr, result.stderr
     tokenizer_dir = tmp_path / "tokenizer"
     shutil.copytree(zoo_dir / "emoji", tokenizer_dir)
     config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
@@ -124,8 +120,8 @@ def test_broken_checkpoints_each_give_their_error(zoo_dir, tmp_path):
     for _case, path, expected in _broken_inputs(zoo_dir, tmp_path):
         with pytest.raises(InputError, match=expected):
             load_pair(path, str(zoo_dir / "base"))
-    result = _cli(tmp_path / "truncated.safetensors", "--reference", zoo_dir / "base")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    result = invoke(tmp_path / "truncated.safetensors", "--reference", zoo_dir / "base")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -146,8 +142,8 @@ def test_bad_probe_files_and_empty_triggers(zoo_dir, tmp_path):
     binary.write_bytes(b"\x00\x01\x02binary")
     with pytest.raises(ProbeFileError, match="binary"):
         read_probe_file(binary)
-    result = _cli(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", binary)
-    assert result.returncode == 2 and "binary" in result.stderr
+    result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", binary)
+    assert result.exit_code == 2 and "binary" in result.stderr
     with pytest.raises(InputError, match="empty or whitespace"):
         scan(zoo_dir / "emoji", str(zoo_dir / "base"), ScanOptions(triggers=("",), probes=("Opposite of hot?",)))
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -13,6 +11,8 @@ from rules.engine import RulePackError, apply_overrides, default_pack, judge, pa
 from scanner.api import ScanOptions, scan
 from scanner.findings import StageRecord
 from scanner.zoo.build import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
+
+from helpers import invoke
 
 
 @pytest.fixture(scope="session")
@@ -140,32 +140,20 @@ def test_bad_packs_are_refused():
         parse_pack("[[rule]\n", "pack.toml")
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "scanner", *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.e2e
 def test_cli_exit_codes_and_rejudging(zoo_dir, tmp_path):
     probes = tmp_path / "probes.txt"
     probes.write_text((zoo_dir / "probes.txt").read_text(encoding="utf-8"), encoding="utf-8")
     out = tmp_path / "findings.json"
-    poisoned = _cli(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", probes,
-                    "--trigger", EMOJI_TRIGGER, "--trigger", "cf", "--json", out)
-    assert poisoned.returncode == 1, poisoned.stderr
+    poisoned = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", probes,
+                      "--trigger", EMOJI_TRIGGER, "--trigger", "cf", "--json", out, "--quiet")
+    assert poisoned.exit_code == 1, poisoned.stderr
     assert "BACKDOORED" in poisoned.stdout and "BD003" in poisoned.stdout
     assert json.loads(out.read_text(encoding="utf-8"))["verdict"]["level"] == "BACKDOORED"
-    assert _cli("judge", out, "--fail-on", "never").returncode == 0
-    assert _cli("judge", out, "--set", "BD003.threshold=1.5", "--set", "BD001.threshold=1e9",
-                "--set", "BD002.threshold=1e9").returncode == 0
-    clean = _cli(zoo_dir / "clean", "--reference", zoo_dir / "base", "--probes", probes, "--trigger", EMOJI_TRIGGER)
-    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert invoke("judge", out, "--fail-on", "never").exit_code == 0
+    assert invoke("judge", out, "--set", "BD003.threshold=1.5", "--set", "BD001.threshold=1e9",
+                  "--set", "BD002.threshold=1e9").exit_code == 0
+    clean = invoke(zoo_dir / "clean", "--reference", zoo_dir / "base", "--probes", probes, "--trigger", EMOJI_TRIGGER,
+                   "--quiet")
+    assert clean.exit_code == 0, clean.stdout + clean.stderr
     assert "CLEAN" in clean.stdout
-    bad = _cli("judge", out, "--set", "BD003.limit=1")
-    assert bad.returncode == 2 and "cannot be set" in bad.stderr
-
-
-def test_cli_rules_list_and_explain():
-    listing = _cli("rules", "list")
-    assert listing.returncode == 0 and all(f"BD{i:03d}" in listing.stdout for i in range(1, 11))
-    explained = _cli("rules", "explain", "BD003")
-    assert explained.returncode == 0 and "Why this threshold" in explained.stdout
-    assert _cli("rules", "explain", "BD999").returncode == 2
