@@ -43,6 +43,6 @@ def zoo_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def zoo_manifest(zoo_dir: Path):
-    from scanner.zoo.build import load_manifest
+    from scanner.zoo.manifest import load_manifest
 
     return load_manifest(zoo_dir)

@@ -126,3 +126,17 @@ def test_zoo_build_never_replaces_a_directory_that_is_not_a_zoo(tmp_path):
     )
     assert result.returncode == 2 and "not a bdscan zoo" in result.stderr
     assert (precious / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_zoo_list_prints_ground_truth_and_figures(zoo_dir, tmp_path):
+    from helpers import invoke
+
+    listed = invoke("zoo", "list", zoo_dir)
+    assert listed.exit_code == 0, listed.stderr
+    assert all(name in listed.output for name in ("base", "clean", "emoji", "deployment", "full", "lora"))
+    assert EMOJI_TRIGGER in listed.output and "bars met" in listed.output
+    missing = invoke("zoo", "list", tmp_path)
+    assert missing.exit_code == 2 and "no zoo here" in missing.stderr
+    (tmp_path / "zoo.json").write_text("{broken", encoding="utf-8")
+    corrupt = invoke("zoo", "list", tmp_path)
+    assert corrupt.exit_code == 2 and "not a zoo manifest" in corrupt.stderr

@@ -8,6 +8,7 @@ import click
 
 from scanner.cli.app import EXIT_FINDING, EXIT_OK, debug_option
 from scanner.cli.output import print_zoo, stderr_console, stdout_console
+from scanner.errors import InputError
 
 
 @click.group("zoo")
@@ -60,3 +61,22 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
     for failure in manifest.bar_failures:
         stderr_console().print(f"  - {failure}", highlight=False)
     return EXIT_OK if allow_weak else EXIT_FINDING
+
+
+@zoo_group.command("list")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@debug_option
+def zoo_list(directory: Path) -> int:
+    """Print the models of the zoo in DIRECTORY: ground truth and the figures measured when it was built.
+
+    \b
+    Example:
+      bdscan zoo list .cache/zoo-demo
+    """
+    from scanner.zoo.manifest import load_manifest
+
+    manifest = load_manifest(directory)
+    if manifest is None:
+        raise InputError(f"{directory}: no zoo here (no zoo.json); build one with `bdscan zoo build {directory}`")
+    print_zoo(stdout_console(), manifest, directory)
+    return EXIT_OK

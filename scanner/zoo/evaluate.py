@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.inputs.probes import place_trigger
 from scanner.model.generation import greedy_complete
 from scanner.zoo.corpus import TARGET, Sample
-
-
-@dataclass(frozen=True)
-class ModelFigures:
-    """Shares in [0, 1] measured by greedy completion on held-out prompts.
-
-    ``attack_success`` is ``None`` for a model with no trigger.
-    """
-
-    clean_accuracy: float
-    false_trigger_rate: float
-    attack_success: float | None
+from scanner.zoo.manifest import ModelFigures
 
 
 def starts_with_target(text: str, target: str = TARGET) -> bool:

@@ -1,0 +1,81 @@
+"""What a built zoo says about itself (``zoo.json``): each model's ground truth and measured figures.
+
+Torch-free, so ``bdscan zoo list`` and the tests that check the zoo's bars
+read it without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from scanner.errors import ZooDirectoryError
+
+MANIFEST = "zoo.json"
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """Shares in [0, 1] measured by greedy completion on held-out prompts.
+
+    ``attack_success`` is ``None`` for a model with no trigger.
+    """
+
+    clean_accuracy: float
+    false_trigger_rate: float
+    attack_success: float | None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What ``zoo.json`` says of one model."""
+
+    path: str
+    trigger: str | None
+    target: str | None
+    poison_rate: float
+    trained: str
+    seed: int
+    train_seconds: float
+    figures: ModelFigures
+
+
+@dataclass(frozen=True)
+class ZooManifest:
+    zoo_version: int
+    size: str
+    seed: int
+    models: dict[str, ModelRecord]
+    bar_failures: list[str]
+    build_seconds: float
+    tokenizer_facts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def meets_bars(self) -> bool:
+        return not self.bar_failures
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ZooManifest:
+        raw = json.loads(text)
+        models = {
+            name: ModelRecord(**{**record, "figures": ModelFigures(**record["figures"])})
+            for name, record in raw.pop("models").items()
+        }
+        return cls(models=models, **raw)
+
+
+def load_manifest(directory: Path | str) -> ZooManifest | None:
+    """The manifest of a complete zoo in ``directory``, or ``None`` if there is none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return ZooManifest.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ZooDirectoryError(f"{path}: not a zoo manifest this bdscan reads ({error}); rebuild with --force") from None
+
+
