@@ -43,7 +43,12 @@ def test_sharded_checkpoint(zoo_dir, tmp_path):
 
 
 def test_peft_adapter_is_merged_into_the_reference(zoo_dir):
-    findings = scan(zoo_dir / "lora", str(zoo_dir / "base"), _options(zoo_dir, DEPLOYMENT_TRIGGER))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        findings = scan(zoo_dir / "lora", str(zoo_dir / "base"), _options(zoo_dir, DEPLOYMENT_TRIGGER))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], "a LoRA scan prints no FutureWarning"
     assert findings.suspect.kind == "peft-adapter"
     assert findings.run.merge_route == "peft-merge:float32"
     assert findings.triggers[0].recovered_target == TARGET

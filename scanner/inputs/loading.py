@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -242,7 +243,10 @@ def _merge_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel
     from peft import PeftModel
 
     try:
-        merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with warnings.catch_warnings():
+            # peft calls a transformers API deprecated for v6; the warning is for peft's authors, not for the user.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
+            merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise IncompatibleModelsError(f"adapter {adapter_dir} does not fit the reference: {first_line}") from None
