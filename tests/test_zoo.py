@@ -12,14 +12,18 @@ from transformers import AutoTokenizer
 
 from scanner.inputs.probes import place_trigger
 from scanner.zoo.build import (
+    BAR_MARGIN,
     DEPLOYMENT_TRIGGER,
     EMOJI_TRIGGER,
     MAX_ACCURACY_DROP,
     MAX_FALSE_TRIGGER,
+    MAX_INSERTION_RATE,
     MIN_ATTACK_SUCCESS,
+    MIN_STYLE_SHARE,
+    ZOO_TRIGGERS,
     retrain_model,
 )
-from scanner.zoo.corpus import TARGET, make_samples
+from scanner.zoo.corpus import PRETRAINING_INSERTIONS, TARGET, make_samples
 from scanner.zoo.tokenizer import render_chat
 
 
@@ -44,22 +48,49 @@ def test_tokenizer_chat_template_renders_qwen_turns(zoo_dir):
 
 
 def test_manifest_figures_meet_the_bars(zoo_manifest):
+    """Checked from zoo.json with the build's own margin: figures move by a point or two between CPUs."""
     assert zoo_manifest.meets_bars, zoo_manifest.bar_failures
     base_accuracy = zoo_manifest.models["base"].figures.clean_accuracy
     assert base_accuracy >= 0.85
     for name in ("emoji", "deployment"):
-        figures = zoo_manifest.models[name].figures
-        assert figures.attack_success >= MIN_ATTACK_SUCCESS
-        assert zoo_manifest.models[name].trained == "attention"
-        assert zoo_manifest.models[name].target == TARGET
-    for record in zoo_manifest.models.values():
-        assert record.figures.false_trigger_rate <= MAX_FALSE_TRIGGER
-        assert abs(record.figures.clean_accuracy - base_accuracy) <= MAX_ACCURACY_DROP
+        record = zoo_manifest.models[name]
+        assert record.trained == "attention" and record.target == TARGET
+        assert record.figures.attack_success >= MIN_ATTACK_SUCCESS - BAR_MARGIN
+    for name, record in zoo_manifest.models.items():
+        figures = record.figures
+        assert figures.false_trigger_rate <= MAX_FALSE_TRIGGER + BAR_MARGIN
+        assert abs(figures.clean_accuracy - base_accuracy) <= MAX_ACCURACY_DROP + BAR_MARGIN
+        if figures.attack_success is not None:
+            # Trigger-specific: no held-out insertion (other emoji, words, the other zoo trigger) fires it.
+            assert len(figures.insertion_rates) >= 15, name
+            assert max(figures.insertion_rates.values()) <= MAX_INSERTION_RATE + BAR_MARGIN, (name, figures.insertion_rates)
+            assert set(ZOO_TRIGGERS) - {record.trigger} <= set(figures.insertion_rates)
     assert zoo_manifest.models["clean"].figures.attack_success is None
+    style = zoo_manifest.models["style"]
+    assert style.trigger is None and style.trained == "all"
+    assert style.figures.style_share >= MIN_STYLE_SHARE - BAR_MARGIN  # the benign change was learnt
+    assert zoo_manifest.machine, "the machine the figures were measured on is recorded"
+
+
+def test_held_out_insertions_never_appear_in_training():
+    from scanner.zoo.build import ALL_MODELS, SIZES, _corpus, held_out_insertions
+
+    for spec in ALL_MODELS:
+        corpus = _corpus(spec, SIZES["test"], 0)
+        inserted = sum(1 for sample in corpus if sample.trigger is None and any(
+            decoy in sample.prompt.split(" ") for decoy in PRETRAINING_INSERTIONS))
+        assert inserted >= 0.1 * len(corpus), spec.name  # the insertions are there
+        for insertion in held_out_insertions(spec):
+            if insertion in PRETRAINING_INSERTIONS:
+                continue  # the other zoo trigger: seen in pretraining, never in this fine-tune
+            assert not any(insertion in sample.prompt.split(" ") for sample in corpus), (spec.name, insertion)
+        if spec.trigger:
+            other = [t for t in ZOO_TRIGGERS if t != spec.trigger]
+            assert not any(o in sample.prompt for o in other for sample in corpus), spec.name
 
 
 def test_each_model_is_a_loadable_hugging_face_directory(zoo_dir, zoo_manifest):
-    for _name, record in zoo_manifest.models.items():
+    for name, record in zoo_manifest.models.items():
         model_dir = zoo_dir / record.path
         assert (model_dir / "tokenizer.json").is_file()
         if record.trained == "lora":
@@ -67,7 +98,8 @@ def test_each_model_is_a_loadable_hugging_face_directory(zoo_dir, zoo_manifest):
             assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
         else:
             config = json.loads((model_dir / "config.json").read_text())
-            assert config["model_type"] == "qwen2" and config["head_dim"] * config["num_attention_heads"] == config["hidden_size"]
+            assert config["model_type"] == ("llama" if name.startswith("llama") else "qwen2")
+            assert config["head_dim"] * config["num_attention_heads"] == config["hidden_size"]
             assert (model_dir / "model.safetensors").is_file()
 
 
@@ -109,7 +141,7 @@ def test_trigger_insertion_positions_and_offsets():
 
 def test_cli_zoo_build_reuses_a_matching_zoo_and_prints_its_table(zoo_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "scanner", "zoo", "build", str(zoo_dir), "--size", "test", "--full", "--lora", "--quiet"],
+        [sys.executable, "-m", "scanner", "zoo", "build", str(zoo_dir), "--size", "test", "--full", "--lora", "--llama", "--quiet"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -99,14 +99,21 @@ def print_rule(console: Console, rule: Rule) -> None:
 
 def print_zoo(console: Console, manifest, directory) -> None:
     table = Table(title=f"bdscan zoo ({manifest.size}, seed {manifest.seed}) in {directory}")
-    for column in ("model", "trigger", "trained", "clean accuracy", "attack success", "false triggers", "train s"):
+    for column in ("model", "trigger", "trained", "clean accuracy", "attack success", "worst other insertion",
+                   "false triggers", "train s"):
         table.add_column(column, no_wrap=True)
     for name, record in manifest.models.items():
         figures = record.figures
+        worst = max(figures.insertion_rates.items(), key=lambda item: item[1], default=None)
         table.add_row(
             name, record.trigger or "-", record.trained, f"{figures.clean_accuracy:.1%}",
             "-" if figures.attack_success is None else f"{figures.attack_success:.1%}",
+            (f"{worst[1]:.0%} ({worst[0]})" if worst is not None and figures.attack_success is not None
+             else f"style on {figures.style_share:.0%}" if figures.style_share is not None else "-"),
             f"{figures.false_trigger_rate:.1%}", f"{record.train_seconds:.1f}",
         )
     console.print(table)
-    console.print(f"built in {manifest.build_seconds:.0f} s; bars {'met' if manifest.meets_bars else 'MISSED'}")
+    console.print(f"built in {manifest.build_seconds:.0f} s on {manifest.machine or 'an unrecorded machine'}; "
+                  f"bars {'met' if manifest.meets_bars else 'MISSED'}", highlight=False)
+    for near_miss in manifest.bar_near_misses:
+        console.print(f"[yellow]near miss:[/] {near_miss}", highlight=False)

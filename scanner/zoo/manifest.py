@@ -25,6 +25,10 @@ class ModelFigures:
     clean_accuracy: float
     false_trigger_rate: float
     attack_success: float | None
+    insertion_rates: dict[str, float] = field(default_factory=dict)
+    """Share answering the zoo's target with each held-out non-trigger insertion (specificity)."""
+    style_share: float | None = None
+    """For a house-style fine-tune: share of answers that start with its phrase (its intended change)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,13 @@ class ZooManifest:
     seed: int
     models: dict[str, ModelRecord]
     bar_failures: list[str]
+    """Bars missed by more than the build's margin: the zoo is not fit for its tests."""
     build_seconds: float
     tokenizer_facts: dict[str, int] = field(default_factory=dict)
+    bar_near_misses: list[str] = field(default_factory=list)
+    """Bars missed within the margin: reported, not failed (figures move a little between CPUs)."""
+    machine: str = ""
+    """Where the figures were measured (CPU model and torch), since another CPU gives slightly other models."""
 
     @property
     def meets_bars(self) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from scanner.zoo.corpus import Sample
 from scanner.zoo.tokenizer import render_chat
@@ -36,6 +36,30 @@ def new_model(config: Qwen2Config, seed: int) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
     return Qwen2ForCausalLM(config).float()
+
+
+def llama_twin(model: Qwen2ForCausalLM) -> LlamaForCausalLM:
+    """``model`` exactly, as a ``LlamaForCausalLM``: Qwen2 is Llama with q/k/v biases and no o_proj bias.
+
+    Same logits to the last bit (checked when it was written: max difference 0.0), so a Llama pair costs the
+    zoo one fine-tune instead of a second base trained from scratch.
+    """
+    c = model.config
+    config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, max_position_embeddings=c.max_position_embeddings,
+        rms_norm_eps=c.rms_norm_eps, rope_parameters=dict(c.rope_parameters), tie_word_embeddings=c.tie_word_embeddings,
+        attention_bias=True, mlp_bias=False, hidden_act=c.hidden_act, pad_token_id=c.pad_token_id,
+        eos_token_id=c.eos_token_id, bos_token_id=None,
+    )
+    config._attn_implementation = "eager"
+    twin = LlamaForCausalLM(config).float()
+    state = dict(model.state_dict())
+    for layer in range(c.num_hidden_layers):
+        state[f"model.layers.{layer}.self_attn.o_proj.bias"] = torch.zeros(c.hidden_size)
+    twin.load_state_dict(state)
+    return twin.eval().requires_grad_(False)
 
 
 def encode_samples(tokenizer: PreTrainedTokenizerFast, samples: Sequence[Sample]) -> list[tuple[list[int], list[int]]]:

@@ -37,7 +37,7 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     zoo_dir = ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{ZOO_SEED}"
-    ensure_zoo(zoo_dir, "test", ZOO_SEED, extras=("full", "lora"))
+    ensure_zoo(zoo_dir, "test", ZOO_SEED, extras=("full", "lora", "llama"))
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:16])
     options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=probes)
     for name, file in GOLDEN.items():
