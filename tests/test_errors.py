@@ -249,3 +249,15 @@ def test_an_index_shard_listed_but_missing_is_refused(zoo_dir, tmp_path):
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}), encoding="utf-8")
     with pytest.raises(InputError, match="missing"):
         scan(tmp_path, str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16)))
+
+
+def test_hub_ids_are_not_mistaken_for_missing_paths(tmp_path):
+    from scanner.cli.scan import _check_paths
+
+    suspect = tmp_path / "suspect.safetensors"
+    suspect.write_bytes(b"")
+    for hub_id in ("Qwen/Qwen2.5-3B-Instruct", "gpt2", "org/model.v1"):
+        _check_paths(suspect, hub_id)  # looked up in the cache later, not refused here
+    for path in ("./missing-model", "/no/such/model", "a/b/c"):
+        with pytest.raises(InputError, match="no such directory"):
+            _check_paths(suspect, path)

@@ -23,7 +23,9 @@ def _check_paths(suspect: Path, reference: str) -> None:
     if not suspect.expanduser().exists():
         raise InputError(f"suspect {suspect}: no such file or directory")
     local = Path(reference).expanduser()
-    looks_like_path = reference.startswith((".", "/", "~")) or local.suffix or reference.count("/") > 1
+    # A hub id is "name" or "org/name" (and may hold dots: Qwen/Qwen2.5-3B-Instruct); resolve_reference
+    # looks those up in the local cache. Anything else that does not exist is a mistyped path.
+    looks_like_path = reference.startswith((".", "/", "~")) or reference.count("/") > 1
     if looks_like_path and not local.exists():
         raise InputError(f"reference {reference}: no such directory")
 
