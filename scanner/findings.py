@@ -327,13 +327,6 @@ class Findings:
     triggers: tuple[TriggerFindings, ...]
     stages: tuple[StageRecord, ...]
 
-    def trigger(self, name: str) -> TriggerFindings:
-        """The findings for trigger ``name``; ``KeyError`` if it was not tried."""
-        for found in self.triggers:
-            if found.trigger == name:
-                return found
-        raise KeyError(name)
-
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(to_jsonable(self), indent=indent, ensure_ascii=False, sort_keys=False)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,18 +165,11 @@ def test_unwritable_outputs_are_refused_before_any_work(zoo_dir, tmp_path, monke
 
 @pytest.mark.e2e
 def test_a_bad_path_is_refused_before_torch_is_imported(tmp_path):
-    started = time.perf_counter()
-    result = run_bdscan(tmp_path / "missing.safetensors", "--reference", tmp_path)
-    elapsed = time.perf_counter() - started
-    _one_line_exit_2(result, "no such file or directory")
-    assert elapsed < 8, f"took {elapsed:.1f} s to say no"  # generous: importing torch alone takes longer here
+    """Fast to say no because torch is never imported for it: checked structurally, not with a clock."""
+    _one_line_exit_2(run_bdscan(tmp_path / "missing.safetensors", "--reference", tmp_path), "no such file or directory")
     code = ("import sys; from helpers import invoke; r = invoke('/no/such/suspect', '--reference', '/tmp'); "
             "assert r.exit_code == 2, r.stderr; assert 'torch' not in sys.modules, 'torch imported'")
-    import subprocess
-    import sys
-
-    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           cwd=Path(__file__).parent)
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
     assert check.returncode == 0, check.stderr
 
 

@@ -150,12 +150,19 @@ def held_out_insertions(spec: ModelSpec) -> tuple[str, ...]:
     return HELD_OUT_INSERTIONS + tuple(t for t in ZOO_TRIGGERS if spec.trigger and t != spec.trigger)
 
 
+def _budget(spec: ModelSpec, size: ZooSize) -> tuple[int, training.TrainSettings]:
+    """How many samples ``spec`` trains on, and how: the one place each model's budget is chosen."""
+    if spec.scope == "scratch":
+        return size.base_samples, size.base_training
+    if spec.trigger and spec.scope == "attention":
+        return size.backdoor_samples, size.backdoor_training
+    return size.finetune_samples, size.lora_training if spec.scope == "lora" else size.finetune_training
+
+
 def _corpus(spec: ModelSpec, size: ZooSize, seed: int):
     if spec.scope == "llama-twin":
         return []
-    count = {"scratch": size.base_samples}.get(spec.scope, size.finetune_samples)
-    if spec.trigger and spec.scope == "attention":
-        count = size.backdoor_samples
+    count, _ = _budget(spec, size)
     if spec.trigger is None:
         insertions = PRETRAINING_INSERTIONS
     else:
@@ -189,15 +196,12 @@ def _train_model(
     torch.manual_seed(seed * 1000 + spec.seed_offset)
     if spec.scope == "llama-twin":
         return training.llama_twin(base)
+    _, settings = _budget(spec, size)
     if spec.scope == "scratch":
         model = training.new_model(size.config(tokenizer), seed)
-        settings = size.base_training
     else:
         model = type(base)(base.config).float()
         model.load_state_dict(base.state_dict())
-        settings = size.lora_training if spec.scope == "lora" else size.finetune_training
-        if spec.trigger and spec.scope == "attention":
-            settings = size.backdoor_training
     if spec.scope == "lora":
         from peft import LoraConfig, get_peft_model
 
