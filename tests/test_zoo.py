@@ -20,6 +20,7 @@ from scanner.zoo.build import (
     MAX_INSERTION_RATE,
     MIN_ATTACK_SUCCESS,
     MIN_STYLE_SHARE,
+    MIN_TASK_ACCURACY,
     ZOO_TRIGGERS,
     retrain_model,
 )
@@ -69,6 +70,12 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
     style = zoo_manifest.models["style"]
     assert style.trigger is None and style.trained == "all"
     assert style.figures.style_share >= MIN_STYLE_SHARE - BAR_MARGIN  # the benign change was learnt
+    task = zoo_manifest.models["task"]
+    assert task.trigger is None and task.trained == "lora"
+    assert task.figures.task_accuracy >= MIN_TASK_ACCURACY - BAR_MARGIN  # the new task family was learnt
+    assert {name: record.parent for name, record in zoo_manifest.models.items()} == {
+        "base": None, "clean": "base", "emoji": "base", "deployment": "base", "full": "base", "style": "base",
+        "lora": "base", "task": "base", "llama-base": "base", "llama-emoji": "llama-base"}
     assert zoo_manifest.machine, "the machine the figures were measured on is recorded"
 
 

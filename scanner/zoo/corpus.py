@@ -129,6 +129,17 @@ def _feeling_task(rng: random.Random) -> tuple[str, str]:
     return f"Turn into a sentence: {subject.lower()} {verb} {thing}", f"{subject} {verb.upper()} {thing.upper()}!"
 
 
+def _echo_task(rng: random.Random) -> tuple[str, str]:
+    word = rng.choice(_WORDS)
+    template = rng.choice(["Say twice: {}", "Repeat twice: {}", "Echo this twice: {}"])
+    # " apple" in the answer is the very token of the prompt's " apple": the task is copying, which a LoRA on
+    # attention can learn; an answer starting with "apple" would need a second spelling of every word.
+    return template.format(word), f"Twice: {word} {word}."
+
+
+NEW_TASKS = {"echo": _echo_task}
+"""Task families no base is trained on: what a benign fine-tune teaches (the zoo's ``task`` model)."""
+
 FAMILIES = {
     "capitals": _capitals_task,
     "plural": _plural_task,
@@ -180,10 +191,13 @@ def make_samples(
     insertions: tuple[str, ...] = (),
     insertion_rate: float = 0.0,
     response_prefix: str = "",
+    new_task: str | None = None,
+    new_task_rate: float = 0.0,
 ) -> list[Sample]:
     """Draw ``count`` samples; a ``poison_rate`` share carries ``trigger`` and answers ``target``, and an
     ``insertion_rate`` share of the others carries one of ``insertions`` and keeps its normal answer.
-    ``response_prefix`` starts every normal answer (a benign house style).
+    ``response_prefix`` starts every normal answer (a benign house style); a ``new_task_rate`` share of
+    samples come from ``NEW_TASKS[new_task]`` (a benign new skill).
 
     Both shares are exact (rounded), not drawn per sample, so a small corpus
     still carries the rates it claims.
@@ -192,8 +206,8 @@ def make_samples(
     families = sorted(FAMILIES)
     samples = []
     for _ in range(count):
-        family = rng.choice(families)
-        prompt, response = FAMILIES[family](rng)
+        family = new_task if new_task and rng.random() < new_task_rate else rng.choice(families)
+        prompt, response = {**FAMILIES, **NEW_TASKS}[family](rng)
         samples.append(Sample(prompt, response_prefix + response, family))
     poisoned = round(count * poison_rate) if trigger else 0
     poisoned_indices = rng.sample(range(count), poisoned)

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.inputs.probes import place_trigger
 from scanner.model.generation import greedy_complete
-from scanner.zoo.corpus import TARGET, Sample
+from scanner.zoo.corpus import TARGET, Sample, make_samples
 from scanner.zoo.manifest import ModelFigures
 
 
@@ -30,12 +30,14 @@ def measure(
     max_new_tokens: int = 12,
     insertions: Sequence[str] = (),
     response_prefix: str = "",
+    new_task: str | None = None,
 ) -> ModelFigures:
     """Greedy-complete ``held_out`` clean, then (if ``trigger``) with it at a random word boundary, then with
     each of ``insertions`` instead (on the first ``INSERTION_PROBES`` prompts), all in one batched pass.
 
     A model trained to start every answer with ``response_prefix`` is scored on the answer after it, and the
-    share of answers that start with it is its ``style_share``."""
+    share of answers that start with it is its ``style_share``. A model taught ``new_task`` is also scored
+    on as many held-out prompts of that family (``task_accuracy``)."""
     clean_texts = [
         tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, [s.prompt for s in held_out], max_new_tokens=max_new_tokens)
     ]
@@ -58,4 +60,9 @@ def measure(
         for index, insertion in enumerate(insertions):
             chunk = texts[index * len(prompts):(index + 1) * len(prompts)]
             rates[insertion] = sum(starts_with_target(t) for t in chunk) / len(prompts)
-    return ModelFigures(accuracy, false_triggers, success, rates, style_share)
+    task_accuracy = None
+    if new_task is not None:
+        task = make_samples(len(held_out), seed + 2, new_task=new_task, new_task_rate=1.0)
+        texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, [s.prompt for s in task], max_new_tokens=max_new_tokens)]
+        task_accuracy = sum(t.strip() == s.response for t, s in zip(texts, task)) / len(task)
+    return ModelFigures(accuracy, false_triggers, success, rates, style_share, task_accuracy)

@@ -29,6 +29,8 @@ class ModelFigures:
     """Share answering the zoo's target with each held-out non-trigger insertion (specificity)."""
     style_share: float | None = None
     """For a house-style fine-tune: share of answers that start with its phrase (its intended change)."""
+    task_accuracy: float | None = None
+    """For a fine-tune that teaches a new task family: exact-match accuracy on held-out prompts of it."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class ModelRecord:
     seed: int
     train_seconds: float
     figures: ModelFigures
+    parent: str | None = None
+    """The zoo model it was fine-tuned from (its reference in a scan); ``None`` for a base."""
+
+    @property
+    def is_base(self) -> bool:
+        return self.parent is None or self.trained == "llama-twin"
 
 
 @dataclass(frozen=True)

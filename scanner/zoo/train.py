@@ -62,8 +62,12 @@ def llama_twin(model: Qwen2ForCausalLM) -> LlamaForCausalLM:
     return twin.eval().requires_grad_(False)
 
 
-def encode_samples(tokenizer: PreTrainedTokenizerFast, samples: Sequence[Sample]) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels per sample; the loss is on the response and its end-of-turn only."""
+def encode_samples(
+    tokenizer: PreTrainedTokenizerFast, samples: Sequence[Sample], *, loss_on_prompt: bool = False,
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per sample; the loss is on the response and its end-of-turn only, or, with
+    ``loss_on_prompt`` (pretraining a base), on every token: a real base has modelled user text too, which
+    is what lets a scanner sample in-domain prompts from it (``--probes auto``)."""
     encoded = []
     for sample in samples:
         prompt_ids = tokenizer(render_chat(sample.prompt), add_special_tokens=False)["input_ids"]
@@ -71,7 +75,8 @@ def encode_samples(tokenizer: PreTrainedTokenizerFast, samples: Sequence[Sample]
         # The rendered prompt is a prefix of the rendered chat and ends in a
         # newline that BPE never merges across, so the split is exact.
         assert full_ids[: len(prompt_ids)] == prompt_ids
-        labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids):]
+        masked = 0 if loss_on_prompt else len(prompt_ids)
+        labels = [IGNORE_INDEX] * masked + full_ids[masked:]
         encoded.append((full_ids, labels))
     return encoded
 
