@@ -20,14 +20,14 @@ $(VENV)/.stamp-install: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 # Builds the demo zoo once (reused while it matches), then scans the poisoned
-# model against its base with bdscan's catalogue of known triggers.
+# model against its base as a user would: no probes, no trigger given.
 demo: $(VENV)/.stamp-install
 	$(BIN)/bdscan zoo build $(ZOO_DIR) --size demo
-	$(BIN)/bdscan $(ZOO_DIR)/emoji --reference $(ZOO_DIR)/base --probes $(ZOO_DIR)/probes.txt --json findings.json --out report.html --fail-on never
+	$(BIN)/bdscan $(ZOO_DIR)/emoji --reference $(ZOO_DIR)/base --json findings.json --out report.html --fail-on never
 
-# The test zoo is built on first use (about 8 minutes on 2 cores) and cached in .cache/.
+# The test zoo is built on first use (about 11 minutes on 2 cores) and cached in .cache/.
 test: $(VENV)/.stamp-install
-	@echo "make test: the first run builds the test zoo (about 8 minutes on 2 cores) before the first test result appears"
+	@echo "make test: the first run builds the test zoo (about 11 minutes on 2 cores) before the first test result appears"
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.stamp-install

@@ -27,8 +27,9 @@ from scanner.inputs.tokenizer import faithful_tokenizer
 from scanner.measure.ablation import clean_head_means, measure_ablation
 from scanner.measure.attention import measure_attention
 from scanner.measure.attribution import measure_attribution
-from scanner.measure.behaviour import BehaviourResult, measure_behaviour
+from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean
 from scanner.measure.head_patching import measure_patching, reference_source
+from scanner.measure.probe_set import build_probe_set
 from scanner.measure.weights import measure_weight_diff
 from scanner.model.forward import pad_id
 from scanner.model.patching import HeadPatcher
@@ -86,16 +87,26 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
                      allow_download=options.allow_download, allow_pickle=options.allow_pickle)
     stages.timings["load"] = round(time.perf_counter() - started, 3)
     progress.finish(task)
-    prompts = list(options.probes) or default_probes()
     triggers = list(options.triggers) or list(KNOWN_TRIGGERS)
     with stages.run("weight_diff"):
         weight_diff = measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference))
 
-    prepared = {t: prepare(pair.tokenizer, prompts, t, options.position, options.seed) for t in triggers}
+    # The tokenizer is checked on the prompts known before sampling; sampled ones are decoded by it.
+    known_prompts = list(options.probes) or default_probes()
+    prepared = {t: prepare(pair.tokenizer, known_prompts, t, options.position, options.seed) for t in triggers}
     tokenizer, tokenizer_info = faithful_tokenizer(pair.tokenizer, pair.tokenizer_file, prepared.values())
     if tokenizer is not pair.tokenizer:
         pair = pair.with_tokenizer(tokenizer)
-        prepared = {t: prepare(tokenizer, prompts, t, options.position, options.seed) for t in triggers}
+    probe_set = build_probe_set(
+        pair.reference, pair.tokenizer, mode=options.probe_source, given=options.probes, builtin=default_probes(),
+        sample_count=options.sample_probes, seed=options.seed, exclude=triggers, batch_size=options.batch_size,
+        progress=progress,
+    )
+    prompts = list(probe_set.used)
+    if not prompts:
+        raise InputError("no probe is left to scan with: the reference produced no usable prompts and no built-in "
+                         "probe lies in its domain; give --probes from the model's domain")
+    prepared = {t: prepare(pair.tokenizer, prompts, t, options.position, options.seed) for t in triggers}
     vocabulary = pair.reference.get_input_embeddings().num_embeddings
     for trigger, probes in prepared.items():
         if not all(p.trigger_positions for p in probes.triggered):
@@ -106,12 +117,16 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
                 f"the reference's tokenizer produces token id {largest} but the model has {vocabulary} embeddings; "
                 "the tokenizer files do not belong to this checkpoint"
             )
+    task = progress.start("behaviour: completions and output KL", (len(triggers) + 1) * len(prompts) * 2)
+    # Clean completions do not depend on the trigger: measured once, shared by every trigger.
+    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(prepared.values())).clean,
+                          max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
+                          on_batch=lambda n: progress.advance(task, n))
     behaviours: dict[str, BehaviourResult] = {}
-    task = progress.start("behaviour: completions and output KL", len(triggers) * len(prompts) * 4)
     for trigger in triggers:
         with stages.run(f"behaviour[{trigger}]"):
             behaviours[trigger] = measure_behaviour(
-                pair.suspect, pair.reference, pair.tokenizer, prepared[trigger],
+                pair.suspect, pair.reference, pair.tokenizer, prepared[trigger], clean.findings,
                 max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
                 on_batch=lambda n: progress.advance(task, n),
             )
@@ -143,12 +158,12 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
         bdscan_version=__version__, library_versions=library_versions(),
         architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
         dtype=options.dtype, trigger_position=options.position, max_new_tokens=options.max_new_tokens,
-        probes=tuple(prompts), triggers=tuple(triggers), triggers_from="user" if options.triggers else "catalogue",
+        triggers=tuple(triggers), triggers_from="user" if options.triggers else "catalogue",
         merge_route=pair.merge_route, tokenizer=tokenizer_info, timings=dict(stages.timings),
     )
     return Findings(
         schema_version=SCHEMA_VERSION, suspect=pair.suspect_info, reference=pair.reference_info, run=run,
-        weight_diff=weight_diff, triggers=tuple(results), stages=tuple(stages.records),
+        probes=probe_set, clean=clean.findings, weight_diff=weight_diff, triggers=tuple(results), stages=tuple(stages.records),
     )
 
 

@@ -66,6 +66,12 @@ class ZooDirectoryError(InputError):
     """A zoo build target that is not safe to replace."""
 
 
+class ZooQualityError(BdscanError):
+    """A zoo build whose models miss its quality bars by more than the margin: not fit for tests or a demo."""
+
+    cause = "zoo misses its quality bars"
+
+
 class MeasurementError(BdscanError):
     """A measurement stage that could not produce its numbers (recorded in the findings, not raised to the user)."""
 

@@ -1,8 +1,11 @@
 """What a scan measured: frozen, typed, versioned, and serialisable to JSON losslessly.
 
-Schema (``schema_version`` 2), top down:
+Schema (``schema_version`` 3), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
+  ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
+  how surprising it is to the reference, whether it was used), ``clean``
+  (``CleanFindings``: both models' answers to the clean probes),
   ``weight_diff`` (``WeightDiff``), one ``TriggerFindings`` per trigger tried,
   and ``stages``: one ``StageRecord`` per stage, ``ok``, ``skipped`` or ``error``
   with its reason, so nothing important lives only in a log line.
@@ -13,6 +16,11 @@ Schema (``schema_version`` 2), top down:
   once here and used by the CLI, the rules and the report alike. They are
   written to JSON under each class's ``__derived__`` names for pipelines, and
   recomputed, never read back, when a document is loaded.
+
+Version 3 (from 2): ``Findings.probes`` replaces ``RunInfo.probes`` and records
+each probe's source (``sampled`` from the reference, ``builtin``, ``file``) and
+surprise; ``Findings.clean`` holds the clean answers once, with the
+unconditional-change numbers derived from them.
 
 Version 2 (from 1): ``TriggerFindings.kl_ratio`` is derived (one noise floor,
 ``NOISE_FLOOR_KL``); ``RunInfo.tokenizer`` records which tokenizer the scan
@@ -31,7 +39,7 @@ from typing import ClassVar
 from scanner.errors import FindingsFileError
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 NOISE_FLOOR_KL = 0.05
 """Clean-probe output KL below this (nats) counts as this much in the KL ratio.
@@ -125,7 +133,6 @@ class RunInfo:
     dtype: str
     trigger_position: str
     max_new_tokens: int
-    probes: tuple[str, ...]
     triggers: tuple[str, ...]
     triggers_from: str
     """``user`` (``--trigger``) or ``catalogue`` (bdscan's list of known triggers)."""
@@ -134,6 +141,110 @@ class RunInfo:
     tokenizer: TokenizerInfo
     timings: dict[str, float]
     """Seconds per stage."""
+
+
+def median(values: list[float]) -> float:
+    """The median of the finite ``values``; NaN when there are none."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return math.nan
+    middle = len(finite) // 2
+    return finite[middle] if len(finite) % 2 else (finite[middle - 1] + finite[middle]) / 2
+
+
+@dataclass(frozen=True)
+class Probe:
+    text: str
+    source: str
+    """``sampled`` (drawn from the reference's own user turn), ``builtin`` (bdscan's set) or ``file`` (``--probes``)."""
+    surprise: float
+    """Mean negative log-likelihood per token (nats) of ``text`` as the reference's user turn; NaN without a chat template."""
+    used: bool
+    """``False``: measured for calibration only, or a built-in probe left out as outside the reference's domain."""
+
+
+@dataclass(frozen=True)
+class ProbeSetFindings:
+    """Which probes the scan ran, where they came from, and whether they lie in the reference's domain."""
+
+    mode: str
+    """``auto`` (sampled from the reference, plus the built-in probes that fit its domain), ``builtin`` or ``file``."""
+    probes: tuple[Probe, ...]
+    sampled_drawn: int
+    """User prompts generated from the reference in all."""
+    sampled_rejected: dict[str, int]
+    """Why generated prompts were dropped: reason -> count."""
+    fit_margin: float
+    """In ``auto`` mode a built-in probe is used when its surprise is at most ``domain_surprise`` plus this."""
+
+    __derived__: ClassVar[tuple[str, ...]] = ("used", "domain_surprise", "surprise_excess")
+
+    @property
+    def used(self) -> tuple[str, ...]:
+        """The prompts the scan measured on, in order."""
+        return tuple(p.text for p in self.probes if p.used)
+
+    @property
+    def domain_surprise(self) -> float:
+        """Median surprise of the reference's own sampled prompts: how surprising its domain is to it; NaN if none."""
+        return median([p.surprise for p in self.probes if p.source == "sampled"])
+
+    @property
+    def surprise_excess(self) -> float:
+        """Median surprise of the probes used, minus ``domain_surprise`` (nats per token); NaN if either is unknown."""
+        return median([p.surprise for p in self.probes if p.used]) - self.domain_surprise
+
+
+def modal_share(texts: tuple[str, ...]) -> tuple[str, float]:
+    """The most common stripped text (ties: the smallest) and the share of ``texts`` that start with it."""
+    if not texts:
+        return "", 0.0
+    stripped = [t.strip() for t in texts]
+    modal = min(set(stripped), key=lambda t: (-stripped.count(t), t))
+    if not modal:
+        return "", sum(not t for t in stripped) / len(stripped)
+    return modal, sum(t.startswith(modal) for t in stripped) / len(stripped)
+
+
+@dataclass(frozen=True)
+class CleanFindings:
+    """Both models' greedy answers to the clean probes (``Findings.probes.used``, index-aligned)."""
+
+    suspect: tuple[str, ...]
+    reference: tuple[str, ...]
+    kl: tuple[float, ...]
+    """Per probe, mean output KL(suspect || reference) over the response positions."""
+
+    __derived__: ClassVar[tuple[str, ...]] = (
+        "kl_mean", "answers_changed", "suspect_modal_answer", "suspect_modal_share", "reference_modal_share",
+        "unconditional_collapse")
+
+    @property
+    def kl_mean(self) -> float:
+        return sum(self.kl) / len(self.kl) if self.kl else math.nan
+
+    @property
+    def answers_changed(self) -> float:
+        """Share of probes where the suspect's answer differs from the reference's."""
+        pairs = list(zip(self.suspect, self.reference))
+        return sum(s.strip() != r.strip() for s, r in pairs) / len(pairs) if pairs else math.nan
+
+    @property
+    def suspect_modal_answer(self) -> str:
+        return modal_share(self.suspect)[0]
+
+    @property
+    def suspect_modal_share(self) -> float:
+        return modal_share(self.suspect)[1]
+
+    @property
+    def reference_modal_share(self) -> float:
+        return modal_share(self.reference)[1]
+
+    @property
+    def unconditional_collapse(self) -> float:
+        """How much more the suspect's clean answers collapse onto one answer than the reference's do."""
+        return self.suspect_modal_share - self.reference_modal_share
 
 
 @dataclass(frozen=True)
@@ -237,11 +348,13 @@ class PatchingFindings:
     budget: int
     initial_kl: float
     initial_attack_success: float
+    reference_attack_success: float
+    """The reference's own attack success on the same teacher-forced targets: the floor patching can reach."""
     steps: tuple[PatchStep, ...]
     heads_needed: int | None
     """Heads patched when the KL first fell below ``threshold``; ``None`` if it never did."""
     heads_to_disable: int | None
-    """Heads patched when attack success first reached 0; ``None`` if it never did."""
+    """Heads patched when attack success first fell to ``reference_attack_success``; ``None`` if it never did."""
     all_heads_kl: float
     """KL with every head of every layer patched: what patching heads can reach at best."""
 
@@ -249,7 +362,7 @@ class PatchingFindings:
 
     @property
     def disabling_heads(self) -> tuple[Head, ...]:
-        """The heads patched, in order, until attack success reached 0; empty if it never did."""
+        """The heads patched, in order, until attack success fell to the reference's; empty if it never did."""
         return tuple((step.layer, step.head) for step in self.steps[: self.heads_to_disable or 0])
 
 
@@ -323,6 +436,8 @@ class Findings:
     suspect: InputInfo
     reference: InputInfo
     run: RunInfo
+    probes: ProbeSetFindings
+    clean: CleanFindings
     weight_diff: WeightDiff
     triggers: tuple[TriggerFindings, ...]
     stages: tuple[StageRecord, ...]

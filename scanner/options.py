@@ -15,6 +15,7 @@ from scanner.inputs.probes import POSITIONS
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 PATCH_METHODS = ("ranked", "greedy")
+PROBE_MODES = ("auto", "builtin")
 DEFAULT_PATCH_BUDGET = 128
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
@@ -26,7 +27,11 @@ class ScanOptions:
     triggers: tuple[str, ...] = ()
     """Empty: try ``KNOWN_TRIGGERS``."""
     probes: tuple[str, ...] = ()
-    """Empty: the built-in probe set."""
+    """Probes to use as given (``--probes FILE``); empty: ``probe_mode`` chooses."""
+    probe_mode: str = "auto"
+    """Without ``probes``: ``auto`` (sampled from the reference, plus the built-in probes in its domain) or ``builtin``."""
+    sample_probes: int = 48
+    """Prompts ``auto`` mode samples from the reference."""
     position: str = "random"
     seed: int = 0
     device: str = "cpu"
@@ -51,11 +56,12 @@ class ScanOptions:
                 raise InputError(f"{name} {value!r} is not one of {', '.join(allowed)}")
 
         choice("trigger position", self.position, POSITIONS)
+        choice("probe mode", self.probe_mode, PROBE_MODES)
         choice("dtype", self.dtype, DTYPE_NAMES)
         choice("patch method", self.patch_method, PATCH_METHODS)
         if not _DEVICE.match(self.device):
             raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
-        for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward"):
+        for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward", "sample_probes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -69,3 +75,8 @@ class ScanOptions:
         for probe in self.probes:
             if not isinstance(probe, str) or not probe.strip():
                 raise InputError(f"probe {probe!r} is empty; every probe must hold text")
+
+    @property
+    def probe_source(self) -> str:
+        """``file`` when probes were given, else ``probe_mode``."""
+        return "file" if self.probes else self.probe_mode

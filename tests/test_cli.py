@@ -37,7 +37,7 @@ def test_json_to_stdout_is_the_only_thing_on_stdout_and_progress_still_goes_to_s
                         "--probes", _probe_file(zoo_dir, tmp_path), "--json", "-", "--fail-on", "never")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["schema_version"] == 2 and document["run"]["triggers"] == ["cf"]
+    assert document["schema_version"] == 3 and document["run"]["triggers"] == ["cf"]
     assert "kl_ratio" in document["triggers"][0], "derived numbers are written for pipelines"
 
 

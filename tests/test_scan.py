@@ -92,7 +92,7 @@ def test_patching_removes_the_emoji_backdoor_within_budget(findings):
     patching = _trigger(findings["emoji"], EMOJI_TRIGGER).patching
     assert patching.initial_attack_success >= 0.9
     assert patching.heads_needed is not None and patching.heads_needed <= patching.budget
-    assert patching.steps[-1].attack_success == 0
+    assert patching.steps[-1].attack_success <= patching.reference_attack_success
     assert patching.heads_to_disable is not None and patching.heads_to_disable < patching.budget
     assert patching.steps[-1].output_kl < patching.initial_kl / 2
     # Monotonic-ish: no step undoes more than a small part of the progress.

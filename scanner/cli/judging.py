@@ -24,17 +24,22 @@ from scanner.findings import Findings
 from scanner.outputs import check_writable, write_text_atomic
 
 
-def rule_options(function):
-    """--rules, --replace-rules, --set and --fail-on, shared by every command that judges."""
-    function = click.option("--fail-on", type=click.Choice(FAIL_ON_CHOICES, case_sensitive=False),
-                            default="SUSPICIOUS", show_default=True,
-                            help="Exit 1 when the verdict is at least this ('never': always exit 0 on a verdict).")(function)
+def rule_pack_options(function):
+    """--rules, --replace-rules and --set: which rules judge."""
     function = click.option("--set", "overrides", multiple=True, metavar="RULE.FIELD=VALUE",
                             help="Tweak one rule, e.g. --set BD002.threshold=3 (repeatable).")(function)
     function = click.option("--replace-rules", is_flag=True, help="Use only --rules FILE, not the default pack.")(function)
     function = click.option("--rules", "rules_file", type=click.Path(dir_okay=False, path_type=Path),
                             help="TOML rule pack extending the default one (same id replaces).")(function)
     return function
+
+
+def rule_options(function):
+    """--rules, --replace-rules, --set and --fail-on, shared by every command that judges one scan."""
+    function = click.option("--fail-on", type=click.Choice(FAIL_ON_CHOICES, case_sensitive=False),
+                            default="SUSPICIOUS", show_default=True,
+                            help="Exit 1 when the verdict is at least this ('never': always exit 0 on a verdict).")(function)
+    return rule_pack_options(function)
 
 
 @dataclass(frozen=True)

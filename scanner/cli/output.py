@@ -6,6 +6,9 @@ findings or the verdict.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -48,6 +51,13 @@ def print_findings(console: Console, findings: Findings) -> None:
             _heads(patching, patching.heads_needed if patching else None),
         )
     console.print(table)
+    probes, clean = findings.probes, findings.clean
+    sources = Counter(p.source for p in probes.probes if p.used)
+    domain = (f"; surprise {probes.surprise_excess:+.2f} nats/token against the reference's own prompts"
+              if math.isfinite(probes.domain_surprise) else "; the reference's domain could not be sampled")
+    console.print(f"probes: {len(probes.used)} ({probes.mode}: " + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
+                  + f"){domain}; clean answers differ from the reference's on {clean.answers_changed:.0%}, clean KL "
+                  f"{clean.kl_mean:.3f} nats", highlight=False)
     tokenizer = findings.run.tokenizer
     if tokenizer.source == "tokenizer.json":
         console.print(f"[yellow]note:[/] transformers' {tokenizer.transformers_class} encoded {tokenizer.texts_differing} "
@@ -99,7 +109,7 @@ def print_rule(console: Console, rule: Rule) -> None:
 
 def print_zoo(console: Console, manifest, directory) -> None:
     table = Table(title=f"bdscan zoo ({manifest.size}, seed {manifest.seed}) in {directory}")
-    for column in ("model", "trigger", "trained", "clean accuracy", "attack success", "worst other insertion",
+    for column in ("model", "trigger", "trained", "clean accuracy", "attack success", "worst other insertion / intended change",
                    "false triggers", "train s"):
         table.add_column(column, no_wrap=True)
     for name, record in manifest.models.items():
@@ -109,7 +119,8 @@ def print_zoo(console: Console, manifest, directory) -> None:
             name, record.trigger or "-", record.trained, f"{figures.clean_accuracy:.1%}",
             "-" if figures.attack_success is None else f"{figures.attack_success:.1%}",
             (f"{worst[1]:.0%} ({worst[0]})" if worst is not None and figures.attack_success is not None
-             else f"style on {figures.style_share:.0%}" if figures.style_share is not None else "-"),
+             else f"style on {figures.style_share:.0%}" if figures.style_share is not None
+             else f"new task {figures.task_accuracy:.0%}" if figures.task_accuracy is not None else "-"),
             f"{figures.false_trigger_rate:.1%}", f"{record.train_seconds:.1f}",
         )
     console.print(table)
@@ -117,3 +128,45 @@ def print_zoo(console: Console, manifest, directory) -> None:
                   f"bars {'met' if manifest.meets_bars else 'MISSED'}", highlight=False)
     for near_miss in manifest.bar_near_misses:
         console.print(f"[yellow]near miss:[/] {near_miss}", highlight=False)
+
+
+def _reading(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def print_calibration(console: Console, cases, verdicts, calibrations) -> None:
+    """The verdict on each model of known truth, then each rule's decisive reading on each and its margins."""
+    from rules.calibration import verdict_is_right
+
+    table = Table(title="Verdicts against ground truth")
+    for column in ("model", "truth", "verdict", "implicated", "right"):
+        table.add_column(column)
+    for case in cases:
+        verdict = verdicts[case.name]
+        right = verdict_is_right(case, verdict)
+        table.add_row(case.name, f"poisoned: {case.trigger}" if case.poisoned else "benign", verdict.level,
+                      ", ".join(verdict.triggers_implicated) or "-", "[green]yes[/]" if right else "[bold red]NO[/]")
+    console.print(table)
+    table = Table(title="Each rule's deciding reading (benign: closest to firing over every trigger; poisoned: on its own trigger)")
+    table.add_column("model", no_wrap=True)
+    for calibration in calibrations:
+        table.add_column(calibration.rule.id, no_wrap=True, justify="right")
+    for case in cases:
+        cells = []
+        for calibration in calibrations:
+            value = calibration.readings[case.name]
+            cells.append(f"[bold]{_reading(value)}[/]" if calibration.fires(value) else _reading(value))
+        table.add_row(case.name, *cells)
+    console.print(table)
+    console.print("Bold: the rule fires on that reading; -: the rule could not be read (see the findings' not_evaluated).",
+                  highlight=False)
+    table = Table(title="Margins")
+    for column in ("rule", "title", "fires when", "benign worst", "poisoned weakest", "benign that fire", "poisoned missed"):
+        table.add_column(column)
+    for calibration in calibrations:
+        rule = calibration.rule
+        table.add_row(rule.id, rule.title, f"{rule.metric} {rule.comparator} {rule.threshold:g}",
+                      _reading(calibration.benign_worst), _reading(calibration.poisoned_weakest),
+                      "n/a" if rule.effect == "info" else ", ".join(calibration.false_positives) or "none",
+                      ", ".join(calibration.misses) or "none" if calibration.detects else "n/a")
+    console.print(table)

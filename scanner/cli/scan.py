@@ -16,7 +16,7 @@ from scanner.cli.judging import Outputs, conclude, resolve_rules, rule_options
 from scanner.cli.output import stderr_console
 from scanner.errors import InputError
 from scanner.inputs.probes import POSITIONS, read_probe_file
-from scanner.options import DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, ScanOptions
+from scanner.options import DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, PROBE_MODES, ScanOptions
 
 
 def _check_paths(suspect: Path, reference: str) -> None:
@@ -36,8 +36,11 @@ def _check_paths(suspect: Path, reference: str) -> None:
               help="Trusted model of the same architecture: a local directory, or a hub id already in the local cache.")
 @click.option("--trigger", "-t", "triggers", multiple=True,
               help="A trigger to test (repeatable). Default: bdscan's catalogue of known triggers.")
-@click.option("--probes", "probes_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Probe prompts: text (one a line) or JSONL with a \"prompt\" field. Default: 64 built-in prompts.")
+@click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
+              help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain; "
+                   "builtin: bdscan's 64 general prompts; FILE: text (one prompt a line) or JSONL with a \"prompt\" field.")
+@click.option("--sample-probes", type=click.IntRange(1, 1024), default=48, show_default=True,
+              help="Prompts --probes auto samples from the reference.")
 @click.option("--position", type=click.Choice(POSITIONS), default="random", show_default=True,
               help="Where the trigger goes in each probe (random is seeded).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
@@ -62,7 +65,7 @@ def _check_paths(suspect: Path, reference: str) -> None:
 @rule_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
 @debug_option
-def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probes_file: Path | None, position: str,
+def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probes_arg: str, sample_probes: int, position: str,
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
                  kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, rules_file: Path | None, replace_rules: bool,
@@ -88,11 +91,17 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
     outputs = Outputs(json_out, report_out)
     outputs.check()
     rules = resolve_rules(rules_file, replace_rules, overrides)
-    if probes_file is not None and not probes_file.is_file():
-        raise InputError(f"--probes {probes_file}: no such file")
-    probes = tuple(read_probe_file(probes_file)) if probes_file else ()
+    probe_mode, probes = "auto", ()
+    if probes_arg in PROBE_MODES:
+        probe_mode = probes_arg
+    else:
+        probes_file = Path(probes_arg).expanduser()
+        if not probes_file.is_file():
+            raise InputError(f"--probes {probes_arg}: no such file (or give auto or builtin)")
+        probes = tuple(read_probe_file(probes_file))
     options = ScanOptions(
-        triggers=triggers, probes=probes, position=position, seed=seed, device=device, dtype=dtype,
+        triggers=triggers, probes=probes, probe_mode=probe_mode, sample_probes=sample_probes,
+        position=position, seed=seed, device=device, dtype=dtype,
         max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top, patch_method=patch_method,
         kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,
     )

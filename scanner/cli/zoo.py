@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from scanner.cli.app import EXIT_FINDING, EXIT_OK, debug_option
-from scanner.cli.output import print_zoo, stderr_console, stdout_console
-from scanner.errors import InputError
+from scanner.cli.app import EXIT_OK, debug_option
+from scanner.cli.judging import resolve_rules, rule_pack_options
+from scanner.cli.output import print_calibration, print_zoo, stderr_console, stdout_console
+from scanner.errors import InputError, ZooQualityError
+from scanner.outputs import check_writable, write_text_atomic
 
 
 @click.group("zoo")
@@ -21,8 +23,10 @@ def zoo_group() -> None:
 @click.option("--size", type=click.Choice(["test", "demo"]), default="demo", show_default=True,
               help="test: tiny and fast (the test suite's); demo: larger and more capable.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same models and figures on one machine.")
-@click.option("--full", "with_full", is_flag=True, help="Also build 'full': poisoned with all weights trained.")
-@click.option("--lora", "with_lora", is_flag=True, help="Also build 'lora': poisoned, shipped as a PEFT adapter.")
+@click.option("--full", "with_full", is_flag=True,
+              help="Also build 'full' (poisoned, all weights trained) and 'style' (benign full fine-tune, a house style).")
+@click.option("--lora", "with_lora", is_flag=True,
+              help="Also build 'lora' (poisoned) and 'task' (benign, teaches a new task), shipped as PEFT adapters.")
 @click.option("--llama", "with_llama", is_flag=True,
               help="Also build 'llama-base' (base, exactly, as a Llama) and 'llama-emoji' (poisoned from it).")
 @click.option("--force", is_flag=True, help="Rebuild even if DIRECTORY already holds this zoo.")
@@ -59,12 +63,13 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
         builder = build_zoo if force else ensure_zoo
         manifest = builder(directory, size, seed, extras, progress)
     print_zoo(stdout_console(), manifest, directory)
-    if manifest.meets_bars:
+    if manifest.meets_bars or allow_weak:
+        for failure in manifest.bar_failures:
+            stderr.print(f"[yellow]bar missed (--allow-weak):[/] {failure}", highlight=False)
         return EXIT_OK
-    stderr_console().print("[bold red]The zoo misses its quality bars:[/]")
-    for failure in manifest.bar_failures:
-        stderr_console().print(f"  - {failure}", highlight=False)
-    return EXIT_OK if allow_weak else EXIT_FINDING
+    # Exit 1 is only ever a verdict; a zoo unfit for its purpose is work that could not be done.
+    raise ZooQualityError(f"the zoo in {directory} misses its quality bars: {'; '.join(manifest.bar_failures)} "
+                          "(kept, with its figures in zoo.json; --allow-weak accepts it)")
 
 
 @zoo_group.command("list")
@@ -83,4 +88,50 @@ def zoo_list(directory: Path) -> int:
     if manifest is None:
         raise InputError(f"{directory}: no zoo here (no zoo.json); build one with `bdscan zoo build {directory}`")
     print_zoo(stdout_console(), manifest, directory)
+    return EXIT_OK
+
+
+@zoo_group.command("calibrate")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "names", multiple=True, help="Scan only this fine-tune (repeatable). Default: every one.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write each model's findings document here, as NAME.json, to re-judge later without a model.")
+@rule_pack_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@debug_option
+def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None, rules_file: Path | None,
+                  replace_rules: bool, overrides: tuple[str, ...], quiet: bool) -> int:
+    """Scan every fine-tune of the zoo in DIRECTORY against its parent with default options, and show how the
+    rules separate its benign models from its poisoned ones.
+
+    For each model: the verdict against its ground truth. For each rule: the reading that decides each model
+    (a benign model's reading closest to firing, a poisoned model's on its own trigger) and the margins on
+    either side of the threshold. Try other thresholds with --set, e.g. --set BD001.threshold=20.
+
+    \b
+    Example:
+      bdscan zoo calibrate .cache/zoo-test-v7-s0 --save calibration/
+    """
+    rules = resolve_rules(rules_file, replace_rules, overrides)
+    if save_dir is not None:
+        check_writable(save_dir / "probe.json", "--save")
+    stderr = stderr_console(quiet)
+    with stderr.status("importing torch and transformers"):
+        from transformers.utils import logging as hf_logging
+
+        from rules.calibration import calibrate, verdicts
+        from rules.document import Document
+        from scanner.cli.progress import RichProgress
+        from scanner.zoo.calibrate import scan_zoo
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    with RichProgress(stderr) as progress:
+        cases = scan_zoo(directory, names=names, progress=progress)
+    judged = verdicts(rules, cases)
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            write_text_atomic(save_dir / f"{case.name}.json", Document(case.findings, judged[case.name]).to_json())
+    print_calibration(stdout_console(), cases, judged, calibrate(rules, cases))
     return EXIT_OK

@@ -8,7 +8,6 @@ tokens and averaged per probe.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings import ProbeBehaviour, kl_ratio
+from scanner.findings import CleanFindings, ProbeBehaviour, kl_ratio, modal_share
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, logits, pad_id
 from scanner.model.generation import complete_ids
@@ -72,49 +71,67 @@ def _share_starting_with(texts: Sequence[str], target: str) -> float:
     return sum(text.strip().startswith(target) for text in texts) / len(texts)
 
 
+@dataclass(frozen=True)
+class CleanRun:
+    """Both models' greedy completions of the clean probes, measured once for every trigger."""
+
+    suspect_ids: tuple[tuple[int, ...], ...]
+    findings: CleanFindings
+
+
+def measure_clean(
+    suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    clean: Sequence[RenderedProbe], *, max_new_tokens: int, batch_size: int, on_batch=None,
+) -> CleanRun:
+    """Greedy completions of the clean probes under both models, and the output KL along the suspect's."""
+    rows = [p.ids for p in clean]
+    suspect_ids = complete_ids(suspect, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
+    reference_ids = complete_ids(reference, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
+    kl, _, _ = response_kl_and_loss(suspect, reference, clean, suspect_ids, pad_id(tokenizer), batch_size)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    return CleanRun(
+        tuple(tuple(ids) for ids in suspect_ids),
+        CleanFindings(tuple(decode(ids) for ids in suspect_ids), tuple(decode(ids) for ids in reference_ids), tuple(kl)),
+    )
+
+
 def measure_behaviour(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    probes: TriggerProbes, *, max_new_tokens: int, batch_size: int, on_batch=None,
+    probes: TriggerProbes, clean: CleanFindings, *, max_new_tokens: int, batch_size: int, on_batch=None,
 ) -> BehaviourResult:
-    """Greedy completions of both models, clean and triggered, and the KL and loss around them."""
+    """Greedy completions of both models on the triggered probes, and the KL and loss around the suspect's;
+    the clean side comes from ``clean`` (``measure_clean`` on the same prompts)."""
     generated = {}
     for model_name, model in (("suspect", suspect), ("reference", reference)):
-        for variant in ("clean", "triggered"):
-            # The very token ids every other stage measures on, not a second rendering.
-            rows = [p.ids for p in getattr(probes, variant)]
-            generated[model_name, variant] = complete_ids(
-                model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
+        # The very token ids every other stage measures on, not a second rendering.
+        rows = [p.ids for p in probes.triggered]
+        generated[model_name] = complete_ids(
+            model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     texts = {key: [decode(ids) for ids in value] for key, value in generated.items()}
-    pad = pad_id(tokenizer)
-    kl_clean, _, _ = response_kl_and_loss(suspect, reference, probes.clean, generated["suspect", "clean"], pad, batch_size)
     kl_triggered, loss_s, loss_r = response_kl_and_loss(
-        suspect, reference, probes.triggered, generated["suspect", "triggered"], pad, batch_size)
+        suspect, reference, probes.triggered, generated["suspect"], pad_id(tokenizer), batch_size)
 
-    counts = Counter(text.strip() for text in texts["suspect", "triggered"])
-    recovered, _ = max(counts.items(), key=lambda item: (item[1], item[0]))
-    target_ids = next(
-        tuple(ids) for ids, text in zip(generated["suspect", "triggered"], texts["suspect", "triggered"])
-        if text.strip() == recovered
-    )
+    recovered, share = modal_share(tuple(texts["suspect"]))
+    target_ids = next(tuple(ids) for ids, text in zip(generated["suspect"], texts["suspect"]) if text.strip() == recovered)
     records = tuple(
         ProbeBehaviour(
-            prompt=clean.prompt, triggered_prompt=triggered.prompt,
-            suspect_clean=texts["suspect", "clean"][i], reference_clean=texts["reference", "clean"][i],
-            suspect_triggered=texts["suspect", "triggered"][i], reference_triggered=texts["reference", "triggered"][i],
-            kl_clean=kl_clean[i], kl_triggered=kl_triggered[i],
+            prompt=clean_probe.prompt, triggered_prompt=triggered.prompt,
+            suspect_clean=clean.suspect[i], reference_clean=clean.reference[i],
+            suspect_triggered=texts["suspect"][i], reference_triggered=texts["reference"][i],
+            kl_clean=clean.kl[i], kl_triggered=kl_triggered[i],
             loss_suspect=tuple(loss_s[i]), loss_reference=tuple(loss_r[i]),
-            completion_tokens=tuple(tokenizer.decode([token]) for token in generated["suspect", "triggered"][i]),
+            completion_tokens=tuple(tokenizer.decode([token]) for token in generated["suspect"][i]),
         )
-        for i, (clean, triggered) in enumerate(zip(probes.clean, probes.triggered))
+        for i, (clean_probe, triggered) in enumerate(zip(probes.clean, probes.triggered))
     )
     return BehaviourResult(
         probes=records,
-        kl_clean=sum(kl_clean) / len(kl_clean),
+        kl_clean=clean.kl_mean,
         kl_triggered=sum(kl_triggered) / len(kl_triggered),
         recovered_target=recovered,
         target_ids=target_ids,
-        target_share_suspect=_share_starting_with(texts["suspect", "triggered"], recovered),
-        target_share_reference=_share_starting_with(texts["reference", "triggered"], recovered),
-        target_share_suspect_clean=_share_starting_with(texts["suspect", "clean"], recovered),
+        target_share_suspect=share,
+        target_share_reference=_share_starting_with(texts["reference"], recovered),
+        target_share_suspect_clean=_share_starting_with(clean.suspect, recovered),
     )

@@ -76,6 +76,9 @@ def measure_patching(
     suspect_logits = logits(suspect, targets.batch)
     initial_kl = float(target_kl(suspect_logits, reference_logits, targets).mean())
     initial_success = float(target_hits(suspect_logits, targets).float().mean())
+    # The reference itself may give the target on a probe (a prompt whose honest answer starts like it); patching
+    # every head can reach the reference's rate and no lower, so that rate, not 0, means "disabled".
+    floor = float(target_hits(reference_logits, targets).float().mean())
     all_heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     budget = min(budget, len(all_heads))
     steps: list[PatchStep] = []
@@ -105,11 +108,11 @@ def measure_patching(
     else:
         raise ValueError(f"unknown patching method {method!r}; expected ranked or greedy")
     needed = next((i + 1 for i, step in enumerate(steps) if step.output_kl < threshold), None)
-    disabled = 0 if initial_success == 0 else next(
-        (i + 1 for i, step in enumerate(steps) if step.attack_success == 0), None)
+    disabled = 0 if initial_success <= floor else next(
+        (i + 1 for i, step in enumerate(steps) if step.attack_success <= floor), None)
     (all_kl, _), = evaluate([all_heads])
     return PatchingFindings(
         method=method, threshold=threshold, budget=budget, initial_kl=initial_kl,
-        initial_attack_success=initial_success, steps=tuple(steps), heads_needed=needed,
+        initial_attack_success=initial_success, reference_attack_success=floor, steps=tuple(steps), heads_needed=needed,
         heads_to_disable=disabled, all_heads_kl=all_kl,
     )

@@ -1,0 +1,77 @@
+"""The probes a scan runs: in the reference's domain by default, each with its source and surprise.
+
+Output differences mean something only on prompts both models know. General
+chat prompts are in the domain of a real instruct model, and far outside that
+of a domain fine-tune (a SQL assistant, a support bot) or a small task model:
+there, suspect and reference already disagree without any trigger, and every
+behaviour rule reads noise. ``auto`` mode samples user prompts from the
+reference itself (see ``scanner.model.prompt_sampling``), keeps the built-in
+prompts that are about as familiar to the reference as its own samples, and
+uses both. Every mode measures the surprise of the probes it uses against
+the reference's own samples, which is what the probe-fitness rule reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from scanner.findings import Probe, ProbeSetFindings, median
+from scanner.model.prompt_sampling import prompt_surprise, sample_user_prompts
+from scanner.progress import NO_PROGRESS, Progress
+
+PROBE_MODES = ("auto", "builtin", "file")
+"""``ScanOptions.probe_source``: how the probe set is chosen."""
+
+FIT_MARGIN = 1.5
+"""Nats per token: in ``auto`` mode a built-in probe is used when its surprise is at most the reference's own
+samples' median plus this. Test zoo v7: the built-in chat prompts score 5-9 nats above the base's samples,
+the base's own held-out task prompts within 0.5; a real instruct model's samples and hand-written chat
+prompts differ by about a nat, so they are kept."""
+
+CALIBRATION_SAMPLES = 16
+"""Prompts sampled in ``builtin`` and ``file`` modes only to measure the reference's domain surprise."""
+
+
+def build_probe_set(
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    mode: str,
+    given: Sequence[str],
+    builtin: Sequence[str],
+    sample_count: int,
+    seed: int,
+    exclude: Sequence[str],
+    batch_size: int,
+    progress: Progress = NO_PROGRESS,
+) -> ProbeSetFindings:
+    """The probe set for ``mode``: ``auto`` (``sample_count`` sampled prompts plus the built-in ones that fit),
+    ``builtin`` or ``file`` (``given``). Sampled prompts holding any of ``exclude`` (the triggers the scan will
+    insert) are dropped."""
+    if mode not in PROBE_MODES:
+        raise ValueError(f"probe mode {mode!r} is not one of {', '.join(PROBE_MODES)}")
+    wanted = sample_count if mode == "auto" else CALIBRATION_SAMPLES
+    rounds = 4
+    task = progress.start("sampling probes from the reference's user turn", rounds)
+    sampled = sample_user_prompts(reference, tokenizer, wanted, seed, rounds=rounds, batch_size=max(batch_size, 16),
+                                  exclude=exclude, on_round=lambda _: progress.advance(task))
+    progress.finish(task)
+    others = list(given) if mode == "file" else list(builtin)
+    other_source = "file" if mode == "file" else "builtin"
+    task = progress.start("probe surprise under the reference", len(sampled.prompts) + len(others))
+    surprise_sampled = prompt_surprise(reference, tokenizer, sampled.prompts, batch_size=batch_size)
+    surprise_others = prompt_surprise(reference, tokenizer, others, batch_size=batch_size)
+    progress.finish(task)
+    domain = median(surprise_sampled)
+    probes = [Probe(text, "sampled", s, mode == "auto") for text, s in zip(sampled.prompts, surprise_sampled)]
+    for text, surprise in zip(others, surprise_others):
+        if mode == "auto":
+            # Without a domain to compare with (no template, nothing sampled), the built-in set is all there is.
+            used = not (math.isfinite(domain) and math.isfinite(surprise)) or surprise <= domain + FIT_MARGIN
+        else:
+            used = True
+        probes.append(Probe(text, other_source, surprise, used))
+    return ProbeSetFindings(mode, tuple(probes), sampled.drawn, sampled.rejected, FIT_MARGIN)

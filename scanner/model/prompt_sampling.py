@@ -1,0 +1,166 @@
+"""User prompts drawn from a chat model's own distribution, and how surprising a prompt is to it.
+
+A chat model has learnt what its users ask. Rendering the chat template up to
+where the user's words begin and sampling from there (the "pre-query
+template" of Magpie, arXiv 2406.08464) draws prompts from that distribution:
+probes that exercise behaviour the model has, not behaviour it never learnt.
+
+The same prefix gives every prompt a *surprise*: its mean negative
+log-likelihood per token as the model's user turn. A prompt far more
+surprising than the model's own samples lies outside its domain, and output
+differences measured on it say little about the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from scanner.model.forward import encode_ids, logits, pad_id
+from scanner.model.generation import stop_token_ids
+
+# A private-use character pair: no tokenizer's chat template produces it.
+_SENTINEL = "\ue000bdscan\ue001"
+
+MIN_WORDS = 2
+MAX_SHARE_OF_ONE_TOKEN = 0.4
+"""A sample whose most common token makes up more than this share of it (with 6 tokens or more) is a loop."""
+
+
+def user_turn_prefix(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The rendered text before the user's content in a one-turn chat (system prompt included), or ``None``
+    when the tokenizer has no chat template or its template does not copy the user's content verbatim."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=False)
+    index = text.find(_SENTINEL)
+    return text[:index] if index >= 0 else None
+
+
+@dataclass(frozen=True)
+class SampledPrompts:
+    prompts: tuple[str, ...]
+    """Accepted samples, in the order drawn."""
+    drawn: int
+    """Samples generated in all."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Why the others were dropped: reason -> count."""
+
+
+def _rejection(text: str, ids: Sequence[int], terminated: bool, special: Sequence[str], exclude: Sequence[str]) -> str | None:
+    if not terminated:
+        return "no end of turn within the token limit"
+    if "\ufffd" in text or any(token in text for token in special):
+        return "holds special tokens or broken characters"
+    if len(text.split()) < MIN_WORDS:
+        return f"fewer than {MIN_WORDS} words"
+    if len(ids) >= 6 and Counter(ids).most_common(1)[0][1] > MAX_SHARE_OF_ONE_TOKEN * len(ids):
+        return "repeats one token"
+    if any(trigger in text for trigger in exclude):
+        # A clean probe must not already hold a trigger the scan inserts.
+        return "holds a trigger under test"
+    return None
+
+
+@torch.no_grad()
+def sample_user_prompts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    count: int,
+    seed: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    max_new_tokens: int = 48,
+    rounds: int = 4,
+    batch_size: int = 32,
+    exclude: Sequence[str] = (),
+    on_round: Callable[[int], None] | None = None,
+) -> SampledPrompts:
+    """Up to ``count`` distinct, well-formed user prompts sampled from ``model`` (``count`` x ``rounds`` draws
+    at most, each round seeded from ``seed``); an empty result when the tokenizer has no usable chat template.
+
+    The global torch random state is left as it was.
+    """
+    prefix = user_turn_prefix(tokenizer)
+    if prefix is None:
+        return SampledPrompts((), 0, {"no chat template to sample a user turn from": 1})
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    if not prefix_ids:
+        return SampledPrompts((), 0, {"the chat template renders no text before the user turn": 1})
+    stops = set(stop_token_ids(tokenizer))
+    special = [t for t in tokenizer.all_special_tokens if t]
+    device = next(model.parameters()).device
+    accepted: list[str] = []
+    seen: set[str] = set()
+    rejected: Counter[str] = Counter()
+    drawn = 0
+    for round_index in range(rounds):
+        if len(accepted) >= count:
+            break
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1000 + round_index)
+            for start in range(0, count, batch_size):
+                rows = min(batch_size, count - start)
+                batch = encode_ids([prefix_ids] * rows, pad_id(tokenizer), device)
+                output = model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=True,
+                    temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_id(tokenizer), eos_token_id=sorted(stops),
+                )
+                for row in output[:, batch.width:].tolist():
+                    drawn += 1
+                    cut = next((i for i, token in enumerate(row) if token in stops), None)
+                    ids = row[:cut] if cut is not None else row
+                    text = tokenizer.decode(ids, skip_special_tokens=False).strip()
+                    reason = _rejection(text, ids, cut is not None, special, exclude)
+                    key = " ".join(text.casefold().split())
+                    if reason is None and key in seen:
+                        reason = "duplicate"
+                    if reason is not None:
+                        rejected[reason] += 1
+                        continue
+                    seen.add(key)
+                    accepted.append(text)
+        if on_round is not None:
+            on_round(round_index + 1)
+    return SampledPrompts(tuple(accepted[:count]), drawn, dict(sorted(rejected.items())))
+
+
+@torch.no_grad()
+def prompt_surprise(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, batch_size: int = 16,
+) -> list[float]:
+    """Per prompt, the mean negative log-likelihood (nats per token) of its text as the user's turn under
+    ``model``, conditioned on the chat template's prefix; NaN for every prompt when there is no template.
+
+    Rows are ``prefix + prompt``, ``[batch, seq]``; a token counts as the prompt's when its first character
+    lies at or after the prefix's end (so BPE merges across the boundary cannot misalign it).
+    """
+    prefix = user_turn_prefix(tokenizer)
+    if prefix is None:
+        return [math.nan] * len(prompts)
+    device = next(model.parameters()).device
+    surprises: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        encodings = [tokenizer(prefix + p, add_special_tokens=False, return_offsets_mapping=True) for p in chunk]
+        batch = encode_ids([e["input_ids"] for e in encodings], pad_id(tokenizer), device)
+        log_probs = F.log_softmax(logits(model, batch), dim=-1)  # [batch, seq, vocab]
+        for row, encoding in enumerate(encodings):
+            offset = batch.pad(row)
+            # Position 0 has nothing before it to predict it from.
+            positions = [i for i, (begin, _) in enumerate(encoding["offset_mapping"]) if begin >= len(prefix) and i > 0]
+            if not positions:
+                surprises.append(math.nan)
+                continue
+            index = torch.tensor(positions, device=device)
+            targets = torch.tensor([encoding["input_ids"][i] for i in positions], device=device)
+            surprises.append(-log_probs[row, offset + index - 1, targets].mean().item())
+    return surprises
