@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
 from scanner.findings import Findings, PatchingFindings
@@ -135,9 +136,7 @@ def _reading(value: float | None) -> str:
 
 
 def print_calibration(console: Console, cases, verdicts, calibrations) -> None:
-    """The verdict on each model of known truth, then each rule's decisive reading on each and its margins."""
-    from rules.calibration import verdict_is_right
-
+    """The verdict on each model of known truth, then each rule's deciding reading on each, then the margins."""
     table = Table(title="Verdicts against ground truth")
     for column in ("model", "truth", "verdict", "implicated", "right"):
         table.add_column(column)
