@@ -172,3 +172,29 @@ def test_a_llama_pair_scans_with_no_qwen2_module_names(zoo_dir, tmp_path):
     changed = [(layer, head) for layer, row in enumerate(findings.weight_diff.o) for head, value in enumerate(row) if value > 0]
     assert changed == [(1, 0)]
     assert max(findings.weight_diff.q[1]) == 0 and max(findings.weight_diff.mlp) == 0
+
+
+def test_a_reference_without_chat_template_scans_with_the_builtin_probes(zoo_dir, tmp_path):
+    """--probes auto needs the reference's user turn to sample from; without a chat template the scan uses the
+    built-in probes, says why, and the probe-fitness rule is listed as not evaluated, not silently passed."""
+    from transformers import AutoTokenizer, Qwen2Config
+
+    from rules.engine import default_pack, judge
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    tokenizer.chat_template = None
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    for name in ("reference", "suspect"):
+        Qwen2ForCausalLM(config).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    findings = scan(tmp_path / "suspect", str(tmp_path / "reference"),
+                    ScanOptions(triggers=(EMOJI_TRIGGER,), max_new_tokens=4, localise_top=0))
+    probes = findings.probes
+    assert probes.mode == "auto" and not any(p.source == "sampled" for p in probes.probes)
+    assert "no chat template to sample a user turn from" in probes.sampled_rejected
+    assert len(probes.used) == 64 and all(p.source == "builtin" for p in probes.probes)
+    gaps = judge(findings, default_pack()).not_evaluated
+    assert any(gap.rule_id == "BD012" and "no usable sampled prompt" in gap.reason for gap in gaps)
