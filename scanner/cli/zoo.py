@@ -110,7 +110,7 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
 
     \b
     Example:
-      bdscan zoo calibrate .cache/zoo-test-v7-s0 --save calibration/
+      bdscan zoo calibrate .cache/zoo --save calibration/
     """
     rules = resolve_rules(rules_file, replace_rules, overrides)
     if save_dir is not None:
