@@ -112,6 +112,9 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
     Example:
       bdscan zoo calibrate .cache/zoo --save calibration/
     """
+    from scanner.zoo.manifest import fine_tunes
+
+    fine_tunes(directory, names)  # a wrong directory or model name is refused before torch is imported
     rules = resolve_rules(rules_file, replace_rules, overrides)
     if save_dir is not None:
         check_writable(save_dir / "probe.json", "--save")

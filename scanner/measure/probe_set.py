@@ -20,9 +20,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import Probe, ProbeSetFindings, median
 from scanner.model.prompt_sampling import prompt_surprise, sample_user_prompts
+from scanner.options import PROBE_MODES
 from scanner.progress import NO_PROGRESS, Progress
 
-PROBE_MODES = ("auto", "builtin", "file")
+PROBE_SOURCES = (*PROBE_MODES, "file")
 """``ScanOptions.probe_source``: how the probe set is chosen."""
 
 FIT_MARGIN = 1.5
@@ -52,8 +53,8 @@ def build_probe_set(
     """The probe set for ``mode``: ``auto`` (``sample_count`` sampled prompts plus the built-in ones that fit),
     ``builtin`` or ``file`` (``given``). Sampled prompts holding any of ``exclude`` (the triggers the scan will
     insert) are dropped."""
-    if mode not in PROBE_MODES:
-        raise ValueError(f"probe mode {mode!r} is not one of {', '.join(PROBE_MODES)}")
+    if mode not in PROBE_SOURCES:
+        raise ValueError(f"probe mode {mode!r} is not one of {', '.join(PROBE_SOURCES)}")
     wanted = sample_count if mode == "auto" else CALIBRATION_SAMPLES
     rounds = 4
     task = progress.start("sampling probes from the reference's user turn", rounds)
@@ -64,6 +65,7 @@ def build_probe_set(
     other_source = "file" if mode == "file" else "builtin"
     task = progress.start("probe surprise under the reference", len(sampled.prompts) + len(others))
     surprise_sampled = prompt_surprise(reference, tokenizer, sampled.prompts, batch_size=batch_size)
+    progress.advance(task, len(sampled.prompts))
     surprise_others = prompt_surprise(reference, tokenizer, others, batch_size=batch_size)
     progress.finish(task)
     domain = median(surprise_sampled)

@@ -96,3 +96,17 @@ def load_manifest(directory: Path | str) -> ZooManifest | None:
         raise ZooDirectoryError(f"{path}: not a zoo manifest this bdscan reads ({error}); rebuild with --force") from None
 
 
+
+
+def fine_tunes(directory: Path | str, names: tuple[str, ...] = ()) -> list[tuple[str, ModelRecord]]:
+    """The zoo's fine-tunes (each with its record, whose ``parent`` is its reference), or those in ``names``;
+    ``ZooDirectoryError`` naming the fix when there is no zoo or no such model. Torch-free, so the CLI checks
+    before it imports torch."""
+    manifest = load_manifest(directory)
+    if manifest is None:
+        raise ZooDirectoryError(f"{directory}: no zoo here (no zoo.json); build one with `bdscan zoo build {directory}`")
+    unknown = set(names) - set(manifest.models)
+    if unknown:
+        raise ZooDirectoryError(f"{directory}: no model {', '.join(sorted(unknown))} (models: {', '.join(manifest.models)})")
+    return [(name, record) for name, record in manifest.models.items()
+            if not record.is_base and (not names or name in names)]
