@@ -28,6 +28,7 @@ from scanner.measure.ablation import clean_head_means, measure_ablation
 from scanner.measure.attention import measure_attention
 from scanner.measure.attribution import measure_attribution
 from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean
+from scanner.measure.discovery import discover
 from scanner.measure.head_patching import measure_patching, reference_source
 from scanner.measure.probe_set import build_probe_set
 from scanner.measure.weights import measure_weight_diff
@@ -74,6 +75,30 @@ class _Stages:
         self.records.append(StageRecord(name, "skipped", reason))
 
 
+class _StepProgress:
+    """Turns ``on_step(stage, done, total)`` callbacks into one progress task per stage (a new task whenever
+    the stage changes or its count starts over)."""
+
+    def __init__(self, progress: Progress, prefix: str) -> None:
+        self.progress, self.prefix = progress, prefix
+        self.stage, self.task, self.done = "", None, 0
+
+    def __enter__(self) -> _StepProgress:
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.task is None or stage != self.stage or done < self.done:
+            self.__exit__()
+            self.stage, self.task, self.done = stage, self.progress.start(f"{self.prefix}: {stage}", total), 0
+        self.progress.advance(self.task, done - self.done)
+        self.done = done
+
+    def __exit__(self, *_: object) -> None:
+        if self.task is not None:
+            self.progress.finish(self.task)
+            self.task = None
+
+
 def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS) -> Findings:
     """Compare ``suspect`` with ``reference`` and measure everything bdscan knows to measure.
 
@@ -106,6 +131,16 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
     if not prompts:
         raise InputError("no probe is left to scan with: the reference produced no usable prompts and no built-in "
                          "probe lies in its domain; give --probes from the model's domain")
+    discovery = None
+    triggers_from = "user" if options.triggers else "catalogue"
+    if options.runs_discovery:
+        with stages.run("discovery"), _StepProgress(progress, "discovery") as step:
+            discovery = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=options.seed,
+                                 budget=options.discovery_budget, rows_per_forward=options.rows_per_forward, on_step=step)
+        found = [c.text for c in discovery.to_confirm if c.text not in triggers] if discovery else []
+        if found:
+            triggers += found[: options.discovered_triggers]
+            triggers_from += "+discovery"
     prepared = {t: prepare(pair.tokenizer, prompts, t, options.position, options.seed) for t in triggers}
     vocabulary = pair.reference.get_input_embeddings().num_embeddings
     for trigger, probes in prepared.items():
@@ -158,12 +193,13 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
         bdscan_version=__version__, library_versions=library_versions(),
         architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
         dtype=options.dtype, trigger_position=options.position, max_new_tokens=options.max_new_tokens,
-        triggers=tuple(triggers), triggers_from="user" if options.triggers else "catalogue",
+        triggers=tuple(triggers), triggers_from=triggers_from,
         merge_route=pair.merge_route, tokenizer=tokenizer_info, timings=dict(stages.timings),
     )
     return Findings(
         schema_version=SCHEMA_VERSION, suspect=pair.suspect_info, reference=pair.reference_info, run=run,
         probes=probe_set, clean=clean.findings, weight_diff=weight_diff, triggers=tuple(results), stages=tuple(stages.records),
+        discovery=discovery,
     )
 
 

@@ -8,7 +8,8 @@ Schema (``schema_version`` 3), top down:
   (``CleanFindings``: both models' answers to the clean probes),
   ``weight_diff`` (``WeightDiff``), one ``TriggerFindings`` per trigger tried,
   and ``stages``: one ``StageRecord`` per stage, ``ok``, ``skipped`` or ``error``
-  with its reason, so nothing important lives only in a log line.
+  with its reason, so nothing important lives only in a log line; ``discovery``
+  (``DiscoveryFindings``): the search for an unknown trigger, when it ran.
 - Grids are ``[layer][head]`` nested lists of floats.
 - KL values are in nats; log-probabilities are natural logs.
 - Numbers derived from measured ones (the KL ratio, trigger-specific attention
@@ -16,6 +17,11 @@ Schema (``schema_version`` 3), top down:
   once here and used by the CLI, the rules and the report alike. They are
   written to JSON under each class's ``__derived__`` names for pipelines, and
   recomputed, never read back, when a document is loaded.
+
+Version 4 (from 3): ``Findings.discovery`` (``DiscoveryFindings``, or None when
+discovery did not run) records the search for an unknown trigger; its firing
+candidates are scanned as triggers, and ``RunInfo.triggers_from`` may end in
+``+discovery``.
 
 Version 3 (from 2): ``Findings.probes`` replaces ``RunInfo.probes`` and records
 each probe's source (``sampled`` from the reference, ``builtin``, ``file``) and
@@ -37,9 +43,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from scanner.errors import FindingsFileError
+from scanner.findings_discovery import DiscoveryFindings
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 NOISE_FLOOR_KL = 0.05
 """Clean-probe output KL below this (nats) counts as this much in the KL ratio.
@@ -135,7 +142,8 @@ class RunInfo:
     max_new_tokens: int
     triggers: tuple[str, ...]
     triggers_from: str
-    """``user`` (``--trigger``) or ``catalogue`` (bdscan's list of known triggers)."""
+    """``user`` (``--trigger``) or ``catalogue`` (bdscan's list of known triggers), followed by ``+discovery``
+    when discovered candidates were scanned too."""
     merge_route: str
     """How the suspect was built: ``full-weights`` or ``peft-merge:<dtype>``."""
     tokenizer: TokenizerInfo
@@ -441,6 +449,7 @@ class Findings:
     weight_diff: WeightDiff
     triggers: tuple[TriggerFindings, ...]
     stages: tuple[StageRecord, ...]
+    discovery: DiscoveryFindings | None
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(to_jsonable(self), indent=indent, ensure_ascii=False, sort_keys=False)

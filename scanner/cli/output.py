@@ -17,6 +17,7 @@ from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
 from scanner.findings import Findings, PatchingFindings
+from scanner.findings_discovery import DiscoveryFindings
 
 LEVEL_STYLE = {"CLEAN": "bold green", "SUSPICIOUS": "bold yellow", "BACKDOORED": "bold red"}
 
@@ -59,6 +60,8 @@ def print_findings(console: Console, findings: Findings) -> None:
     console.print(f"probes: {len(probes.used)} ({probes.mode}: " + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
                   + f"){domain}; clean answers differ from the reference's on {clean.answers_changed:.0%}, clean KL "
                   f"{clean.kl_mean:.3f} nats", highlight=False)
+    if findings.discovery is not None:
+        console.print(discovery_line(findings.discovery), highlight=False)
     tokenizer = findings.run.tokenizer
     if tokenizer.source == "tokenizer.json":
         console.print(f"[yellow]note:[/] transformers' {tokenizer.transformers_class} encoded {tokenizer.texts_differing} "
@@ -67,6 +70,20 @@ def print_findings(console: Console, findings: Findings) -> None:
     for stage in findings.stages:
         if stage.status == "error":
             console.print(f"[yellow]stage {stage.name} failed:[/] {stage.detail}", highlight=False)
+
+
+def discovery_line(discovery: DiscoveryFindings) -> str:
+    """One line on what discovery searched and what fired."""
+    searched = (f"discovery: {discovery.scored} candidates scored ({'every' if discovery.exhaustive else 'a shortlist of'} "
+                f"{discovery.vocabulary} vocabulary tokens, {discovery.sequences} sequences, {discovery.seconds:.1f} s)")
+    if not discovery.firing:
+        best = discovery.candidates[0] if discovery.candidates else None
+        found = f"; nothing fired (strongest: {best.text!r}, {best.score:.2f} nats)" if best else "; nothing fired"
+    else:
+        found = "; fires: " + ", ".join(f"{c.text!r} -> {c.target!r} on {c.fire_rate:.0%} of search probes"
+                                        for c in discovery.firing[:3])
+    notes = "".join(f" [yellow]note:[/] {note}." for note in discovery.notes)
+    return searched + found + notes
 
 
 def print_verdict(console: Console, document: Document) -> None:

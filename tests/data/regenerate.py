@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-COMMAND = "bdscan .cache/zoo/emoji --reference .cache/zoo/base --trigger 😇 --trigger cf --out report.html"
+COMMAND = "bdscan .cache/zoo/emoji --reference .cache/zoo/base --trigger 😇 --trigger cf --discover --out report.html"
 GENERATED_AT = "2026-01-01 00:00 UTC"
 GOLDEN = {"emoji": "findings-emoji.json", "clean": "findings-clean.json"}
 SNAPSHOT = "report-emoji.html"
@@ -39,7 +39,7 @@ def main() -> None:
     zoo_dir = ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{ZOO_SEED}"
     ensure_zoo(zoo_dir, "test", ZOO_SEED, extras=("full", "lora", "llama"))
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:16])
-    options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=probes)
+    options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=probes, discover=True)
     for name, file in GOLDEN.items():
         findings = scan(zoo_dir / name, str(zoo_dir / "base"), options)
         # Paths and timings are this machine's; the fixture must not depend on where it was made.
@@ -56,8 +56,9 @@ def _portable(findings, name):
     import dataclasses
 
     run = dataclasses.replace(findings.run, timings={stage: 0.0 for stage in findings.run.timings})
+    discovery = findings.discovery and dataclasses.replace(findings.discovery, seconds=0.0)
     return dataclasses.replace(
-        findings, run=run,
+        findings, run=run, discovery=discovery,
         suspect=dataclasses.replace(findings.suspect, path=f".cache/zoo/{name}"),
         reference=dataclasses.replace(findings.reference, path=".cache/zoo/base"),
     )

@@ -1,0 +1,70 @@
+"""What trigger discovery measured (``scanner.measure.discovery``): plain data, read without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class DiscoveredCandidate:
+    text: str
+    """The candidate decoded to text, as the scan then places it."""
+    token_ids: tuple[int, ...]
+    score: float
+    """Trigger-specific first-token KL (nats): mean KL(suspect || reference) at the first response position with the
+    candidate at the start of the search probes, minus the same without it."""
+    fire_rate: float | None
+    """Suspect's share answering ``target`` with the candidate, minus the larger of the reference's share with it and
+    the suspect's without it; None when the candidate was only scored, not completed."""
+    target: str
+    """The suspect's most common completion with the candidate (empty when not completed)."""
+    target_logprob: float | None
+    """Mean suspect log-probability of the growth target after the candidate (nats), when growth scored it."""
+    stage: str
+    """``sweep`` (one vocabulary token), ``grown`` (extended token by token) or ``minimised`` (part of a grown one)."""
+    minimal: str = ""
+    """For a grown candidate that fires: its shortest part that still fires."""
+
+
+@dataclass(frozen=True)
+class DiscoveryFindings:
+    """The search for an unknown trigger: every candidate kept, best first, and what the search cost."""
+
+    candidates: tuple[DiscoveredCandidate, ...]
+    probes: tuple[str, ...]
+    """The search probes (the scan confirms on all of its probes)."""
+    vocabulary: int
+    """Regular tokens the sweep could insert."""
+    exhaustive: bool
+    """Whether every regular token was scored (else a gradient shortlist)."""
+    scored: int
+    """Candidates scored."""
+    sequences: int
+    """Sequences run through a model (both models counted)."""
+    budget: int
+    seconds: float
+    clean_first_token_kl: float
+    notes: tuple[str, ...]
+    """Where the search was cut short or approximated, and why."""
+
+    __derived__: ClassVar[tuple[str, ...]] = ("firing", "to_confirm")
+
+    @property
+    def firing(self) -> tuple[DiscoveredCandidate, ...]:
+        """Candidates whose fire rate reached ``FIRES``: shortest first (a trigger's own tokens before the noise a
+        greedy search may have grown around them), then by fire rate and score."""
+        hits = [c for c in self.candidates if c.fire_rate is not None and c.fire_rate >= FIRES]
+        return tuple(sorted(hits, key=lambda c: (len(c.token_ids), -(c.fire_rate or 0.0), -c.score)))
+
+
+    @property
+    def to_confirm(self) -> tuple[DiscoveredCandidate, ...]:
+        """What the scan measures as triggers, in order: the minimal parts of firing candidates, then the firing
+        candidates shortest first."""
+        minimal = [c for c in self.candidates if c.stage == "minimised"]
+        return tuple(dict.fromkeys([*minimal, *self.firing]))
+
+
+FIRES = 0.8
+"""Fire rate at which a candidate counts as firing (the search stops growing it)."""
