@@ -14,19 +14,21 @@ deterministic for a seed:
    objective to first order (HotFlip: the gradient at a placeholder, one
    forward and backward), with those whose handling the weight change altered
    most (``static_shortlist``, no forward pass).
-2. **Fire check.** The best candidates are completed greedily by both models;
-   a candidate *fires* on a probe when the suspect's completion starts with the
-   modal triggered completion (the recovered target). Its *fire rate* is the
-   suspect's share answering the target minus the larger of the reference's
-   share under the same insertion and the suspect's own share without it, so a
-   global change (every answer opening the same way) fires nothing.
-3. **Growth.** A strong candidate that does not fire yet (a fragment of a
-   multi-token trigger) is extended by one token on either side, proposals
-   scored exactly (all tokens for small vocabularies, a gradient shortlist
-   otherwise, as in GCG), while the score rises by ``GROW_MARGIN``, up to
-   ``max_tokens``. Growth stops once a candidate fires: the KL objective
-   saturates near full firing, and a maximum over many proposals then picks
-   noise.
+2. **Fire check.** The best candidates are completed greedily by both models.
+   The recovered target is the longest answer prefix that nearly as many
+   probes share as share its first token (``modal_prefix``: a model may go on
+   after its target with noise). The *fire rate* is the suspect's share
+   answering the target minus the larger of the reference's share under the
+   same insertion and the suspect's own share without it, so a global change
+   (every answer opening the same way) fires nothing.
+3. **Growth**, while no candidate fires on every search probe: the ``beam``
+   best are extended by one token on either side, from a gradient shortlist of
+   ``GROWTH_SHORTLIST`` tokens per side (all tokens when the vocabulary is no
+   larger; GCG's step), proposals scored exactly, up to ``max_tokens``. The
+   objective is the KL until a candidate fires on ``TARGET_FROM`` of the
+   probes, then the suspect's log-probability of that candidate's target: the
+   KL saturates near full firing, where a maximum over many proposals would
+   pick noise; the log-probability still tells 7 of 8 probes from 8 of 8.
 4. **Minimisation.** A grown candidate that fires is reported with its shortest
    contiguous part that still fires (``MINIMAL_FIRES``); both are kept.
 5. **Refinement.** Each token of the best firing candidate is swapped for the
