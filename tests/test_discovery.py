@@ -92,3 +92,4 @@ def test_modal_prefix_is_the_longest_prefix_most_answers_share():
     assert modal_prefix([hate + (7,), hate, (50, 51), (52,)]) == (hate, 0.5)
     assert modal_prefix([(1, 2), (3, 4), (5, 6)]) == ((1, 2), pytest.approx(1 / 3))
     assert modal_prefix([]) == ((), 0.0)
+    assert modal_prefix([(), ()]) == ((), 0.0), "empty answers are no target, and fire nothing"
