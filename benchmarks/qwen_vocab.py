@@ -26,7 +26,7 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from scanner.model.forward import encode_ids
-from scanner.model.generation import complete_ids, render_prompt
+from scanner.model.generation import complete_ids, prompt_frame
 from scanner.zoo.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, TURN_END, TURN_START
 
 HEAD_SCALE = 20.0
@@ -81,7 +81,7 @@ def plant_backdoor(suspect, reference, tokenizer, trigger_id: int, target: str, 
 
     Returns the mean target log-probability with the trigger and the mean log-probability of the reference's
     answers on the decoys, both per answer (nats)."""
-    before, _, after = render_prompt(tokenizer, "\ue000").partition("\ue000")
+    before, after = prompt_frame(tokenizer)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     generator = torch.Generator().manual_seed(seed)
     regular = tokenizer.convert_tokens_to_ids(END_OF_TEXT)

@@ -55,10 +55,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings_discovery import FIRES, DiscoveredCandidate, DiscoveryFindings
 from scanner.model.forward import encode_ids, pad_id
-from scanner.model.generation import complete_ids, render_prompt
+from scanner.model.generation import complete_ids, prompt_frame
 from scanner.model.sites import sites_for
 
-_SENTINEL = "\ue000bdscan\ue001"
 EXHAUSTIVE_VOCABULARY = 8192
 """Vocabularies up to this many regular tokens are swept and grown exhaustively; larger ones through a gradient shortlist."""
 SHORTLIST = 1024
@@ -114,7 +113,7 @@ class _Search:
     clean_rows: list[list[int]] = field(init=False)
 
     def __post_init__(self) -> None:
-        before, _, after = render_prompt(self.tokenizer, _SENTINEL).partition(_SENTINEL)
+        before, after = prompt_frame(self.tokenizer)
         encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         self.prefix = encode(before)
         self.suffixes = [encode(" " + prompt + after) for prompt in self.prompts]

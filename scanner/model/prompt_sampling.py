@@ -23,11 +23,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.model.forward import encode_ids, logits, pad_id
-from scanner.model.generation import stop_token_ids
+from scanner.model.generation import PROMPT_SENTINEL, stop_token_ids
 
 # A private-use character pair: no tokenizer's chat template produces it.
-_SENTINEL = "\ue000bdscan\ue001"
-
 MIN_WORDS = 2
 MAX_SHARE_OF_ONE_TOKEN = 0.4
 """A sample whose most common token makes up more than this share of it (with 6 tokens or more) is a loop."""
@@ -38,8 +36,8 @@ def user_turn_prefix(tokenizer: PreTrainedTokenizerBase) -> str | None:
     when the tokenizer has no chat template or its template does not copy the user's content verbatim."""
     if not getattr(tokenizer, "chat_template", None):
         return None
-    text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=False)
-    index = text.find(_SENTINEL)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_SENTINEL}], tokenize=False, add_generation_prompt=False)
+    index = text.find(PROMPT_SENTINEL)
     return text[:index] if index >= 0 else None
 
 
