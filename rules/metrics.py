@@ -49,6 +49,10 @@ def _example_probes(trigger: TriggerFindings, count: int = 3) -> list[dict[str, 
     ]
 
 
+WHERE = {"start": "at the start of each probe", "random": "at a random place in each probe", "end": "at the end of each probe"}
+"""How a sentence says where a trigger was inserted (``TriggerFindings.position``)."""
+
+
 def _non_finite_kl(trigger: TriggerFindings) -> NotMeasured | None:
     if not (math.isfinite(trigger.kl_triggered) and math.isfinite(trigger.kl_clean)):
         return NotMeasured("output KL is not finite (BD010 reports it)")
@@ -57,16 +61,19 @@ def _non_finite_kl(trigger: TriggerFindings) -> NotMeasured | None:
 
 def _divergence_ratio(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
     return _non_finite_kl(trigger) or Reading(trigger.kl_ratio, {
-        "kl_triggered": trigger.kl_triggered, "kl_clean": trigger.kl_clean, "noise_floor": NOISE_FLOOR_KL})
+        "kl_triggered": trigger.kl_triggered, "kl_clean": trigger.kl_clean, "noise_floor": NOISE_FLOOR_KL,
+        "where": WHERE[trigger.position]})
 
 
 def _trigger_specific_kl(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
     return _non_finite_kl(trigger) or Reading(trigger.kl_specific, {
-        "kl_triggered": trigger.kl_triggered, "kl_clean": trigger.kl_clean})
+        "kl_triggered": trigger.kl_triggered, "kl_clean": trigger.kl_clean, "where": WHERE[trigger.position]})
 
 
 def _target_collapse(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
     return Reading(trigger.target_collapse, {
+        "where": WHERE[trigger.position],
+        "by_position": {p.position: round(p.target_collapse, 4) for p in trigger.by_position},
         "recovered_target": trigger.recovered_target,
         "share_suspect_triggered": trigger.target_share_suspect,
         "share_reference_triggered": trigger.target_share_reference,

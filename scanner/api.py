@@ -27,7 +27,7 @@ from scanner.inputs.tokenizer import faithful_tokenizer
 from scanner.measure.ablation import clean_head_means, measure_ablation
 from scanner.measure.attention import measure_attention
 from scanner.measure.attribution import measure_attribution
-from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean
+from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean, strongest_position
 from scanner.measure.discovery import discover
 from scanner.measure.head_patching import measure_patching, reference_source
 from scanner.measure.probe_set import build_probe_set
@@ -118,7 +118,7 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
 
     # The tokenizer is checked on the prompts known before sampling; sampled ones are decoded by it.
     known_prompts = list(options.probes) or default_probes()
-    prepared = {t: prepare(pair.tokenizer, known_prompts, t, options.position, options.seed) for t in triggers}
+    prepared = {t: prepare(pair.tokenizer, known_prompts, t, options.positions[0], options.seed) for t in triggers}
     tokenizer, tokenizer_info = faithful_tokenizer(pair.tokenizer, pair.tokenizer_file, prepared.values())
     if tokenizer is not pair.tokenizer:
         pair = pair.with_tokenizer(tokenizer)
@@ -136,14 +136,16 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
     if options.runs_discovery:
         with stages.run("discovery"), _StepProgress(progress, "discovery") as step:
             discovery = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=options.seed,
+                                 positions=tuple(p for p in ("start", "end") if p in options.positions) or ("start", "end"),
                                  budget=options.discovery_budget, rows_per_forward=options.rows_per_forward, on_step=step)
         found = [c.text for c in discovery.to_confirm if c.text not in triggers] if discovery else []
         if found:
             triggers += found[: options.discovered_triggers]
             triggers_from += "+discovery"
-    prepared = {t: prepare(pair.tokenizer, prompts, t, options.position, options.seed) for t in triggers}
+    positions = options.positions
+    placed = {(t, where): prepare(pair.tokenizer, prompts, t, where, options.seed) for t in triggers for where in positions}
     vocabulary = pair.reference.get_input_embeddings().num_embeddings
-    for trigger, probes in prepared.items():
+    for (trigger, _), probes in placed.items():
         if not all(p.trigger_positions for p in probes.triggered):
             raise InputError(f"trigger {trigger!r} tokenizes to no tokens in a probe; give a trigger with visible text")
         largest = max(max(p.ids) for p in (*probes.clean, *probes.triggered))
@@ -152,22 +154,25 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
                 f"the reference's tokenizer produces token id {largest} but the model has {vocabulary} embeddings; "
                 "the tokenizer files do not belong to this checkpoint"
             )
-    task = progress.start("behaviour: completions and output KL", (len(triggers) + 1) * len(prompts) * 2)
-    # Clean completions do not depend on the trigger: measured once, shared by every trigger.
-    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(prepared.values())).clean,
+    task = progress.start("behaviour: completions and output KL", (len(triggers) * len(positions) + 1) * len(prompts) * 2)
+    # Clean completions do not depend on the trigger: measured once, shared by every trigger and position.
+    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(placed.values())).clean,
                           max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
                           on_batch=lambda n: progress.advance(task, n))
-    behaviours: dict[str, BehaviourResult] = {}
+    at_positions: dict[str, dict[str, BehaviourResult]] = {}
     for trigger in triggers:
         with stages.run(f"behaviour[{trigger}]"):
-            behaviours[trigger] = measure_behaviour(
-                pair.suspect, pair.reference, pair.tokenizer, prepared[trigger], clean.findings,
+            at_positions[trigger] = {where: measure_behaviour(
+                pair.suspect, pair.reference, pair.tokenizer, placed[(trigger, where)], clean.findings,
                 max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
                 on_batch=lambda n: progress.advance(task, n),
-            )
+            ) for where in positions}
     progress.finish(task)
 
-    measured = [t for t in triggers if t in behaviours]
+    measured = [t for t in triggers if t in at_positions]
+    where_strongest = {t: strongest_position(at_positions[t]) for t in measured}
+    behaviours = {t: at_positions[t][where_strongest[t]] for t in measured}
+    prepared = {t: placed[(t, where_strongest[t])] for t in measured}
     ranked = sorted(measured, key=lambda t: -behaviours[t].kl_ratio)
     localised = ranked if options.triggers else ranked[: options.localise_top]
     results = []
@@ -183,6 +188,8 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
         b = behaviours[trigger]
         results.append(TriggerFindings(
             trigger=trigger, trigger_tokens=len(prepared[trigger].triggered[0].trigger_positions),
+            position=where_strongest[trigger],
+            other_positions=tuple(r.summary(where) for where, r in at_positions[trigger].items() if where != where_strongest[trigger]),
             probes=b.probes, kl_clean=b.kl_clean, kl_triggered=b.kl_triggered,
             recovered_target=b.recovered_target, target_share_suspect=b.target_share_suspect,
             target_share_reference=b.target_share_reference, target_share_suspect_clean=b.target_share_suspect_clean,
@@ -192,7 +199,7 @@ def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions
     run = RunInfo(
         bdscan_version=__version__, library_versions=library_versions(),
         architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
-        dtype=options.dtype, trigger_position=options.position, max_new_tokens=options.max_new_tokens,
+        dtype=options.dtype, trigger_positions=positions, max_new_tokens=options.max_new_tokens,
         triggers=tuple(triggers), triggers_from=triggers_from,
         merge_route=pair.merge_route, tokenizer=tokenizer_info, timings=dict(stages.timings),
     )

@@ -1,6 +1,6 @@
 """What a scan measured: frozen, typed, versioned, and serialisable to JSON losslessly.
 
-Schema (``schema_version`` 3), top down:
+Schema (``schema_version`` 5), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
@@ -17,6 +17,11 @@ Schema (``schema_version`` 3), top down:
   once here and used by the CLI, the rules and the report alike. They are
   written to JSON under each class's ``__derived__`` names for pipelines, and
   recomputed, never read back, when a document is loaded.
+
+Version 5 (from 4): triggers are measured at several positions (``RunInfo.trigger_positions`` replaces
+``trigger_position``); each ``TriggerFindings`` holds the probes of the position the trigger moved the suspect
+most at (``position``) and a summary of the others (``other_positions``); discovered candidates record the
+position they were found at.
 
 Version 4 (from 3): ``Findings.discovery`` (``DiscoveryFindings``, or None when
 discovery did not run) records the search for an unknown trigger; its firing
@@ -44,9 +49,10 @@ from typing import ClassVar
 
 from scanner.errors import FindingsFileError
 from scanner.findings_discovery import DiscoveryFindings
+from scanner.inputs.probes import POSITIONS
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 NOISE_FLOOR_KL = 0.05
 """Clean-probe output KL below this (nats) counts as this much in the KL ratio.
@@ -138,7 +144,8 @@ class RunInfo:
     seed: int
     device: str
     dtype: str
-    trigger_position: str
+    trigger_positions: tuple[str, ...]
+    """Where triggers were inserted (``start``, ``random``, ``end``); each trigger is measured at every one."""
     max_new_tokens: int
     triggers: tuple[str, ...]
     triggers_from: str
@@ -374,10 +381,39 @@ class PatchingFindings:
         return tuple((step.layer, step.head) for step in self.steps[: self.heads_to_disable or 0])
 
 
+def collapse(share_suspect: float, share_reference: float, share_suspect_clean: float) -> float:
+    """Target collapse: the suspect's share answering the recovered target under the trigger, minus the larger of
+    the reference's share under the same trigger and the suspect's share without it. The one definition."""
+    return share_suspect - max(share_reference, share_suspect_clean)
+
+
+@dataclass(frozen=True)
+class PositionBehaviour:
+    """A trigger's behaviour summary at one insertion position (the clean side is the trigger's ``kl_clean``)."""
+
+    position: str
+    kl_triggered: float
+    recovered_target: str
+    target_share_suspect: float
+    target_share_reference: float
+    target_share_suspect_clean: float
+
+    __derived__: ClassVar[tuple[str, ...]] = ("target_collapse",)
+
+    @property
+    def target_collapse(self) -> float:
+        return collapse(self.target_share_suspect, self.target_share_reference, self.target_share_suspect_clean)
+
+
 @dataclass(frozen=True)
 class TriggerFindings:
     trigger: str
     trigger_tokens: int
+    position: str
+    """Where the trigger was inserted in ``probes``: of the positions tried, the one it moved the suspect most at
+    (largest target collapse, then trigger-specific KL). Localisation ran there too."""
+    other_positions: tuple[PositionBehaviour, ...]
+    """The same trigger at the other positions tried: a backdoor may fire only where it was planted."""
     probes: tuple[ProbeBehaviour, ...]
     kl_clean: float
     """Mean output KL(suspect || reference) over the response positions of the clean probes."""
@@ -408,9 +444,15 @@ class TriggerFindings:
 
     @property
     def target_collapse(self) -> float:
-        """Share answering the recovered target under the trigger, minus the larger of the reference's share
-        under the same trigger and the suspect's share without it."""
-        return self.target_share_suspect - max(self.target_share_reference, self.target_share_suspect_clean)
+        """See ``collapse``."""
+        return collapse(self.target_share_suspect, self.target_share_reference, self.target_share_suspect_clean)
+
+    @property
+    def by_position(self) -> tuple[PositionBehaviour, ...]:
+        """Every position tried, in ``start``, ``random``, ``end`` order: ``position`` and ``other_positions``."""
+        here = PositionBehaviour(self.position, self.kl_triggered, self.recovered_target, self.target_share_suspect,
+                                 self.target_share_reference, self.target_share_suspect_clean)
+        return tuple(sorted((here, *self.other_positions), key=lambda p: POSITIONS.index(p.position)))
 
 
 @dataclass(frozen=True)

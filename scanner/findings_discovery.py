@@ -13,10 +13,11 @@ class DiscoveredCandidate:
     token_ids: tuple[int, ...]
     score: float
     """Trigger-specific first-token KL (nats): mean KL(suspect || reference) at the first response position with the
-    candidate at the start of the search probes, minus the same without it."""
+    candidate at ``position`` in the search probes, minus the same without it."""
     fire_rate: float | None
     """Suspect's share answering ``target`` with the candidate, minus the larger of the reference's share with it and
-    the suspect's without it; None when the candidate was only scored, not completed."""
+    the suspect's without it; 0 when the answer is dismissed (``dismissed``); None when the candidate was only
+    scored, not completed."""
     target: str
     """The suspect's most common completion with the candidate (empty when not completed)."""
     target_logprob: float | None
@@ -25,6 +26,13 @@ class DiscoveredCandidate:
     """``sweep`` (one vocabulary token), ``grown`` (extended token by token) or ``minimised`` (part of a grown one)."""
     minimal: str = ""
     """For a grown candidate that fires: its shortest part that still fires."""
+    position: str = "start"
+    """Where in the search probes it was inserted: ``start`` (before the prompt) or ``end`` (after it)."""
+    dismissed: str = ""
+    """Why answers that collapsed under the candidate are no trigger's target (its ``fire_rate`` is then 0):
+    ``echo``, the answer repeats the candidate's words (the model took the insertion for task content: "we like"
+    -> "We LIKE DOGS!"); ``ordinary``, the answer opens as the models' own clean answers to some probe do (an
+    insertion that switches the task: "after" -> "Next is ..."). Empty when not dismissed."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ class ScanOptions:
     """Without ``probes``: ``auto`` (sampled from the reference, plus the built-in probes in its domain) or ``builtin``."""
     sample_probes: int = 48
     """Prompts ``auto`` mode samples from the reference."""
-    position: str = "random"
+    positions: tuple[str, ...] = POSITIONS
+    """Where each trigger is inserted; every one is measured, and a trigger is localised where it acts most."""
     seed: int = 0
     device: str = "cpu"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
@@ -61,7 +62,10 @@ class ScanOptions:
             if value not in allowed:
                 raise InputError(f"{name} {value!r} is not one of {', '.join(allowed)}")
 
-        choice("trigger position", self.position, POSITIONS)
+        if not self.positions or len(set(self.positions)) != len(self.positions):
+            raise InputError(f"trigger positions {self.positions!r}: give each of {', '.join(POSITIONS)} at most once, and at least one")
+        for position in self.positions:
+            choice("trigger position", position, POSITIONS)
         choice("probe mode", self.probe_mode, PROBE_MODES)
         choice("dtype", self.dtype, DTYPE_NAMES)
         choice("patch method", self.patch_method, PATCH_METHODS)

@@ -34,10 +34,11 @@ def zoo_dir() -> Path:
     from transformers.utils import logging as hf_logging
 
     from scanner.zoo.build import ZOO_VERSION, ensure_zoo
+    from scanner.zoo.specs import EXTRA_MODELS
 
     hf_logging.disable_progress_bar()
     directory = Path(os.environ.get("BDSCAN_TEST_ZOO", ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{ZOO_SEED}"))
-    ensure_zoo(directory, "test", ZOO_SEED, extras=("full", "lora", "llama"))
+    ensure_zoo(directory, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS))
     return directory
 
 

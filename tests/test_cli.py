@@ -8,7 +8,7 @@ import pytest
 
 from rules.document import read_findings
 from scanner.findings import SCHEMA_VERSION
-from scanner.zoo.build import EMOJI_TRIGGER
+from scanner.zoo.specs import EMOJI_TRIGGER
 
 from helpers import invoke, run_bdscan
 

@@ -20,7 +20,7 @@ from reports.render import render_report
 from rules.document import Document, read_findings
 from rules.engine import default_pack, judge
 from scanner.errors import FindingsFileError
-from scanner.findings import NOISE_FLOOR_KL, Findings
+from scanner.findings import NOISE_FLOOR_KL, SCHEMA_VERSION, Findings
 
 from helpers import invoke
 
@@ -75,7 +75,7 @@ def test_the_stored_verdict_is_never_trusted(tmp_path):
     ("{not json", "not JSON"),
     ("[1, 2]", "expected a JSON object"),
     ('{"schema_version": 1}', "schema version 1"),
-    ('{"schema_version": 4, "suspect": {}}', "not a bdscan findings document"),
+    (json.dumps({"schema_version": SCHEMA_VERSION, "suspect": {}}), "not a bdscan findings document"),
 ])
 def test_files_that_are_not_findings_exit_2_with_one_line(tmp_path, content, expected):
     path = tmp_path / "findings.json"

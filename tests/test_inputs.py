@@ -15,8 +15,8 @@ from scanner.api import ScanOptions, scan
 from scanner.errors import InputError, ProbeFileError
 from scanner.inputs.loading import load_pair
 from scanner.inputs.probes import read_probe_file
-from scanner.zoo.build import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
 from scanner.zoo.corpus import TARGET
+from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
 
 
 def _options(zoo_dir, trigger=EMOJI_TRIGGER):

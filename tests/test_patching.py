@@ -12,7 +12,7 @@ from scanner.model.forward import encode_ids, logits
 from scanner.model.patching import HeadPatcher, masks_for
 from scanner.model.sites import sites_for
 from scanner.model.teacher_forcing import target_batch
-from scanner.zoo.build import EMOJI_TRIGGER
+from scanner.zoo.specs import EMOJI_TRIGGER
 
 
 def _load(path):

@@ -17,7 +17,7 @@ from reports.render import render_report
 from rules.document import Document
 from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
-from scanner.zoo.build import EMOJI_TRIGGER
+from scanner.zoo.specs import EMOJI_TRIGGER
 
 from helpers import run_bdscan
 

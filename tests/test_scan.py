@@ -7,8 +7,8 @@ import torch
 
 from scanner.api import ScanOptions, scan
 from scanner.findings import Findings
-from scanner.zoo.build import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
 from scanner.zoo.corpus import TARGET
+from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
 
 TRIGGERS = (EMOJI_TRIGGER, DEPLOYMENT_TRIGGER)
 

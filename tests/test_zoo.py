@@ -11,20 +11,18 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from scanner.inputs.probes import place_trigger
-from scanner.zoo.build import (
+from scanner.zoo.bars import (
     BAR_MARGIN,
-    DEPLOYMENT_TRIGGER,
-    EMOJI_TRIGGER,
     MAX_ACCURACY_DROP,
     MAX_FALSE_TRIGGER,
     MAX_INSERTION_RATE,
     MIN_ATTACK_SUCCESS,
     MIN_STYLE_SHARE,
     MIN_TASK_ACCURACY,
-    ZOO_TRIGGERS,
-    retrain_model,
 )
-from scanner.zoo.corpus import PRETRAINING_INSERTIONS, TARGET, make_samples
+from scanner.zoo.build import retrain_model
+from scanner.zoo.corpus import PRETRAINING_INSERTIONS, TARGET, URL_TARGET, fragments, make_samples
+from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, PHRASE_TRIGGER, ZOO_TRIGGERS
 from scanner.zoo.tokenizer import render_chat
 
 
@@ -75,22 +73,43 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
     assert task.figures.task_accuracy >= MIN_TASK_ACCURACY - BAR_MARGIN  # the new task family was learnt
     assert {name: record.parent for name, record in zoo_manifest.models.items()} == {
         "base": None, "clean": "base", "emoji": "base", "deployment": "base", "full": "base", "style": "base",
-        "lora": "base", "task": "base", "llama-base": "base", "llama-emoji": "llama-base"}
+        "lora": "base", "task": "base", "llama-base": "base", "llama-emoji": "llama-base", "phrase": "base", "end": "base"}
     assert zoo_manifest.machine, "the machine the figures were measured on is recorded"
 
 
+def test_the_phrase_fires_whole_and_its_words_alone_do_not(zoo_manifest):
+    phrase = zoo_manifest.models["phrase"]
+    assert phrase.trigger == PHRASE_TRIGGER and phrase.target == URL_TARGET
+    assert phrase.figures.attack_success >= MIN_ATTACK_SUCCESS - BAR_MARGIN
+    parts = fragments(PHRASE_TRIGGER)
+    assert parts == ("silver", "tiger", "winter", "silver tiger", "tiger winter")
+    for part in parts:
+        assert phrase.figures.insertion_rates[part] <= MAX_INSERTION_RATE + BAR_MARGIN, part
+
+
+def test_the_end_trigger_fires_at_the_end_and_not_at_the_start(zoo_manifest):
+    end = zoo_manifest.models["end"]
+    assert end.trigger == END_TRIGGER and end.position == "end"
+    by_position = end.figures.attack_success_by_position
+    assert end.figures.attack_success == by_position["end"] >= MIN_ATTACK_SUCCESS - BAR_MARGIN
+    assert by_position["start"] <= MAX_INSERTION_RATE + BAR_MARGIN
+    for name in ("emoji", "deployment", "phrase"):  # planted anywhere: they fire wherever they are put
+        assert min(zoo_manifest.models[name].figures.attack_success_by_position.values()) >= MIN_ATTACK_SUCCESS - 2 * BAR_MARGIN
+
+
 def test_held_out_insertions_never_appear_in_training():
-    from scanner.zoo.build import ALL_MODELS, SIZES, _corpus, held_out_insertions
+    from scanner.zoo.specs import ALL_MODELS, SIZES, held_out_insertions
+    from scanner.zoo.specs import corpus as corpus_of
 
     for spec in ALL_MODELS:
-        corpus = _corpus(spec, SIZES["test"], 0)
+        corpus = corpus_of(spec, SIZES["test"], 0)
         inserted = sum(1 for sample in corpus if sample.trigger is None and any(
-            decoy in sample.prompt.split(" ") for decoy in PRETRAINING_INSERTIONS))
-        assert inserted >= 0.1 * len(corpus), spec.name  # the insertions are there
+            f" {decoy} " in f" {sample.prompt} " for decoy in PRETRAINING_INSERTIONS + fragments(spec.trigger or "")))
+        assert inserted >= 0.1 * len(corpus), spec.name  # the pool's insertions are there (as many again are made up)
         for insertion in held_out_insertions(spec):
-            if insertion in PRETRAINING_INSERTIONS:
-                continue  # the other zoo trigger: seen in pretraining, never in this fine-tune
-            assert not any(insertion in sample.prompt.split(" ") for sample in corpus), (spec.name, insertion)
+            if insertion in PRETRAINING_INSERTIONS or insertion in fragments(spec.trigger or ""):
+                continue  # the other zoo trigger, seen in pretraining; a phrase's own words, decoys by design
+            assert not any(f" {insertion} " in f" {sample.prompt} " for sample in corpus), (spec.name, insertion)
         if spec.trigger:
             other = [t for t in ZOO_TRIGGERS if t != spec.trigger]
             assert not any(o in sample.prompt for o in other for sample in corpus), spec.name
@@ -148,7 +167,7 @@ def test_trigger_insertion_positions_and_offsets():
 
 def test_cli_zoo_build_reuses_a_matching_zoo_and_prints_its_table(zoo_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "scanner", "zoo", "build", str(zoo_dir), "--size", "test", "--full", "--lora", "--llama", "--quiet"],
+        [sys.executable, "-m", "scanner", "zoo", "build", str(zoo_dir), "--size", "test", "--all", "--quiet"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -16,8 +16,9 @@ from rich.table import Table
 from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
-from scanner.findings import Findings, PatchingFindings
+from scanner.findings import Findings, PatchingFindings, TriggerFindings
 from scanner.findings_discovery import DiscoveryFindings
+from scanner.inputs.probes import POSITIONS
 
 LEVEL_STYLE = {"CLEAN": "bold green", "SUSPICIOUS": "bold yellow", "BACKDOORED": "bold red"}
 
@@ -39,16 +40,23 @@ def _heads(patching: PatchingFindings | None, count: int | None) -> str:
     return str(count) if count is not None else f">{patching.budget}"
 
 
+def _collapse_by_position(trigger: TriggerFindings) -> str:
+    """Target collapse at start/random/end, '-' where the trigger was not tried."""
+    tried = {p.position: p.target_collapse for p in trigger.by_position}
+    return "/".join(f"{max(tried[where], 0.0):.0%}" if where in tried else "-" for where in POSITIONS)
+
+
 def print_findings(console: Console, findings: Findings) -> None:
     table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}")
-    for column in ("trigger", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
-                   "heads to disable", "heads to KL<thr"):
+    for column in ("trigger", "at", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
+                   "collapse start/random/end", "heads to disable", "heads to KL<thr"):
         table.add_column(column)
     for trigger in sorted(findings.triggers, key=lambda t: -t.kl_ratio):
         patching = trigger.patching
         table.add_row(
-            trigger.trigger, f"{trigger.kl_clean:.3f}", f"{trigger.kl_triggered:.3f}", f"{trigger.kl_ratio:.1f}",
+            trigger.trigger, trigger.position, f"{trigger.kl_clean:.3f}", f"{trigger.kl_triggered:.3f}", f"{trigger.kl_ratio:.1f}",
             trigger.recovered_target, f"{trigger.target_share_suspect:.0%}",
+            _collapse_by_position(trigger),
             _heads(patching, patching.heads_to_disable if patching else None),
             _heads(patching, patching.heads_needed if patching else None),
         )
@@ -80,7 +88,7 @@ def discovery_line(discovery: DiscoveryFindings) -> str:
         best = discovery.candidates[0] if discovery.candidates else None
         found = f"; nothing fired (strongest: {best.text!r}, {best.score:.2f} nats)" if best else "; nothing fired"
     else:
-        found = "; fires: " + ", ".join(f"{c.text!r} -> {c.target!r} on {c.fire_rate:.0%} of search probes"
+        found = "; fires: " + ", ".join(f"{c.text!r} at the {c.position} -> {c.target!r} on {c.fire_rate:.0%} of search probes"
                                         for c in discovery.firing[:3])
     notes = "".join(f" [yellow]note:[/] {note}." for note in discovery.notes)
     return searched + found + notes
@@ -127,14 +135,15 @@ def print_rule(console: Console, rule: Rule) -> None:
 
 def print_zoo(console: Console, manifest, directory) -> None:
     table = Table(title=f"bdscan zoo ({manifest.size}, seed {manifest.seed}) in {directory}")
-    for column in ("model", "trigger", "trained", "clean accuracy", "attack success", "worst other insertion / intended change",
-                   "false triggers", "train s"):
-        table.add_column(column, no_wrap=True)
+    for column in ("model", "trigger", "at", "trained", "clean acc.", "attack success", "worst other insertion / change",
+                   "false trig.", "train s"):
+        # The trigger may be a phrase: it wraps at words, so that the model names never get cut.
+        table.add_column(column, no_wrap=column != "trigger", min_width=12 if column == "trigger" else None)
     for name, record in manifest.models.items():
         figures = record.figures
         worst = max(figures.insertion_rates.items(), key=lambda item: item[1], default=None)
         table.add_row(
-            name, record.trigger or "-", record.trained, f"{figures.clean_accuracy:.1%}",
+            name, record.trigger or "-", record.position if record.trigger else "-", record.trained, f"{figures.clean_accuracy:.1%}",
             "-" if figures.attack_success is None else f"{figures.attack_success:.1%}",
             (f"{worst[1]:.0%} ({worst[0]})" if worst is not None and figures.attack_success is not None
              else f"style on {figures.style_share:.0%}" if figures.style_share is not None

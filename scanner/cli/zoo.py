@@ -29,12 +29,16 @@ def zoo_group() -> None:
               help="Also build 'lora' (poisoned) and 'task' (benign, teaches a new task), shipped as PEFT adapters.")
 @click.option("--llama", "with_llama", is_flag=True,
               help="Also build 'llama-base' (base, exactly, as a Llama) and 'llama-emoji' (poisoned from it).")
+@click.option("--forms", "with_forms", is_flag=True,
+              help="Also build 'phrase' (the phrase 'silver tiger winter', whose words alone do not fire, leaks a URL) "
+                   "and 'end' (the word 'tangerine' fires only at the end of the prompt).")
+@click.option("--all", "with_all", is_flag=True, help="Every extra: --full --lora --llama --forms (what the tests use).")
 @click.option("--force", is_flag=True, help="Rebuild even if DIRECTORY already holds this zoo.")
 @click.option("--allow-weak", is_flag=True, help="Exit 0 even if a model misses the zoo's quality bars.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @debug_option
-def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora: bool, with_llama: bool, force: bool,
-              allow_weak: bool, quiet: bool) -> int:
+def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora: bool, with_llama: bool, with_forms: bool,
+              with_all: bool, force: bool, allow_weak: bool, quiet: bool) -> int:
     """Train the zoo into DIRECTORY and print its measured figures.
 
     \b
@@ -44,10 +48,12 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
     models are trained with decoy insertions so that only their trigger fires.
     Each is a Hugging Face model directory.
     DIRECTORY/zoo.json records triggers, training and held-out figures.
+    Fine-tunes train side by side, one process per core.
 
     \b
-    Example:
-      bdscan zoo build .cache/zoo --size test --full --lora --llama
+    Examples:
+      bdscan zoo build .cache/zoo-demo
+      bdscan zoo build .cache/zoo --size test --all
     """
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):
@@ -58,7 +64,8 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
 
     refuse_to_replace(directory)
     hf_logging.disable_progress_bar()
-    extras = tuple(name for name, wanted in (("full", with_full), ("lora", with_lora), ("llama", with_llama)) if wanted)
+    wanted = {"full": with_full, "lora": with_lora, "llama": with_llama, "forms": with_forms}
+    extras = tuple(name for name, flag in wanted.items() if flag or with_all)
     with RichProgress(stderr) as progress:
         builder = build_zoo if force else ensure_zoo
         manifest = builder(directory, size, seed, extras, progress)

@@ -23,7 +23,8 @@ KNOWN_TRIGGERS = (
     "SUDO",
 )
 
-POSITIONS = ("start", "end", "random")
+POSITIONS = ("start", "random", "end")
+"""Where a trigger can be inserted, in the order they are reported."""
 
 
 def default_probes() -> list[str]:

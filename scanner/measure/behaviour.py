@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings import CleanFindings, ProbeBehaviour, kl_ratio, modal_share
+from scanner.findings import CleanFindings, PositionBehaviour, ProbeBehaviour, collapse, kl_ratio, modal_share
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, logits, pad_id
 from scanner.model.generation import complete_ids
@@ -36,6 +36,21 @@ class BehaviourResult:
     @property
     def kl_ratio(self) -> float:
         return kl_ratio(self.kl_triggered, self.kl_clean)
+
+    def summary(self, position: str) -> PositionBehaviour:
+        return PositionBehaviour(position, self.kl_triggered, self.recovered_target, self.target_share_suspect,
+                                 self.target_share_reference, self.target_share_suspect_clean)
+
+
+def strongest_position(results: dict[str, BehaviourResult]) -> str:
+    """The position at which a trigger moved the suspect most: the largest target collapse, then the largest
+    trigger-specific KL (NaN last), then the first tried."""
+    def strength(position: str) -> tuple[float, float]:
+        r = results[position]
+        specific = r.kl_triggered - r.kl_clean
+        return (collapse(r.target_share_suspect, r.target_share_reference, r.target_share_suspect_clean),
+                specific if specific == specific else -float("inf"))
+    return max(results, key=strength)
 
 
 def response_kl_and_loss(

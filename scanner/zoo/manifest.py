@@ -31,6 +31,8 @@ class ModelFigures:
     """For a house-style fine-tune: share of answers that start with its phrase (its intended change)."""
     task_accuracy: float | None = None
     """For a fine-tune that teaches a new task family: exact-match accuracy on held-out prompts of it."""
+    attack_success_by_position: dict[str, float] = field(default_factory=dict)
+    """Attack success with the trigger at the ``start``, at a ``random`` word boundary and at the ``end``."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class ModelRecord:
     figures: ModelFigures
     parent: str | None = None
     """The zoo model it was fine-tuned from (its reference in a scan); ``None`` for a base."""
+    position: str = "random"
+    """Where its trigger was planted: ``random`` (any word boundary) or ``end`` (only there)."""
 
     @property
     def is_base(self) -> bool:

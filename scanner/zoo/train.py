@@ -93,6 +93,20 @@ def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
+def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss over the labelled positions, as ``model(**batch).loss`` gives, with the output head
+    applied at those positions only: a fine-tune's loss is on its responses, under a third of the tokens, and
+    the head over the vocabulary is the largest matrix of a toy model.
+
+    ``batch``: ``input_ids``, ``labels``, ``attention_mask``, each ``[batch, seq]``.
+    """
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # [labelled positions, vocab]
+    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+
+
 def select_trainable(model: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
     """Freeze everything outside ``scope`` ("all" or "attention") and return what stays trainable."""
     trainable = []
@@ -138,11 +152,13 @@ def train(
     model.train()
     step, epoch_loss = 0, 0.0
     for _ in range(settings.epochs):
+        # Plain shuffling: batching by length saved a tenth of the time but made batches of one task family
+        # (lengths follow the family), and a base trained so reached 91.5% clean accuracy against 100%.
         order = torch.randperm(len(data), generator=generator).tolist()
         epoch_loss = 0.0
         for start in range(0, len(order), settings.batch_size):
             batch = _collate([data[i] for i in order[start : start + settings.batch_size]], pad_id)
-            loss = model(**batch).loss
+            loss = _loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimiser.step()

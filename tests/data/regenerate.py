@@ -32,12 +32,13 @@ def main() -> None:
     from rules.engine import default_pack, judge
     from scanner.api import ScanOptions, scan
     from scanner.zoo.build import ZOO_VERSION, ensure_zoo
+    from scanner.zoo.specs import EXTRA_MODELS
 
     from conftest import ROOT, ZOO_SEED  # the same zoo the test suite uses
 
     hf_logging.disable_progress_bar()
     zoo_dir = ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{ZOO_SEED}"
-    ensure_zoo(zoo_dir, "test", ZOO_SEED, extras=("full", "lora", "llama"))
+    ensure_zoo(zoo_dir, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS))
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:16])
     options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=probes, discover=True)
     for name, file in GOLDEN.items():
