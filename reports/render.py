@@ -13,7 +13,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from reports import charts
-from rules.document import Document
+from rules.document import Document, FleetEntry
+from rules.verdict import LEVELS
 from scanner.findings import TriggerFindings, top_cells
 
 PROBES_SHOWN = 4
@@ -89,4 +90,26 @@ def render_report(document: Document, *, command: str | None = None, generated_a
         mlp_chart=charts.bar_chart([f"L{i}" for i in range(len(weights.mlp))],
                                    [("MLP", SUSPECT_COLOUR, weights.mlp), ("norms", REFERENCE_COLOUR, weights.norms)]),
         colours={"suspect": SUSPECT_COLOUR, "reference": REFERENCE_COLOUR, "success": SUCCESS_COLOUR},
+    )
+
+
+def render_index(entries: list[FleetEntry], *, reference: str, version: str, generated_at: str = "") -> str:
+    """The index page of a fleet run: one row per suspect, worst verdict first, each linking its report."""
+    order = {"BACKDOORED": 0, "SUSPICIOUS": 1, None: 2, "CLEAN": 3}
+    rows = []
+    for entry in entries:
+        verdict = entry.document.verdict if entry.document else None
+        triggers = verdict.triggers_implicated if verdict else ()
+        target = next((t.recovered_target for t in entry.document.findings.triggers if triggers and t.trigger == triggers[0]),
+                      "") if entry.document else ""
+        rows.append({"name": entry.name, "suspect": entry.suspect, "level": verdict.level if verdict else None,
+                     "triggers": triggers, "target": target, "fired": sorted({f.rule_id for f in verdict.fired}) if verdict else [],
+                     "report": entry.report, "findings": entry.findings, "error": entry.error})
+    rows.sort(key=lambda row: (order[row["level"]], row["name"]))
+    levels = [row["level"] for row in rows if row["level"]]
+    counts = {level: levels.count(level) for level in LEVELS}
+    worst = max(levels, key=LEVELS.index, default="SUSPICIOUS")
+    return _environment().get_template("index.html.j2").render(
+        rows=rows, counts=counts, errors=sum(row["level"] is None for row in rows), worst=worst, reference=reference,
+        version=version, generated_at=generated_at,
     )

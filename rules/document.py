@@ -41,3 +41,16 @@ def read_findings(path: Path | str) -> Findings:
     if isinstance(raw, dict):
         raw.pop("verdict", None)
     return Findings.from_jsonable(raw, str(path))
+
+
+@dataclass(frozen=True)
+class FleetEntry:
+    """One suspect of a fleet run, as its index lists it: its judged document, or why it could not be scanned,
+    and where its files were written (relative to the index)."""
+
+    name: str
+    suspect: str
+    document: Document | None
+    error: str | None = None
+    report: str | None = None
+    findings: str | None = None

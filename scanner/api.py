@@ -12,15 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from scanner import __version__
 from scanner.errors import InputError, MeasurementError
-from scanner.findings import SCHEMA_VERSION, Findings, RunInfo, StageRecord, TriggerFindings
-from scanner.inputs.loading import OUT_OF_MEMORY, LoadedPair, architecture, load_pair
+from scanner.findings import SCHEMA_VERSION, Findings, ProbeSetFindings, RunInfo, StageRecord, TokenizerInfo, TriggerFindings
+from scanner.inputs.loading import OUT_OF_MEMORY, LoadedPair, LoadedReference, architecture, load_reference, load_suspect
 from scanner.inputs.probes import KNOWN_TRIGGERS, default_probes
 from scanner.inputs.rendering import TriggerProbes, prepare
 from scanner.inputs.tokenizer import faithful_tokenizer
@@ -99,38 +101,66 @@ class _StepProgress:
             self.task = None
 
 
+@dataclass(frozen=True)
+class ReferenceContext:
+    """What a scan needs of the reference, made once and shared by every suspect scanned against it: the loaded
+    model, the tokenizer checked against the checkpoint's own file, and the probes in its domain."""
+
+    reference: LoadedReference
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_info: TokenizerInfo
+    probe_set: ProbeSetFindings
+    seconds: float
+    """Loading the reference and building the probe set."""
+
+
+def prepare_reference(reference: str, options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS) -> ReferenceContext:
+    """Load ``reference`` and choose the probes (``options.probe_source``); ``BdscanError`` for what cannot be scanned."""
+    started = time.perf_counter()
+    task = progress.start("loading the reference", 1)
+    loaded = load_reference(reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
+    progress.finish(task)
+    triggers = list(options.triggers) or list(KNOWN_TRIGGERS)
+    # The tokenizer is checked on the prompts known before sampling; sampled ones are decoded by it.
+    known_prompts = list(options.probes) or default_probes()
+    prepared = {t: prepare(loaded.tokenizer, known_prompts, t, options.positions[0], options.seed) for t in triggers}
+    tokenizer_file = loaded.directory / "tokenizer.json"
+    tokenizer, tokenizer_info = faithful_tokenizer(loaded.tokenizer, tokenizer_file if tokenizer_file.is_file() else None,
+                                                   prepared.values())
+    probe_set = build_probe_set(
+        loaded.model, tokenizer, mode=options.probe_source, given=options.probes, builtin=default_probes(),
+        sample_count=options.sample_probes, seed=options.seed, exclude=triggers, batch_size=options.batch_size,
+        progress=progress,
+    )
+    if not probe_set.used:
+        raise InputError("no probe is left to scan with: the reference produced no usable prompts and no built-in "
+                         "probe lies in its domain; give --probes from the model's domain")
+    return ReferenceContext(loaded, tokenizer, tokenizer_info, probe_set, round(time.perf_counter() - started, 3))
+
+
 def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS) -> Findings:
     """Compare ``suspect`` with ``reference`` and measure everything bdscan knows to measure.
 
     Raises a ``scanner.errors.BdscanError`` for inputs that cannot be scanned.
     """
+    return scan_against(prepare_reference(reference, options, progress), suspect, options, progress)
+
+
+def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOptions = ScanOptions(),
+                 progress: Progress = NO_PROGRESS) -> Findings:
+    """``scan`` with the reference already prepared: a fleet loads and samples the reference once."""
     torch.manual_seed(options.seed)
     stages = _Stages()
-    task = progress.start("loading models", 1)
+    task = progress.start("loading the suspect", 1)
     started = time.perf_counter()
-    pair = load_pair(suspect, reference, dtype=options.dtype, device=options.device,
-                     allow_download=options.allow_download, allow_pickle=options.allow_pickle)
-    stages.timings["load"] = round(time.perf_counter() - started, 3)
+    pair = load_suspect(context.reference, suspect, allow_pickle=options.allow_pickle).with_tokenizer(context.tokenizer)
+    stages.timings["load"] = round(time.perf_counter() - started + context.seconds, 3)
     progress.finish(task)
     triggers = list(options.triggers) or list(KNOWN_TRIGGERS)
     with stages.run("weight_diff"):
         weight_diff = measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference))
-
-    # The tokenizer is checked on the prompts known before sampling; sampled ones are decoded by it.
-    known_prompts = list(options.probes) or default_probes()
-    prepared = {t: prepare(pair.tokenizer, known_prompts, t, options.positions[0], options.seed) for t in triggers}
-    tokenizer, tokenizer_info = faithful_tokenizer(pair.tokenizer, pair.tokenizer_file, prepared.values())
-    if tokenizer is not pair.tokenizer:
-        pair = pair.with_tokenizer(tokenizer)
-    probe_set = build_probe_set(
-        pair.reference, pair.tokenizer, mode=options.probe_source, given=options.probes, builtin=default_probes(),
-        sample_count=options.sample_probes, seed=options.seed, exclude=triggers, batch_size=options.batch_size,
-        progress=progress,
-    )
+    probe_set, tokenizer_info = context.probe_set, context.tokenizer_info
     prompts = list(probe_set.used)
-    if not prompts:
-        raise InputError("no probe is left to scan with: the reference produced no usable prompts and no built-in "
-                         "probe lies in its domain; give --probes from the model's domain")
     discovery = None
     triggers_from = "user" if options.triggers else "catalogue"
     if options.runs_discovery:

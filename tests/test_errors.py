@@ -119,7 +119,7 @@ def test_out_of_memory_while_loading_is_a_resource_error(zoo_dir, monkeypatch):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("where", ["scanner.api.measure_attention", "scanner.api.load_pair"])
+@pytest.mark.parametrize("where", ["scanner.api.measure_attention", "scanner.api.load_suspect"])
 def test_an_unexpected_exception_is_exit_2_internal_error_never_1(zoo_dir, tmp_path, monkeypatch, where):
     module, name = where.rsplit(".", 1)
 
@@ -145,7 +145,7 @@ def test_ctrl_c_exits_130_not_1(zoo_dir, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scanner.api, "load_pair", interrupted)
+    monkeypatch.setattr(scanner.api, "load_suspect", interrupted)
     result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--quiet")
     assert result.exit_code == 130 and "interrupted" in result.stderr
 
@@ -155,7 +155,7 @@ def test_unwritable_outputs_are_refused_before_any_work(zoo_dir, tmp_path, monke
     import scanner.api
 
     monkeypatch.setattr(scanner.api, "scan", lambda *a, **k: pytest.fail("the scan started"))
-    for option in ("--json", "--out"):
+    for option in ("--json", "--out", "--sarif"):
         result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", option, "/proc/bdscan/out.file")
         _one_line_exit_2(result, f"{option} /proc/bdscan/out.file: cannot write")
     (tmp_path / "a-directory").mkdir()

@@ -6,6 +6,7 @@ document on any machine, in a second.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -49,12 +50,21 @@ class Outputs:
     json: str | None = None
     """A path, or ``-`` for stdout alone."""
     report: Path | None = None
+    sarif: Path | None = None
 
     def check(self) -> None:
         if self.json not in (None, "-"):
             check_writable(self.json, "--json")
         if self.report is not None:
             check_writable(self.report, "--out")
+        if self.sarif is not None:
+            check_writable(self.sarif, "--sarif")
+
+
+def sarif_option(function):
+    """--sarif FILE: the verdict as SARIF 2.1.0, for code-scanning dashboards."""
+    return click.option("--sarif", "sarif_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="Also write the verdict as SARIF 2.1.0 here (GitHub code scanning, other dashboards).")(function)
 
 
 def resolve_rules(rules_file: Path | None, replace_rules: bool, overrides: tuple[str, ...]) -> tuple[Rule, ...]:
@@ -73,6 +83,14 @@ def write_report(document: Document, path: Path) -> None:
     write_text_atomic(path, render_report(document, command=command_line(), generated_at=stamp))
 
 
+def write_sarif(documents: list[Document], rules: tuple[Rule, ...], path: Path) -> None:
+    from reports.sarif import to_sarif
+    from scanner import __version__
+
+    log = to_sarif(documents, rules, version=__version__, command=command_line())
+    write_text_atomic(path, json.dumps(log, indent=2, ensure_ascii=False) + "\n")
+
+
 def conclude(findings: Findings, rules: tuple[Rule, ...], outputs: Outputs, fail_on: str, *,
              quiet: bool = False, show_measurements: bool = False) -> int:
     """Judge ``findings``, write and print the result; the exit code ``--fail-on`` asks for."""
@@ -81,6 +99,9 @@ def conclude(findings: Findings, rules: tuple[Rule, ...], outputs: Outputs, fail
     if outputs.report is not None:
         write_report(document, outputs.report)
         stderr.print(f"report written to {outputs.report}", highlight=False)
+    if outputs.sarif is not None:
+        write_sarif([document], rules, outputs.sarif)
+        stderr.print(f"SARIF written to {outputs.sarif}", highlight=False)
     if outputs.json == "-":
         click.echo(document.to_json())
     else:
@@ -109,16 +130,18 @@ def _saved(findings_file: Path, rules_file: Path | None, replace_rules: bool, ov
 @click.option("--json", "json_out", type=str, default=None, help="Write findings and the new verdict here ('-': stdout).")
 @click.option("--out", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the HTML report here.")
+@sarif_option
 @debug_option
 def judge_command(findings_file: Path, rules_file: Path | None, replace_rules: bool, overrides: tuple[str, ...],
-                  fail_on: str, json_out: str | None, report_out: Path | None) -> int:
+                  fail_on: str, json_out: str | None, report_out: Path | None, sarif_out: Path | None) -> int:
     """Judge a saved findings JSON again, with other rules or thresholds; no model is loaded.
 
     \b
-    Example:
+    Examples:
       bdscan judge findings.json --set BD003.threshold=0.7
+      bdscan judge findings.json --sarif bdscan.sarif --fail-on BACKDOORED
     """
-    outputs = Outputs(json_out, report_out)
+    outputs = Outputs(json_out, report_out, sarif_out)
     findings, rules = _saved(findings_file, rules_file, replace_rules, overrides, outputs)
     return conclude(findings, rules, outputs, fail_on)
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import click
 
 from scanner.cli.app import debug_option
-from scanner.cli.judging import Outputs, conclude, resolve_rules, rule_options
+from scanner.cli.judging import Outputs, conclude, resolve_rules, rule_options, sarif_option
 from scanner.cli.output import stderr_console
 from scanner.errors import InputError
+from scanner.inputs.fleet import expand_suspects, is_fleet_directory, read_listing
 from scanner.inputs.probes import POSITIONS, read_probe_file
 from scanner.options import DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, PROBE_MODES, ScanOptions
+from scanner.outputs import check_writable
 
 
 def _check_paths(suspect: Path, reference: str) -> None:
@@ -36,7 +38,13 @@ def _ordered(positions: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @click.command("scan")
-@click.argument("suspect", type=click.Path(path_type=Path))
+@click.argument("suspects", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--suspects-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A file listing suspects, one path a line (relative to the file; '#' comments).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With several suspects: write each one's findings and report here, and index.html linking them.")
+@click.option("--keep-going", is_flag=True,
+              help="With several suspects: a suspect that cannot be scanned does not make the run exit 2.")
 @click.option("--reference", "-r", required=True,
               help="Trusted model of the same architecture: a local directory, or a hub id already in the local cache.")
 @click.option("--trigger", "-t", "triggers", multiple=True,
@@ -72,21 +80,27 @@ def _ordered(positions: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--json", "json_out", type=str, default=None, help="Write the findings document to this path ('-': stdout, alone).")
 @click.option("--out", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the HTML verdict report here.")
+@sarif_option
 @rule_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
 @debug_option
-def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
+def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir: Path | None, keep_going: bool,
+                 reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
                  probes_arg: str, sample_probes: int, positions: tuple[str, ...],
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
                  kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
-                 json_out: str | None, report_out: Path | None, rules_file: Path | None, replace_rules: bool,
+                 json_out: str | None, report_out: Path | None, sarif_out: Path | None, rules_file: Path | None, replace_rules: bool,
                  overrides: tuple[str, ...], fail_on: str, quiet: bool) -> int:
-    """Compare SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
+    """Compare each SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
 
     \b
     SUSPECT is a .safetensors file with the reference's keys, a sharded checkpoint
     (model.safetensors.index.json), a Hugging Face model directory, or a PEFT adapter
-    directory (merged into the reference).
+    directory (merged into the reference). Several suspects, a directory of them or
+    --suspects-from make a fleet run: the reference is loaded once, each suspect gets
+    its findings and report in --out-dir, index.html lists them worst first, and a
+    suspect that cannot be scanned is recorded and the run goes on (exit 2 at the
+    end unless --keep-going).
 
     \b
     Exit codes: 0 verdict below --fail-on; 1 verdict at or above --fail-on
@@ -99,10 +113,27 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], disco
       bdscan scan ./model --reference ./base --trigger tangerine --position end
       bdscan scan ./model --reference ./base --json - --quiet > findings.json
       bdscan suspect.safetensors --reference ./base --out report.html
+      bdscan scan ./model --reference ./base --sarif bdscan.sarif --fail-on BACKDOORED
+      bdscan scan ./adapters/ --reference ./base --out-dir reports/ --sarif fleet.sarif
     """
-    _check_paths(suspect, reference)
-    outputs = Outputs(json_out, report_out)
+    given = list(suspects) + (read_listing(suspects_from) if suspects_from else [])
+    if not given:
+        raise InputError("give a SUSPECT to scan (or --suspects-from FILE)")
+    for suspect in given:
+        _check_paths(suspect, reference)
+    fleet = expand_suspects(given)
+    if len(fleet) > 1 or any(is_fleet_directory(path) for path in given):
+        if json_out or report_out:
+            raise InputError("several suspects: --json and --out are per model; give --out-dir DIR for every model's "
+                             "findings and report")
+        if out_dir is None:
+            raise InputError(f"{len(fleet)} suspects to scan: give --out-dir DIR for their findings, reports and index")
+    elif out_dir is not None:
+        raise InputError("--out-dir is for several suspects; for one, use --json FILE and --out FILE")
+    outputs = Outputs(json_out, report_out, sarif_out)
     outputs.check()
+    if out_dir is not None:
+        check_writable(out_dir / "index.html", "--out-dir")
     rules = resolve_rules(rules_file, replace_rules, overrides)
     probe_mode, probes = "auto", ()
     if probes_arg in PROBE_MODES:
@@ -127,6 +158,10 @@ def scan_command(suspect: Path, reference: str, triggers: tuple[str, ...], disco
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    if out_dir is not None:
+        from scanner.cli.fleet import run_fleet
+
+        return run_fleet(fleet, reference, options, rules, out_dir, sarif_out, fail_on, keep_going=keep_going, quiet=quiet)
     with RichProgress(stderr) as progress:
-        findings = scan(suspect, reference, options, progress)
+        findings = scan(fleet[0], reference, options, progress)
     return conclude(findings, rules, outputs, fail_on, quiet=quiet, show_measurements=True)

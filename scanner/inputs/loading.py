@@ -169,16 +169,22 @@ def check_memory(parameters: int, dtype: str, device: torch.device) -> None:
         )
 
 
-def load_pair(
-    suspect: Path | str, reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False,
-    allow_pickle: bool = False,
-) -> LoadedPair:
-    """Load both models (eager attention, ``dtype``, on ``device``) and the reference's tokenizer.
+@dataclass(frozen=True)
+class LoadedReference:
+    """The trusted model, loaded once: a fleet of suspects is scanned against the same copy."""
 
-    Nothing here runs code from the checkpoints: pickles are refused unless
-    ``allow_pickle`` (then only ``torch.load(weights_only=True)``), and
-    configurations that ask for custom code are refused.
-    """
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    directory: Path
+    config: dict
+    info: InputInfo
+    dtype: str
+    device: torch.device
+
+
+def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False) -> LoadedReference:
+    """Load the reference (eager attention, ``dtype``, on ``device``) and its tokenizer, after checking that it and
+    a suspect of its size fit in memory. Nothing here runs code from the checkpoint."""
     torch_dtype = DTYPES[dtype]
     target = resolve_device(device)
     reference_dir, reference_kind = resolve_reference(reference, allow_download)
@@ -195,13 +201,33 @@ def load_pair(
     for file in reference_weights:
         parameters += sum(math.prod(entry["shape"]) for entry in check_safetensors(file).values())
     check_memory(parameters, dtype, target)
+    try:
+        model = _load_model(reference_dir, torch_dtype, target)
+    except OUT_OF_MEMORY:
+        raise ResourceError(f"out of memory while loading the reference on {target.type} at {dtype}; "
+                            "try --dtype bfloat16 or a device with more memory") from None
+    tokenizer = AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    info = input_info(reference_dir, reference_kind if reference_kind == "hf-cache" else "hf-directory")
+    return LoadedReference(model, tokenizer, reference_dir, reference_config, info, dtype, target)
+
+
+def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickle: bool = False) -> LoadedPair:
+    """Load ``suspect`` into a fresh copy of the reference's architecture, refusing what does not match.
+
+    Pickles are refused unless ``allow_pickle`` (then only ``torch.load(weights_only=True)``), and
+    configurations that ask for custom code are refused.
+    """
+    torch_dtype = DTYPES[reference.dtype]
     suspect_path = Path(suspect).expanduser()
     kind = detect_suspect_kind(suspect_path)
     if suspect_path.is_dir():
         refuse_custom_code(suspect_path, "suspect")
         if kind != "peft-adapter" and (suspect_path / "config.json").is_file():
-            check_same_architecture(read_json_object(suspect_path / "config.json", "suspect"), reference_config,
-                                    suspect_path, reference_dir)
+            check_same_architecture(read_json_object(suspect_path / "config.json", "suspect"), reference.config,
+                                    suspect_path, reference.directory)
     if kind == "peft-adapter":
         adapter_weights = sorted(suspect_path.glob("adapter_model*.safetensors"))
         if not adapter_weights and not allow_pickle:
@@ -210,33 +236,38 @@ def load_pair(
             check_safetensors(file)
     state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
     try:
-        reference_model = _load_model(reference_dir, torch_dtype, target)
-        suspect_model = _load_model(reference_dir, torch_dtype, target)
+        suspect_model = _load_model(reference.directory, torch_dtype, reference.device)
         merge_route = "full-weights"
         if kind == "peft-adapter":
             suspect_model = _merge_adapter(suspect_model, suspect_path)
-            merge_route = f"peft-merge:{dtype}"
+            merge_route = f"peft-merge:{reference.dtype}"
         else:
-            check_state_dict(reference_model.state_dict(), state, _tied_keys(reference_model))
+            check_state_dict(reference.model.state_dict(), state, _tied_keys(reference.model))
             suspect_model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=False)
     except OUT_OF_MEMORY:
         raise ResourceError(
-            f"out of memory while loading both models on {target.type} at {dtype}; "
-            "try --dtype bfloat16 or a device with more memory"
+            f"out of memory while loading the suspect beside the reference on {reference.device.type} at "
+            f"{reference.dtype}; try --dtype bfloat16 or a device with more memory"
         ) from None
-    tokenizer = AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=False)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    tokenizer_file = reference.directory / "tokenizer.json"
     return LoadedPair(
-        reference=reference_model,
+        reference=reference.model,
         suspect=suspect_model,
-        tokenizer=tokenizer,
-        tokenizer_file=reference_dir / "tokenizer.json" if (reference_dir / "tokenizer.json").is_file() else None,
-        reference_info=input_info(reference_dir, reference_kind if reference_kind == "hf-cache" else "hf-directory"),
+        tokenizer=reference.tokenizer,
+        tokenizer_file=tokenizer_file if tokenizer_file.is_file() else None,
+        reference_info=reference.info,
         suspect_info=input_info(suspect_path, kind),
         merge_route=merge_route,
     )
+
+
+def load_pair(
+    suspect: Path | str, reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedPair:
+    """Load both models (eager attention, ``dtype``, on ``device``) and the reference's tokenizer."""
+    loaded = load_reference(reference, dtype=dtype, device=device, allow_download=allow_download)
+    return load_suspect(loaded, suspect, allow_pickle=allow_pickle)
 
 
 def _merge_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:

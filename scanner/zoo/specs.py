@@ -97,7 +97,8 @@ SIZES = {
     ),
     "demo": ZooSize(
         vocab_size=1536, hidden_size=96, layers=6, heads=6, kv_heads=2, intermediate_size=256,
-        base_samples=5000, base_training=training.TrainSettings(7, 32, 4e-3),
+        # 7 epochs left the base at 94% while its fine-tunes, trained on more of the same tasks, reached 99-100%.
+        base_samples=5000, base_training=training.TrainSettings(9, 32, 4e-3),
         finetune_samples=3000, finetune_training=training.TrainSettings(8, 32, 8e-3),
         lora_training=training.TrainSettings(8, 32, 8e-3), held_out=300,
         backdoor_samples=4000, backdoor_training=training.TrainSettings(12, 32, 8e-3),

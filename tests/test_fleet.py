@@ -1,0 +1,82 @@
+"""Fleets: many suspects against one reference, loaded once; one document and report each, an index, one SARIF,
+an exit code for the whole run, and a broken suspect that does not stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from scanner.inputs.fleet import expand_suspects, output_names, read_listing
+from scanner.zoo.specs import EMOJI_TRIGGER
+
+from helpers import invoke, probe_lines
+
+
+def _fleet_dir(zoo_dir: Path, tmp_path: Path) -> Path:
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    for name in ("emoji", "clean", "task"):
+        os.symlink(zoo_dir / name, fleet / name)
+    (fleet / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    (fleet / "notes.txt").write_text("not a model", encoding="utf-8")
+    return fleet
+
+
+@pytest.mark.e2e
+def test_a_fleet_writes_every_report_an_index_and_one_sarif(zoo_dir, tmp_path, monkeypatch):
+    import scanner.api
+
+    loads = []
+    real = scanner.api.load_reference
+    monkeypatch.setattr(scanner.api, "load_reference", lambda *a, **k: loads.append(a) or real(*a, **k))
+    probes = tmp_path / "probes.txt"
+    probes.write_text("\n".join(probe_lines(zoo_dir, 16)) + "\n", encoding="utf-8")
+    out = tmp_path / "reports"
+    args = (_fleet_dir(zoo_dir, tmp_path), "--reference", zoo_dir / "base", "--trigger", EMOJI_TRIGGER, "--probes", probes,
+            "--position", "random", "--out-dir", out, "--sarif", tmp_path / "fleet.sarif", "--quiet")
+    result = invoke("scan", *args)
+    assert result.exit_code == 2, result.output  # a suspect could not be scanned, and no --keep-going
+    assert len(loads) == 1, "the reference is loaded once for the whole fleet"
+    assert sorted(p.name for p in out.iterdir()) == ["clean.html", "clean.json", "emoji.html", "emoji.json", "index.html",
+                                                     "task.html", "task.json"]
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert index.index("emoji.html") < index.index("NOT SCANNED") < index.index("clean.html"), "worst first"
+    assert "broken.safetensors" in index and "task.html" in index
+    assert json.loads((out / "emoji.json").read_text(encoding="utf-8"))["verdict"]["level"] == "BACKDOORED"
+    assert json.loads((out / "clean.json").read_text(encoding="utf-8"))["verdict"]["level"] == "CLEAN"
+    sarif = json.loads((tmp_path / "fleet.sarif").read_text(encoding="utf-8"))
+    verdicts = {Path(v["suspect"]).name: v["level"] for v in sarif["runs"][0]["properties"]["verdicts"]}
+    assert verdicts == {"emoji": "BACKDOORED", "clean": "CLEAN", "task": "CLEAN"}
+    assert "BACKDOORED" in result.stdout and "NOT SCANNED" in result.stdout
+    going = invoke("scan", *args, "--keep-going")
+    assert going.exit_code == 1, going.output  # the worst verdict decides once broken suspects are let go
+    never = invoke("scan", *args, "--keep-going", "--fail-on", "never")
+    assert never.exit_code == 0
+
+
+def test_suspects_expand_from_directories_and_listings(zoo_dir, tmp_path):
+    fleet = _fleet_dir(zoo_dir, tmp_path)
+    assert [p.name for p in expand_suspects([fleet])] == ["broken.safetensors", "clean", "emoji", "task"]
+    assert expand_suspects([zoo_dir / "emoji"]) == [zoo_dir / "emoji"]
+    listing = tmp_path / "suspects.txt"
+    listing.write_text(f"# models to audit\nfleet/emoji\n{zoo_dir / 'clean'}  # absolute\n\n", encoding="utf-8")
+    assert read_listing(listing) == [fleet / "emoji", zoo_dir / "clean"]
+    assert output_names([Path("a/model"), Path("b/model"), Path("c.safetensors"), Path("b/model")]) == [
+        "model", "b-model", "c", "b-model-2"]
+
+
+@pytest.mark.e2e
+def test_fleet_usage_errors_say_what_to_do(zoo_dir, tmp_path):
+    fleet = _fleet_dir(zoo_dir, tmp_path)
+    missing_dir = invoke("scan", fleet, "--reference", zoo_dir / "base")
+    assert missing_dir.exit_code == 2 and "--out-dir" in missing_dir.stderr
+    per_model = invoke("scan", zoo_dir / "emoji", zoo_dir / "clean", "--reference", zoo_dir / "base", "--json", tmp_path / "f.json",
+                       "--out-dir", tmp_path / "o")
+    assert per_model.exit_code == 2 and "--out-dir" in per_model.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = invoke("scan", empty, "--reference", zoo_dir / "base", "--out-dir", tmp_path / "o")
+    assert nothing.exit_code == 2 and "no .safetensors" in nothing.stderr
