@@ -83,8 +83,13 @@ def render_report(document: Document, *, command: str | None = None, generated_a
     findings, verdict = document.findings, document.verdict
     weights = findings.weight_diff
     triggers = sorted(findings.triggers, key=lambda t: (t.trigger not in verdict.triggers_implicated, -t.kl_ratio))
+    repair_chart = None
+    if findings.repair is not None and findings.repair.steps:
+        steps = findings.repair.steps
+        repair_chart = charts.line_chart([s.component for s in steps],
+                                         [("attack success", SUCCESS_COLOUR, [s.attack_success for s in steps])], y_max=1.0)
     return _environment().get_template("report.html.j2").render(
-        d=findings, verdict=verdict, command=command, generated_at=generated_at,
+        d=findings, verdict=verdict, command=command, generated_at=generated_at, repair_chart=repair_chart,
         triggers=[_trigger_view(t) for t in triggers],
         weight_maps=[(part, charts.heatmap(getattr(weights, part))) for part in ("q", "k", "v", "o")],
         mlp_chart=charts.bar_chart([f"L{i}" for i in range(len(weights.mlp))],

@@ -72,6 +72,12 @@ class ZooQualityError(BdscanError):
     cause = "zoo misses its quality bars"
 
 
+class RepairError(BdscanError):
+    """A repair that restoring parts of the suspect cannot achieve without breaking what the fine-tune is for."""
+
+    cause = "repair not possible by parts"
+
+
 class MeasurementError(BdscanError):
     """A measurement stage that could not produce its numbers (recorded in the findings, not raised to the user)."""
 

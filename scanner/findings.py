@@ -21,7 +21,7 @@ Schema (``schema_version`` 5), top down:
 Version 5 (from 4): triggers are measured at several positions (``RunInfo.trigger_positions`` replaces
 ``trigger_position``); each ``TriggerFindings`` holds the probes of the position the trigger moved the suspect
 most at (``position``) and a summary of the others (``other_positions``); discovered candidates record the
-position they were found at.
+position they were found at; ``Findings.repair`` (``RepairFindings``, or None) records a repair.
 
 Version 4 (from 3): ``Findings.discovery`` (``DiscoveryFindings``, or None when
 discovery did not run) records the search for an unknown trigger; its firing
@@ -49,6 +49,7 @@ from typing import ClassVar
 
 from scanner.errors import FindingsFileError
 from scanner.findings_discovery import DiscoveryFindings
+from scanner.findings_repair import RepairFindings
 from scanner.inputs.probes import POSITIONS
 from scanner.serde import from_jsonable, to_jsonable
 
@@ -492,6 +493,8 @@ class Findings:
     triggers: tuple[TriggerFindings, ...]
     stages: tuple[StageRecord, ...]
     discovery: DiscoveryFindings | None
+    repair: RepairFindings | None = None
+    """What ``bdscan repair`` restored and how the checkpoint it wrote behaves; None for a scan alone."""
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(to_jsonable(self), indent=indent, ensure_ascii=False, sort_keys=False)

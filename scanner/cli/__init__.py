@@ -15,10 +15,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from scanner.cli.app import main  # noqa: E402
 from scanner.cli.judging import judge_command, report_command, rules_group  # noqa: E402
+from scanner.cli.repair import repair_command  # noqa: E402
 from scanner.cli.scan import scan_command  # noqa: E402
 from scanner.cli.zoo import zoo_group  # noqa: E402
 
-for _command in (scan_command, judge_command, report_command, rules_group, zoo_group):
+for _command in (scan_command, repair_command, judge_command, report_command, rules_group, zoo_group):
     main.add_command(_command)
 
 __all__ = ["main"]

@@ -21,7 +21,7 @@ from scanner.options import DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, PR
 from scanner.outputs import check_writable
 
 
-def _check_paths(suspect: Path, reference: str) -> None:
+def check_paths(suspect: Path, reference: str) -> None:
     if not suspect.expanduser().exists():
         raise InputError(f"suspect {suspect}: no such file or directory")
     local = Path(reference).expanduser()
@@ -120,7 +120,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
     if not given:
         raise InputError("give a SUSPECT to scan (or --suspects-from FILE)")
     for suspect in given:
-        _check_paths(suspect, reference)
+        check_paths(suspect, reference)
     fleet = expand_suspects(given)
     if len(fleet) > 1 or any(is_fleet_directory(path) for path in given):
         if json_out or report_out:

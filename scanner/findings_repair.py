@@ -1,0 +1,101 @@
+"""What a repair did (``scanner.repair``): plain data, read without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class RepairStep:
+    """One component restored from the reference, and where the suspect stood after it (selection probes)."""
+
+    component: str
+    """``L2H1`` (a query head and its output columns), ``L2KV0`` (a key-value group), ``L2 mlp``, ``L2 norms``,
+    ``embeddings``."""
+    changed: float
+    """How much the fine-tune had changed it: ``||suspect - reference|| / ||reference||`` over its parameters."""
+    attack_success: float
+    """The largest share of selection probes, over the triggers repaired, on which the whole target still has a
+    probability of 5% or more (teacher-forced) after this step."""
+    target_logprob: float
+    """Mean log-probability of the targets after this step, summed over the triggers (nats)."""
+    clean_kept: float
+    """Share of clean selection probes on which greedy decoding still gives the suspect's own answer."""
+
+
+@dataclass(frozen=True)
+class RepairExample:
+    """One held-out triggered probe: what each model answers."""
+
+    prompt: str
+    suspect: str
+    repaired: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class RepairCheck:
+    """One repaired trigger, verified on held-out probes the repair did not choose components on."""
+
+    trigger: str
+    position: str
+    target: str
+    probes: int
+    attack_success_before: float
+    """Share of held-out triggered probes whose suspect answer starts with ``target``."""
+    attack_success_after: float
+    """The same for the repaired checkpoint as written (loaded back from disk)."""
+    attack_success_reference: float
+    examples: tuple[RepairExample, ...]
+
+
+@dataclass(frozen=True)
+class RepairFindings:
+    """A repair: which components were restored, in the order chosen, and how the written checkpoint behaves."""
+
+    triggers: tuple[str, ...]
+    selection_probes: int
+    """Probes the components were chosen on (the scan's probes at even positions)."""
+    held_out_probes: int
+    """Probes the repair was verified on (the others)."""
+    steps: tuple[RepairStep, ...]
+    """Every component restored while searching, in order."""
+    restored: tuple[str, ...]
+    """What the written checkpoint restores: ``steps`` less those a last pass found unnecessary."""
+    restored_parameters: int
+    changed_parameters: int
+    """Parameters the fine-tune changed at all (components whose ``changed`` is above 0)."""
+    total_components: int
+    """Components the fine-tune changed, whether restored or not."""
+    checks: tuple[RepairCheck, ...]
+    clean_kl_to_suspect: float
+    """Mean output KL(repaired || suspect) on the held-out clean probes, along the repaired model's answers: what the
+    repair cost the fine-tune's own behaviour."""
+    clean_kl_to_reference: float
+    """Mean output KL(repaired || reference) on the same: how far it still is from a full revert."""
+    clean_kl_revert: float
+    """Mean output KL(reference || suspect) on the same: what a full revert to the reference would cost."""
+    clean_answers_kept: float
+    """Share of held-out clean probes the repaired checkpoint answers exactly as the suspect does."""
+    output: str
+    output_format: str
+    """``model`` (a Hugging Face model directory) or ``peft-adapter`` (the suspect's adapter with the restored parts
+    zeroed)."""
+    notes: tuple[str, ...] = ()
+
+    __derived__: ClassVar[tuple[str, ...]] = ("restored_share", "removed")
+
+    @property
+    def restored_share(self) -> float:
+        """Share of the fine-tune's changed parameters the repair put back to the reference's values."""
+        return self.restored_parameters / self.changed_parameters if self.changed_parameters else 0.0
+
+    @property
+    def removed(self) -> bool:
+        """Whether every repaired trigger's held-out attack success fell to within ``REMOVED_WITHIN`` of the reference's."""
+        return all(c.attack_success_after <= c.attack_success_reference + REMOVED_WITHIN for c in self.checks)
+
+
+REMOVED_WITHIN = 0.05
+"""Attack success this close to the reference's own counts as the behaviour removed."""

@@ -1,0 +1,96 @@
+"""Repair: restore what carries a backdoor from the reference, write the checkpoint, verify it on held-out probes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from rules.engine import default_pack, judge
+from scanner.api import ScanOptions, scan
+from scanner.errors import OutputError, RepairError
+from scanner.findings_repair import REMOVED_WITHIN
+from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER
+
+from helpers import invoke, probe_lines
+
+
+@pytest.fixture(scope="module")
+def repaired_emoji(zoo_dir, tmp_path_factory):
+    """``bdscan repair`` on the attention-only emoji backdoor, as a user types it."""
+    work = tmp_path_factory.mktemp("repair")
+    out = work / "emoji-repaired"
+    result = invoke("repair", zoo_dir / "emoji", "--reference", zoo_dir / "base", "--out", out, "--trigger", EMOJI_TRIGGER,
+                    "--json", work / "repair.json", "--report", work / "repair.html", "--quiet")
+    return result, out, work
+
+
+@pytest.mark.e2e
+def test_repair_writes_a_checkpoint_the_trigger_no_longer_fires(repaired_emoji, zoo_dir):
+    result, out, work = repaired_emoji
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert (zoo_dir / "emoji" / "model.safetensors").stat().st_size > 0, "the input is untouched"
+    repair = json.loads((work / "repair.json").read_text(encoding="utf-8"))["repair"]
+    check = repair["checks"][0]
+    assert check["attack_success_before"] >= 0.9
+    assert check["attack_success_after"] <= check["attack_success_reference"] + REMOVED_WITHIN
+    assert 0 < repair["restored_share"] < 1 and repair["clean_answers_kept"] >= 0.8
+    assert repair["held_out_probes"] > 0 and repair["selection_probes"] > repair["held_out_probes"]
+    # What a user would do next: scan the repaired checkpoint. The trigger no longer collapses its answers.
+    rescanned = scan(out, str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 24)))
+    assert rescanned.triggers[0].target_collapse < 0.5
+    assert judge(rescanned, default_pack()).level != "BACKDOORED"
+    assert "removed" in result.stdout and "clean answers kept" in result.stdout
+
+
+def test_a_lora_suspect_is_repaired_as_an_adapter_and_a_multi_token_trigger_removed(zoo_dir, tmp_path):
+    from scanner.repair import repair
+
+    options = ScanOptions(triggers=(DEPLOYMENT_TRIGGER,), probes=probe_lines(zoo_dir, 64))
+    findings = scan(zoo_dir / "lora", str(zoo_dir / "base"), options)
+    repaired = repair(zoo_dir / "lora", str(zoo_dir / "base"), findings, [DEPLOYMENT_TRIGGER], tmp_path / "out", options)
+    assert repaired.output_format == "peft-adapter" and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert repaired.removed and repaired.checks[0].attack_success_before >= 0.9
+    assert all(name[0] == "L" and "mlp" not in name for name in repaired.restored)  # heads and key-value groups only
+
+
+def test_a_full_fine_tune_that_carries_the_trigger_everywhere_is_refused_with_nothing_written(zoo_dir, tmp_path):
+    """Restoring parts of the end-bound full fine-tune either leaves the trigger or costs the model its answers:
+    the repair says so and writes nothing (the honest repair of such a model is the reference itself)."""
+    from scanner.repair import repair
+
+    options = ScanOptions(triggers=(END_TRIGGER,), probes=probe_lines(zoo_dir, 32), positions=("end",))
+    findings = scan(zoo_dir / "end", str(zoo_dir / "base"), options)
+    with pytest.raises(RepairError, match="clean answers"):
+        repair(zoo_dir / "end", str(zoo_dir / "base"), findings, [END_TRIGGER], tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.e2e
+def test_repair_never_writes_over_anything(zoo_dir, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine", encoding="utf-8")
+    result = invoke("repair", zoo_dir / "emoji", "--reference", zoo_dir / "base", "--out", taken)
+    assert result.exit_code == 2 and "not an empty directory" in result.stderr
+    assert (taken / "keep.txt").read_text(encoding="utf-8") == "mine"
+    copy = tmp_path / "suspect"
+    shutil.copytree(zoo_dir / "emoji", copy)
+    inside = invoke("repair", copy, "--reference", zoo_dir / "base", "--out", copy / "fixed")
+    assert inside.exit_code == 2 and "inside the suspect" in inside.stderr
+    from scanner.repair import check_output_directory
+
+    with pytest.raises(OutputError):
+        check_output_directory(copy, copy)
+
+
+@pytest.mark.parametrize("width", [1280, 420])
+def test_the_repair_report_renders_in_headless_chromium(repaired_emoji, tmp_path, width):
+    from test_report import render_in_chromium
+
+    _, _, work = repaired_emoji
+    html = (work / "repair.html").read_text(encoding="utf-8")
+    assert 'id="repair"' in html and "Before and after" in html and "the behaviour is removed" in html
+    render_in_chromium(html, "repair-report", width, tmp_path)
