@@ -247,12 +247,12 @@ def test_an_index_shard_listed_but_missing_is_refused(zoo_dir, tmp_path):
 
 
 def test_hub_ids_are_not_mistaken_for_missing_paths(tmp_path):
-    from scanner.cli.scan import _check_paths
+    from scanner.cli.scan import check_paths
 
     suspect = tmp_path / "suspect.safetensors"
     suspect.write_bytes(b"")
     for hub_id in ("Qwen/Qwen2.5-3B-Instruct", "gpt2", "org/model.v1"):
-        _check_paths(suspect, hub_id)  # looked up in the cache later, not refused here
+        check_paths(suspect, hub_id)  # looked up in the cache later, not refused here
     for path in ("./missing-model", "/no/such/model", "a/b/c"):
         with pytest.raises(InputError, match="no such directory"):
-            _check_paths(suspect, path)
+            check_paths(suspect, path)
