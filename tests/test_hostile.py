@@ -133,8 +133,11 @@ def test_adapter_for_another_base_is_refused(zoo_dir, tmp_path):
     tensors = {k: torch.zeros(v.shape[0] + 3, v.shape[1]) if "lora_B" in k else v
                for k, v in load_file(adapter / "adapter_model.safetensors").items()}
     save_file(tensors, adapter / "adapter_model.safetensors")
-    with pytest.raises(InputError, match="does not fit the reference"):
+    with pytest.raises(InputError, match="was made for 'base', not for this reference") as refused:
         load_pair(adapter, str(zoo_dir / "base"))
+    # Which module, and both shapes: what peft's own "Error(s) in loading state_dict for PeftModel:" left out.
+    assert "self_attn.k_proj has 32 outputs in the reference, 35 in lora_B" in str(refused.value)
+    assert "hidden_size 64" in str(refused.value)
 
 
 def test_bad_probe_files_and_empty_triggers(zoo_dir, tmp_path):

@@ -70,6 +70,12 @@ def test_mismatched_shapes_and_keys_are_refused_with_the_first_mismatches(zoo_di
     assert "missing model.layers.1.self_attn.q_proj.weight" in message
     assert "unexpected model.extra.weight" in message
     assert "model.layers.0.mlp.up_proj.weight: shape (3, 3)" in message
+    # Both shapes, so a user sees at once that it is the wrong pair rather than a corrupt file.
+    assert "suspect (4 layers, hidden_size 64" in message and "reference's architecture (4 layers, hidden_size 64" in message
+    wrong_pair = {key: value for key, value in state.items() if ".layers.3." not in key}
+    save_file(wrong_pair, broken)
+    with pytest.raises(InputError, match=r"suspect \(3 layers, .*reference's architecture \(4 layers"):
+        load_pair(broken, str(zoo_dir / "base"))
 
 
 def test_missing_paths_are_refused(zoo_dir, tmp_path):

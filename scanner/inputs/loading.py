@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,8 +89,19 @@ def _load_model(directory: Path, dtype: torch.dtype, device: torch.device) -> Pr
     return model.to(device).eval().requires_grad_(False)
 
 
+def describe_state(state: dict[str, torch.Tensor]) -> str:
+    """A checkpoint's shape as its tensors tell it: layers, hidden size, vocabulary."""
+    layers = {int(m.group(1)) for key in state if (m := re.search(r"\blayers\.(\d+)\.", key))}
+    embedding = next((value for key, value in state.items() if key.endswith("embed_tokens.weight")), None)
+    parts = [f"{max(layers) + 1} layers" if layers else "no layers"]
+    if embedding is not None and embedding.dim() == 2:
+        parts += [f"hidden_size {embedding.shape[1]}", f"vocab_size {embedding.shape[0]}"]
+    return ", ".join(parts)
+
+
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], optional: set[str]) -> None:
-    """Refuse ``found`` unless its keys and shapes are ``expected``'s (``optional`` keys may be absent)."""
+    """Refuse ``found`` unless its keys and shapes are ``expected``'s (``optional`` keys may be absent), naming both
+    checkpoints' shapes and the first mismatches."""
     problems = []
     for key in sorted(set(expected) - set(found) - optional):
         problems.append(f"missing {key}")
@@ -101,7 +113,9 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
     if problems:
         shown = "; ".join(problems[:MAX_LISTED_MISMATCHES])
         more = f" (and {len(problems) - MAX_LISTED_MISMATCHES} more)" if len(problems) > MAX_LISTED_MISMATCHES else ""
-        raise IncompatibleModelsError(f"suspect does not match the reference's architecture: {shown}{more}")
+        raise IncompatibleModelsError(
+            f"suspect ({describe_state(found)}) does not match the reference's architecture ({describe_state(expected)}): "
+            f"{shown}{more}")
 
 
 def _tied_keys(model: PreTrainedModel) -> set[str]:
@@ -270,9 +284,42 @@ def load_pair(
     return load_suspect(loaded, suspect, allow_pickle=allow_pickle)
 
 
+_LORA_KEY = re.compile(r"(?:^|\.)(layers\.\d+\..+?)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+
+
+def check_adapter_fits(model: PreTrainedModel, adapter_dir: Path) -> None:
+    """Refuse an adapter made for another base before peft tries it, naming the base it was made for and the first
+    modules whose shapes differ (peft's own error stops at "Error(s) in loading state_dict for PeftModel:")."""
+    config = read_json_object(adapter_dir / "adapter_config.json", "suspect adapter")
+    problems = []
+    for file in sorted(adapter_dir.glob("adapter_model*.safetensors")):
+        for key, entry in check_safetensors(file).items():
+            match = _LORA_KEY.search(key)
+            if not match or len(entry["shape"]) != 2:
+                continue
+            path, factor = match.groups()
+            try:
+                module = model.model.get_submodule(path)
+            except AttributeError:
+                problems.append(f"{path} is not a module of the reference")
+                continue
+            rank_side, model_side = (entry["shape"][1], module.in_features) if factor == "A" else (entry["shape"][0], module.out_features)
+            if rank_side != model_side:
+                side = "inputs" if factor == "A" else "outputs"
+                problems.append(f"{path} has {model_side} {side} in the reference, {rank_side} in lora_{factor}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        base = config.get("base_model_name_or_path")
+        raise IncompatibleModelsError(
+            f"adapter {adapter_dir} was made for {base!r}, not for this reference "
+            f"({_describe(model.config.to_dict())}): {shown}"
+        )
+
+
 def _merge_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
     from peft import PeftModel
 
+    check_adapter_fits(model, adapter_dir)
     try:
         with warnings.catch_warnings():
             # peft calls a transformers API deprecated for v6; the warning is for peft's authors, not for the user.
