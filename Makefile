@@ -25,9 +25,9 @@ demo: $(VENV)/.stamp-install
 	$(BIN)/bdscan zoo build $(ZOO_DIR) --size demo
 	$(BIN)/bdscan $(ZOO_DIR)/emoji --reference $(ZOO_DIR)/base --json findings.json --out report.html --fail-on never
 
-# The test zoo is built on first use (about 11 minutes on 2 cores) and cached in .cache/.
+# The test zoo is built on first use (about 5 minutes on 2 cores, a line per model as it goes) and cached in .cache/.
 test: $(VENV)/.stamp-install
-	@echo "make test: the first run builds the test zoo (about 11 minutes on 2 cores) before the first test result appears"
+	@echo "make test: the first run builds the test zoo (about 5 minutes on 2 cores) before the first test result appears"
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.stamp-install

@@ -147,12 +147,15 @@ class BarChart:
     bars: tuple[Bar, ...]
     labels: tuple[tuple[float, str], ...]
     zero_y: float
+    y_ticks: tuple[tuple[float, str], ...]
+    left: float
+    right: float
 
 
 def bar_chart(labels: Sequence[str], groups: Sequence[tuple[str, str, Sequence[float]]], *,
               width: float = 640, height: float = 200) -> BarChart:
-    """Grouped bars, one group per label, one bar per series; handles negative values."""
-    left, right, top, bottom = 12.0, width - 12, 12.0, height - 34
+    """Grouped bars, one group per label, one bar per series; handles negative values; a value axis on the left."""
+    left, right, top, bottom = 48.0, width - 12, 12.0, height - 34
     groups = [(name, colour, [_drawable(v) for v in ys]) for name, colour, ys in groups]
     values = [v for _, _, ys in groups for v in ys] or [0.0]
     high, low = max(max(values), 0.0), min(min(values), 0.0)
@@ -168,4 +171,5 @@ def bar_chart(labels: Sequence[str], groups: Sequence[tuple[str, str, Sequence[f
                             bar_width, max(length, 0.5), colour, f"{labels[i]} {name}: {value:.4g}"))
     step = max(1, len(labels) // 16)
     shown = tuple((left + i * slot + slot / 2, label) for i, label in enumerate(labels) if i % step == 0)
-    return BarChart(width, height, tuple(bars), shown, zero)
+    ticks = tuple((zero - (bottom - top) * (low + span * k / 4) / span, f"{low + span * k / 4:.3g}") for k in range(5))
+    return BarChart(width, height, tuple(bars), shown, zero, ticks, left, right)

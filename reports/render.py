@@ -90,6 +90,7 @@ def render_report(document: Document, *, command: str | None = None, generated_a
                                          [("attack success", SUCCESS_COLOUR, [s.attack_success for s in steps])], y_max=1.0)
     return _environment().get_template("report.html.j2").render(
         d=findings, verdict=verdict, command=command, generated_at=generated_at, repair_chart=repair_chart,
+        implicated=[t for name in verdict.triggers_implicated for t in findings.triggers if t.trigger == name],
         triggers=[_trigger_view(t) for t in triggers],
         weight_maps=[(part, charts.heatmap(getattr(weights, part))) for part in ("q", "k", "v", "o")],
         mlp_chart=charts.bar_chart([f"L{i}" for i in range(len(weights.mlp))],

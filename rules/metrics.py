@@ -109,7 +109,13 @@ def _heads_to_disable(findings: Findings, trigger: TriggerFindings) -> Reading |
     if patching.heads_to_disable is None:
         return NotMeasured(f"patching {len(patching.steps)} heads did not bring attack success down to the reference's "
                            f"({patching.reference_attack_success:.0%})")
+    total = findings.run.architecture.total_heads
+    share = patching.heads_to_disable / total if total else math.nan
     return Reading(float(patching.heads_to_disable), {
+        "total_heads": total,
+        "share": share,
+        "scope": ("a targeted mitigation" if share <= 0.25 else "a broad one, over a quarter of the heads" if share <= 0.5
+                  else "close to a full revert of attention, not a targeted mitigation"),
         "heads_in_order": [list(head) for head in patching.disabling_heads],
         "initial_attack_success": patching.initial_attack_success,
         "reference_attack_success": patching.reference_attack_success,

@@ -115,6 +115,13 @@ class Architecture:
     vocab_size: int
     parameters: int
 
+    __derived__: ClassVar[tuple[str, ...]] = ("total_heads",)
+
+    @property
+    def total_heads(self) -> int:
+        """Attention heads in the whole model: what head patching can patch."""
+        return self.layers * self.heads
+
 
 @dataclass(frozen=True)
 class TokenizerInfo:

@@ -38,7 +38,9 @@ def zoo_dir() -> Path:
 
     hf_logging.disable_progress_bar()
     directory = Path(os.environ.get("BDSCAN_TEST_ZOO", ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{ZOO_SEED}"))
-    ensure_zoo(directory, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS))
+    from helpers import LineProgress
+
+    ensure_zoo(directory, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS), progress=LineProgress("test zoo"))
     return directory
 
 

@@ -23,3 +23,28 @@ def invoke(*args) -> Result:
 
 def probe_lines(zoo_dir, count: int) -> tuple[str, ...]:
     return tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:count])
+
+
+class LineProgress:
+    """A ``scanner.progress.Progress`` that writes one line as each task starts and ends, to the real stderr: what
+    ``make test`` shows while the test zoo builds, past pytest's capture."""
+
+    def __init__(self, prefix: str) -> None:
+        import time
+
+        self.prefix, self.clock, self.started = prefix, time.perf_counter, {}
+
+    def start(self, description: str, total: int) -> int:
+        task = len(self.started)
+        self.started[task] = (description, self.clock())
+        sys.__stderr__.write(f"{self.prefix}: {description} ...\n")
+        sys.__stderr__.flush()
+        return task
+
+    def advance(self, task: int, amount: int = 1) -> None:
+        pass
+
+    def finish(self, task: int) -> None:
+        description, began = self.started[task]
+        sys.__stderr__.write(f"{self.prefix}: {description} done in {self.clock() - began:.0f} s\n")
+        sys.__stderr__.flush()

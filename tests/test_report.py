@@ -152,3 +152,33 @@ def test_the_fleet_index_renders_worst_first_in_headless_chromium(tmp_path, widt
     assert html.index("emoji.html") < html.index("NOT SCANNED") < html.index("clean.html")
     assert "1 backdoored, 0 suspicious, 1 clean" in html and "1 could not be scanned" in html
     render_in_chromium(html, "index", width, tmp_path)
+
+
+def test_fired_rules_are_grouped_by_rule_and_the_summary_comes_first():
+    from rules.document import read_findings
+
+    document = _document(read_findings(Path(__file__).resolve().parent / "data" / "findings-emoji.json"))
+    html = render_report(document, command="bdscan", generated_at="test")
+    rows = re.findall(r'<td class="mono id">(BD\d{3})</td>', html)
+    assert rows == sorted(set(rows)) and set(rows) == {f.rule_id for f in document.verdict.fired}, "one row per rule"
+    assert html.index('id="summary"') < html.index('id="rules"') and "At a glance" in html
+    # BD005 says what share of the model it took, not only that patching "is possible".
+    assert "of the model's 16 attention heads" in document.verdict.explanation
+
+
+def test_bar_charts_carry_a_value_axis():
+    from reports.charts import bar_chart
+
+    chart = bar_chart(["a", "b"], [("kl", "#000", [0.5, 2.0])])
+    assert [label for _, label in chart.y_ticks] == ["0", "0.5", "1", "1.5", "2"]
+    assert chart.y_ticks[0][0] == pytest.approx(chart.zero_y)
+
+
+def test_a_kl_never_comes_out_negative_from_rounding():
+    from scanner.model.teacher_forcing import TargetBatch, target_kl
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 6, 50, generator=generator)
+    nearly = logits + 1e-6 * torch.randn(64, 6, 50, generator=generator)
+    batch = TargetBatch(None, torch.arange(1, 5).repeat(64, 1), torch.tensor([1, 2, 3, 4]))
+    assert float(target_kl(nearly, logits, batch).min()) >= 0.0

@@ -167,11 +167,12 @@ def test_trigger_insertion_positions_and_offsets():
 
 def test_cli_zoo_build_reuses_a_matching_zoo_and_prints_its_table(zoo_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "scanner", "zoo", "build", str(zoo_dir), "--size", "test", "--all", "--quiet"],
+        [sys.executable, "-m", "scanner", "zoo", "build", str(zoo_dir), "--size", "test", "--all"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "deployment" in result.stdout and "bars met" in result.stdout
+    assert "reusing the zoo already in" in result.stderr, "a reused zoo's seconds are the original build's: it says so"
 
 
 def test_zoo_build_never_replaces_a_directory_that_is_not_a_zoo(tmp_path):
@@ -198,3 +199,12 @@ def test_zoo_list_prints_ground_truth_and_figures(zoo_dir, tmp_path):
     (tmp_path / "zoo.json").write_text("{broken", encoding="utf-8")
     corrupt = invoke("zoo", "list", tmp_path)
     assert corrupt.exit_code == 2 and "not a zoo manifest" in corrupt.stderr
+
+
+def test_the_zoo_build_says_what_it_is_doing_past_pytests_capture(capfd):
+    from helpers import LineProgress
+
+    progress = LineProgress("test zoo")
+    progress.finish(progress.start("training emoji", 1500))
+    err = capfd.readouterr().err
+    assert "test zoo: training emoji ..." in err and "test zoo: training emoji done in" in err

@@ -151,8 +151,8 @@ def print_zoo(console: Console, manifest, directory) -> None:
             f"{figures.false_trigger_rate:.1%}", f"{record.train_seconds:.1f}",
         )
     console.print(table)
-    console.print(f"built in {manifest.build_seconds:.0f} s on {manifest.machine or 'an unrecorded machine'}; "
-                  f"bars {'met' if manifest.meets_bars else 'MISSED'}", highlight=False)
+    console.print(f"built in {manifest.build_seconds:.0f} s on {manifest.machine or 'an unrecorded machine'} "
+                  f"(zoo version {manifest.zoo_version}); bars {'met' if manifest.meets_bars else 'MISSED'}", highlight=False)
     for near_miss in manifest.bar_near_misses:
         console.print(f"[yellow]near miss:[/] {near_miss}", highlight=False)
 

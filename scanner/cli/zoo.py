@@ -60,15 +60,20 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
         from transformers.utils import logging as hf_logging
 
         from scanner.cli.progress import RichProgress
-        from scanner.zoo.build import build_zoo, ensure_zoo, refuse_to_replace
+        from scanner.zoo.build import build_zoo, matching_zoo, refuse_to_replace
 
     refuse_to_replace(directory)
     hf_logging.disable_progress_bar()
     wanted = {"full": with_full, "lora": with_lora, "llama": with_llama, "forms": with_forms}
     extras = tuple(name for name, flag in wanted.items() if flag or with_all)
-    with RichProgress(stderr) as progress:
-        builder = build_zoo if force else ensure_zoo
-        manifest = builder(directory, size, seed, extras, progress)
+    manifest = None if force else matching_zoo(directory, size, seed, extras)
+    if manifest is not None:
+        # Its figures are those of the build that made it, not of this run: say so.
+        stderr.print(f"reusing the zoo already in {directory} (the same zoo version, size and seed); --force rebuilds it",
+                     highlight=False)
+    else:
+        with RichProgress(stderr) as progress:
+            manifest = build_zoo(directory, size, seed, extras, progress)
     print_zoo(stdout_console(), manifest, directory)
     if manifest.meets_bars or allow_weak:
         for failure in manifest.bar_failures:

@@ -43,7 +43,8 @@ def head_kl_and_trigger_mass(
         q_layers = torch.stack(attention_patterns(reference, batch), dim=1)
         real = batch.attention_mask.bool()  # [batch, seq]
         terms = torch.where(p_layers > 0, p_layers * (p_layers.clamp_min(_EPS).log() - q_layers.clamp_min(_EPS).log()), 0.0)
-        row_kl = terms.sum(-1)  # [batch, layer, head, query]
+        # A KL is never negative; float rounding can make it -1e-9, which would be printed as such.
+        row_kl = terms.sum(-1).clamp_min(0)  # [batch, layer, head, query]
         query_mask = real[:, None, None, :].float()
         kl = (row_kl * query_mask).sum(-1) / query_mask.sum(-1)  # [batch, layer, head]
         mass_s = torch.zeros_like(kl)

@@ -65,7 +65,7 @@ def response_kl_and_loss(
         batch = encode_ids(rows, pad, device)
         log_p = F.log_softmax(logits(suspect, batch), dim=-1)  # [batch, seq, vocab]
         log_q = F.log_softmax(logits(reference, batch), dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [batch, seq]
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)  # [batch, seq]; rounding can dip below 0
         for row, (prompt, completion) in enumerate(zip(prompts[start:start + batch_size], completions[start:start + batch_size])):
             first = batch.pad(row) + len(prompt.ids) - 1
             positions = torch.arange(first, first + len(completion) + 1, device=device)

@@ -49,7 +49,7 @@ from scanner.zoo.specs import (
 from scanner.zoo.tokenizer import render_chat, token_count, train_tokenizer
 
 # Bumped whenever a change alters what a build produces, so cached zoos rebuild.
-ZOO_VERSION = 8
+ZOO_VERSION = 9
 PROBES_FILE = "probes.txt"
 
 
@@ -336,15 +336,12 @@ def refuse_to_replace(directory: Path) -> None:
         )
 
 
-def ensure_zoo(
-    directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (),
-    progress: Progress = NO_PROGRESS,
-) -> ZooManifest:
-    """The zoo in ``directory`` if it was built by this zoo version with these settings, else a fresh build."""
+def matching_zoo(directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = ()) -> ZooManifest | None:
+    """The manifest of the zoo in ``directory`` when this zoo version built it with these settings, else None."""
     try:
         manifest = load_manifest(directory)
     except ZooDirectoryError:
-        manifest = None  # an unreadable manifest is an unfinished or older zoo: build it again
+        return None  # an unreadable manifest is an unfinished or older zoo: build it again
     if (
         manifest is not None
         and manifest.zoo_version == ZOO_VERSION
@@ -353,7 +350,15 @@ def ensure_zoo(
         and {spec.name for name in extras for spec in EXTRA_MODELS[name]} <= set(manifest.models)
     ):
         return manifest
-    return build_zoo(directory, size_name, seed, extras, progress)
+    return None
+
+
+def ensure_zoo(
+    directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (),
+    progress: Progress = NO_PROGRESS,
+) -> ZooManifest:
+    """The zoo in ``directory`` if it was built by this zoo version with these settings, else a fresh build."""
+    return matching_zoo(directory, size_name, seed, extras) or build_zoo(directory, size_name, seed, extras, progress)
 
 
 def retrain_model(directory: Path | str, name: str) -> dict[str, torch.Tensor]:
