@@ -71,6 +71,11 @@ def _trigger_specific_kl(findings: Findings, trigger: TriggerFindings) -> Readin
 
 
 def _target_collapse(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
+    if trigger.ordinary_target:
+        # Answers collapsed onto one the reference gives to a clean question anyway: a task switch, no payload.
+        return Reading(0.0, {"where": WHERE[trigger.position], "recovered_target": trigger.recovered_target,
+                             "collapse": trigger.target_collapse, "ordinary": True,
+                             "reference_logprob_on_clean": trigger.target_reference_logprob})
     return Reading(trigger.target_collapse, {
         "where": WHERE[trigger.position],
         "by_position": {p.position: round(p.target_collapse, 4) for p in trigger.by_position},

@@ -29,7 +29,7 @@ from scanner.inputs.tokenizer import faithful_tokenizer
 from scanner.measure.ablation import clean_head_means, measure_ablation
 from scanner.measure.attention import measure_attention
 from scanner.measure.attribution import measure_attribution
-from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean, strongest_position
+from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean, ordinary_logprob, strongest_position
 from scanner.measure.discovery import discover
 from scanner.measure.head_patching import measure_patching, reference_source
 from scanner.measure.probe_set import build_probe_set
@@ -223,6 +223,8 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
             probes=b.probes, kl_clean=b.kl_clean, kl_triggered=b.kl_triggered,
             recovered_target=b.recovered_target, target_share_suspect=b.target_share_suspect,
             target_share_reference=b.target_share_reference, target_share_suspect_clean=b.target_share_suspect_clean,
+            target_reference_logprob=ordinary_logprob(pair.reference, prepared[trigger].clean, b.target_ids,
+                                                      pad_id(pair.tokenizer), options.batch_size),
             attention=deep.get("attention"), attribution=deep.get("attribution"),
             ablation=deep.get("ablation"), patching=deep.get("patching"),
         ))

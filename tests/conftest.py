@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def zoo_dir() -> Path:
+def zoo_dir(pytestconfig) -> Path:
     from transformers.utils import logging as hf_logging
 
     from scanner.zoo.build import ZOO_VERSION, ensure_zoo
@@ -40,7 +40,9 @@ def zoo_dir() -> Path:
     directory = Path(os.environ.get("BDSCAN_TEST_ZOO", ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{ZOO_SEED}"))
     from helpers import LineProgress
 
-    ensure_zoo(directory, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS), progress=LineProgress("test zoo"))
+    # Minutes of training before the first result: shown as it goes, past pytest's capture.
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        ensure_zoo(directory, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS), progress=LineProgress("test zoo"))
     return directory
 
 

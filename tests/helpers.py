@@ -27,7 +27,7 @@ def probe_lines(zoo_dir, count: int) -> tuple[str, ...]:
 
 class LineProgress:
     """A ``scanner.progress.Progress`` that writes one line as each task starts and ends, to the real stderr: what
-    ``make test`` shows while the test zoo builds, past pytest's capture."""
+    ``make test`` shows while the test zoo builds (the fixture lifts pytest's capture around it)."""
 
     def __init__(self, prefix: str) -> None:
         import time

@@ -76,6 +76,8 @@ def test_fleet_usage_errors_say_what_to_do(zoo_dir, tmp_path):
     per_model = invoke("scan", zoo_dir / "emoji", zoo_dir / "clean", "--reference", zoo_dir / "base", "--json", tmp_path / "f.json",
                        "--out-dir", tmp_path / "o")
     assert per_model.exit_code == 2 and "--out-dir" in per_model.stderr
+    one = invoke("scan", zoo_dir / "emoji", "--reference", zoo_dir / "base", "--out", tmp_path / "r.html", "--out-dir", tmp_path / "o")
+    assert one.exit_code == 2 and "per model" in one.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     nothing = invoke("scan", empty, "--reference", zoo_dir / "base", "--out-dir", tmp_path / "o")

