@@ -30,6 +30,11 @@ def _environment() -> Environment:
     )
 
 
+def _token_labels(tokens: tuple[str, ...]) -> list[str]:
+    """Tokens as axis labels: a newline shown as ``\\n``, not as a line break."""
+    return [token.replace("\n", "\\n") for token in tokens]
+
+
 def _trigger_view(trigger: TriggerFindings) -> dict[str, Any]:
     probes = trigger.probes
     view: dict[str, Any] = {"t": trigger, "probes": probes[:PROBES_SHOWN]}
@@ -51,7 +56,7 @@ def _trigger_view(trigger: TriggerFindings) -> dict[str, Any]:
         view["attention_map"] = charts.heatmap(attention.kl_specific)
         view["top_heads"] = top_cells(attention.kl_specific, TOP_HEADS)
         if attention.example is not None:
-            tokens = [token.replace("\n", "\\n") for token in attention.example.tokens]
+            tokens = _token_labels(attention.example.tokens)
             view["pattern"] = attention.example
             view["pattern_maps"] = [
                 (name, charts.heatmap(getattr(attention.example, name), cell=14, row_labels=tokens, column_labels=tokens))
@@ -83,13 +88,20 @@ def render_report(document: Document, *, command: str | None = None, generated_a
     findings, verdict = document.findings, document.verdict
     weights = findings.weight_diff
     triggers = sorted(findings.triggers, key=lambda t: (t.trigger not in verdict.triggers_implicated, -t.kl_ratio))
-    repair_chart = None
+    repair_chart, repair_patterns = None, {}
+    for check in findings.repair.checks if findings.repair is not None else ():
+        if check.attention is not None:
+            tokens = _token_labels(check.attention.tokens)
+            repair_patterns[check.trigger] = [
+                (name, charts.heatmap(getattr(check.attention, name), cell=14, row_labels=tokens, column_labels=tokens))
+                for name in ("suspect", "repaired", "reference")]
     if findings.repair is not None and findings.repair.steps:
         steps = findings.repair.steps
         repair_chart = charts.line_chart([s.component for s in steps],
                                          [("attack success", SUCCESS_COLOUR, [s.attack_success for s in steps])], y_max=1.0)
     return _environment().get_template("report.html.j2").render(
         d=findings, verdict=verdict, command=command, generated_at=generated_at, repair_chart=repair_chart,
+        repair_patterns=repair_patterns,
         implicated=[t for name in verdict.triggers_implicated for t in findings.triggers if t.trigger == name],
         triggers=[_trigger_view(t) for t in triggers],
         weight_maps=[(part, charts.heatmap(getattr(weights, part))) for part in ("q", "k", "v", "o")],

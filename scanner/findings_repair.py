@@ -35,6 +35,20 @@ class RepairExample:
 
 
 @dataclass(frozen=True)
+class RepairAttention:
+    """The head the scan ranked first for the trigger, on one held-out triggered probe: ``[query][key]`` patterns of
+    the suspect, the repaired checkpoint and the reference over ``tokens``."""
+
+    layer: int
+    head: int
+    tokens: tuple[str, ...]
+    trigger_tokens: tuple[int, ...]
+    suspect: tuple[tuple[float, ...], ...]
+    repaired: tuple[tuple[float, ...], ...]
+    reference: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
 class RepairCheck:
     """One repaired trigger, verified on held-out probes the repair did not choose components on."""
 
@@ -48,6 +62,8 @@ class RepairCheck:
     """The same for the repaired checkpoint as written (loaded back from disk)."""
     attack_success_reference: float
     examples: tuple[RepairExample, ...]
+    attention: RepairAttention | None = None
+    """Where the trigger's stripe went: the scan's top head before and after (None when the scan did not localise it)."""
 
 
 @dataclass(frozen=True)

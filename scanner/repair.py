@@ -20,10 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from scanner.errors import InputError, OutputError, RepairError
 from scanner.findings import Findings
-from scanner.findings_repair import RepairCheck, RepairExample, RepairFindings
-from scanner.inputs.loading import LoadedPair, load_reference, load_suspect
+from scanner.findings_repair import RepairAttention, RepairCheck, RepairExample, RepairFindings
+from scanner.inputs.loading import LoadedPair, LoadedReference, load_reference, load_suspect
 from scanner.inputs.probes import POSITIONS
 from scanner.inputs.rendering import RenderedProbe, prepare
+from scanner.measure.attention import example_pattern
 from scanner.measure.behaviour import response_kl_and_loss
 from scanner.measure.repair_search import KEEP_DROP, Objective, candidate_order, choose_components, clean_answers, soft_hits
 from scanner.model.forward import logits, pad_id
@@ -62,11 +63,14 @@ def _share_starting(texts: Sequence[str], target: str) -> float:
 
 
 def repair(
-    suspect: Path, reference: str, findings: Findings, triggers: Sequence[str], out: Path,
+    suspect: Path, reference: str | LoadedReference, findings: Findings, triggers: Sequence[str], out: Path,
     options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS,
 ) -> RepairFindings:
-    """Restore, from ``reference``, what makes each of ``triggers`` fire in ``suspect`` (as ``findings`` measured it),
-    write the result to ``out`` and verify it there."""
+    """Restore, from ``reference`` (a path or hub id, or the reference a scan already loaded), what makes each of
+    ``triggers`` fire in ``suspect`` (as ``findings`` measured it), write the result to ``out`` and verify it there.
+
+    Memory: the reference and two suspect-sized copies at most (the edited one is let go before the written one and
+    the original are loaded to verify)."""
     measured = {t.trigger: t for t in findings.triggers}
     missing = [t for t in triggers if t not in measured]
     if missing or not triggers:
@@ -74,7 +78,8 @@ def repair(
                          f"{', '.join(map(repr, measured))}")
     check_output_directory(out, suspect)
     task = progress.start("loading models", 1)
-    loaded = load_reference(reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
+    loaded = reference if isinstance(reference, LoadedReference) else load_reference(
+        reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
     pair = load_suspect(loaded, suspect, allow_pickle=options.allow_pickle)
     progress.finish(task)
     prompts = list(findings.probes.used)
@@ -121,15 +126,17 @@ def repair(
             "use the reference itself, or retrain without the poisoned data"
         )
     output_format, notes = _write(pair, suspect, restored, out)
-    # Verified as written, loaded back as a user will load it, against the suspect as it came (the search edited
-    # the loaded copy in place).
+    restored_parameters = sum(parameter_count(suspect_sites, c) for c in restored)
+    changed_parameters = sum(parameter_count(suspect_sites, c) for c, _ in order)
+    del pair, suspect_sites  # the edited copy: what is verified is what was written
+    # Verified as written, loaded back as a user will load it, against the suspect as it came.
     repaired = load_suspect(loaded, out, allow_pickle=False).suspect
     original = load_suspect(loaded, suspect, allow_pickle=options.allow_pickle)
     checks, clean = _verify(original, repaired, triggers, held_out, findings, targets, options)
     return RepairFindings(
         triggers=tuple(triggers), selection_probes=len(selection), held_out_probes=len(held_out), steps=tuple(steps),
-        restored=tuple(c.name for c in restored), restored_parameters=sum(parameter_count(suspect_sites, c) for c in restored),
-        changed_parameters=sum(parameter_count(suspect_sites, c) for c, _ in order), total_components=len(order),
+        restored=tuple(c.name for c in restored), restored_parameters=restored_parameters,
+        changed_parameters=changed_parameters, total_components=len(order),
         checks=tuple(checks), clean_kl_to_suspect=clean[0], clean_kl_to_reference=clean[1], clean_kl_revert=clean[2],
         clean_answers_kept=clean[3], output=str(out), output_format=output_format, notes=tuple(notes),
     )
@@ -204,6 +211,13 @@ def _verify(
                                                               max_new_tokens=TARGET_TOKENS, batch_size=batch)]
                    for name, model in models.items()}
         target = decode(list(targets[trigger]))
+        attention = None
+        if measured[trigger].attention is not None:
+            layer, head = measured[trigger].attention.ranked_heads()[0]
+            before = example_pattern(pair.suspect, pair.reference, tokenizer, probes[0], layer, head)
+            after = example_pattern(repaired, pair.reference, tokenizer, probes[0], layer, head)
+            attention = RepairAttention(layer, head, before.tokens, before.trigger_tokens, before.suspect, after.suspect,
+                                        before.reference)
         checks.append(RepairCheck(
             trigger=trigger, position=position, target=target, probes=len(probes),
             attack_success_before=_share_starting(answers["suspect"], target),
@@ -211,6 +225,7 @@ def _verify(
             attack_success_reference=_share_starting(answers["reference"], target),
             examples=tuple(RepairExample(p.prompt, answers["suspect"][i], answers["repaired"][i], answers["reference"][i])
                            for i, p in enumerate(probes[:EXAMPLES])),
+            attention=attention,
         ))
     clean = prepare(tokenizer, held_out, triggers[0], "start", options.seed).clean
     return checks, _clean_costs(pair, repaired, clean, batch)

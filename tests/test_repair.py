@@ -93,4 +93,5 @@ def test_the_repair_report_renders_in_headless_chromium(repaired_emoji, tmp_path
     _, _, work = repaired_emoji
     html = (work / "repair.html").read_text(encoding="utf-8")
     assert 'id="repair"' in html and "Before and after" in html and "the behaviour is removed" in html
+    assert html.count("stripe before the repair, and after") == 3  # suspect, repaired, reference
     render_in_chromium(html, "repair-report", width, tmp_path)

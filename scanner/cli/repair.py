@@ -82,21 +82,22 @@ def repair_command(suspect: Path, reference: str, out_dir: Path, triggers: tuple
     with stderr.status("importing torch and transformers"):
         from transformers.utils import logging as hf_logging
 
-        from scanner.api import scan
+        from scanner.api import prepare_reference, scan_against
         from scanner.cli.progress import RichProgress
         from scanner.repair import repair
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     with RichProgress(stderr) as progress:
-        findings = scan(suspect, reference, options, progress)
+        context = prepare_reference(reference, options, progress)
+        findings = scan_against(context, suspect, options, progress)
         verdict = judge(findings, rules)
         implicated = [t for t in triggers if t in verdict.triggers_implicated] if triggers else list(verdict.triggers_implicated)
         if not implicated:
             stdout_console().print(f"{verdict.level}: no trigger implicated, nothing to repair; nothing was written",
                                    highlight=False)
             return EXIT_OK
-        repaired = repair(suspect, reference, findings, implicated, out_dir, options, progress)
+        repaired = repair(suspect, context.reference, findings, implicated, out_dir, options, progress)
     findings = dataclasses.replace(findings, repair=repaired)
     document = Document(findings, judge(findings, rules))
     if json_out:
