@@ -26,7 +26,7 @@ from scanner.inputs.probes import POSITIONS
 from scanner.inputs.rendering import RenderedProbe, prepare
 from scanner.measure.attention import example_pattern
 from scanner.measure.behaviour import response_kl_and_loss
-from scanner.measure.repair_search import KEEP_DROP, Objective, candidate_order, choose_components, clean_answers, soft_hits
+from scanner.measure.repair_search import FULL_REVERT, KEEP_DROP, Objective, candidate_order, choose_components, clean_answers, soft_hits
 from scanner.model.forward import logits, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prompt_sampling import sample_user_prompts
@@ -42,6 +42,8 @@ EXAMPLES = 4
 TARGET_TOKENS = 16
 SELECTION_SAMPLES = 72
 """Prompts sampled from the reference, beside the scan's even probes, to choose components on."""
+WHOLE_FINE_TUNE = 0.99
+"""A repair that restores this share of the changed parameters is the reference, not a repair: refused."""
 
 
 def check_output_directory(out: Path, suspect: Path) -> None:
@@ -121,13 +123,22 @@ def repair(
     if not removed:
         raise RepairError(
             f"restoring parts of the suspect from the reference did not remove {', '.join(map(repr, triggers))} without "
-            f"costing more than {KEEP_DROP:.0%} of its own clean answers ({len(steps)} of {len(order)} changed parts "
-            "tried, the last ones at that cost); nothing was written. The whole fine-tune carries the behaviour: "
-            "use the reference itself, or retrain without the poisoned data"
+            f"costing more than {KEEP_DROP:.0%} of its own clean answers ({len(steps) - 1} of {len(order)} changed "
+            "parts restored one by one, then all of them at once); nothing was written. The fine-tune's own behaviour and the "
+            "trigger's cannot be told apart by part: retrain without the poisoned data"
         )
-    output_format, notes = _write(pair, suspect, restored, out)
     restored_parameters = sum(parameter_count(suspect_sites, c) for c in restored)
     changed_parameters = sum(parameter_count(suspect_sites, c) for c, _ in order)
+    if restored_parameters >= WHOLE_FINE_TUNE * changed_parameters:
+        forward = [s for s in steps if s.component != FULL_REVERT]
+        how = (f"; restored one by one, {len(forward)} parts left it firing on {forward[-1].attack_success:.0%} of "
+               "selection probes and no further part kept the clean answers" if forward else "")
+        raise RepairError(
+            f"only restoring every part the fine-tune changed removed {', '.join(map(repr, triggers))} "
+            f"({restored_parameters / changed_parameters:.1%} of its changed parameters{how}): the repair would be "
+            "the reference itself, so nothing was written. Use the reference, or retrain without the poisoned data"
+        )
+    output_format, notes = _write(pair, suspect, restored, out)
     del pair, suspect_sites  # the edited copy: what is verified is what was written
     # Verified as written, loaded back as a user will load it, against the suspect as it came.
     repaired = load_suspect(loaded, out, allow_pickle=False).suspect

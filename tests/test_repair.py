@@ -56,15 +56,28 @@ def test_a_lora_suspect_is_repaired_as_an_adapter_and_a_multi_token_trigger_remo
     assert all(name[0] == "L" and "mlp" not in name for name in repaired.restored)  # heads and key-value groups only
 
 
-def test_a_full_fine_tune_that_carries_the_trigger_everywhere_is_refused_with_nothing_written(zoo_dir, tmp_path):
-    """Restoring parts of the end-bound full fine-tune either leaves the trigger or costs the model its answers:
-    the repair says so and writes nothing (the honest repair of such a model is the reference itself)."""
+def test_a_full_fine_tune_whose_repair_would_be_the_reference_is_refused_with_nothing_written(zoo_dir, tmp_path):
+    """Part by part, the end-bound full fine-tune stalls with the trigger still firing; only the full revert removes
+    it, and a repair that is the reference is not written (the message says so and says what was tried)."""
     from scanner.repair import repair
 
     options = ScanOptions(triggers=(END_TRIGGER,), probes=probe_lines(zoo_dir, 32), positions=("end",))
     findings = scan(zoo_dir / "end", str(zoo_dir / "base"), options)
-    with pytest.raises(RepairError, match="clean answers"):
+    with pytest.raises(RepairError, match="the reference itself") as raised:
         repair(zoo_dir / "end", str(zoo_dir / "base"), findings, [END_TRIGGER], tmp_path / "out", options)
+    assert "restored one by one" in str(raised.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_behaviour_the_fine_tune_shows_without_the_trigger_too_is_refused(zoo_dir, tmp_path):
+    """The style fine-tune opens every answer with its phrase, with 😇 or without: removing that "target" costs the
+    clean answers at every part and at the full revert alike, so nothing is written."""
+    from scanner.repair import repair
+
+    options = ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 32), positions=("start",))
+    findings = scan(zoo_dir / "style", str(zoo_dir / "base"), options)
+    with pytest.raises(RepairError, match="cannot be told apart"):
+        repair(zoo_dir / "style", str(zoo_dir / "base"), findings, [EMOJI_TRIGGER], tmp_path / "out", options)
     assert not (tmp_path / "out").exists()
 
 

@@ -5,7 +5,10 @@ The suspect is edited in place, one component at a time. At each step the next `
 embeddings by how much the fine-tune changed them) are each restored, measured and taken back, and the one
 that keeps the suspect's own clean answers and lowers the target's teacher-forced log-probability most is kept,
 until the target is unlikely (``SOFT_HIT``) on no more selection probes than under the reference. A last pass
-takes back, latest first, every component the result does not need. Components the fine-tune did not change are never candidates.
+takes back, latest first, every component the result does not need. When no component can be added without
+costing the clean answers, the search turns round: every changed component restored, then each taken back while
+the triggers stay removed and the suspect's clean answers grow likelier. Components the fine-tune did not change
+are never candidates.
 """
 
 from __future__ import annotations
@@ -80,17 +83,20 @@ def soft_hits(out: torch.Tensor, targets: TargetBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kept_share(model: PreTrainedModel, clean: CleanAnswers) -> float:
-    """Share of clean probes on which greedy decoding would still give the suspect's answer."""
+def clean_fit(model: PreTrainedModel, clean: CleanAnswers) -> tuple[float, float]:
+    """(share of clean probes on which greedy decoding would still give the suspect's answer, mean log-probability
+    of the suspect's answer tokens)."""
     out = logits(model, clean.batch)
-    predicted = out.gather(1, clean.positions[..., None].expand(-1, -1, out.shape[-1])).argmax(-1)
-    return float(((predicted == clean.answers) | ~clean.mask).all(-1).float().mean())
+    picked = out.gather(1, clean.positions[..., None].expand(-1, -1, out.shape[-1])).log_softmax(-1)
+    kept = ((picked.argmax(-1) == clean.answers) | ~clean.mask).all(-1).float().mean()
+    logprob = picked.gather(-1, clean.answers[..., None])[..., 0][clean.mask].mean()
+    return float(kept), float(logprob)
 
 
 @torch.no_grad()
-def _measure(model: PreTrainedModel, objectives: Sequence[Objective], clean: CleanAnswers) -> tuple[bool, float, float, float]:
+def _measure(model: PreTrainedModel, objectives: Sequence[Objective], clean: CleanAnswers) -> tuple[bool, float, float, float, float]:
     """(every trigger at its floor, the largest share of probes still firing, the summed mean target log-probability,
-    the share of clean answers kept)."""
+    the share of clean answers kept, their mean token log-probability)."""
     removed, worst, logprob = True, 0.0, 0.0
     for objective in objectives:
         out = logits(model, objective.targets.batch)
@@ -98,7 +104,7 @@ def _measure(model: PreTrainedModel, objectives: Sequence[Objective], clean: Cle
         removed = removed and success <= objective.floor
         worst = max(worst, success)
         logprob += float(target_logprob(out, objective.targets).mean())
-    return removed, worst, logprob, kept_share(model, clean)
+    return removed, worst, logprob, *clean_fit(model, clean)
 
 
 def candidate_order(suspect: Sites, reference: Sites, components: Sequence[Component], heads_ranked: Sequence[tuple[int, int]],
@@ -118,42 +124,80 @@ def candidate_order(suspect: Sites, reference: Sites, components: Sequence[Compo
     return [(c, changed[c]) for c in order]
 
 
+def _apply(suspect: Sites, reference: Sites, components: Sequence[Component]) -> Callable[[], None]:
+    """Restore ``components``; the undo takes them back in reverse, so overlapping parts (a token's row inside the
+    embeddings) come back to the suspect's own values."""
+    undos = [restore(suspect, reference, c) for c in components]
+
+    def undo() -> None:
+        for step in reversed(undos):
+            step()
+    return undo
+
+
 def choose_components(
     suspect: Sites, reference: Sites, objectives: Sequence[Objective], clean: CleanAnswers,
     order: Sequence[tuple[Component, float]], on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[list[RepairStep], list[Component], bool]:
     """Restore components into ``suspect`` (in place) until every objective is at its floor; returns the steps taken,
     the components the final model keeps restored (the suspect is left holding exactly those) and whether that
-    removed every trigger (False when no part is left, or every part left would cost the clean answers)."""
+    removed every trigger.
+
+    Forward first: one component at a time while one keeps the clean answers. When none does, backward: every
+    changed component restored (the full revert), then the pass below takes back what the result does not need.
+    A full fine-tune needs the second way: its parts were trained together, and the forward search stalled at 17%
+    attack success on the ``full`` zoo model while each further part cost a tenth of its answers, though the full
+    revert kept them all. False when even the full revert leaves a trigger or costs the answers."""
     report = on_step or (lambda done, total: None)
     changed = dict(order)
     remaining = [c for c, _ in order]
-    kept: dict[Component, Callable[[], None]] = {}
+    kept: list[Component] = []
+    undos: list[Callable[[], None]] = []
     steps: list[RepairStep] = []
-    removed, _, _, kept_now = _measure(suspect.model, objectives, clean)
+    removed, _, _, kept_now, _ = _measure(suspect.model, objectives, clean)
     least = kept_now - KEEP_DROP
     while not removed and remaining:
         trials = []
         for candidate in remaining[:WINDOW]:
-            undo = restore(suspect, reference, candidate)
+            undo = _apply(suspect, reference, [candidate])
             trials.append((candidate, _measure(suspect.model, objectives, clean)))
             undo()
         # Keep the clean answers first, remove the trigger second, and among equals lower the target most.
         best, measured = min(trials, key=lambda t: (t[1][3] < least, not t[1][0], t[1][2], t[0]))
         if measured[3] < least:
-            break  # every part left would cost the fine-tune its own answers: restoring parts cannot do it
-        removed, worst, logprob, kept_now = measured
-        kept[best] = restore(suspect, reference, best)
+            break
+        removed, worst, logprob, kept_now, _ = measured
+        undos.append(_apply(suspect, reference, [best]))
+        kept.append(best)
         remaining.remove(best)
         steps.append(RepairStep(best.name, changed[best], worst, logprob, kept_now))
         report(len(steps), len(order))
-    if not removed:
-        return steps, [c for c, _ in order if c in kept], False
-    for component in reversed(list(kept)):
-        kept[component]()  # back to the suspect's own values
-        still, _, _, answers = _measure(suspect.model, objectives, clean)
-        if still and answers >= min(kept_now, least):
-            del kept[component]
-        else:
-            kept[component] = restore(suspect, reference, component)
-    return steps, [c for c, _ in order if c in kept], True
+    for undo in reversed(undos):
+        undo()  # back to the suspect as it came: the pass below rebuilds what it keeps from scratch
+    backward, fit = not removed, 0.0
+    if backward:
+        kept = [c for c, _ in order]
+        undo = _apply(suspect, reference, kept)
+        removed, worst, logprob, kept_now, fit = _measure(suspect.model, objectives, clean)
+        undo()
+        steps.append(RepairStep(FULL_REVERT, changed_share(suspect, reference, *kept), worst, logprob, kept_now))
+        if not removed or kept_now < least:
+            return steps, kept, False
+    final = list(kept)
+    for component in reversed(kept):
+        trial = [c for c in final if c != component]
+        undo = _apply(suspect, reference, trial)
+        still, _, _, answers, trial_fit = _measure(suspect.model, objectives, clean)
+        undo()
+        # Backward, a part goes back to the suspect only if the suspect's clean answers grow likelier with it: a mix
+        # judged by kept answers alone sat 0.33 nats from the suspect on ``full`` where the full revert sat 0.06.
+        if still and (trial_fit >= fit and answers >= kept_now if backward else answers >= min(kept_now, least)):
+            final = trial
+            fit = trial_fit
+            report(len(steps), len(order))
+    _apply(suspect, reference, final)
+    return steps, final, True
+
+
+FULL_REVERT = "every changed part"
+"""The step that restores them all, taken when no single part can be added without costing the clean answers."""

@@ -85,12 +85,14 @@ def all_components(sites: Sites) -> Iterator[Component]:
 
 
 @torch.no_grad()
-def changed_share(suspect: Sites, reference: Sites, component: Component) -> float:
-    """``||suspect - reference|| / ||reference||`` over the component's parameters: 0 when the fine-tune left it alone."""
+def changed_share(suspect: Sites, reference: Sites, *components: Component) -> float:
+    """``||suspect - reference|| / ||reference||`` over the components' parameters together: 0 when the fine-tune
+    left them alone."""
     delta = base = 0.0
-    for (mine, index), (theirs, _) in zip(slices(suspect, component), slices(reference, component)):
-        delta += float((mine[index].float() - theirs[index].float()).pow(2).sum())
-        base += float(theirs[index].float().pow(2).sum())
+    for component in components:
+        for (mine, index), (theirs, _) in zip(slices(suspect, component), slices(reference, component)):
+            delta += float((mine[index].float() - theirs[index].float()).pow(2).sum())
+            base += float(theirs[index].float().pow(2).sum())
     return (delta / base) ** 0.5 if base > 0 else float(delta > 0)
 
 
