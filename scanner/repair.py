@@ -27,12 +27,12 @@ from scanner.inputs.rendering import RenderedProbe, prepare
 from scanner.measure.attention import example_pattern
 from scanner.measure.behaviour import response_kl_and_loss
 from scanner.measure.repair_search import FULL_REVERT, KEEP_DROP, Objective, candidate_order, choose_components, clean_answers, soft_hits
-from scanner.model.forward import logits, pad_id
+from scanner.model.forward import pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prompt_sampling import sample_user_prompts
 from scanner.model.restore import Component, all_components, parameter_count
 from scanner.model.sites import sites_for
-from scanner.model.teacher_forcing import target_batch
+from scanner.model.teacher_forcing import target_batch, target_logits
 from scanner.options import ScanOptions
 from scanner.progress import NO_PROGRESS, Progress
 
@@ -105,7 +105,7 @@ def repair(
             raise InputError(f"the suspect answers nothing with {trigger!r}: there is no behaviour to remove")
         batch = target_batch(probes, target, pad, device)
         with torch.no_grad():
-            floor = float(soft_hits(logits(pair.reference, batch.batch), batch).float().mean())
+            floor = float(soft_hits(target_logits(pair.reference, batch), batch).float().mean())
         objectives.append(Objective(trigger, batch, floor))
         targets[trigger] = target
     clean_rows = [p.ids for p in prepare(pair.tokenizer, selection, triggers[0], "start", options.seed).clean]

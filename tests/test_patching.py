@@ -11,7 +11,7 @@ from scanner.measure.head_patching import reference_source
 from scanner.model.forward import encode_ids, logits
 from scanner.model.patching import HeadPatcher, masks_for
 from scanner.model.sites import sites_for
-from scanner.model.teacher_forcing import target_batch
+from scanner.model.teacher_forcing import at_target, target_batch
 from scanner.zoo.specs import EMOJI_TRIGGER
 
 
@@ -67,10 +67,13 @@ def test_pyvene_patch_equals_plain_hooks(setting):
     rows = targets.batch.input_ids.shape[0]
     for heads in ([(1, 2)], [(0, 1), (2, 3), (3, 0)]):
         with patcher.patched(source, masks_for([heads], patcher.layers, patcher.heads, rows)) as run:
-            patched = run(targets.batch)
+            patched = run(targets.batch.model_inputs())
+            at_the_target = run(targets.inputs())
         expected = _hooked_logits(plain, reference, heads, source, targets.batch)
         assert torch.allclose(patched, expected, atol=1e-5), heads
         assert not torch.allclose(patched, logits(plain, targets.batch), atol=1e-3)
+        # The output head applied at the target's positions only gives the same logits there.
+        assert torch.allclose(at_target(at_the_target), patched[:, -targets.keep:-1], atol=1e-5)
 
 
 def test_patching_every_head_reproduces_the_reference(setting):
@@ -79,9 +82,8 @@ def test_patching_every_head_reproduces_the_reference(setting):
     everything = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     rows = targets.batch.input_ids.shape[0]
     with patcher.patched(source, masks_for([everything], patcher.layers, patcher.heads, rows)) as run:
-        patched = run(targets.batch)
-    real = targets.batch.attention_mask.bool()
-    assert torch.allclose(patched[real], reference_logits[real], atol=1e-4)
+        patched = at_target(run(targets.inputs()))
+    assert torch.allclose(patched, reference_logits, atol=1e-4)
 
 
 def test_configurations_batched_in_one_forward_equal_one_at_a_time(setting):
@@ -93,10 +95,10 @@ def test_configurations_batched_in_one_forward_equal_one_at_a_time(setting):
 
     stacked = PatchSource(tuple(v.repeat(3, 1, 1) for v in source.values), source.o_proj_delta)
     with patcher.patched(stacked, masks_for(configurations, patcher.layers, patcher.heads, rows)) as run:
-        together = run(targets.batch.repeat(3))
+        together = run(targets.batch.repeat(3).model_inputs())
     for index, configuration in enumerate(configurations):
         with patcher.patched(source, masks_for([configuration], patcher.layers, patcher.heads, rows)) as run:
-            alone = run(targets.batch)
+            alone = run(targets.batch.model_inputs())
         assert torch.allclose(together[index * rows:(index + 1) * rows], alone, atol=1e-5)
 
 
@@ -108,6 +110,6 @@ def test_patched_block_cleans_up(setting):
         with patcher.patched(source, masks_for([[(1, 2)]], patcher.layers, patcher.heads, rows)):
             raise RuntimeError("interrupted")
     with patcher.patched(source, masks_for([[]], patcher.layers, patcher.heads, rows)) as run:
-        assert torch.allclose(run(targets.batch), logits(plain, targets.batch), atol=1e-5)
+        assert torch.allclose(run(targets.batch.model_inputs()), logits(plain, targets.batch), atol=1e-5)
     batch = encode_ids([targets.batch.input_ids[0].tolist()], 0, torch.device("cpu"))
     assert torch.allclose(logits(suspect, batch), logits(plain, batch), atol=1e-5)

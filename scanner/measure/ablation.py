@@ -15,10 +15,10 @@ from transformers import PreTrainedModel
 
 from scanner.findings import AblationFindings
 from scanner.inputs.rendering import RenderedProbe
-from scanner.model.forward import capture, encode_ids, logits
+from scanner.model.forward import capture, encode_ids
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites
-from scanner.model.teacher_forcing import TargetBatch, target_logprob
+from scanner.model.teacher_forcing import TargetBatch, at_target, target_logits, target_logprob
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def clean_head_means(model: PreTrainedModel, sites: Sites, clean: Sequence[Rende
     for start in range(0, len(clean), batch_size):
         batch = encode_ids([p.ids for p in clean[start:start + batch_size]], pad, device)
         with capture({str(i): sites.o_proj(i) for i in layers}, inputs=True) as captured:
-            model(**batch.model_inputs())
+            model(**batch.model_inputs(), logits_to_keep=1)  # only the captured inputs are read
         real = batch.attention_mask.bool()
         chunk = [captured[str(i)][real].float().sum(0) for i in layers]
         sums = chunk if sums is None else [a + b for a, b in zip(sums, chunk)]
@@ -43,7 +43,7 @@ def measure_ablation(
     rows_per_forward: int, on_heads: Callable[[int], None] | None = None,
 ) -> AblationFindings:
     """``on_heads(n)`` is called with the number of heads finished after each forward."""
-    baseline = target_logprob(logits(suspect, targets.batch), targets)  # [probes]
+    baseline = target_logprob(target_logits(suspect, targets), targets)  # [probes]
     probes = baseline.shape[0]
     heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     per_forward = max(1, rows_per_forward // probes)
@@ -53,7 +53,7 @@ def measure_ablation(
         masks = masks_for([[h] for h in chunk], patcher.layers, patcher.heads, probes)
         repeated = targets.repeat(len(chunk))
         with patcher.patched(PatchSource(means, None), masks.to(baseline.device)) as run:
-            ablated = target_logprob(run(repeated.batch), repeated).view(len(chunk), probes)
+            ablated = target_logprob(at_target(run(repeated.inputs())), repeated).view(len(chunk), probes)
         for (layer, head), row in zip(chunk, ablated):
             effects[layer, head] = (row - baseline).mean()
         if on_heads is not None:

@@ -36,7 +36,7 @@ def measure_attribution(
         modules = {f"z{i}": sites.o_proj(i) for i in range(layers)}
         modules["final"] = norm
         with capture(modules, inputs=True) as inputs, capture({str(i): sites.mlp(i) for i in range(layers)}, inputs=False) as outputs:
-            model(**batch.model_inputs())
+            model(**batch.model_inputs(), logits_to_keep=1)  # only the captured activations are read
         last = batch.width - 1  # left padding: every row's last prompt token is the last column
         residual = inputs["final"][:, last].float()  # [batch, hidden]
         scale = sites.final_norm_scale(residual)  # [batch, hidden]

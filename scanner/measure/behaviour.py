@@ -20,7 +20,7 @@ from scanner.findings import CleanFindings, PositionBehaviour, ProbeBehaviour, c
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, logits, pad_id
 from scanner.model.generation import complete_ids
-from scanner.model.teacher_forcing import target_batch, target_logprob
+from scanner.model.teacher_forcing import target_batch, target_logits, target_logprob
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def ordinary_logprob(reference: PreTrainedModel, clean: Sequence[RenderedProbe],
     best = -math.inf
     for start in range(0, len(clean), batch_size):
         batch = target_batch(clean[start:start + batch_size], target_ids, pad, device)
-        best = max(best, float(target_logprob(logits(reference, batch.batch), batch).max()))
+        best = max(best, float(target_logprob(target_logits(reference, batch), batch).max()))
     return best
 
 

@@ -16,10 +16,10 @@ import torch
 from transformers import PreTrainedModel
 
 from scanner.findings import PatchingFindings, PatchStep
-from scanner.model.forward import capture, logits
+from scanner.model.forward import capture
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites
-from scanner.model.teacher_forcing import TargetBatch, target_hits, target_kl
+from scanner.model.teacher_forcing import TargetBatch, at_target, target_hits, target_kl, target_logits
 
 Head = tuple[int, int]
 
@@ -28,10 +28,11 @@ Head = tuple[int, int]
 def reference_source(
     reference: PreTrainedModel, reference_sites: Sites, suspect_sites: Sites, targets: TargetBatch,
 ) -> tuple[PatchSource, torch.Tensor]:
-    """The reference's ``o_proj`` inputs on ``targets`` with the ``o_proj`` weight difference, and its logits."""
+    """The reference's ``o_proj`` inputs on ``targets`` (every position: patching replaces them all) with the
+    ``o_proj`` weight difference, and its ``[probes, target_len, vocab]`` logits at the target."""
     layers = range(len(reference_sites.layers()))
     with capture({str(i): reference_sites.o_proj(i) for i in layers}, inputs=True) as captured:
-        reference_logits = logits(reference, targets.batch)
+        reference_logits = target_logits(reference, targets)
     deltas = tuple(
         (reference_sites.o_proj(i).weight - suspect_sites.o_proj(i).weight).detach() for i in layers
     )
@@ -58,8 +59,8 @@ class _Evaluator:
                 tuple(values.repeat(times, 1, 1) for values in self.source.values), self.source.o_proj_delta)
             repeated = self.targets.repeat(times)
             with self.patcher.patched(source, masks) as run:
-                patched = run(repeated.batch)
-            kl = target_kl(patched, self.reference_logits.repeat(times, 1, 1), repeated).view(times, self.probes)
+                patched = at_target(run(repeated.inputs()))
+            kl = target_kl(patched, self.reference_logits.repeat(times, 1, 1)).view(times, self.probes)
             hits = target_hits(patched, repeated).float().view(times, self.probes)
             results += [(float(k.mean()), float(h.mean())) for k, h in zip(kl, hits)]
         return results
@@ -73,8 +74,8 @@ def measure_patching(
     """``on_step()`` is called once per head added, whichever the method."""
     evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward)
     report = on_step or (lambda: None)
-    suspect_logits = logits(suspect, targets.batch)
-    initial_kl = float(target_kl(suspect_logits, reference_logits, targets).mean())
+    suspect_logits = target_logits(suspect, targets)
+    initial_kl = float(target_kl(suspect_logits, reference_logits).mean())
     initial_success = float(target_hits(suspect_logits, targets).float().mean())
     # The reference itself may give the target on a probe (a prompt whose honest answer starts like it); patching
     # every head can reach the reference's rate and no lower, so that rate, not 0, means "disabled".

@@ -21,10 +21,10 @@ import torch
 from transformers import PreTrainedModel
 
 from scanner.findings_repair import RepairStep
-from scanner.model.forward import Batch, encode_ids, logits
+from scanner.model.forward import Batch, encode_ids
 from scanner.model.restore import Component, changed_share, restore
 from scanner.model.sites import Sites
-from scanner.model.teacher_forcing import TargetBatch, target_logprob
+from scanner.model.teacher_forcing import TargetBatch, target_logits, target_logprob
 
 WINDOW = 16
 """Candidates measured per step: the whole of a small model, the head of the order in a large one."""
@@ -52,11 +52,13 @@ class Objective:
 
 @dataclass(frozen=True)
 class CleanAnswers:
-    """The suspect's own greedy answers to clean selection probes, teacher-forced: ``batch`` holds prompt and answer,
-    ``positions`` ``[rows, longest answer]`` predict each answer token (padded with the row's last), ``answers``
-    the tokens, ``mask`` which of them are real."""
+    """The suspect's own greedy answers to clean selection probes, teacher-forced: ``batch`` holds prompt and answer
+    (left-padded, so every answer ends its row), ``keep`` the trailing positions whose logits are read,
+    ``positions`` ``[rows, longest answer]`` which of them predict each answer token (padded with the row's last),
+    ``answers`` the tokens, ``mask`` which of them are real."""
 
     batch: Batch
+    keep: int
     positions: torch.Tensor
     answers: torch.Tensor
     mask: torch.Tensor
@@ -66,15 +68,18 @@ def clean_answers(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[i
     rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
     batch = encode_ids(rows, pad, device)
     longest = max(1, max(len(a) for a in answers))
+    keep = longest + 1
     positions, tokens, mask = [], [], []
-    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
-        start = batch.pad(row) + len(prompt) - 1
+    for answer in answers:
         count = max(1, len(answer))
+        # The row's answer fills its last len(answer) positions; the one before each token predicts it.
+        start = keep - 1 - len(answer)
         positions.append([start + min(i, count - 1) for i in range(longest)])
         tokens.append([answer[min(i, len(answer) - 1)] if answer else pad for i in range(longest)])
         mask.append([i < len(answer) for i in range(longest)])
     as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
-    return CleanAnswers(batch, as_tensor(positions, torch.long), as_tensor(tokens, torch.long), as_tensor(mask, torch.bool))
+    return CleanAnswers(batch, keep, as_tensor(positions, torch.long), as_tensor(tokens, torch.long),
+                        as_tensor(mask, torch.bool))
 
 
 def soft_hits(out: torch.Tensor, targets: TargetBatch) -> torch.Tensor:
@@ -86,7 +91,7 @@ def soft_hits(out: torch.Tensor, targets: TargetBatch) -> torch.Tensor:
 def clean_fit(model: PreTrainedModel, clean: CleanAnswers) -> tuple[float, float]:
     """(share of clean probes on which greedy decoding would still give the suspect's answer, mean log-probability
     of the suspect's answer tokens)."""
-    out = logits(model, clean.batch)
+    out = model(**clean.batch.model_inputs(), logits_to_keep=clean.keep).logits.float()
     picked = out.gather(1, clean.positions[..., None].expand(-1, -1, out.shape[-1])).log_softmax(-1)
     kept = ((picked.argmax(-1) == clean.answers) | ~clean.mask).all(-1).float().mean()
     logprob = picked.gather(-1, clean.answers[..., None])[..., 0][clean.mask].mean()
@@ -99,7 +104,7 @@ def _measure(model: PreTrainedModel, objectives: Sequence[Objective], clean: Cle
     the share of clean answers kept, their mean token log-probability)."""
     removed, worst, logprob = True, 0.0, 0.0
     for objective in objectives:
-        out = logits(model, objective.targets.batch)
+        out = target_logits(model, objective.targets)
         success = float(soft_hits(out, objective.targets).float().mean())
         removed = removed and success <= objective.floor
         worst = max(worst, success)

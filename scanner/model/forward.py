@@ -74,14 +74,14 @@ def logits(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
 @torch.no_grad()
 def attention_patterns(model: PreTrainedModel, batch: Batch) -> list[torch.Tensor]:
     """Per layer ``[batch, head, query, key]`` attention weights (needs eager attention)."""
-    output = model(**batch.model_inputs(), output_attentions=True)
+    output = model(**batch.model_inputs(), output_attentions=True, logits_to_keep=1)
     if not output.attentions:
         # pyvene strips every hook of a model it wrapped, transformers' lazily
         # installed attention-capture hooks included; let transformers reinstall them.
         for module in model.modules():
             if getattr(module, "_output_capturing_hooks_installed", False):
                 module._output_capturing_hooks_installed = False
-        output = model(**batch.model_inputs(), output_attentions=True)
+        output = model(**batch.model_inputs(), output_attentions=True, logits_to_keep=1)
     if not output.attentions:
         raise MeasurementError("the model returned no attention weights; it must be loaded with attn_implementation='eager'")
     return [a.float() for a in output.attentions]

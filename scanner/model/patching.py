@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from scanner.model.forward import Batch
 from scanner.model.sites import Sites
 
 with contextlib.redirect_stdout(io.StringIO()):
@@ -115,7 +114,9 @@ class HeadPatcher:
 
     @contextlib.contextmanager
     def patched(self, source: PatchSource, masks: torch.Tensor) -> Iterator[callable]:
-        """Within the block, the yielded ``run(batch) -> logits [batch, seq, vocab]`` patches the masked heads.
+        """Within the block, the yielded ``run(inputs) -> logits [batch, kept, vocab]`` (float32) patches the masked
+        heads; ``inputs`` are the forward's keyword arguments (``Batch.model_inputs()``, or ``TargetBatch.inputs()``,
+        which applies the output head only where the target is read).
 
         ``masks``: ``[batch, layer, head]`` bool, one row per batch row.
         """
@@ -135,8 +136,8 @@ class HeadPatcher:
                 correction.delta = None
 
     @torch.no_grad()
-    def _run(self, batch: Batch) -> torch.Tensor:
-        _, output = self._model(base=batch.model_inputs())
+    def _run(self, inputs: dict[str, torch.Tensor | int]) -> torch.Tensor:
+        _, output = self._model(base=inputs)
         return output.logits.float()
 
 

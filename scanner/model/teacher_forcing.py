@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from scanner.inputs.rendering import RenderedProbe
 from scanner.model.forward import Batch, encode_ids
@@ -19,46 +20,57 @@ from scanner.model.forward import Batch, encode_ids
 
 @dataclass(frozen=True)
 class TargetBatch:
-    """``batch``: prompt + target per row; ``positions``: ``[batch, target_len]`` indices predicting each target token."""
+    """``batch``: prompt + target per row, left-padded, so every row ends with the target and the positions that
+    predict it are the same last ``len(target) + 1`` but one in every row; ``target``: ``[target_len]``."""
 
     batch: Batch
-    positions: torch.Tensor
-    target: torch.Tensor  # [target_len]
+    target: torch.Tensor
+
+    @property
+    def keep(self) -> int:
+        """The trailing positions whose logits a measurement needs: ``logits_to_keep`` for the forward."""
+        return self.target.numel() + 1
+
+    def inputs(self) -> dict[str, torch.Tensor | int]:
+        """The forward's keyword arguments: the batch, and the output head applied at ``keep`` positions only
+        (with Qwen2.5's 151,936-row head, full logits of 256 rows x 60 positions are 9.3 GB of float32)."""
+        return {**self.batch.model_inputs(), "logits_to_keep": self.keep}
 
     def repeat(self, times: int) -> TargetBatch:
-        return TargetBatch(self.batch.repeat(times), self.positions.repeat(times, 1), self.target)
+        return TargetBatch(self.batch.repeat(times), self.target)
 
 
 def target_batch(probes: Sequence[RenderedProbe], target_ids: Sequence[int], pad: int, device: torch.device) -> TargetBatch:
     rows = [list(p.ids) + list(target_ids) for p in probes]
-    batch = encode_ids(rows, pad, device)
-    offsets = torch.arange(len(target_ids), device=device)
-    positions = torch.stack([
-        batch.pad(row) + len(probe.ids) - 1 + offsets for row, probe in enumerate(probes)
-    ])
-    return TargetBatch(batch, positions, torch.tensor(list(target_ids), device=device))
+    return TargetBatch(encode_ids(rows, pad, device), torch.tensor(list(target_ids), device=device))
 
 
-def at_target(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
-    """``[batch, target_len, vocab]`` logits at the target positions."""
-    index = batch.positions[..., None].expand(-1, -1, logits.shape[-1])
-    return logits.gather(1, index)
+def at_target(kept: torch.Tensor) -> torch.Tensor:
+    """``[batch, target_len, vocab]`` float32 from the ``[batch, keep, vocab]`` logits a forward with
+    ``TargetBatch.inputs()`` returns: the last position predicts past the target and is dropped."""
+    return kept[:, :-1].float()
+
+
+@torch.no_grad()
+def target_logits(model: PreTrainedModel, targets: TargetBatch) -> torch.Tensor:
+    """``[batch, target_len, vocab]`` logits predicting each target token."""
+    return at_target(model(**targets.inputs()).logits)
 
 
 def target_logprob(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
-    """``[batch]`` summed log-probability of the target tokens."""
-    log_probs = F.log_softmax(at_target(logits, batch), dim=-1)
+    """``[batch]`` summed log-probability of the target tokens; ``logits`` ``[batch, target_len, vocab]``."""
+    log_probs = F.log_softmax(logits, dim=-1)
     return log_probs.gather(-1, batch.target[None, :, None].expand(log_probs.shape[0], -1, 1)).squeeze(-1).sum(-1)
 
 
 def target_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
-    """``[batch]`` bool: greedy decoding would emit the whole target."""
-    return (at_target(logits, batch).argmax(-1) == batch.target[None, :]).all(-1)
+    """``[batch]`` bool: greedy decoding would emit the whole target; ``logits`` ``[batch, target_len, vocab]``."""
+    return (logits.argmax(-1) == batch.target[None, :]).all(-1)
 
 
-def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
-    """``[batch]`` mean KL(logits || reference) over the target positions."""
-    log_p = F.log_softmax(at_target(logits, batch), dim=-1)
-    log_q = F.log_softmax(at_target(reference_logits, batch), dim=-1)
+def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """``[batch]`` mean KL(logits || reference) over the target positions, both ``[batch, target_len, vocab]``."""
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(reference_logits, dim=-1)
     # Never negative; rounding noise (-2.8e-10 with every head patched) is clamped rather than printed.
     return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).mean(-1)
