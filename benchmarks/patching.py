@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {
-    "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512),
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864),
+    "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512, head_dim=32),
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+                 head_dim=64),
 }
 QWEN_VOCAB_SIZE = 151_936
 
@@ -83,7 +84,7 @@ def _run(path: str, args: argparse.Namespace) -> dict:
             batched = PatchSource(tuple(v.repeat(len(chunk), 1, 1) for v in source.values), source.o_proj_delta)
             with patcher.patched(batched, masks_for(chunk, layers, heads, args.probes)) as run:
                 out = at_target(run(targets.repeat(len(chunk)).inputs()))
-            kl = target_kl(out, reference_logits.repeat(len(chunk), 1, 1)).view(len(chunk), args.probes).mean(-1)
+            kl = target_kl(out, reference_logits).view(len(chunk), args.probes).mean(-1)
             results += kl.tolist()
             forwards += 1
     else:
@@ -122,8 +123,9 @@ def main() -> None:
     measured = {}
     for path in ("target", "full"):
         command = [sys.executable, __file__, *sys.argv[1:], "--only", path]
-        done = subprocess.run(command, capture_output=True, text=True, check=True,
-                              env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        if done.returncode != 0:
+            raise SystemExit(f"the {path} path failed:\n{done.stderr}")
         measured[path] = json.loads(done.stdout.strip().splitlines()[-1])
     print("| path | forwards | seconds | peak MB (both models included) |")
     print("|---|---|---|---|")

@@ -60,7 +60,7 @@ class _Evaluator:
             repeated = self.targets.repeat(times)
             with self.patcher.patched(source, masks) as run:
                 patched = at_target(run(repeated.inputs()))
-            kl = target_kl(patched, self.reference_logits.repeat(times, 1, 1)).view(times, self.probes)
+            kl = target_kl(patched, self.reference_logits).view(times, self.probes)
             hits = target_hits(patched, repeated).float().view(times, self.probes)
             results += [(float(k.mean()), float(h.mean())) for k, h in zip(kl, hits)]
         return results

@@ -59,8 +59,9 @@ def target_logits(model: PreTrainedModel, targets: TargetBatch) -> torch.Tensor:
 
 def target_logprob(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
     """``[batch]`` summed log-probability of the target tokens; ``logits`` ``[batch, target_len, vocab]``."""
-    log_probs = F.log_softmax(logits, dim=-1)
-    return log_probs.gather(-1, batch.target[None, :, None].expand(log_probs.shape[0], -1, 1)).squeeze(-1).sum(-1)
+    # The target's logit minus the log-partition: no vocabulary-sized log-softmax is materialised.
+    picked = logits.gather(-1, batch.target[None, :, None].expand(logits.shape[0], -1, 1)).squeeze(-1)
+    return (picked - logits.logsumexp(-1)).sum(-1)
 
 
 def target_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
@@ -69,8 +70,15 @@ def target_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
 
 
 def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
-    """``[batch]`` mean KL(logits || reference) over the target positions, both ``[batch, target_len, vocab]``."""
-    log_p = F.log_softmax(logits, dim=-1)
+    """``[batch]`` mean KL(logits || reference) over the target positions: ``logits`` ``[batch, target_len, vocab]``,
+    ``reference_logits`` the same, or ``[probes, target_len, vocab]`` when ``logits`` stacks several configurations
+    of the same probes (configuration-major); the reference is then read once per configuration, never repeated."""
+    probes = reference_logits.shape[0]
     log_q = F.log_softmax(reference_logits, dim=-1)
+    out = []
+    # A configuration at a time: the temporaries are [probes, target_len, vocab], whatever the batch.
+    for chunk in logits.split(probes):
+        log_p = F.log_softmax(chunk, dim=-1)
+        out.append(F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1))
     # Never negative; rounding noise (-2.8e-10 with every head patched) is clamped rather than printed.
-    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).mean(-1)
+    return torch.cat(out).clamp_min(0).mean(-1)
