@@ -29,6 +29,7 @@ from scanner.inputs.tokenizer import faithful_tokenizer
 from scanner.measure.ablation import clean_head_means, measure_ablation
 from scanner.measure.attention import measure_attention
 from scanner.measure.attribution import measure_attribution
+from scanner.measure.attribution_patching import estimate_patching
 from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean, ordinary_logprob, strongest_position
 from scanner.measure.discovery import discover
 from scanner.measure.head_patching import measure_patching, reference_source
@@ -273,10 +274,11 @@ def _localise(
         threshold = options.kl_threshold if options.kl_threshold is not None else max(MIN_THRESHOLD, 2 * behaviour.kl_clean)
         budget = min(options.patch_budget, heads)
         task = progress.start(f"head patching {trigger}", budget)
+        estimates = estimate_patching(pair.suspect, suspect_sites, source, reference_logits, targets)
         found["patching"] = measure_patching(
             pair.suspect, patcher, source, reference_logits, targets, ranking=found["attention"].ranked_heads(),
-            method=options.patch_method, threshold=threshold, budget=budget,
-            rows_per_forward=options.rows_per_forward, on_step=lambda: progress.advance(task),
+            method=options.patch_method, threshold=threshold, budget=budget, rows_per_forward=options.rows_per_forward,
+            estimates=estimates, on_step=lambda: progress.advance(task),
         )
         progress.finish(task)
     return found

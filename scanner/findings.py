@@ -53,7 +53,7 @@ from scanner.findings_repair import RepairFindings
 from scanner.inputs.probes import POSITIONS
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 NOISE_FLOOR_KL = 0.05
 """Clean-probe output KL below this (nats) counts as this much in the KL ratio.
@@ -368,9 +368,20 @@ class PatchStep:
 
 
 @dataclass(frozen=True)
+class HeadEstimate:
+    """One head patched alone: attribution patching's estimate of the change in target KL, and the exact change."""
+
+    layer: int
+    head: int
+    estimated: float
+    exact: float
+
+
+@dataclass(frozen=True)
 class PatchingFindings:
     method: str
-    """``ranked`` (by attention KL, triggered minus clean) or ``greedy``."""
+    """``ranked`` (by attention KL, triggered minus clean), ``atp`` (by attribution patching's estimate) or
+    ``greedy``."""
     threshold: float
     budget: int
     initial_kl: float
@@ -384,6 +395,11 @@ class PatchingFindings:
     """Heads patched when attack success first fell to ``reference_attack_success``; ``None`` if it never did."""
     all_heads_kl: float
     """KL with every head of every layer patched: what patching heads can reach at best."""
+    estimated_effect: tuple[tuple[float, ...], ...] = ()
+    """``[layer][head]``: attribution patching's first-order estimate of the change in target KL when that head alone
+    is patched (one forward and one backward for all of them; negative brings the suspect closer)."""
+    checked: tuple[HeadEstimate, ...] = ()
+    """The heads the estimate ranks first, each patched alone exactly: where estimate and measurement disagree."""
 
     __derived__: ClassVar[tuple[str, ...]] = ("disabling_heads",)
 

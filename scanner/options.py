@@ -14,7 +14,7 @@ from scanner.errors import InputError
 from scanner.inputs.probes import POSITIONS
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-PATCH_METHODS = ("ranked", "greedy")
+PATCH_METHODS = ("ranked", "atp", "greedy")
 PROBE_MODES = ("auto", "builtin")
 DEFAULT_PATCH_BUDGET = 128
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")

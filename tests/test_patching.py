@@ -113,3 +113,56 @@ def test_patched_block_cleans_up(setting):
         assert torch.allclose(run(targets.batch.model_inputs()), logits(plain, targets.batch), atol=1e-5)
     batch = encode_ids([targets.batch.input_ids[0].tolist()], 0, torch.device("cpu"))
     assert torch.allclose(logits(suspect, batch), logits(plain, batch), atol=1e-5)
+
+
+def _alpha_derivative(model, reference, layer, head, source, targets, reference_logits):
+    """Hand-written reference for one head's AtP estimate: d/d(alpha) of the mean target KL when the head's
+    ``o_proj`` contribution moves alpha of the way to the reference's, at alpha = 0, by autograd on alpha alone."""
+    from scanner.model.teacher_forcing import at_target, target_kl
+
+    config = model.config
+    head_dim = config.head_dim
+    part = slice(head * head_dim, (head + 1) * head_dim)
+    alpha = torch.zeros((), requires_grad=True)
+    o_proj = model.model.layers[layer].self_attn.o_proj
+    w_ref = reference.model.layers[layer].self_attn.o_proj.weight
+
+    def post(module, args, output):
+        change = source.values[layer][..., part] @ w_ref[:, part].T - args[0][..., part] @ module.weight[:, part].T
+        return output + alpha * change
+
+    handle = o_proj.register_forward_hook(post)
+    try:
+        with torch.enable_grad():
+            kl = target_kl(at_target(model(**targets.inputs()).logits), reference_logits).mean()
+            (gradient,) = torch.autograd.grad(kl, alpha)
+    finally:
+        handle.remove()
+    return float(gradient)
+
+
+def test_attribution_patching_estimates_equal_the_derivative_along_each_patch(setting):
+    from scanner.measure.attribution_patching import atp_ranking, estimate_patching
+
+    suspect, plain, reference, targets, source, reference_logits = setting
+    estimates = estimate_patching(suspect, sites_for(suspect), source, reference_logits, targets)
+    assert estimates.shape == (suspect.config.num_hidden_layers, suspect.config.num_attention_heads)
+    for layer, head in [(0, 1), (2, 3), atp_ranking(estimates)[0]]:
+        expected = _alpha_derivative(plain, reference, layer, head, source, targets, reference_logits)
+        assert float(estimates[layer, head]) == pytest.approx(expected, rel=1e-3, abs=1e-5), (layer, head)
+
+
+def test_the_atp_method_disables_the_backdoor_and_checks_its_estimates_exactly(setting):
+    from scanner.measure.attribution_patching import estimate_patching
+    from scanner.measure.head_patching import CHECKED, measure_patching
+
+    suspect, _, _, targets, source, reference_logits = setting
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    estimates = estimate_patching(suspect, sites_for(suspect), source, reference_logits, targets)
+    found = measure_patching(suspect, patcher, source, reference_logits, targets, ranking=[], method="atp",
+                             threshold=0.05, budget=patcher.layers * patcher.heads, rows_per_forward=64, estimates=estimates)
+    assert found.initial_attack_success > 0.5 and found.heads_to_disable is not None
+    assert len(found.checked) == CHECKED and found.checked[0].estimated == min(c.estimated for c in found.checked)
+    # The head the estimate ranks first, patched alone, does bring the suspect closer to the reference.
+    assert found.checked[0].exact < 0
+    assert [(s.layer, s.head) for s in found.steps[:3]] == [(c.layer, c.head) for c in found.checked[:3]]

@@ -67,7 +67,8 @@ def _ordered(positions: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=16, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--patch-method", type=click.Choice(PATCH_METHODS), default="ranked", show_default=True,
-              help="ranked: heads in order of attention KL; greedy: at each step the head that lowers output KL most.")
+              help="ranked: heads in order of attention KL; atp: in order of attribution patching's estimate (one "
+                   "backward for every head); greedy: at each step the head that lowers output KL most.")
 @click.option("--kl-threshold", type=click.FloatRange(0, min_open=True), default=None,
               help="Output KL (nats) under which patching counts as done. Default: twice the clean-probe KL, at least 0.05.")
 @click.option("--patch-budget", type=click.IntRange(1), default=DEFAULT_PATCH_BUDGET, show_default=True,

@@ -4,8 +4,10 @@ Heads are patched cumulatively on the triggered probes followed by the
 suspect's recovered target. After each step the output KL to the reference
 over the target positions and the attack success (greedy decoding would still
 emit the target) are recorded. ``ranked`` takes heads in a given order (by
-default trigger-specific attention KL); ``greedy`` evaluates every remaining
-head at each step, batched, and keeps the one that lowers the KL most.
+default trigger-specific attention KL), ``atp`` by attribution patching's
+estimate; ``greedy`` evaluates every remaining head at each step, batched, and
+keeps the one that lowers the KL most. Whatever the method, the heads the
+estimate ranks first are also patched alone and exactly, and both numbers kept.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from scanner.findings import PatchingFindings, PatchStep
+from scanner.findings import HeadEstimate, PatchingFindings, PatchStep
+from scanner.measure.attribution_patching import atp_ranking
 from scanner.model.forward import capture
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites
 from scanner.model.teacher_forcing import TargetBatch, at_target, target_hits, target_kl, target_logits
 
 Head = tuple[int, int]
+
+CHECKED = 8
+"""Heads attribution patching ranks first that are also patched alone, exactly: one batched evaluation."""
 
 
 @torch.no_grad()
@@ -69,9 +75,11 @@ class _Evaluator:
 def measure_patching(
     suspect: PreTrainedModel, patcher: HeadPatcher, source: PatchSource, reference_logits: torch.Tensor,
     targets: TargetBatch, *, ranking: Sequence[Head], method: str, threshold: float, budget: int,
-    rows_per_forward: int, on_step: Callable[[], None] | None = None,
+    rows_per_forward: int, estimates: torch.Tensor | None = None, on_step: Callable[[], None] | None = None,
 ) -> PatchingFindings:
-    """``on_step()`` is called once per head added, whichever the method."""
+    """``on_step()`` is called once per head added, whichever the method. ``estimates``: ``[layer, head]``
+    attribution patching's estimates (``attribution_patching.estimate_patching``); ``atp`` ranks by them and needs
+    them, the other methods record them beside the exact effect of the ``CHECKED`` heads they rank first."""
     evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward)
     report = on_step or (lambda: None)
     suspect_logits = target_logits(suspect, targets)
@@ -83,7 +91,11 @@ def measure_patching(
     all_heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     budget = min(budget, len(all_heads))
     steps: list[PatchStep] = []
-    if method == "ranked":
+    if method in ("ranked", "atp"):
+        if method == "atp":
+            if estimates is None:
+                raise ValueError("the atp patching method needs attribution patching's estimates")
+            ranking = atp_ranking(estimates)
         order = list(ranking)[:budget]
         chunk_size = evaluate.per_forward
         for start in range(0, budget, chunk_size):
@@ -107,13 +119,20 @@ def measure_patching(
             if scores[best][0] < threshold:
                 break
     else:
-        raise ValueError(f"unknown patching method {method!r}; expected ranked or greedy")
+        raise ValueError(f"unknown patching method {method!r}; expected ranked, atp or greedy")
     needed = next((i + 1 for i, step in enumerate(steps) if step.output_kl < threshold), None)
     disabled = 0 if initial_success <= floor else next(
         (i + 1 for i, step in enumerate(steps) if step.attack_success <= floor), None)
     (all_kl, _), = evaluate([all_heads])
+    checked: tuple[HeadEstimate, ...] = ()
+    if estimates is not None:
+        top = atp_ranking(estimates)[:CHECKED]
+        checked = tuple(HeadEstimate(layer, head, float(estimates[layer, head]), kl - initial_kl)
+                        for (layer, head), (kl, _) in zip(top, evaluate([[h] for h in top])))
     return PatchingFindings(
         method=method, threshold=threshold, budget=budget, initial_kl=initial_kl,
         initial_attack_success=initial_success, reference_attack_success=floor, steps=tuple(steps), heads_needed=needed,
         heads_to_disable=disabled, all_heads_kl=all_kl,
+        estimated_effect=() if estimates is None else tuple(tuple(float(x) for x in row) for row in estimates.tolist()),
+        checked=checked,
     )
