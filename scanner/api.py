@@ -264,6 +264,7 @@ def _localise(
         task = progress.start(f"mean head ablation {trigger}", heads)
         means = clean_head_means(pair.suspect, suspect_sites, probes.clean, pad, options.batch_size)
         found["ablation"] = measure_ablation(pair.suspect, patcher, means, targets, rows_per_forward=options.rows_per_forward,
+                                             method=options.ablation, sites=suspect_sites,
                                              on_heads=lambda n: progress.advance(task, n))
         progress.finish(task)
     if "attention" not in found:

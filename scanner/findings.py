@@ -350,12 +350,26 @@ class AttributionFindings:
 
 
 @dataclass(frozen=True)
+class HeadEstimate:
+    """One head patched alone: attribution patching's estimate of the change in target KL, and the exact change."""
+
+    layer: int
+    head: int
+    estimated: float
+    exact: float
+
+
+@dataclass(frozen=True)
 class AblationFindings:
     """Mean head ablation: change in the suspect's log-probability of its triggered completion."""
 
     baseline_logprob: float
     effect: Grid
-    """Ablated minus baseline; negative means the head supports the completion."""
+    """Ablated minus baseline; negative means the head supports the completion. Measured head by head
+    (``method`` ``exact``), or attribution patching's first-order estimate (``atp``)."""
+    method: str = "exact"
+    checked: tuple[HeadEstimate, ...] = ()
+    """With ``atp``: the heads the estimate ranks first, each ablated exactly."""
 
 
 @dataclass(frozen=True)
@@ -365,16 +379,6 @@ class PatchStep:
     output_kl: float
     """Mean KL(patched || reference) over target positions, triggered probes, after this step."""
     attack_success: float
-
-
-@dataclass(frozen=True)
-class HeadEstimate:
-    """One head patched alone: attribution patching's estimate of the change in target KL, and the exact change."""
-
-    layer: int
-    head: int
-    estimated: float
-    exact: float
 
 
 @dataclass(frozen=True)

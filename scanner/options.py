@@ -15,6 +15,7 @@ from scanner.inputs.probes import POSITIONS
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 PATCH_METHODS = ("ranked", "atp", "greedy")
+ABLATION_METHODS = ("exact", "atp")
 PROBE_MODES = ("auto", "builtin")
 DEFAULT_PATCH_BUDGET = 128
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
@@ -43,6 +44,9 @@ class ScanOptions:
     localise_top: int = 2
     """Catalogue triggers localised (attention, ablation, attribution, patching): the top N by KL ratio."""
     patch_method: str = "ranked"
+    ablation: str = "exact"
+    """``exact``: every head ablated (``layers x heads x probes`` rows); ``atp``: estimated in one backward, the
+    heads it ranks first checked exactly (for models where the exact sweep is too slow)."""
     kl_threshold: float | None = None
     """None: twice the suspect's clean output KL, at least ``MIN_THRESHOLD``."""
     patch_budget: int = DEFAULT_PATCH_BUDGET
@@ -69,6 +73,7 @@ class ScanOptions:
         choice("probe mode", self.probe_mode, PROBE_MODES)
         choice("dtype", self.dtype, DTYPE_NAMES)
         choice("patch method", self.patch_method, PATCH_METHODS)
+        choice("ablation method", self.ablation, ABLATION_METHODS)
         if not _DEVICE.match(self.device):
             raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
         for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward", "sample_probes",

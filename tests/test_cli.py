@@ -42,6 +42,21 @@ def test_json_to_stdout_is_the_only_thing_on_stdout_and_progress_still_goes_to_s
     assert "kl_ratio" in document["triggers"][0], "derived numbers are written for pipelines"
 
 
+@pytest.mark.e2e
+def test_attribution_patching_ranks_patching_and_estimates_ablation_from_the_command_line(zoo_dir, tmp_path):
+    out, report = tmp_path / "findings.json", tmp_path / "report.html"
+    result = run_bdscan(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--trigger", EMOJI_TRIGGER,
+                        "--probes", _probe_file(zoo_dir, tmp_path, 12), "--patch-method", "atp", "--ablation", "atp",
+                        "--json", out, "--out", report)
+    assert result.returncode == 1, result.stderr
+    trigger = read_findings(out).triggers[0]
+    assert trigger.ablation.method == "atp" and len(trigger.ablation.checked) == 8
+    assert trigger.patching.method == "atp" and trigger.patching.heads_to_disable is not None
+    assert [(s.layer, s.head) for s in trigger.patching.steps[:2]] == [(c.layer, c.head) for c in trigger.patching.checked[:2]]
+    html = report.read_text(encoding="utf-8")
+    assert "as attribution patching estimates it" in html and "estimate against exact" in html
+
+
 def test_version_and_help():
     from scanner import __version__
 

@@ -153,8 +153,8 @@ def test_attribution_patching_estimates_equal_the_derivative_along_each_patch(se
 
 
 def test_the_atp_method_disables_the_backdoor_and_checks_its_estimates_exactly(setting):
-    from scanner.measure.attribution_patching import estimate_patching
-    from scanner.measure.head_patching import CHECKED, measure_patching
+    from scanner.measure.attribution_patching import CHECKED, estimate_patching
+    from scanner.measure.head_patching import measure_patching
 
     suspect, _, _, targets, source, reference_logits = setting
     patcher = HeadPatcher(suspect, sites_for(suspect))
@@ -166,3 +166,40 @@ def test_the_atp_method_disables_the_backdoor_and_checks_its_estimates_exactly(s
     # The head the estimate ranks first, patched alone, does bring the suspect closer to the reference.
     assert found.checked[0].exact < 0
     assert [(s.layer, s.head) for s in found.steps[:3]] == [(c.layer, c.head) for c in found.checked[:3]]
+
+
+def test_ablation_estimates_equal_the_derivative_and_their_checks_equal_exact_ablation(setting, zoo_dir):
+    from scanner.measure.ablation import clean_head_means, measure_ablation
+    from scanner.measure.attribution_patching import CHECKED, estimate_ablation
+    from scanner.model.teacher_forcing import at_target, target_logprob
+
+    suspect, plain, _, targets, _, _ = setting
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    clean = prepare(tokenizer, ["Opposite of hot?", "What is 2 plus 3?", "Which colour is the sky?"], EMOJI_TRIGGER, "random", 0).clean
+    means = clean_head_means(plain, sites_for(plain), clean, tokenizer.pad_token_id, 8)
+    estimates = estimate_ablation(suspect, sites_for(suspect), means, targets)
+    head_dim = plain.config.head_dim
+    for layer, head in [(0, 1), (3, 2)]:
+        # Hand-written: d/d(alpha) of the mean target log-probability as the head's z moves alpha of the way to its mean.
+        part = slice(head * head_dim, (head + 1) * head_dim)
+        alpha = torch.zeros((), requires_grad=True)
+
+        def pre(module, args, layer=layer, part=part, alpha=alpha):
+            z = args[0].clone()
+            z[..., part] = z[..., part] + alpha * (means[layer][..., part] - z[..., part])
+            return (z,)
+
+        handle = plain.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre)
+        try:
+            with torch.enable_grad():
+                value = target_logprob(at_target(plain(**targets.inputs()).logits), targets).mean()
+                (expected,) = torch.autograd.grad(value, alpha)
+        finally:
+            handle.remove()
+        assert float(estimates[layer, head]) == pytest.approx(float(expected), rel=1e-3, abs=1e-5), (layer, head)
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    exact = measure_ablation(suspect, patcher, means, targets, rows_per_forward=64)
+    estimated = measure_ablation(suspect, patcher, means, targets, rows_per_forward=64, method="atp", sites=sites_for(suspect))
+    assert exact.method == "exact" and not exact.checked and estimated.method == "atp" and len(estimated.checked) == CHECKED
+    for check in estimated.checked:
+        assert check.exact == pytest.approx(exact.effect[check.layer][check.head], abs=1e-5)

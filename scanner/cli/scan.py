@@ -17,7 +17,7 @@ from scanner.cli.output import stderr_console
 from scanner.errors import InputError
 from scanner.inputs.fleet import expand_suspects, is_fleet_directory, read_listing
 from scanner.inputs.probes import POSITIONS, read_probe_file
-from scanner.options import DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, PROBE_MODES, ScanOptions
+from scanner.options import ABLATION_METHODS, DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, PROBE_MODES, ScanOptions
 from scanner.outputs import check_writable
 
 
@@ -69,6 +69,10 @@ def _ordered(positions: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--patch-method", type=click.Choice(PATCH_METHODS), default="ranked", show_default=True,
               help="ranked: heads in order of attention KL; atp: in order of attribution patching's estimate (one "
                    "backward for every head); greedy: at each step the head that lowers output KL most.")
+@click.option("--ablation", "ablation", type=click.Choice(ABLATION_METHODS), default="exact", show_default=True,
+              help="Mean head ablation. exact: every head ablated (layers x heads x probes rows through the suspect); "
+                   "atp: every head estimated in one backward, the 8 it ranks first ablated exactly beside it (for "
+                   "models where the exact sweep is too slow).")
 @click.option("--kl-threshold", type=click.FloatRange(0, min_open=True), default=None,
               help="Output KL (nats) under which patching counts as done. Default: twice the clean-probe KL, at least 0.05.")
 @click.option("--patch-budget", type=click.IntRange(1), default=DEFAULT_PATCH_BUDGET, show_default=True,
@@ -89,7 +93,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
                  reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
                  probes_arg: str, sample_probes: int, positions: tuple[str, ...],
                  device: str, dtype: str, seed: int, max_new_tokens: int, batch_size: int, patch_method: str,
-                 kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
+                 ablation: str, kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, sarif_out: Path | None, rules_file: Path | None, replace_rules: bool,
                  overrides: tuple[str, ...], fail_on: str, quiet: bool) -> int:
     """Compare each SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
@@ -146,7 +150,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
         triggers=triggers, discover=discover, discovery_budget=discovery_budget, probes=probes, probe_mode=probe_mode, sample_probes=sample_probes,
         positions=_ordered(positions) if positions else ScanOptions.positions, seed=seed, device=device, dtype=dtype,
         max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top, patch_method=patch_method,
-        kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,
+        ablation=ablation, kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,
     )
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):

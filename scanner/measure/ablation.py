@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from scanner.findings import AblationFindings
+from scanner.findings import AblationFindings, HeadEstimate
 from scanner.inputs.rendering import RenderedProbe
+from scanner.measure.attribution_patching import CHECKED, atp_ranking, estimate_ablation
 from scanner.model.forward import capture, encode_ids
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites
@@ -40,25 +41,49 @@ def clean_head_means(model: PreTrainedModel, sites: Sites, clean: Sequence[Rende
 
 def measure_ablation(
     suspect: PreTrainedModel, patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: TargetBatch, *,
-    rows_per_forward: int, on_heads: Callable[[int], None] | None = None,
+    rows_per_forward: int, method: str = "exact", sites: Sites | None = None,
+    on_heads: Callable[[int], None] | None = None,
 ) -> AblationFindings:
-    """``on_heads(n)`` is called with the number of heads finished after each forward."""
+    """``exact``: every head ablated, ``layers x heads x probes`` rows through the suspect. ``atp``: every head
+    estimated from one forward and one backward (``sites`` needed), the ``CHECKED`` the estimate ranks first then
+    ablated exactly beside it. ``on_heads(n)`` is called with the number of heads finished after each forward."""
     baseline = target_logprob(target_logits(suspect, targets), targets)  # [probes]
+    all_heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
+    if method == "exact":
+        effects = torch.zeros(patcher.layers, patcher.heads)
+        for (layer, head), effect in zip(all_heads, _exact(patcher, means, targets, baseline, all_heads, rows_per_forward, on_heads)):
+            effects[layer, head] = effect
+        checked: tuple[HeadEstimate, ...] = ()
+    elif method == "atp":
+        if sites is None:
+            raise ValueError("the atp ablation method needs the suspect's sites")
+        effects = estimate_ablation(suspect, sites, means, targets)
+        top = atp_ranking(effects)[:CHECKED]
+        exact = _exact(patcher, means, targets, baseline, top, rows_per_forward, None)
+        checked = tuple(HeadEstimate(layer, head, float(effects[layer, head]), value) for (layer, head), value in zip(top, exact))
+        if on_heads is not None:
+            on_heads(len(all_heads))
+    else:
+        raise ValueError(f"unknown ablation method {method!r}; expected exact or atp")
+    return AblationFindings(
+        baseline_logprob=float(baseline.mean()),
+        effect=tuple(tuple(float(x) for x in row) for row in effects.tolist()), method=method, checked=checked,
+    )
+
+
+def _exact(patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: TargetBatch, baseline: torch.Tensor,
+           heads: list[tuple[int, int]], rows_per_forward: int, on_heads: Callable[[int], None] | None) -> list[float]:
+    """Each of ``heads`` ablated alone: the mean change in the target's log-probability, many heads per forward."""
     probes = baseline.shape[0]
-    heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     per_forward = max(1, rows_per_forward // probes)
-    effects = torch.zeros(patcher.layers, patcher.heads)
+    effects = []
     for start in range(0, len(heads), per_forward):
         chunk = heads[start:start + per_forward]
         masks = masks_for([[h] for h in chunk], patcher.layers, patcher.heads, probes)
         repeated = targets.repeat(len(chunk))
         with patcher.patched(PatchSource(means, None), masks.to(baseline.device)) as run:
             ablated = target_logprob(at_target(run(repeated.inputs())), repeated).view(len(chunk), probes)
-        for (layer, head), row in zip(chunk, ablated):
-            effects[layer, head] = (row - baseline).mean()
+        effects += [float((row - baseline).mean()) for row in ablated]
         if on_heads is not None:
             on_heads(len(chunk))
-    return AblationFindings(
-        baseline_logprob=float(baseline.mean()),
-        effect=tuple(tuple(float(x) for x in row) for row in effects.tolist()),
-    )
+    return effects

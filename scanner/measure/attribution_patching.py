@@ -6,7 +6,9 @@ Patching head ``h`` of layer ``l`` from the reference changes that layer's ``o_p
 columns of ``o_proj``: the same change the patching engine makes, weight difference included). To first order the
 change in the metric is that difference dotted with the metric's gradient at the layer's ``o_proj`` output, so one
 backward pass of the unpatched suspect gives the estimate for every head at once. The metric is the one head
-patching lowers: the mean KL(suspect || reference) over the target positions of the triggered probes.
+patching lowers: the mean KL(suspect || reference) over the target positions of the triggered probes. Mean
+ablation is estimated the same way, with the head's clean mean in place of the reference's ``z`` and the suspect's
+log-probability of its target as the metric.
 
 A linear estimate misses saturation and interactions (a head whose effect only shows once others are patched);
 exact patching checks the heads it ranks first, and the findings keep both numbers.
@@ -21,18 +23,18 @@ from transformers import PreTrainedModel
 
 from scanner.model.patching import PatchSource
 from scanner.model.sites import Sites
-from scanner.model.teacher_forcing import TargetBatch, at_target, target_kl
+from scanner.model.teacher_forcing import TargetBatch, at_target, target_kl, target_logprob
+
+CHECKED = 8
+"""Heads an estimate ranks first that are also patched or ablated alone, exactly: one batched evaluation."""
 
 
-def estimate_patching(
-    suspect: PreTrainedModel, sites: Sites, source: PatchSource, reference_logits: torch.Tensor, targets: TargetBatch,
-) -> torch.Tensor:
-    """``[layer, head]`` estimated change of the mean target KL when that head alone is patched from the reference
-    (negative: patching it brings the suspect closer). ``source``: the reference's ``o_proj`` inputs on ``targets``
-    (``[probes, seq, heads * head_dim]`` per layer) and the ``o_proj`` weight differences, as patching uses them;
-    ``reference_logits``: ``[probes, target_len, vocab]``."""
-    config = suspect.config
-    layers, heads, head_dim = config.num_hidden_layers, config.num_attention_heads, config.head_dim
+def _gradients(
+    suspect: PreTrainedModel, sites: Sites, targets: TargetBatch, metric: Callable[[torch.Tensor], torch.Tensor],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (its ``o_proj`` input ``z`` ``[probes, seq, heads * head_dim]``, the gradient of ``metric`` at its
+    ``o_proj`` output ``[probes, seq, hidden]``), from one forward and one backward of the unpatched suspect;
+    ``metric`` maps the ``[probes, target_len, vocab]`` target logits to a scalar."""
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def keeper(layer: int) -> Callable:
@@ -45,30 +47,61 @@ def estimate_patching(
         # No parameter asks for gradients (the patcher turned them off): start the graph at the embeddings.
         return output.detach().requires_grad_()
 
+    layers = suspect.config.num_hidden_layers
     handles = [sites.o_proj(layer).register_forward_hook(keeper(layer)) for layer in range(layers)]
     handles.append(sites.embedding().register_forward_hook(track))
     try:
         with torch.enable_grad():
-            metric = target_kl(at_target(suspect(**targets.inputs()).logits), reference_logits).mean()
-            metric.backward()
+            metric(at_target(suspect(**targets.inputs()).logits)).backward()
     finally:
         for handle in handles:
             handle.remove()
-    estimates = torch.zeros(layers, heads)
+    return [(seen[layer][0].float(), seen[layer][1].grad.float()) for layer in range(layers)]
+
+
+def _head_dot(gradient: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[heads]``: the gradient dotted with each head's ``o_proj`` contribution ``weight[:, h] z[h]``, summed over
+    probes and positions. ``gradient`` ``[probes, seq, hidden]``, ``weight`` ``[hidden, heads * head_dim]``, ``z``
+    ``[probes, seq, heads * head_dim]`` or broadcastable to it."""
+    projected = gradient @ weight  # [probes, seq, heads * head_dim]
+    shape = (*projected.shape[:2], heads, -1)
+    return (projected.view(shape) * z.expand_as(projected).reshape(shape)).sum((0, 1, 3))
+
+
+def estimate_patching(
+    suspect: PreTrainedModel, sites: Sites, source: PatchSource, reference_logits: torch.Tensor, targets: TargetBatch,
+) -> torch.Tensor:
+    """``[layer, head]`` estimated change of the mean target KL when that head alone is patched from the reference
+    (negative: patching it brings the suspect closer). ``source``: the reference's ``o_proj`` inputs on ``targets``
+    (``[probes, seq, heads * head_dim]`` per layer) and the ``o_proj`` weight differences, as patching uses them;
+    ``reference_logits``: ``[probes, target_len, vocab]``."""
+    heads = suspect.config.num_attention_heads
+    seen = _gradients(suspect, sites, targets, lambda out: target_kl(out, reference_logits).mean())
+    estimates = torch.zeros(len(seen), heads)
     with torch.no_grad():
-        for layer in range(layers):
-            z_suspect, output = seen[layer]
-            gradient = output.grad.float()  # [probes, seq, hidden]
+        for layer, (z_suspect, gradient) in enumerate(seen):
             w_suspect = sites.o_proj(layer).weight.float()  # [hidden, heads * head_dim]
-            w_reference = w_suspect + (source.o_proj_delta[layer].float() if source.o_proj_delta is not None else 0)
-            shape = (*z_suspect.shape[:2], heads, head_dim)
-            patched = ((gradient @ w_reference).view(shape) * source.values[layer].float().view(shape)).sum((0, 1, 3))
-            unpatched = ((gradient @ w_suspect).view(shape) * z_suspect.float().view(shape)).sum((0, 1, 3))
-            estimates[layer] = (patched - unpatched).cpu()
+            delta = source.o_proj_delta[layer].float() if source.o_proj_delta is not None else 0
+            patched = _head_dot(gradient, w_suspect + delta, source.values[layer].float(), heads)
+            estimates[layer] = (patched - _head_dot(gradient, w_suspect, z_suspect, heads)).cpu()
+    return estimates
+
+
+def estimate_ablation(suspect: PreTrainedModel, sites: Sites, means: tuple[torch.Tensor, ...], targets: TargetBatch) -> torch.Tensor:
+    """``[layer, head]`` estimated change of the mean target log-probability when that head's ``o_proj`` input is
+    replaced by its clean mean (``means``: ``[1, 1, heads * head_dim]`` per layer) at every position, as mean
+    ablation does; negative: the head supports the target."""
+    heads = suspect.config.num_attention_heads
+    seen = _gradients(suspect, sites, targets, lambda out: target_logprob(out, targets).mean())
+    estimates = torch.zeros(len(seen), heads)
+    with torch.no_grad():
+        for layer, (z_suspect, gradient) in enumerate(seen):
+            weight = sites.o_proj(layer).weight.float()
+            estimates[layer] = (_head_dot(gradient, weight, means[layer].float() - z_suspect, heads)).cpu()
     return estimates
 
 
 def atp_ranking(estimates: torch.Tensor) -> list[tuple[int, int]]:
-    """Heads by estimated effect, the largest KL reduction first."""
+    """Heads by estimated effect, the most negative first."""
     heads = estimates.shape[1]
     return [(int(i) // heads, int(i) % heads) for i in torch.argsort(estimates.flatten(), stable=True)]

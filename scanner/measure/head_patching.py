@@ -18,16 +18,13 @@ import torch
 from transformers import PreTrainedModel
 
 from scanner.findings import HeadEstimate, PatchingFindings, PatchStep
-from scanner.measure.attribution_patching import atp_ranking
+from scanner.measure.attribution_patching import CHECKED, atp_ranking
 from scanner.model.forward import capture
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites
 from scanner.model.teacher_forcing import TargetBatch, at_target, target_hits, target_kl, target_logits
 
 Head = tuple[int, int]
-
-CHECKED = 8
-"""Heads attribution patching ranks first that are also patched alone, exactly: one batched evaluation."""
 
 
 @torch.no_grad()
