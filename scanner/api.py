@@ -274,8 +274,14 @@ def _localise(
         source, reference_logits = reference_source(pair.reference, reference_sites, suspect_sites, targets)
         threshold = options.kl_threshold if options.kl_threshold is not None else max(MIN_THRESHOLD, 2 * behaviour.kl_clean)
         budget = min(options.patch_budget, heads)
+        estimates = None
+        # A stage of its own: one backward over every probe at once may not fit where batched patching does, and
+        # only the atp order needs it.
+        with stages.run(f"attribution_patching[{trigger}]"):
+            estimates = estimate_patching(pair.suspect, suspect_sites, source, reference_logits, targets)
+        if estimates is None and options.patch_method == "atp":
+            raise MeasurementError("the atp order needs attribution patching's estimate, which failed (see its stage)")
         task = progress.start(f"head patching {trigger}", budget)
-        estimates = estimate_patching(pair.suspect, suspect_sites, source, reference_logits, targets)
         found["patching"] = measure_patching(
             pair.suspect, patcher, source, reference_logits, targets, ranking=found["attention"].ranked_heads(),
             method=options.patch_method, threshold=threshold, budget=budget, rows_per_forward=options.rows_per_forward,

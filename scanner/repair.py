@@ -129,10 +129,11 @@ def repair(
         )
     restored_parameters = sum(parameter_count(suspect_sites, c) for c in restored)
     changed_parameters = sum(parameter_count(suspect_sites, c) for c, _ in order)
-    if restored_parameters >= WHOLE_FINE_TUNE * changed_parameters:
+    if changed_parameters and restored_parameters >= WHOLE_FINE_TUNE * changed_parameters:
         forward = [s for s in steps if s.component != FULL_REVERT]
+        backward = bool(steps) and steps[-1].component == FULL_REVERT
         how = (f"; restored one by one, {len(forward)} parts left it firing on {forward[-1].attack_success:.0%} of "
-               "selection probes and no further part kept the clean answers" if forward else "")
+               "selection probes and no further part kept the clean answers" if forward and backward else "")
         raise RepairError(
             f"only restoring every part the fine-tune changed removed {', '.join(map(repr, triggers))} "
             f"({restored_parameters / changed_parameters:.1%} of its changed parameters{how}): the repair would be "

@@ -203,3 +203,12 @@ def test_ablation_estimates_equal_the_derivative_and_their_checks_equal_exact_ab
     assert exact.method == "exact" and not exact.checked and estimated.method == "atp" and len(estimated.checked) == CHECKED
     for check in estimated.checked:
         assert check.exact == pytest.approx(exact.effect[check.layer][check.head], abs=1e-5)
+
+
+def test_attribution_patching_leaves_no_gradient_on_the_model(setting):
+    from scanner.measure.attribution_patching import estimate_patching
+
+    _, plain, _, targets, source, reference_logits = setting
+    assert any(p.requires_grad for p in plain.parameters())  # not frozen by a patcher
+    estimate_patching(plain, sites_for(plain), source, reference_logits, targets)
+    assert all(p.grad is None for p in plain.parameters())

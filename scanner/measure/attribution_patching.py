@@ -39,12 +39,12 @@ def _gradients(
 
     def keeper(layer: int) -> Callable:
         def hook(_module, args, output):
-            output.retain_grad()
             seen[layer] = (args[0].detach(), output)
         return hook
 
     def track(_module, _args, output):
-        # No parameter asks for gradients (the patcher turned them off): start the graph at the embeddings.
+        # The graph starts at the embeddings, cut from the weights: whether or not a parameter asks for gradients,
+        # none is computed or left behind on the model.
         return output.detach().requires_grad_()
 
     layers = suspect.config.num_hidden_layers
@@ -52,11 +52,12 @@ def _gradients(
     handles.append(sites.embedding().register_forward_hook(track))
     try:
         with torch.enable_grad():
-            metric(at_target(suspect(**targets.inputs()).logits)).backward()
+            value = metric(at_target(suspect(**targets.inputs()).logits))
+            gradients = torch.autograd.grad(value, [seen[layer][1] for layer in range(layers)])
     finally:
         for handle in handles:
             handle.remove()
-    return [(seen[layer][0].float(), seen[layer][1].grad.float()) for layer in range(layers)]
+    return [(seen[layer][0].float(), gradient.float()) for layer, gradient in enumerate(gradients)]
 
 
 def _head_dot(gradient: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, heads: int) -> torch.Tensor:

@@ -94,8 +94,9 @@ def clean_fit(model: PreTrainedModel, clean: CleanAnswers) -> tuple[float, float
     out = model(**clean.batch.model_inputs(), logits_to_keep=clean.keep).logits.float()
     picked = out.gather(1, clean.positions[..., None].expand(-1, -1, out.shape[-1])).log_softmax(-1)
     kept = ((picked.argmax(-1) == clean.answers) | ~clean.mask).all(-1).float().mean()
-    logprob = picked.gather(-1, clean.answers[..., None])[..., 0][clean.mask].mean()
-    return float(kept), float(logprob)
+    tokens = picked.gather(-1, clean.answers[..., None])[..., 0][clean.mask]
+    # Every answer empty: nothing to make likelier, and a mean of nothing is NaN, which no comparison passes.
+    return float(kept), float(tokens.mean()) if tokens.numel() else 0.0
 
 
 @torch.no_grad()
@@ -187,7 +188,7 @@ def choose_components(
         undo()
         steps.append(RepairStep(FULL_REVERT, changed_share(suspect, reference, *kept), worst, logprob, kept_now))
         if not removed or kept_now < least:
-            return steps, kept, False
+            return steps, [], False
     final = list(kept)
     for component in reversed(kept):
         trial = [c for c in final if c != component]

@@ -74,6 +74,8 @@ def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Ten
     ``reference_logits`` the same, or ``[probes, target_len, vocab]`` when ``logits`` stacks several configurations
     of the same probes (configuration-major); the reference is then read once per configuration, never repeated."""
     probes = reference_logits.shape[0]
+    if logits.shape[0] % probes:
+        raise ValueError(f"{logits.shape[0]} rows of logits are not whole configurations of {probes} probes")
     log_q = F.log_softmax(reference_logits, dim=-1)
     out = []
     # A configuration at a time: the temporaries are [probes, target_len, vocab], whatever the batch.
