@@ -30,7 +30,7 @@ from scanner.measure.repair_search import FULL_REVERT, KEEP_DROP, Objective, can
 from scanner.model.forward import pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prompt_sampling import sample_user_prompts
-from scanner.model.restore import Component, all_components, parameter_count
+from scanner.model.restore import Component, all_components, distinct, parameter_count
 from scanner.model.sites import sites_for
 from scanner.model.teacher_forcing import target_batch, target_logits
 from scanner.options import ScanOptions
@@ -127,8 +127,8 @@ def repair(
             "parts restored one by one, then all of them at once); nothing was written. The fine-tune's own behaviour and the "
             "trigger's cannot be told apart by part: retrain without the poisoned data"
         )
-    restored_parameters = sum(parameter_count(suspect_sites, c) for c in restored)
-    changed_parameters = sum(parameter_count(suspect_sites, c) for c, _ in order)
+    restored_parameters = sum(parameter_count(suspect_sites, c) for c in distinct(restored))
+    changed_parameters = sum(parameter_count(suspect_sites, c) for c in distinct(c for c, _ in order))
     if changed_parameters and restored_parameters >= WHOLE_FINE_TUNE * changed_parameters:
         forward = [s for s in steps if s.component != FULL_REVERT]
         backward = bool(steps) and steps[-1].component == FULL_REVERT

@@ -108,3 +108,11 @@ def test_the_repair_report_renders_in_headless_chromium(repaired_emoji, tmp_path
     assert 'id="repair"' in html and "Before and after" in html and "the behaviour is removed" in html
     assert html.count("stripe before the repair, and after") == 3  # suspect, repaired, reference
     render_in_chromium(html, "repair-report", width, tmp_path)
+
+
+def test_token_rows_the_embeddings_hold_are_counted_once():
+    from scanner.model.restore import Component, distinct
+
+    token, embeddings, head = Component("token", index=7), Component("embeddings"), Component("head", 1, 2)
+    assert distinct([token, head, embeddings]) == [head, embeddings]
+    assert distinct([token, head]) == [token, head]

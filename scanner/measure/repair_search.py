@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from scanner.findings_repair import RepairStep
 from scanner.model.forward import Batch, encode_ids
-from scanner.model.restore import Component, changed_share, restore
+from scanner.model.restore import Component, changed_share, distinct, restore
 from scanner.model.sites import Sites
 from scanner.model.teacher_forcing import TargetBatch, target_logits, target_logprob
 
@@ -186,7 +186,7 @@ def choose_components(
         undo = _apply(suspect, reference, kept)
         removed, worst, logprob, kept_now, fit = _measure(suspect.model, objectives, clean)
         undo()
-        steps.append(RepairStep(FULL_REVERT, changed_share(suspect, reference, *kept), worst, logprob, kept_now))
+        steps.append(RepairStep(FULL_REVERT, changed_share(suspect, reference, *distinct(kept)), worst, logprob, kept_now))
         if not removed or kept_now < least:
             return steps, [], False
     final = list(kept)
@@ -198,9 +198,7 @@ def choose_components(
         # Backward, a part goes back to the suspect only if the suspect's clean answers grow likelier with it: a mix
         # judged by kept answers alone sat 0.33 nats from the suspect on ``full`` where the full revert sat 0.06.
         if still and (trial_fit >= fit and answers >= kept_now if backward else answers >= min(kept_now, least)):
-            final = trial
-            fit = trial_fit
-            report(len(steps), len(order))
+            final, fit = trial, trial_fit
     _apply(suspect, reference, final)
     return steps, final, True
 

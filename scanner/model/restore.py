@@ -9,7 +9,7 @@ suspect in place and hands back an undo, so a search can try a component and tak
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +94,14 @@ def changed_share(suspect: Sites, reference: Sites, *components: Component) -> f
             delta += float((mine[index].float() - theirs[index].float()).pow(2).sum())
             base += float(theirs[index].float().pow(2).sum())
     return (delta / base) ** 0.5 if base > 0 else float(delta > 0)
+
+
+def distinct(components: Iterable[Component]) -> list[Component]:
+    """``components`` without the token rows the ``embeddings`` among them already hold: what counting parameters or
+    measuring change over a set must use, or those rows count twice."""
+    components = list(components)
+    whole = Component("embeddings") in components
+    return [c for c in components if not (whole and c.kind == "token")]
 
 
 def parameter_count(sites: Sites, component: Component) -> int:
