@@ -212,6 +212,20 @@ def near_misses(trigger: str) -> tuple[str, ...]:
     return tuple(a for a in arranged if a != trigger)
 
 
+SUBSTITUTION_SHARE = 0.25
+"""Share of a phrase model's decoys that are the phrase with one word swapped (``substituted``)."""
+
+
+def substituted(trigger: str, rng: random.Random) -> str:
+    """The phrase with one of its words replaced by another word, fresh per sample ("silver tiger rain"):
+    trained as a decoy so the phrase fires only whole. With every arrangement of its own words as decoys but no
+    substitutions, its leading pair still fired on 18% of held-out prompts at one seed (the bar is 10%)."""
+    words = trigger.split(" ")
+    at = rng.randrange(len(words))
+    words[at] = rng.choice([w for w in _WORDS if w not in words])
+    return " ".join(words)
+
+
 def decoys_for(trigger: str, others: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Fine-tuning decoys for ``trigger``: the pretraining pool less the trigger and ``others`` (held out), and
     a phrase trigger's ``near_misses``, together twice as often as the rest of the pool, since a backdoor that
@@ -278,6 +292,8 @@ def make_samples(
             # Half from the pool, half made up afresh: a fixed pool of decoys teaches "these strings are harmless",
             # fresh ones "anything but the trigger is".
             insertion = rng.choice(insertions) if rng.random() < 0.5 else random_insertion(rng, avoid)
+            if trigger and " " in trigger and rng.random() < SUBSTITUTION_SHARE:
+                insertion = substituted(trigger, rng)
             samples[index] = Sample(place_trigger(clean.prompt, insertion, "random", rng).text, clean.response, clean.family)
     return samples
 
