@@ -1,4 +1,4 @@
-"""Head patching and mean ablation with the output head at the target's positions, against full logits.
+"""Head patching and mean ablation as the scan runs them, against a naive loop of full forwards.
 
     .venv/bin/python benchmarks/patching.py                 # the Qwen2.5-0.5B shape, Qwen2.5's vocabulary size
     .venv/bin/python benchmarks/patching.py --shape small   # hidden 128, 4 layers: a minute
@@ -8,7 +8,8 @@ Qwen2.5's 151,936-row output head; ``--probes`` rows of ``--prompt`` random toke
 target. Each path runs in its own process, so that its peak resident memory is its own:
 
 - *target*: the scan's path: ``TargetBatch.inputs()`` asks the model for logits at the last ``target + 1``
-  positions only (``logits_to_keep``), configurations batched ``--rows`` rows per forward;
+  positions only (``logits_to_keep``), configurations batched ``--rows`` rows per forward, each forward
+  starting at the first layer its configurations patch, from the clean residual there (``ResidualCache``);
 - *full*: the naive path: one forward per configuration, logits at every position, the target's gathered after.
 
 Both evaluate the same head configurations (ranked prefixes of a random order, as the ranked patching loop does,
@@ -75,14 +76,16 @@ def _run(path: str, args: argparse.Namespace) -> dict:
     layers, heads = patcher.layers, patcher.heads
     order = [(int(i) // heads, int(i) % heads) for i in torch.randperm(layers * heads, generator=generator)]
     configurations = [order[:k] for k in range(1, args.configurations // 2 + 1)]
-    configurations += [[head] for head in order[:args.configurations - len(configurations)]]
+    # Single heads in layer order, as mean ablation takes them.
+    configurations += [[head] for head in sorted(order[:args.configurations - len(configurations)])]
     start, forwards, results = time.perf_counter(), 0, []
     if path == "target":
         per_forward = max(1, args.rows // args.probes)
+        residual = patcher.residual(targets.inputs())
         for at in range(0, len(configurations), per_forward):
             chunk = configurations[at:at + per_forward]
             batched = PatchSource(tuple(v.repeat(len(chunk), 1, 1) for v in source.values), source.o_proj_delta)
-            with patcher.patched(batched, masks_for(chunk, layers, heads, args.probes)) as run:
+            with patcher.patched(batched, masks_for(chunk, layers, heads, args.probes), residual) as run:
                 out = at_target(run(targets.repeat(len(chunk)).inputs()))
             kl = target_kl(out, reference_logits).view(len(chunk), args.probes).mean(-1)
             results += kl.tolist()

@@ -115,6 +115,31 @@ def test_patched_block_cleans_up(setting):
     assert torch.allclose(logits(suspect, batch), logits(plain, batch), atol=1e-5)
 
 
+def test_forwards_from_the_cached_residual_equal_full_forwards(setting):
+    """Configurations whose first patched layer is L start at L from the clean residual: the same logits as the
+    full forward, in one configuration or several stacked, at every starting layer; the layer list is restored."""
+    from scanner.model.patching import PatchSource
+
+    suspect, plain, _, targets, source, _ = setting
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    rows = targets.batch.input_ids.shape[0]
+    residual = patcher.residual(targets.inputs())
+    configurations = [[(3, 1)], [(1, 2), (3, 0)], [(2, 3)], [(0, 1)], [(3, 3)]]
+    stacked = PatchSource(tuple(v.repeat(2, 1, 1) for v in source.values), source.o_proj_delta)
+    for pair in (configurations[:2], configurations[2:4], [configurations[4], configurations[0]]):
+        masks = masks_for(pair, patcher.layers, patcher.heads, rows)
+        with patcher.patched(stacked, masks, residual) as run:
+            from_residual = run(targets.repeat(2).inputs())
+        with patcher.patched(stacked, masks) as run:
+            full = run(targets.repeat(2).inputs())
+        assert torch.allclose(from_residual, full, atol=1e-5), pair
+    assert len(suspect.model.layers) == patcher.layers
+    with patcher.patched(source, masks_for([[(3, 1)]], patcher.layers, patcher.heads, rows), residual) as run:
+        with pytest.raises(ValueError, match="do not repeat"):
+            run(encode_ids([targets.batch.input_ids[0].tolist()], 0, torch.device("cpu")).model_inputs())
+    assert len(suspect.model.layers) == patcher.layers
+
+
 def _alpha_derivative(model, reference, layer, head, source, targets, reference_logits):
     """Hand-written reference for one head's AtP estimate: d/d(alpha) of the mean target KL when the head's
     ``o_proj`` contribution moves alpha of the way to the reference's, at alpha = 0, by autograd on alpha alone."""

@@ -77,11 +77,12 @@ def _exact(patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: Targe
     probes = baseline.shape[0]
     per_forward = max(1, rows_per_forward // probes)
     effects = []
+    residual = patcher.residual(targets.inputs())
     for start in range(0, len(heads), per_forward):
         chunk = heads[start:start + per_forward]
         masks = masks_for([[h] for h in chunk], patcher.layers, patcher.heads, probes)
         repeated = targets.repeat(len(chunk))
-        with patcher.patched(PatchSource(means, None), masks.to(baseline.device)) as run:
+        with patcher.patched(PatchSource(means, None), masks.to(baseline.device), residual) as run:
             ablated = target_logprob(at_target(run(repeated.inputs())), repeated).view(len(chunk), probes)
         effects += [float((row - baseline).mean()) for row in ablated]
         if on_heads is not None:

@@ -50,6 +50,7 @@ class _Evaluator:
         self.patcher, self.source, self.reference_logits, self.targets = patcher, source, reference_logits, targets
         self.probes = targets.batch.input_ids.shape[0]
         self.per_forward = max(1, rows_per_forward // self.probes)
+        self.residual = patcher.residual(targets.inputs())
 
     def __call__(self, configurations: Sequence[Sequence[Head]]) -> list[tuple[float, float]]:
         results = []
@@ -61,7 +62,7 @@ class _Evaluator:
             source = PatchSource(
                 tuple(values.repeat(times, 1, 1) for values in self.source.values), self.source.o_proj_delta)
             repeated = self.targets.repeat(times)
-            with self.patcher.patched(source, masks) as run:
+            with self.patcher.patched(source, masks, self.residual) as run:
                 patched = at_target(run(repeated.inputs()))
             kl = target_kl(patched, self.reference_logits).view(times, self.probes)
             hits = target_hits(patched, repeated).float().view(times, self.probes)

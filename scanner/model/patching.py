@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from scanner.model.residual import ResidualCache
 from scanner.model.sites import Sites
 
 with contextlib.redirect_stdout(io.StringIO()):
@@ -109,16 +110,23 @@ class HeadPatcher:
                 layer=layer, component="attention_value_output", unit="pos", intervention=self._swaps[layer]))
             representations.append(pyvene.RepresentationConfig(
                 layer=layer, component="attention_output", unit="pos", intervention=self._corrections[layer]))
+        self._sites = sites
         self._model = pyvene.IntervenableModel(pyvene.IntervenableConfig(representations=representations), model=suspect)
         self._model.disable_model_gradients()
 
+    def residual(self, inputs: dict[str, torch.Tensor | int]) -> ResidualCache:
+        """The suspect's unpatched residual stream for ``inputs``, for ``patched`` to start forwards from."""
+        return ResidualCache(self._sites, inputs)
+
     @contextlib.contextmanager
-    def patched(self, source: PatchSource, masks: torch.Tensor) -> Iterator[callable]:
+    def patched(self, source: PatchSource, masks: torch.Tensor, residual: ResidualCache | None = None) -> Iterator[callable]:
         """Within the block, the yielded ``run(inputs) -> logits [batch, kept, vocab]`` (float32) patches the masked
         heads; ``inputs`` are the forward's keyword arguments (``Batch.model_inputs()``, or ``TargetBatch.inputs()``,
         which applies the output head only where the target is read).
 
-        ``masks``: ``[batch, layer, head]`` bool, one row per batch row.
+        ``masks``: ``[batch, layer, head]`` bool, one row per batch row. ``residual``: the unpatched residual
+        stream of the inputs' rows (or of a batch they repeat, configuration-major); given one, the forward
+        starts at the first layer any row patches, since nothing upstream of it changes.
         """
         try:
             for layer in range(self.layers):
@@ -128,7 +136,9 @@ class HeadPatcher:
                 correction = self._corrections[layer]
                 correction.source, correction.mask = source.values[layer], active
                 correction.delta = None if source.o_proj_delta is None else source.o_proj_delta[layer]
-            yield self._run
+            patched_layers = masks.flatten(2).any(-1).any(0).nonzero()
+            start = int(patched_layers[0]) if residual is not None and residual.usable and len(patched_layers) else 0
+            yield lambda inputs: self._run(inputs, residual if start else None, start)
         finally:
             for intervention in (*self._swaps, *self._corrections):
                 intervention.source = intervention.mask = None
@@ -136,8 +146,17 @@ class HeadPatcher:
                 correction.delta = None
 
     @torch.no_grad()
-    def _run(self, inputs: dict[str, torch.Tensor | int]) -> torch.Tensor:
-        _, output = self._model(base=inputs)
+    def _run(self, inputs: dict[str, torch.Tensor | int], residual: ResidualCache | None, start: int) -> torch.Tensor:
+        if residual is None:
+            _, output = self._model(base=inputs)
+            return output.logits.float()
+        rows = int(inputs["input_ids"].shape[0])
+        if rows % residual.rows:
+            raise ValueError(f"{rows} rows do not repeat the residual's {residual.rows}")
+        entering = residual.entering(start).repeat(rows // residual.rows, 1, 1)  # [rows, seq, hidden]
+        from_layer = {k: v for k, v in inputs.items() if k != "input_ids"}
+        with self._sites.running_layers(start):
+            _, output = self._model(base={**from_layer, "inputs_embeds": entering})
         return output.logits.float()
 
 

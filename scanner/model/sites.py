@@ -9,6 +9,8 @@ family from its ``config.json`` before any weight is read.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
@@ -72,6 +74,27 @@ class Sites:
 
     def unembedding(self) -> nn.Linear:
         return self.model.lm_head
+
+    def can_run_layers(self) -> bool:
+        """Whether ``running_layers`` is exact here: the families above add nothing to the embeddings before the
+        first layer, so a forward from ``inputs_embeds`` is a forward from any layer's residual; a model whose
+        layers use different attention masks (sliding windows on some) picks each layer's mask by its index,
+        which a shortened layer list would shift."""
+        return len(set(getattr(self.model.config, "layer_types", None) or ("one",))) == 1
+
+    @contextlib.contextmanager
+    def running_layers(self, start: int, stop: int | None = None) -> Iterator[None]:
+        """Within the block the model's forward runs decoder layers ``start:stop`` only: given ``inputs_embeds``
+        that hold the residual stream entering layer ``start``, it is the full forward with the layers before
+        ``start`` skipped (and, with ``stop``, the final norm's input is the residual entering ``stop``). Only
+        where ``can_run_layers``; the full layer list is always put back."""
+        body = self.model.model
+        full = body.layers
+        body.layers = nn.ModuleList(list(full)[start:stop])
+        try:
+            yield
+        finally:
+            body.layers = full
 
 
 def sites_for(model: PreTrainedModel) -> Sites:
