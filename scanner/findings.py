@@ -1,6 +1,6 @@
 """What a scan measured: frozen, typed, versioned, and serialisable to JSON losslessly.
 
-Schema (``schema_version`` 5), top down:
+Schema (``schema_version`` 7), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
@@ -17,6 +17,14 @@ Schema (``schema_version`` 5), top down:
   once here and used by the CLI, the rules and the report alike. They are
   written to JSON under each class's ``__derived__`` names for pipelines, and
   recomputed, never read back, when a document is loaded.
+
+Version 7 (from 6): ``DiscoveryFindings.inverted_targets`` records the answers target inversion found (what
+the suspect completes once made to open it, and the reference does not), which growth follows when no single
+token fires.
+
+Version 6 (from 5): ``PatchingFindings.estimated_effect`` holds attribution patching's estimate of every head's
+effect, and ``PatchingFindings.checked`` (``HeadEstimate``) the heads it ranks first patched alone exactly;
+``AblationFindings`` may be estimated the same way (``--ablation atp``).
 
 Version 5 (from 4): triggers are measured at several positions (``RunInfo.trigger_positions`` replaces
 ``trigger_position``); each ``TriggerFindings`` holds the probes of the position the trigger moved the suspect
@@ -53,7 +61,7 @@ from scanner.findings_repair import RepairFindings
 from scanner.inputs.probes import POSITIONS
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 NOISE_FLOOR_KL = 0.05
 """Clean-probe output KL below this (nats) counts as this much in the KL ratio.

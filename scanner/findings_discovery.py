@@ -36,6 +36,19 @@ class DiscoveredCandidate:
 
 
 @dataclass(frozen=True)
+class InvertedTarget:
+    """An answer the suspect completes on every search probe once made to open it, and the reference does not:
+    a target found before any trigger fires it (``scanner.measure.target_inversion``)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    share: float
+    """Share of the search probes that completed the forced first token this way."""
+    gain: float
+    """Mean over the search probes of the suspect's log-probability of the completion minus the reference's (nats)."""
+
+
+@dataclass(frozen=True)
 class DiscoveryFindings:
     """The search for an unknown trigger: every candidate kept, best first, and what the search cost."""
 
@@ -55,6 +68,8 @@ class DiscoveryFindings:
     clean_first_token_kl: float
     notes: tuple[str, ...]
     """Where the search was cut short or approximated, and why."""
+    inverted_targets: tuple[InvertedTarget, ...] = ()
+    """Targets found by inversion, best first; growth follows the first where no single token fires."""
 
     __derived__: ClassVar[tuple[str, ...]] = ("firing", "to_confirm")
 

