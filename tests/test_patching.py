@@ -228,6 +228,24 @@ def test_ablation_estimates_equal_the_derivative_and_their_checks_equal_exact_ab
     assert exact.method == "exact" and not exact.checked and estimated.method == "atp" and len(estimated.checked) == CHECKED
     for check in estimated.checked:
         assert check.exact == pytest.approx(exact.effect[check.layer][check.head], abs=1e-5)
+    # Exact ablation (forwards from the cached residual, a layer per forward) against a plain hook on the full model.
+    with torch.no_grad():
+        baseline = target_logprob(at_target(plain(**targets.inputs()).logits), targets)
+    for layer, head in [(0, 1), (2, 3), (3, 2)]:
+        part = slice(head * head_dim, (head + 1) * head_dim)
+
+        def ablate(module, args, layer=layer, part=part):
+            z = args[0].clone()
+            z[..., part] = means[layer][..., part]
+            return (z,)
+
+        handle = plain.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(ablate)
+        try:
+            with torch.no_grad():
+                ablated = target_logprob(at_target(plain(**targets.inputs()).logits), targets)
+        finally:
+            handle.remove()
+        assert exact.effect[layer][head] == pytest.approx(float((ablated - baseline).mean()), abs=1e-4), (layer, head)
 
 
 def test_attribution_patching_leaves_no_gradient_on_the_model(setting):

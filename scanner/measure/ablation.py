@@ -78,8 +78,13 @@ def _exact(patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: Targe
     per_forward = max(1, rows_per_forward // probes)
     effects = []
     residual = patcher.residual(targets.inputs())
-    for start in range(0, len(heads), per_forward):
-        chunk = heads[start:start + per_forward]
+    # A forward starts at the lowest layer it ablates in, so chunks never straddle two layers.
+    chunks: list[list[tuple[int, int]]] = []
+    for head in heads:
+        if not chunks or len(chunks[-1]) == per_forward or chunks[-1][-1][0] != head[0]:
+            chunks.append([])
+        chunks[-1].append(head)
+    for chunk in chunks:
         masks = masks_for([[h] for h in chunk], patcher.layers, patcher.heads, probes)
         repeated = targets.repeat(len(chunk))
         with patcher.patched(PatchSource(means, None), masks.to(baseline.device), residual) as run:
