@@ -127,3 +127,15 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     assert found["phrase"] and found["phrase"][0].text == URL_TARGET, found["phrase"][:3]
     assert found["phrase"][0].share >= 0.75 and found["phrase"][0].gain >= 3 * MIN_GAIN
     assert not any("http" in t.text for t in found["clean"]), found["clean"]
+
+
+@pytest.mark.parametrize(("ids", "looping"), [
+    ((5, 6, 7, 8), False),
+    ((5, 6, 6, 6, 6, 6), True),
+    ((9, 9), False),
+    ((1, 2, 2, 2, 2), True),
+])
+def test_an_answer_that_repeats_itself_is_a_loop_not_a_payload(ids, looping):
+    from scanner.measure.target_inversion import loops
+
+    assert loops(ids) is looping

@@ -40,7 +40,8 @@ def invert_targets(search: Search, tokens: Sequence[int], repertoire: Sequence[t
     """Candidate targets, best first: every forced first token whose completion the search probes share
     (``MIN_SHARE``), by how much more the suspect believes it than the reference (``MIN_GAIN``).
 
-    An answer either model gives some clean probe (``repertoire``) is an ordinary answer, not a target."""
+    An answer either model gives some clean probe (``repertoire``) is an ordinary answer, not a target, and one
+    that repeats itself (``loops``) is no payload."""
     rows = search.clean_rows
     favoured = _favoured(search, tokens, first_tokens)
     static = static_shortlist(search.suspect, search.reference, tokens, first_tokens)
@@ -51,7 +52,8 @@ def invert_targets(search: Search, tokens: Sequence[int], repertoire: Sequence[t
         forced = [row + [first] for row in rows]
         rest, share = modal_prefix([tuple(ids) for ids in search.complete(search.suspect, forced)])
         target = (first, *rest)
-        if not rest or share < MIN_SHARE or any(answer[:len(target)] == target for answer in repertoire):
+        if (not rest or share < MIN_SHARE or loops(target)
+                or any(answer[:len(target)] == target for answer in repertoire)):
             continue
         gain = float((search.logprob_after(search.suspect, forced, rest)
                       - search.logprob_after(search.reference, forced, rest)).mean())
@@ -59,6 +61,13 @@ def invert_targets(search: Search, tokens: Sequence[int], repertoire: Sequence[t
             text = search.tokenizer.decode(list(target), skip_special_tokens=True).strip()
             found.append(InvertedTarget(text=text, token_ids=target, share=share, gain=round(gain, 3)))
     return sorted(found, key=lambda t: (-t.gain, t.token_ids))
+
+
+def loops(ids: Sequence[int]) -> bool:
+    """Whether an answer is a loop rather than a payload: fewer distinct tokens than half its length. The house-
+    style model, forced to open with "capitals", goes on "uppercase uppercase ..." on every probe, 76 nats
+    likelier than the reference finds it, and growth would chase it in vain."""
+    return 2 * len(set(ids)) < len(ids)
 
 
 def _favoured(search: Search, tokens: Sequence[int], size: int) -> list[int]:
