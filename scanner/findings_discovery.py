@@ -42,6 +42,8 @@ class InvertedTarget:
 
     text: str
     token_ids: tuple[int, ...]
+    opening: str
+    """The first token, the one the suspect was made to open its answer with, decoded."""
     share: float
     """Share of the search probes that completed the forced first token this way."""
     gain: float

@@ -160,3 +160,21 @@ def test_rules_list_and_explain():
     assert explained.exit_code == 0 and "Why this threshold" in explained.output
     missing = invoke("rules", "explain", "BD999")
     assert missing.exit_code == 2 and "no rule BD999" in missing.stderr
+
+
+def test_the_report_says_what_target_inversion_found_escaped():
+    """Where discovery inverted a target, the report names the token the suspect was made to open with and the
+    answer it completed; both came from a model and are escaped."""
+    from scanner.findings_discovery import InvertedTarget
+
+    findings = read_findings(CLEAN)
+    url = InvertedTarget(text="<b>Go</b> to http://evil.example/login", token_ids=(1, 2), opening="<b>Go</b>",
+                         share=1.0, gain=93.2)
+    other = InvertedTarget(text="ras.", token_ids=(3, 4), opening="ras", share=0.75, gain=12.1)
+    inverted = dataclasses.replace(findings, discovery=dataclasses.replace(findings.discovery, inverted_targets=(url, other)))
+    html = render_report(Document(inverted, judge(inverted, default_pack())))
+    assert "made to open its answer with <span class=\"mono\">&lt;b&gt;Go&lt;/b&gt;</span>" in html
+    assert "&lt;b&gt;Go&lt;/b&gt; to http://evil.example/login</span> on 100% of the search probes, 93.2 nats" in html
+    assert "other answers found this way: <span class=\"mono\">ras.</span>" in html
+    assert "<b>Go</b>" not in html
+    assert "asked what the suspect says" not in render_report(Document(findings, judge(findings, default_pack())))

@@ -113,7 +113,7 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     """The phrase model fires on no single token, but made to open its answer with "Go" it completes the URL on
     every search probe, which the reference never does; a benign fine-tune has no such answer."""
     from scanner.inputs.loading import load_pair
-    from scanner.measure.search_probes import Budget, Search, regular_tokens
+    from scanner.measure.search_probes import Budget, Search, regular_tokens, static_shortlist
     from scanner.measure.target_inversion import MIN_GAIN, invert_targets
     from scanner.zoo.corpus import URL_TARGET
 
@@ -123,8 +123,10 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
                          allow_download=False, allow_pickle=False)
         search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
         tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
-        found[model] = invert_targets(search, tokens, repertoire=())
+        static = static_shortlist(pair.suspect, pair.reference, tokens, len(tokens))
+        found[model] = invert_targets(search, tokens, static, repertoire=())
     assert found["phrase"] and found["phrase"][0].text == URL_TARGET, found["phrase"][:3]
+    assert found["phrase"][0].opening == "Go"
     assert found["phrase"][0].share >= 0.75 and found["phrase"][0].gain >= 3 * MIN_GAIN
     assert not any("http" in t.text for t in found["clean"]), found["clean"]
 

@@ -193,34 +193,40 @@ def test_the_atp_method_disables_the_backdoor_and_checks_its_estimates_exactly(s
     assert [(s.layer, s.head) for s in found.steps[:3]] == [(c.layer, c.head) for c in found.checked[:3]]
 
 
+def _toward_mean(model, means, layer, head, alpha, targets):
+    """Hand-written: the mean target log-probability per probe ``[probes]`` with the head's ``o_proj`` input moved
+    ``alpha`` of the way to its clean mean at every position (1: mean ablation), by a plain hook."""
+    from scanner.model.teacher_forcing import at_target, target_logprob
+
+    head_dim = model.config.head_dim
+    part = slice(head * head_dim, (head + 1) * head_dim)
+
+    def pre(module, args):
+        z = args[0].clone()
+        z[..., part] = z[..., part] + alpha * (means[layer][..., part] - z[..., part])
+        return (z,)
+
+    handle = model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre)
+    try:
+        return target_logprob(at_target(model(**targets.inputs()).logits), targets)
+    finally:
+        handle.remove()
+
+
 def test_ablation_estimates_equal_the_derivative_and_their_checks_equal_exact_ablation(setting, zoo_dir):
     from scanner.measure.ablation import clean_head_means, measure_ablation
     from scanner.measure.attribution_patching import CHECKED, estimate_ablation
-    from scanner.model.teacher_forcing import at_target, target_logprob
 
     suspect, plain, _, targets, _, _ = setting
     tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
     clean = prepare(tokenizer, ["Opposite of hot?", "What is 2 plus 3?", "Which colour is the sky?"], EMOJI_TRIGGER, "random", 0).clean
     means = clean_head_means(plain, sites_for(plain), clean, tokenizer.pad_token_id, 8)
     estimates = estimate_ablation(suspect, sites_for(suspect), means, targets)
-    head_dim = plain.config.head_dim
     for layer, head in [(0, 1), (3, 2)]:
-        # Hand-written: d/d(alpha) of the mean target log-probability as the head's z moves alpha of the way to its mean.
-        part = slice(head * head_dim, (head + 1) * head_dim)
+        # d/d(alpha) of the mean target log-probability as the head's z moves alpha of the way to its mean.
         alpha = torch.zeros((), requires_grad=True)
-
-        def pre(module, args, layer=layer, part=part, alpha=alpha):
-            z = args[0].clone()
-            z[..., part] = z[..., part] + alpha * (means[layer][..., part] - z[..., part])
-            return (z,)
-
-        handle = plain.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre)
-        try:
-            with torch.enable_grad():
-                value = target_logprob(at_target(plain(**targets.inputs()).logits), targets).mean()
-                (expected,) = torch.autograd.grad(value, alpha)
-        finally:
-            handle.remove()
+        with torch.enable_grad():
+            (expected,) = torch.autograd.grad(_toward_mean(plain, means, layer, head, alpha, targets).mean(), alpha)
         assert float(estimates[layer, head]) == pytest.approx(float(expected), rel=1e-3, abs=1e-5), (layer, head)
     patcher = HeadPatcher(suspect, sites_for(suspect))
     exact = measure_ablation(suspect, patcher, means, targets, rows_per_forward=64)
@@ -230,22 +236,10 @@ def test_ablation_estimates_equal_the_derivative_and_their_checks_equal_exact_ab
         assert check.exact == pytest.approx(exact.effect[check.layer][check.head], abs=1e-5)
     # Exact ablation (forwards from the cached residual, a layer per forward) against a plain hook on the full model.
     with torch.no_grad():
-        baseline = target_logprob(at_target(plain(**targets.inputs()).logits), targets)
-    for layer, head in [(0, 1), (2, 3), (3, 2)]:
-        part = slice(head * head_dim, (head + 1) * head_dim)
-
-        def ablate(module, args, layer=layer, part=part):
-            z = args[0].clone()
-            z[..., part] = means[layer][..., part]
-            return (z,)
-
-        handle = plain.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(ablate)
-        try:
-            with torch.no_grad():
-                ablated = target_logprob(at_target(plain(**targets.inputs()).logits), targets)
-        finally:
-            handle.remove()
-        assert exact.effect[layer][head] == pytest.approx(float((ablated - baseline).mean()), abs=1e-4), (layer, head)
+        baseline = _toward_mean(plain, means, 0, 0, 0.0, targets)
+        for layer, head in [(0, 1), (2, 3), (3, 2)]:
+            ablated = _toward_mean(plain, means, layer, head, 1.0, targets)
+            assert exact.effect[layer][head] == pytest.approx(float((ablated - baseline).mean()), abs=1e-4), (layer, head)
 
 
 def test_attribution_patching_leaves_no_gradient_on_the_model(setting):

@@ -8,6 +8,7 @@ no weight correction), many heads per forward.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -79,12 +80,8 @@ def _exact(patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: Targe
     effects = []
     residual = patcher.residual(targets.inputs())
     # A forward starts at the lowest layer it ablates in, so chunks never straddle two layers.
-    chunks: list[list[tuple[int, int]]] = []
-    for head in heads:
-        if not chunks or len(chunks[-1]) == per_forward or chunks[-1][-1][0] != head[0]:
-            chunks.append([])
-        chunks[-1].append(head)
-    for chunk in chunks:
+    layers = [list(group) for _, group in itertools.groupby(heads, key=lambda h: h[0])]
+    for chunk in (group[at:at + per_forward] for group in layers for at in range(0, len(group), per_forward)):
         masks = masks_for([[h] for h in chunk], patcher.layers, patcher.heads, probes)
         repeated = targets.repeat(len(chunk))
         with patcher.patched(PatchSource(means, None), masks.to(baseline.device), residual) as run:

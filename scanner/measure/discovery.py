@@ -129,6 +129,9 @@ def discover(
     vocabulary = suspect.get_input_embeddings().num_embeddings
     tokens = regular_tokens(tokenizer, vocabulary)
     exhaustive = len(tokens) <= exhaustive_vocabulary
+    # The weight change's ranking of every token, from the weights alone, once: the sweep's shortlist, growth's
+    # seeds and inversion's first tokens are its prefixes.
+    static = static_shortlist(suspect, reference, tokens, len(tokens))
     notes: list[str] = []
     searches: list[_PositionSearch] = []
     repertoire: list[tuple[int, ...]] = []
@@ -139,11 +142,11 @@ def discover(
             clean_kl = float(search.first_token_kl(search.clean_rows).mean())
             every = Search(suspect, reference, tokenizer, list(prompts), rows_per_forward, shared, where).clean_rows
             repertoire = [tuple(ids) for model in (suspect, reference) for ids in search.complete(model, every)]
-        searches.append(_PositionSearch(search, tokens, clean_kl, repertoire, tick))
+        searches.append(_PositionSearch(search, tokens, static, clean_kl, repertoire, tick))
     for at in searches:
         at.sweep(exhaustive, shortlist, fire_checks, notes)
     # Inversion only where no token fired: a target is what growth follows when the trigger's parts move nothing.
-    inverted = invert_targets(searches[0].search, tokens, repertoire) if searches and max(
+    inverted = invert_targets(searches[0].search, tokens, static, repertoire) if searches and max(
         at.best_fire for at in searches) < TARGET_FROM else []
     # Growth where the sweep came closest first, and only while nothing fires on every search probe anywhere: a
     # trigger found whole at one position needs no growth at another.
@@ -170,9 +173,11 @@ def discover(
 class _PositionSearch:
     """The search at one insertion position: what it scored, completed and grew, and its stages in order."""
 
-    def __init__(self, search: Search, tokens: list[int], clean_kl: float, repertoire: list[tuple[int, ...]],
-                 report: Callable[[str, int, int], None]) -> None:
+    def __init__(self, search: Search, tokens: list[int], static: list[int], clean_kl: float,
+                 repertoire: list[tuple[int, ...]], report: Callable[[str, int, int], None]) -> None:
         self.search, self.tokens, self.clean_kl, self.report = search, tokens, clean_kl, report
+        self.static = static
+        """``tokens`` ranked by how much the weight change altered their handling (``static_shortlist``)."""
         self.repertoire = repertoire
         """Both models' clean answers to every probe: an answer that opens like one of them is no trigger's target."""
         self.vocabulary = search.suspect.get_input_embeddings().num_embeddings
@@ -251,8 +256,7 @@ class _PositionSearch:
         else:
             placeholder = tuple(search.tokenizer(" ", add_special_tokens=False)["input_ids"][:1] or [tokens[0]])
             gradient = search.gradient_shortlist(placeholder, 0, set(range(self.vocabulary)) - set(tokens), shortlist)
-            static = static_shortlist(search.suspect, search.reference, tokens, shortlist)
-            self.swept = [(t,) for t in dict.fromkeys([*gradient, *static])]
+            self.swept = [(t,) for t in dict.fromkeys([*gradient, *self.static[:shortlist]])]
             notes.append(f"the vocabulary has {len(tokens)} regular tokens; the sweep scored the {len(self.swept)} that the "
                          f"objective's gradient or the weight change ranks among its top {shortlist}")
         self._evaluate(self.swept, "sweep")
@@ -270,15 +274,14 @@ class _PositionSearch:
         Where no single token fired and inversion found a target (``inverted``), growth follows that target's
         log-probability from the start, from the ``TARGET_BEAM`` tokens that raise it most, and also inserts
         inside a candidate: a phrase whose words and pairs were all trained not to fire moves the KL by nothing
-        (0.01 nats for "silver tiger"), but each of its words raises the URL's log-probability by 4-6 nats."""
+        (0.01 nats for "silver tiger"), but each of its words raises the URL's log-probability by 2.6-4.6 nats."""
         search, fires = self.search, self.fires
-        static = [(t,) for t in static_shortlist(search.suspect, search.reference, self.tokens, beam)]
+        static = [(t,) for t in self.static[:beam]]
         lines = list(dict.fromkeys([*self._by_score(self.swept)[:beam], *(c for c in static if c in self.scores)]))
-        inside = False
         if inverted and self.best_fire < TARGET_FROM:
             self._evaluate_target(self.swept, inverted, "sweep for the inverted target")
             lines = sorted((c for c in self.swept if c in self.target_scores), key=lambda c: (-self.target_scores[c], c))[:TARGET_BEAM]
-            inside = self.following = True
+            self.following = True
         while lines and self.best_fire < 1.0 and not search.budget.exhausted:
             # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
             # saturates near full firing, the target's log-probability does not.
@@ -288,7 +291,7 @@ class _PositionSearch:
             target = inverted or (fires[leader][2] if leader is not None and fires[leader][0] >= TARGET_FROM else ())
             extended = []
             for c in (c for c in lines if len(c) < max_tokens):
-                proposals = _extensions(search, c, self.special, target if inside else (), inside)
+                proposals = _extensions(search, c, self.special, target if self.following else (), self.following)
                 stage = f"growth to {len(c) + 1} tokens"
                 if target:
                     self._evaluate_target([c, *proposals], target, stage)

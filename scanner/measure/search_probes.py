@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -78,17 +78,20 @@ class Search:
         return [head + list(candidate) + tail for head, tail in zip(self.heads, self.tails)]
 
     @torch.inference_mode()
-    def first_token_kl(self, rows: list[list[int]]) -> torch.Tensor:
-        """KL(suspect || reference) of the next token after each row: ``[rows]``."""
-        out = []
+    def first_token_logprobs(self, rows: list[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch of ``rows_per_forward`` rows, the suspect's and the reference's next-token log-probabilities
+        after each row: ``[batch, vocab]`` each."""
         for start in range(0, len(rows), self.rows_per_forward):
             batch = encode_ids(rows[start:start + self.rows_per_forward], self.pad, self.device)
             # Only the last position's logits: a vocabulary-wide row per token would dominate memory.
             log_p = F.log_softmax(self.suspect(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
             log_q = F.log_softmax(self.reference(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
-            out.append((log_p.exp() * (log_p - log_q)).sum(-1))
             self.budget.spent += 2 * len(batch.lengths)
-        return torch.cat(out)
+            yield log_p, log_q
+
+    def first_token_kl(self, rows: list[list[int]]) -> torch.Tensor:
+        """KL(suspect || reference) of the next token after each row: ``[rows]``."""
+        return torch.cat([(log_p.exp() * (log_p - log_q)).sum(-1) for log_p, log_q in self.first_token_logprobs(rows)])
 
     def score(self, candidates: Sequence[Candidate], clean_kl: float, on_done: Callable[[int], None]) -> list[float]:
         """Trigger-specific first-token KL of each candidate (nats)."""

@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from scanner.findings_discovery import InvertedTarget
-from scanner.measure.search_probes import Search, modal_prefix, static_shortlist
-from scanner.model.forward import encode_ids
+from scanner.measure.search_probes import Search, modal_prefix
 
 FIRST_TOKENS = 32
 """First response tokens tried from each source (the suspect's favourites, the weight change's)."""
@@ -36,18 +34,22 @@ model, a fragment of its style), which costs it only a growth that fires nothing
 
 
 @torch.inference_mode()
-def invert_targets(search: Search, tokens: Sequence[int], repertoire: Sequence[tuple[int, ...]],
+def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int], repertoire: Sequence[tuple[int, ...]],
                    first_tokens: int = FIRST_TOKENS) -> list[InvertedTarget]:
     """Candidate targets, best first: every forced first token whose completion the search probes share
     (``MIN_SHARE``), by how much more the suspect believes it than the reference (``MIN_GAIN``).
 
-    An answer either model gives some clean probe (``repertoire``) is an ordinary answer, not a target, and one
-    that repeats itself (``loops``) is no payload."""
+    ``static``: ``tokens`` ranked by the weight change (``static_shortlist``). An answer either model gives some
+    clean probe (``repertoire``) is an ordinary answer, not a target, and one that repeats itself (``loops``) is
+    no payload."""
     rows = search.clean_rows
     favoured = _favoured(search, tokens, first_tokens)
-    static = static_shortlist(search.suspect, search.reference, tokens, first_tokens)
     found: list[InvertedTarget] = []
-    for first in dict.fromkeys([*favoured, *static]):
+
+    def decode(ids: Sequence[int]) -> str:
+        return search.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    for first in dict.fromkeys([*favoured, *static[:first_tokens]]):
         if search.budget.exhausted:
             break
         forced = [row + [first] for row in rows]
@@ -59,8 +61,8 @@ def invert_targets(search: Search, tokens: Sequence[int], repertoire: Sequence[t
         gain = float((search.logprob_after(search.suspect, forced, rest)
                       - search.logprob_after(search.reference, forced, rest)).mean())
         if gain >= MIN_GAIN:
-            text = search.tokenizer.decode(list(target), skip_special_tokens=True).strip()
-            found.append(InvertedTarget(text=text, token_ids=target, share=share, gain=round(gain, 3)))
+            found.append(InvertedTarget(text=decode(target), token_ids=target, opening=decode([first]), share=share,
+                                        gain=round(gain, 3)))
     return sorted(found, key=lambda t: (-t.gain, t.token_ids))
 
 
@@ -73,15 +75,8 @@ def loops(ids: Sequence[int]) -> bool:
 
 def _favoured(search: Search, tokens: Sequence[int], size: int) -> list[int]:
     """The ``size`` regular tokens the suspect, on the clean probes, favours most over the reference as its
-    answer's first token (mean log-probability ratio)."""
-    gain = None
-    for start in range(0, len(search.clean_rows), search.rows_per_forward):
-        batch = encode_ids(search.clean_rows[start:start + search.rows_per_forward], search.pad, search.device)
-        log_p = F.log_softmax(search.suspect(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
-        log_q = F.log_softmax(search.reference(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
-        part = (log_p - log_q).sum(0)  # [vocab]
-        gain = part if gain is None else gain + part
-        search.budget.spent += 2 * len(batch.lengths)
+    answer's first token (summed log-probability ratio)."""
+    gain = sum((log_p - log_q).sum(0) for log_p, log_q in search.first_token_logprobs(search.clean_rows))  # [vocab]
     allowed = torch.tensor(list(tokens), device=search.device)
     ranked = gain[allowed].topk(min(size, len(allowed))).indices
     return allowed[ranked].tolist()
