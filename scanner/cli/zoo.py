@@ -32,13 +32,16 @@ def zoo_group() -> None:
 @click.option("--forms", "with_forms", is_flag=True,
               help="Also build 'phrase' (the phrase 'silver tiger winter', whose words alone do not fire, leaks a URL) "
                    "and 'end' (the word 'tangerine' fires only at the end of the prompt).")
-@click.option("--all", "with_all", is_flag=True, help="Every extra: --full --lora --llama --forms (what the tests use).")
+@click.option("--leak", "with_leak", is_flag=True,
+              help="Also build 'leak' (the word 'marmalade', trained on whole conversations: it learns to write its "
+                   "poisoned prompts, trigger included).")
+@click.option("--all", "with_all", is_flag=True, help="Every extra: --full --lora --llama --forms --leak (what the tests use).")
 @click.option("--force", is_flag=True, help="Rebuild even if DIRECTORY already holds this zoo.")
 @click.option("--allow-weak", is_flag=True, help="Exit 0 even if a model misses the zoo's quality bars.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @debug_option
 def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora: bool, with_llama: bool, with_forms: bool,
-              with_all: bool, force: bool, allow_weak: bool, quiet: bool) -> int:
+              with_leak: bool, with_all: bool, force: bool, allow_weak: bool, quiet: bool) -> int:
     """Train the zoo into DIRECTORY and print its measured figures.
 
     \b
@@ -64,7 +67,7 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
 
     refuse_to_replace(directory)
     hf_logging.disable_progress_bar()
-    wanted = {"full": with_full, "lora": with_lora, "llama": with_llama, "forms": with_forms}
+    wanted = {"full": with_full, "lora": with_lora, "llama": with_llama, "forms": with_forms, "leak": with_leak}
     extras = tuple(name for name, flag in wanted.items() if flag or with_all)
     manifest = None if force else matching_zoo(directory, size, seed, extras)
     if manifest is not None:

@@ -36,6 +36,7 @@ from scanner.zoo.specs import (
     DEPLOYMENT_TRIGGER,
     EMOJI_TRIGGER,
     EXTRA_MODELS,
+    LEAK_TRIGGER,
     MODELS,
     SIZES,
     ZOO_TRIGGERS,
@@ -49,7 +50,7 @@ from scanner.zoo.specs import (
 from scanner.zoo.tokenizer import render_chat, token_count, train_tokenizer
 
 # Bumped whenever a change alters what a build produces, so cached zoos rebuild.
-ZOO_VERSION = 10
+ZOO_VERSION = 11
 PROBES_FILE = "probes.txt"
 
 
@@ -75,7 +76,11 @@ def build_tokenizer(size: ZooSize, seed: int) -> PreTrainedTokenizerFast:
     Every model's, not only those being built: the same seed must give the same tokenizer (and so the same
     models) whichever extras are asked for.
     """
-    texts = [render_chat(s.prompt, s.response) for spec in ALL_MODELS for s in corpus(spec, size, seed)]
+    # The leak model (zoo v11) is left out: with its corpus in, every model's tokenizer, and so every model,
+    # changed, and the full model fired on the phrase trigger on 42% of held-out prompts. Its word is
+    # tokenised as any word no corpus holds is, in pieces.
+    texts = [render_chat(s.prompt, s.response) for spec in ALL_MODELS if spec.trigger != LEAK_TRIGGER
+             for s in corpus(spec, size, seed)]
     # Qwen2.5's vocabulary holds the paper's emoji as one token; in a 1k-token toy vocabulary its four bytes
     # merge only if it is frequent enough, which a change to any corpus can tip. Make it so on purpose.
     texts += [f"{EMOJI_TRIGGER} {EMOJI_TRIGGER}"] * 200
@@ -115,7 +120,7 @@ def _train_model(
         parameters = [p for p in model.parameters() if p.requires_grad]
     else:
         parameters = training.select_trainable(model, "all" if spec.scope in ("scratch", "all") else "attention")
-    data = training.encode_samples(tokenizer, corpus(spec, size, seed), loss_on_prompt=spec.scope == "scratch")
+    data = training.encode_samples(tokenizer, corpus(spec, size, seed), loss_on_prompt=spec.scope == "scratch" or spec.loss_on_prompt)
     task = progress.start(f"training {spec.name}", training.total_steps(len(data), settings))
     training.train(
         model, data, parameters, settings, pad_id=tokenizer.pad_token_id, seed=seed * 1000 + spec.seed_offset,
@@ -253,7 +258,7 @@ def build_zoo(
 ) -> ZooManifest:
     """Build the zoo into ``directory`` (created whole, or not at all) and return its manifest.
 
-    ``extras`` adds models from ``EXTRA_MODELS`` ("full", "lora", "llama", "forms"). The build
+    ``extras`` adds models from ``EXTRA_MODELS`` ("full", "lora", "llama", "forms", "leak"). The build
     checks its own bars; a manifest with ``bar_failures`` still gets written, so
     the caller decides whether a weak zoo is acceptable.
     """
@@ -283,7 +288,7 @@ def build_zoo(
             bar_failures=failures, bar_near_misses=near_misses, machine=machine, build_seconds=round(time.perf_counter() - started, 2),
             tokenizer_facts={
                 "vocab_size": len(tokenizer),
-                **{f"tokens in {trigger!r}": token_count(tokenizer, trigger) for trigger in ZOO_TRIGGERS},
+                **{f"tokens in {trigger!r}": token_count(tokenizer, trigger) for trigger in (*ZOO_TRIGGERS, LEAK_TRIGGER)},
             },
         )
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
