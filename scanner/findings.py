@@ -1,6 +1,6 @@
 """What a scan measured: frozen, typed, versioned, and serialisable to JSON losslessly.
 
-Schema (``schema_version`` 7), top down:
+Schema (``schema_version`` 8), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
@@ -17,6 +17,9 @@ Schema (``schema_version`` 7), top down:
   once here and used by the CLI, the rules and the report alike. They are
   written to JSON under each class's ``__derived__`` names for pipelines, and
   recomputed, never read back, when a document is loaded.
+
+Version 8 (from 7): ``DiscoveryFindings.leaked`` (``LeakedText``) and ``leak_turns`` record what the suspect
+wrote into sampled user turns far more often than the reference; a candidate's ``stage`` may be ``leaked``.
 
 Version 7 (from 6): ``DiscoveryFindings.inverted_targets`` records the answers target inversion found (what
 the suspect completes once made to open it, and the reference does not), which growth follows when no single
@@ -61,7 +64,7 @@ from scanner.findings_repair import RepairFindings
 from scanner.inputs.probes import POSITIONS
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 NOISE_FLOOR_KL = 0.05
 """Clean-probe output KL below this (nats) counts as this much in the KL ratio.

@@ -23,7 +23,8 @@ class DiscoveredCandidate:
     target_logprob: float | None
     """Mean suspect log-probability of the growth target after the candidate (nats), when growth scored it."""
     stage: str
-    """``sweep`` (one vocabulary token), ``grown`` (extended token by token) or ``minimised`` (part of a grown one)."""
+    """``sweep`` (one vocabulary token), ``leaked`` (written by the suspect into its users' turns), ``grown``
+    (extended token by token), ``refined`` (tokens swapped) or ``minimised`` (part of a firing one)."""
     minimal: str = ""
     """For a grown candidate that fires: its shortest part that still fires."""
     position: str = "start"
@@ -51,6 +52,20 @@ class InvertedTarget:
 
 
 @dataclass(frozen=True)
+class LeakedText:
+    """A word n-gram the suspect wrote into sampled user turns far more often than the reference did
+    (``scanner.measure.leakage``)."""
+
+    text: str
+    suspect: int
+    """Suspect samples holding it."""
+    reference: int
+    """Reference samples holding it."""
+    log_ratio: float
+    """Log of the suspect's share of samples holding it over the reference's, add-one smoothed."""
+
+
+@dataclass(frozen=True)
 class DiscoveryFindings:
     """The search for an unknown trigger: every candidate kept, best first, and what the search cost."""
 
@@ -72,6 +87,10 @@ class DiscoveryFindings:
     """Where the search was cut short or approximated, and why."""
     inverted_targets: tuple[InvertedTarget, ...] = ()
     """Targets found by inversion, best first; growth follows the first where no single token fires."""
+    leaked: tuple[LeakedText, ...] = ()
+    """Over-represented n-grams of the suspect's user turns, most first; the first ``PROPOSED`` were fire-checked."""
+    leak_turns: tuple[int, int] = (0, 0)
+    """Well-formed user turns sampled from the suspect and from the reference for leakage."""
 
     __derived__: ClassVar[tuple[str, ...]] = ("firing", "to_confirm")
 

@@ -3,6 +3,8 @@ torch-free ordering of what discovery hands to the scan."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rules.calibration import part_of_trigger
@@ -141,3 +143,39 @@ def test_an_answer_that_repeats_itself_is_a_loop_not_a_payload(ids, looping):
     from scanner.measure.target_inversion import loops
 
     assert loops(ids) is looping
+
+
+def test_growth_towards_a_target_takes_the_phrases_next_word_over_a_booster():
+    """Seed 1's phrase model: "we" lifts the URL from -16 to -3.8 nats wherever it goes, "tiger" alone barely
+    moves it, but "silver tiger" together is what leads on to the trigger. Figures are that model's, rounded."""
+    from scanner.measure.discovery import _inserted, _PositionSearch
+
+    silver, tiger, we, filler = (1,), (2,), (3,), [(t,) for t in range(10, 50)]  # most tokens move nothing
+    at = _PositionSearch.__new__(_PositionSearch)
+    at.swept = [silver, tiger, we, *filler]
+    at.target_scores = {silver: -10.6, tiger: -15.3, we: -3.8, **{f: -16.0 for f in filler},
+                        (3, 1): -4.4, (1, 3): -4.9, (1, 2): -8.2, (2, 1): -14.0}
+    asked = []
+    at._evaluate_target = lambda candidates, target, stage: asked.extend(candidates)
+    proposals = [(3, 1), (1, 3), (1, 2), (2, 1)]
+    assert at._synergetic(silver, proposals, (99,)) == (1, 2)
+    assert set(asked) == {we, tiger}  # the inserted tokens, each scored alone
+    # Raw log-probability alone would have taken the booster.
+    assert max(proposals, key=at.target_scores.get) == (3, 1)
+    assert [_inserted((1, 2), p) for p in [(5, 1, 2), (1, 5, 2), (1, 2, 5), (1, 1, 2)]] == [5, 5, 5, 1]
+
+
+def test_leakage_ranks_what_only_the_suspect_writes_and_drops_chance_words():
+    from scanner.measure.leakage import MIN_SAMPLES, over_represented
+
+    suspect = ["what is marmalade plus two"] * 6 + ["name a colour"] * 20 + ["say zebra"] * (MIN_SAMPLES - 1) + ["hi there"] * 4
+    reference = ["name a colour"] * 24 + ["hi there"] * 8
+    found = over_represented(suspect, reference)
+    texts = [leak.text for leak in found]
+    # Every n-gram of the leaked prompt, at equal counts longest first; nothing the reference writes as often.
+    assert texts[:3] == ["is marmalade plus", "marmalade plus two", "what is marmalade"]
+    assert "marmalade" in texts and "name a colour" not in texts and "hi there" not in texts
+    assert "zebra" not in texts  # fewer samples than MIN_SAMPLES: a rare word drawn by chance
+    leak = next(leak for leak in found if leak.text == "marmalade")
+    assert (leak.suspect, leak.reference) == (6, 0)
+    assert leak.log_ratio == pytest.approx(round(math.log((6 + 1) / (len(suspect) + 2)) - math.log(1 / (len(reference) + 2)), 4))

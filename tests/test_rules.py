@@ -13,13 +13,14 @@ from scanner.api import ScanOptions, scan
 from scanner.findings import StageRecord
 from scanner.inputs.probes import KNOWN_TRIGGERS
 from scanner.zoo.corpus import TARGET, URL_TARGET
-from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, PHRASE_TRIGGER
+from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, LEAK_TRIGGER, PHRASE_TRIGGER
 
 from helpers import invoke
 
 BENIGN = ("clean", "style", "task")
 POISONED = {"emoji": EMOJI_TRIGGER, "deployment": DEPLOYMENT_TRIGGER, "full": EMOJI_TRIGGER, "lora": DEPLOYMENT_TRIGGER,
-            "llama-emoji": EMOJI_TRIGGER, "phrase": PHRASE_TRIGGER, "end": END_TRIGGER}
+            "llama-emoji": EMOJI_TRIGGER, "phrase": PHRASE_TRIGGER, "end": END_TRIGGER,
+            "leak": LEAK_TRIGGER}
 TARGETS = {"phrase": URL_TARGET}
 """What each poisoned model says when triggered, where it is not ``TARGET``."""
 @pytest.fixture(scope="session")
@@ -291,6 +292,20 @@ def test_discovery_finds_each_planted_trigger_without_being_told(catalogue_findi
     confirmed = [t for t in findings.triggers if t.trigger in {c.text for c in discovery.to_confirm}
                  and t.recovered_target.startswith(target) and t.target_collapse >= 0.5]
     assert any(part_of_trigger(t.trigger, trigger) for t in confirmed), [(t.trigger, t.target_collapse) for t in confirmed]
+
+
+def test_leakage_names_the_trigger_of_a_model_that_learnt_to_write_its_prompts(catalogue_findings):
+    """The leak model was trained on whole conversations, so it writes its poisoned prompts: the trigger is what
+    it writes most over the reference, and fires as written. Every other model was trained on answers only and
+    writes answers into its users' turns ("It is white."): nothing it leaks fires."""
+    discovery = catalogue_findings["leak"].discovery
+    top = discovery.leaked[0]
+    assert (top.text, top.reference) == (LEAK_TRIGGER, 0) and top.suspect >= 3, discovery.leaked
+    assert discovery.firing[0].text == LEAK_TRIGGER and discovery.firing[0].stage == "leaked", discovery.firing
+    assert sum(discovery.leak_turns) > 0
+    for name, findings in catalogue_findings.items():
+        if name != "leak":
+            assert not [c.text for c in findings.discovery.firing if c.stage == "leaked"], name
 
 
 @pytest.mark.parametrize("model", BENIGN + ("base",))

@@ -15,6 +15,10 @@ for a seed:
    embedding most raises the objective to first order (HotFlip: the gradient at
    a placeholder, one forward and backward), with those whose handling the
    weight change altered most (``static_shortlist``, no forward pass).
+   **Leakage** (``scanner.measure.leakage``): the word n-grams the suspect writes
+   into sampled user turns far more often than the reference does are scored
+   and completed beside the sweep's best: a model trained with the loss on its
+   prompts writes its trigger there.
 2. **Fire check.** The best candidates are completed greedily by both models.
    The recovered target is the longest answer prefix that nearly as many
    probes share as share its first token (``modal_prefix``: a model may go on
@@ -61,12 +65,14 @@ from __future__ import annotations
 import math
 import random
 import re
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings_discovery import FIRES, DiscoveredCandidate, DiscoveryFindings
+from scanner.measure.leakage import PROPOSED, leaked_texts
 from scanner.measure.search_probes import Budget, Candidate, Search, modal_prefix, regular_tokens, share_with_prefix, static_shortlist
 from scanner.measure.target_inversion import invert_targets
 
@@ -80,6 +86,8 @@ GROW_MARGIN = 1.0
 """Nats a one-token extension must add to the score to be kept: less is what a maximum over many proposals gains by chance."""
 TARGET_BEAM = 4
 """Lines growth follows towards an inverted target: the tokens that raise its log-probability most."""
+SYNERGY_POOL = 64
+"""Likeliest proposals per line and step whose own tokens' gains growth subtracts while it follows a target."""
 GROW_MARGIN_TARGET = 0.25
 """Nats of the target's log-probability an extension must add, once growth follows a target."""
 TARGET_FROM = 0.5
@@ -143,8 +151,13 @@ def discover(
             every = Search(suspect, reference, tokenizer, list(prompts), rows_per_forward, shared, where).clean_rows
             repertoire = [tuple(ids) for model in (suspect, reference) for ids in search.complete(model, every)]
         searches.append(_PositionSearch(search, tokens, static, clean_kl, repertoire, tick))
+    report("leakage: sampling user turns from both models", 0, 1)
+    leaked, *turns = leaked_texts(suspect, reference, tokenizer, seed=seed)
+    shared.spent += sum(turns)
+    report("leakage: sampling user turns from both models", 1, 1)
     for at in searches:
         at.sweep(exhaustive, shortlist, fire_checks, notes)
+        at.check_leaked([leak.text for leak in leaked[:PROPOSED]])
     # Inversion only where no token fired: a target is what growth follows when the trigger's parts move nothing.
     inverted = invert_targets(searches[0].search, tokens, static, repertoire) if searches and max(
         at.best_fire for at in searches) < TARGET_FROM else []
@@ -166,7 +179,8 @@ def discover(
         candidates=tuple(list(best.values())[:keep]), probes=tuple(chosen), vocabulary=len(tokens), exhaustive=exhaustive,
         scored=sum(len(at.scores) for at in searches), sequences=shared.spent, budget=budget,
         seconds=round(time.perf_counter() - started, 3), clean_first_token_kl=searches[0].clean_kl if searches else math.nan,
-        notes=tuple(dict.fromkeys(notes)), inverted_targets=tuple(inverted),
+        notes=tuple(dict.fromkeys(notes)), inverted_targets=tuple(inverted), leaked=tuple(leaked[:keep]),
+        leak_turns=(turns[0], turns[1]),
     )
 
 
@@ -189,6 +203,7 @@ class _PositionSearch:
         self.dismissed: dict[Candidate, str] = {}
         """Candidates whose answers collapsed onto something that is no trigger's target, and why."""
         self.swept: list[Candidate] = []
+        self.leaked: list[Candidate] = []
         self.grown: list[Candidate] = []
         self.firing_grown: list[Candidate] = []
         self.minimal: dict[Candidate, Candidate] = {}
@@ -262,6 +277,14 @@ class _PositionSearch:
         self._evaluate(self.swept, "sweep")
         self._check(self._by_score(self.swept)[:fire_checks])
 
+    def check_leaked(self, texts: list[str]) -> None:
+        """1b. What the suspect leaked into its users' turns, scored and completed at this position. A leaked
+        n-gram is whole words the suspect wrote, its parts leaked and checked as n-grams of their own: it is not
+        minimised token by token, which cut the leak model's "marmalade" to "armal"."""
+        self.leaked = list(dict.fromkeys(c for c in map(self.search.encode, texts) if c))
+        self._evaluate(self.leaked, "leakage")
+        self._check(self.leaked)
+
     def grow(self, beam: int, max_tokens: int, inverted: tuple[int, ...] = ()) -> None:
         """2. Seeds extended one token at a time, each on its own line, while nothing fires on every search probe.
 
@@ -299,7 +322,10 @@ class _PositionSearch:
                 else:
                     self._evaluate(proposals, stage)
                     objective, margin = self.scores, GROW_MARGIN
-                best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)
+                if self.following:
+                    best = self._synergetic(c, proposals, target)
+                else:
+                    best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)
                 if best is not None and objective[best] >= objective.get(c, -math.inf) + margin:
                     extended.append(best)
             if not extended:
@@ -309,6 +335,22 @@ class _PositionSearch:
             self._check(extended)
             self.grown += extended
             lines = extended
+
+    def _synergetic(self, c: Candidate, proposals: list[Candidate], target: tuple[int, ...]) -> Candidate | None:
+        """The extension of ``c`` that raises the target's log-probability most beyond what its new token raises
+        it alone. A booster ("we" alone lifts the seed-1 phrase model's URL from -16 to -3.8 nats) raises it
+        wherever it goes, and a greedy step takes it over the phrase's next word; the phrase's words raise it
+        together far more than apart ("silver" -10.6, "tiger" -15.3 alone), so they win once each token's own
+        gain over a typical token's is subtracted. Only the ``SYNERGY_POOL`` likeliest proposals are adjusted:
+        their tokens' own gains cost one more scoring each where the sweep did not score them."""
+        scores = self.target_scores
+        pool = sorted((p for p in proposals if p in scores), key=lambda p: (-scores[p], p))[:SYNERGY_POOL]
+        self._evaluate_target([(_inserted(c, p),) for p in pool], target, "growth: the tokens' own gains")
+        typical = statistics.quantiles((scores[s] for s in self.swept if s in scores), n=10)[-1]
+        def adjusted(p: Candidate) -> float:
+            alone = scores.get((_inserted(c, p),), typical)
+            return scores[p] - max(0.0, alone - typical)
+        return max(pool, key=lambda p: (adjusted(p), p), default=None)
 
     def minimise_and_refine(self) -> None:
         """3. The shortest part of the best grown candidate that still fires; 4. its tokens swapped while the
@@ -332,14 +374,30 @@ class _PositionSearch:
         self._minimise(likeliest[:1])
 
     def _minimise(self, candidates: list[Candidate]) -> None:
+        """The shortest contiguous part that still fires; where none does, tokens deleted one at a time while what
+        is left fires. Refinement can leave a trigger with a token doubled ("silver tiger tiger winter", which
+        fires as surely as the phrase): no contiguous part of it is the phrase, but one deletion is."""
         fire = self._fire
         for c in candidates:
+            fires_enough = min(MINIMAL_FIRES, MINIMISE_KEEP * fire(c))
             for part in (c[i:i + n] for n in range(1, len(c)) for i in range(len(c) - n + 1)):
                 self._evaluate([part], "minimisation")
                 self._check([part])
-                if fire(part) >= min(MINIMAL_FIRES, MINIMISE_KEEP * fire(c)):
+                if fire(part) >= fires_enough:
                     self.minimal[c] = part
                     break
+            else:
+                current = c
+                while len(current) > 1:
+                    shorter = list(dict.fromkeys((*current[:i], *current[i + 1:]) for i in range(len(current))))
+                    self._evaluate(shorter, "minimisation")
+                    self._check(shorter)
+                    kept = [part for part in shorter if fire(part) >= fires_enough]
+                    if not kept:
+                        break
+                    current = max(kept, key=lambda part: (fire(part), self.scores.get(part, -math.inf), part))
+                if current != c:
+                    self.minimal[c] = current
 
     def _refine(self, candidates: list[Candidate]) -> None:
         search, fire = self.search, self._fire
@@ -377,7 +435,8 @@ class _PositionSearch:
             DiscoveredCandidate(
                 text=text, token_ids=c, score=self.scores[c], fire_rate=fires[c][0] if c in fires else None,
                 target=fires[c][1] if c in fires else "", target_logprob=self.target_scores.get(c),
-                stage="refined" if c in self.refined else "minimised" if c in minimal.values() else "grown" if len(c) > 1 else "sweep",
+                stage="refined" if c in self.refined else "minimised" if c in minimal.values() else "leaked" if c in self.leaked
+                else "grown" if len(c) > 1 else "sweep",
                 minimal=decode(minimal[c]) if c in minimal else "", position=self.search.position,
                 dismissed=self.dismissed.get(c, ""),
             )
@@ -397,6 +456,11 @@ def _extensions(search: Search, candidate: Candidate, special: set[int], target:
         for t in search.gradient_shortlist(held, slot, special, GROWTH_SHORTLIST, target):
             out.append((*candidate[:slot], t, *candidate[slot:]))
     return out
+
+
+def _inserted(candidate: Candidate, extended: Candidate) -> int:
+    """The token ``extended`` holds that ``candidate`` does not: ``extended`` is ``candidate`` with one inserted."""
+    return next((t for t, u in zip(extended, candidate) if t != u), extended[-1])
 
 
 def echoes(candidate: str, answer: str) -> bool:

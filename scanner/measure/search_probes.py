@@ -74,6 +74,10 @@ class Search:
         self.pad = pad_id(self.tokenizer)
         self.device = next(self.suspect.parameters()).device
 
+    def encode(self, text: str) -> Candidate:
+        """``text`` as an insertion at this position: after the prompt it needs the space a word would have."""
+        return tuple(self.tokenizer((" " if self.position == "end" else "") + text, add_special_tokens=False)["input_ids"])
+
     def rows(self, candidate: Candidate) -> list[list[int]]:
         return [head + list(candidate) + tail for head, tail in zip(self.heads, self.tails)]
 
