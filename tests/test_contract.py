@@ -178,3 +178,17 @@ def test_the_report_says_what_target_inversion_found_escaped():
     assert "other answers found this way: <span class=\"mono\">ras.</span>" in html
     assert "<b>Go</b>" not in html
     assert "asked what the suspect says" not in render_report(Document(findings, judge(findings, default_pack())))
+
+
+def test_the_report_says_what_leaked_into_the_suspects_user_turns_escaped():
+    from scanner.findings_discovery import LeakedText
+
+    findings = read_findings(CLEAN)
+    leaks = (LeakedText("<i>marmalade</i>", 12, 0, 2.56), LeakedText("is an", 8, 0, 2.22))
+    leaked = dataclasses.replace(findings, discovery=dataclasses.replace(findings.discovery, leaked=leaks, leak_turns=(208, 206)))
+    html = render_report(Document(leaked, judge(leaked, default_pack())))
+    assert "Leakage: of 208 user turns the suspect wrote (the reference: 206)" in html
+    assert "<span class=\"mono\">&lt;i&gt;marmalade&lt;/i&gt;</span> (12 against 0), <span class=\"mono\">is an</span>" in html
+    assert "<i>marmalade</i>" not in html
+    nothing = dataclasses.replace(findings, discovery=dataclasses.replace(findings.discovery, leaked=(), leak_turns=(3, 200)))
+    assert "none held words far more often" in render_report(Document(nothing, judge(nothing, default_pack())))
