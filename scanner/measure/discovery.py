@@ -152,12 +152,12 @@ def discover(
             repertoire = [tuple(ids) for model in (suspect, reference) for ids in search.complete(model, every)]
         searches.append(_PositionSearch(search, tokens, static, clean_kl, repertoire, tick))
     report("leakage: sampling user turns from both models", 0, 1)
-    leaked, *turns = leaked_texts(suspect, reference, tokenizer, seed=seed)
-    shared.spent += sum(turns)
+    leakage = leaked_texts(suspect, reference, tokenizer, seed=seed)
+    shared.spent += leakage.drawn
     report("leakage: sampling user turns from both models", 1, 1)
     for at in searches:
         at.sweep(exhaustive, shortlist, fire_checks, notes)
-        at.check_leaked([leak.text for leak in leaked[:PROPOSED]])
+        at.check_leaked([leak.text for leak in leakage.leaked[:PROPOSED]])
     # Inversion only where no token fired: a target is what growth follows when the trigger's parts move nothing.
     inverted = invert_targets(searches[0].search, tokens, static, repertoire) if searches and max(
         at.best_fire for at in searches) < TARGET_FROM else []
@@ -179,8 +179,8 @@ def discover(
         candidates=tuple(list(best.values())[:keep]), probes=tuple(chosen), vocabulary=len(tokens), exhaustive=exhaustive,
         scored=sum(len(at.scores) for at in searches), sequences=shared.spent, budget=budget,
         seconds=round(time.perf_counter() - started, 3), clean_first_token_kl=searches[0].clean_kl if searches else math.nan,
-        notes=tuple(dict.fromkeys(notes)), inverted_targets=tuple(inverted), leaked=tuple(leaked[:keep]),
-        leak_turns=(turns[0], turns[1]),
+        notes=tuple(dict.fromkeys(notes)), inverted_targets=tuple(inverted), leaked=tuple(leakage.leaked[:keep]),
+        leak_turns=leakage.turns,
     )
 
 
@@ -346,7 +346,8 @@ class _PositionSearch:
         scores = self.target_scores
         pool = sorted((p for p in proposals if p in scores), key=lambda p: (-scores[p], p))[:SYNERGY_POOL]
         self._evaluate_target([(_inserted(c, p),) for p in pool], target, "growth: the tokens' own gains")
-        typical = statistics.quantiles((scores[s] for s in self.swept if s in scores), n=10)[-1]
+        swept = [scores[s] for s in self.swept if s in scores]
+        typical = statistics.quantiles(swept, n=10)[-1] if len(swept) > 1 else max(swept, default=0.0)
         def adjusted(p: Candidate) -> float:
             alone = scores.get((_inserted(c, p),), typical)
             return scores[p] - max(0.0, alone - typical)

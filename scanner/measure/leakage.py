@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -54,12 +55,23 @@ def over_represented(suspect_turns: Sequence[str], reference_turns: Sequence[str
     return sorted(out, key=lambda leak: (-leak.log_ratio, -len(leak.text.split()), leak.text))
 
 
+@dataclass(frozen=True)
+class Leakage:
+    leaked: list[LeakedText]
+    """``over_represented``'s n-grams, most first."""
+    turns: tuple[int, int]
+    """Well-formed user turns the suspect and the reference gave."""
+    drawn: int
+    """Turns generated, both models together."""
+
+
 def leaked_texts(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, seed: int,
     samples: int = LEAK_SAMPLES, batch_size: int = 32,
-) -> tuple[list[LeakedText], int, int]:
-    """The over-represented n-grams (``over_represented``), and how many well-formed user turns each model gave
-    (suspect, reference) of ``samples`` drawn; nothing when the tokenizer has no chat template to open a turn."""
+) -> Leakage:
+    """``samples`` user turns drawn from each model and compared; nothing when the tokenizer has no chat template
+    to open a turn with."""
     drawn = [sample_user_prompts(model, tokenizer, samples, seed, rounds=1, max_new_tokens=LEAK_TOKENS,
-                                 batch_size=batch_size).prompts for model in (suspect, reference)]
-    return over_represented(*drawn), len(drawn[0]), len(drawn[1])
+                                 batch_size=batch_size) for model in (suspect, reference)]
+    return Leakage(over_represented(drawn[0].prompts, drawn[1].prompts),
+                   (len(drawn[0].prompts), len(drawn[1].prompts)), drawn[0].drawn + drawn[1].drawn)
