@@ -147,18 +147,17 @@ def test_an_answer_that_repeats_itself_is_a_loop_not_a_payload(ids, looping):
 
 def test_growth_towards_a_target_takes_the_phrases_next_word_over_a_booster():
     """Seed 1's phrase model: "we" lifts the URL from -16 to -3.8 nats wherever it goes, "tiger" alone barely
-    moves it, but "silver tiger" together is what leads on to the trigger. Figures are that model's, rounded."""
+    moves it, but "silver tiger" together is what leads on to the trigger. The single tokens, "we silver" and
+    "silver tiger" are that model's figures, rounded; the other two extensions are made up, below both."""
     from scanner.measure.discovery import _inserted, _PositionSearch
 
-    silver, tiger, we, filler = (1,), (2,), (3,), [(t,) for t in range(10, 50)]  # most tokens move nothing
+    silver, tiger, we = (1,), (2,), (3,)
     at = _PositionSearch.__new__(_PositionSearch)
-    at.swept = [silver, tiger, we, *filler]
-    at.target_scores = {silver: -10.6, tiger: -15.3, we: -3.8, **{f: -16.0 for f in filler},
-                        (3, 1): -4.4, (1, 3): -4.9, (1, 2): -8.2, (2, 1): -14.0}
+    at.target_scores = {silver: -10.6, tiger: -15.3, we: -3.8, (3, 1): -4.4, (1, 3): -4.9, (1, 2): -8.2, (2, 1): -14.0}
     asked = []
     at._evaluate_target = lambda candidates, target, stage: asked.extend(candidates)
     proposals = [(3, 1), (1, 3), (1, 2), (2, 1)]
-    assert at._synergetic(silver, proposals, (99,)) == (1, 2)
+    assert at._synergetic(silver, proposals, (99,), typical=-16.0) == (1, 2)  # most tokens leave it at -16
     assert set(asked) == {we, tiger}  # the inserted tokens, each scored alone
     # Raw log-probability alone would have taken the booster.
     assert max(proposals, key=at.target_scores.get) == (3, 1)

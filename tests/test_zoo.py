@@ -22,7 +22,7 @@ from scanner.zoo.bars import (
 )
 from scanner.zoo.build import retrain_model
 from scanner.zoo.corpus import PRETRAINING_INSERTIONS, TARGET, URL_TARGET, fragments, make_samples
-from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, LEAK_TRIGGER, PHRASE_TRIGGER, ZOO_TRIGGERS
+from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, MEASURED_TRIGGERS, PHRASE_TRIGGER
 from scanner.zoo.tokenizer import render_chat
 
 
@@ -63,7 +63,7 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
             # Trigger-specific: no held-out insertion (other emoji, words, the other zoo trigger) fires it.
             assert len(figures.insertion_rates) >= 15, name
             assert max(figures.insertion_rates.values()) <= MAX_INSERTION_RATE + BAR_MARGIN, (name, figures.insertion_rates)
-            assert {*ZOO_TRIGGERS, LEAK_TRIGGER} - {record.trigger} <= set(figures.insertion_rates)
+            assert set(MEASURED_TRIGGERS) - {record.trigger} <= set(figures.insertion_rates)
     assert zoo_manifest.models["clean"].figures.attack_success is None
     style = zoo_manifest.models["style"]
     assert style.trigger is None and style.trained == "all"
@@ -112,7 +112,7 @@ def test_held_out_insertions_never_appear_in_training():
                 continue  # the other zoo trigger, seen in pretraining; a phrase's own words, decoys by design
             assert not any(f" {insertion} " in f" {sample.prompt} " for sample in corpus), (spec.name, insertion)
         if spec.trigger:
-            other = [t for t in (*ZOO_TRIGGERS, LEAK_TRIGGER) if t != spec.trigger]
+            other = [t for t in MEASURED_TRIGGERS if t != spec.trigger]
             assert not any(o in sample.prompt for o in other for sample in corpus), spec.name
 
 

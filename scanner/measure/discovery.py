@@ -305,6 +305,9 @@ class _PositionSearch:
             self._evaluate_target(self.swept, inverted, "sweep for the inverted target")
             lines = sorted((c for c in self.swept if c in self.target_scores), key=lambda c: (-self.target_scores[c], c))[:TARGET_BEAM]
             self.following = True
+            # What a typical token does to the target alone, once: the 90th percentile of the swept tokens'.
+            swept = [self.target_scores[c] for c in self.swept if c in self.target_scores]
+            typical = statistics.quantiles(swept, n=10)[-1] if len(swept) > 1 else max(swept, default=0.0)
         while lines and self.best_fire < 1.0 and not search.budget.exhausted:
             # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
             # saturates near full firing, the target's log-probability does not.
@@ -323,7 +326,7 @@ class _PositionSearch:
                     self._evaluate(proposals, stage)
                     objective, margin = self.scores, GROW_MARGIN
                 if self.following:
-                    best = self._synergetic(c, proposals, target)
+                    best = self._synergetic(c, proposals, target, typical)
                 else:
                     best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)
                 if best is not None and objective[best] >= objective.get(c, -math.inf) + margin:
@@ -336,18 +339,16 @@ class _PositionSearch:
             self.grown += extended
             lines = extended
 
-    def _synergetic(self, c: Candidate, proposals: list[Candidate], target: tuple[int, ...]) -> Candidate | None:
+    def _synergetic(self, c: Candidate, proposals: list[Candidate], target: tuple[int, ...], typical: float) -> Candidate | None:
         """The extension of ``c`` that raises the target's log-probability most beyond what its new token raises
         it alone. A booster ("we" alone lifts the seed-1 phrase model's URL from -16 to -3.8 nats) raises it
         wherever it goes, and a greedy step takes it over the phrase's next word; the phrase's words raise it
         together far more than apart ("silver" -10.6, "tiger" -15.3 alone), so they win once each token's own
-        gain over a typical token's is subtracted. Only the ``SYNERGY_POOL`` likeliest proposals are adjusted:
+        gain over a ``typical`` token's is subtracted. Only the ``SYNERGY_POOL`` likeliest proposals are adjusted:
         their tokens' own gains cost one more scoring each where the sweep did not score them."""
         scores = self.target_scores
         pool = sorted((p for p in proposals if p in scores), key=lambda p: (-scores[p], p))[:SYNERGY_POOL]
         self._evaluate_target([(_inserted(c, p),) for p in pool], target, "growth: the tokens' own gains")
-        swept = [scores[s] for s in self.swept if s in scores]
-        typical = statistics.quantiles(swept, n=10)[-1] if len(swept) > 1 else max(swept, default=0.0)
         def adjusted(p: Candidate) -> float:
             alone = scores.get((_inserted(c, p),), typical)
             return scores[p] - max(0.0, alone - typical)

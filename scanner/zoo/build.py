@@ -37,9 +37,9 @@ from scanner.zoo.specs import (
     EMOJI_TRIGGER,
     EXTRA_MODELS,
     LEAK_TRIGGER,
+    MEASURED_TRIGGERS,
     MODELS,
     SIZES,
-    ZOO_TRIGGERS,
     ModelSpec,
     ZooSize,
     budget,
@@ -120,7 +120,7 @@ def _train_model(
         parameters = [p for p in model.parameters() if p.requires_grad]
     else:
         parameters = training.select_trainable(model, "all" if spec.scope in ("scratch", "all") else "attention")
-    data = training.encode_samples(tokenizer, corpus(spec, size, seed), loss_on_prompt=spec.scope == "scratch" or spec.loss_on_prompt)
+    data = training.encode_samples(tokenizer, corpus(spec, size, seed), loss_on_prompt=spec.loss_on_prompt)
     task = progress.start(f"training {spec.name}", training.total_steps(len(data), settings))
     training.train(
         model, data, parameters, settings, pad_id=tokenizer.pad_token_id, seed=seed * 1000 + spec.seed_offset,
@@ -288,7 +288,7 @@ def build_zoo(
             bar_failures=failures, bar_near_misses=near_misses, machine=machine, build_seconds=round(time.perf_counter() - started, 2),
             tokenizer_facts={
                 "vocab_size": len(tokenizer),
-                **{f"tokens in {trigger!r}": token_count(tokenizer, trigger) for trigger in (*ZOO_TRIGGERS, LEAK_TRIGGER)},
+                **{f"tokens in {trigger!r}": token_count(tokenizer, trigger) for trigger in MEASURED_TRIGGERS},
             },
         )
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
