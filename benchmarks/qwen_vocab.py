@@ -116,7 +116,7 @@ def _answer_logprobs(model, tokenizer, rows, answers) -> torch.Tensor:
     # Left-padded, so every answer ends at the last position: pad short answers on the left of the answer too,
     # by placing them last and masking the positions that do not belong to them.
     batch = encode_ids([ids + list(a) for ids, a in zip(rows, answers)], tokenizer.pad_token_id, torch.device("cpu"))
-    logits = model(**batch.model_inputs(), logits_to_keep=width + 1).logits[:, :-1].float()  # [rows, width, vocab]
+    logits = model(**batch.model_inputs(), logits_to_keep=batch.last(width + 1)).logits[:, :-1].float()  # [rows, width, vocab]
     log_p = F.log_softmax(logits, -1)
     total = []
     for row, answer in enumerate(answers):

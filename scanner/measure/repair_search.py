@@ -91,7 +91,7 @@ def soft_hits(out: torch.Tensor, targets: TargetBatch) -> torch.Tensor:
 def clean_fit(model: PreTrainedModel, clean: CleanAnswers) -> tuple[float, float]:
     """(share of clean probes on which greedy decoding would still give the suspect's answer, mean log-probability
     of the suspect's answer tokens)."""
-    out = model(**clean.batch.model_inputs(), logits_to_keep=clean.keep).logits.float()
+    out = model(**clean.batch.model_inputs(), logits_to_keep=clean.batch.last(clean.keep)).logits.float()
     picked = out.gather(1, clean.positions[..., None].expand(-1, -1, out.shape[-1])).log_softmax(-1)
     kept = ((picked.argmax(-1) == clean.answers) | ~clean.mask).all(-1).float().mean()
     tokens = picked.gather(-1, clean.answers[..., None])[..., 0][clean.mask]

@@ -134,7 +134,7 @@ class Search:
         for start in range(0, len(rows), self.rows_per_forward):
             batch = encode_ids([row + list(target) for row in rows[start:start + self.rows_per_forward]], self.pad, self.device)
             # Positions predicting the target are the last len(target) + 1 but one.
-            logits = model(**batch.model_inputs(), logits_to_keep=len(target) + 1).logits[:, :-1].float()
+            logits = model(**batch.model_inputs(), logits_to_keep=batch.last(len(target) + 1)).logits[:, :-1].float()
             log_p = F.log_softmax(logits, -1).gather(-1, want.expand(len(logits), -1)[..., None])[..., 0]  # [rows, target]
             out.append(log_p.sum(-1))
             self.budget.spent += len(batch.lengths)
@@ -161,7 +161,7 @@ class Search:
             embeds = table[batch.input_ids].detach().clone().requires_grad_(True)  # [rows, seq, hidden]
             with torch.enable_grad():
                 logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, logits_to_keep=len(target) + 1).logits.float()
+                               position_ids=batch.position_ids, logits_to_keep=batch.last(len(target) + 1)).logits.float()
             log[name] = (F.log_softmax(logits, -1), embeds, table)
         self.budget.spent += 2 * len(models) * len(rows)  # a forward and a backward through each model
         if target:

@@ -42,6 +42,13 @@ class Batch:
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
+    def last(self, positions: int) -> torch.Tensor:
+        """``[positions]`` indices of the last positions, for a forward's ``logits_to_keep``. transformers slices
+        ``hidden[:, -n:]`` for an int; that strided view sends torch's matmul, when the head's weight needs no
+        gradient, to a batched multiply with the weight expanded per row: at the Qwen2.5-0.5B shape 3.9 s against
+        0.8 s for 64 rows x 7 positions over the 151,936-row head. Indices gather a contiguous copy instead."""
+        return torch.arange(self.width - positions, self.width, device=self.input_ids.device)
+
     def repeat(self, times: int) -> Batch:
         """The batch stacked ``times`` over (configuration-major), for batched interventions."""
         return Batch(
