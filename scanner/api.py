@@ -119,7 +119,8 @@ def prepare_reference(reference: str, options: ScanOptions = ScanOptions(), prog
     """Load ``reference`` and choose the probes (``options.probe_source``); ``BdscanError`` for what cannot be scanned."""
     started = time.perf_counter()
     task = progress.start("loading the reference", 1)
-    loaded = load_reference(reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
+    loaded = load_reference(reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download,
+                            quantisation=options.quantisation, device_map=options.device_map)
     progress.finish(task)
     triggers = list(options.triggers) or list(KNOWN_TRIGGERS)
     # The tokenizer is checked on the prompts known before sampling; sampled ones are decoded by it.
@@ -232,7 +233,8 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
     run = RunInfo(
         bdscan_version=__version__, library_versions=library_versions(),
         architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
-        dtype=options.dtype, trigger_positions=positions, max_new_tokens=options.max_new_tokens,
+        dtype=options.dtype, quantisation=options.quantisation, device_map=options.device_map or "",
+        trigger_positions=positions, max_new_tokens=options.max_new_tokens,
         triggers=tuple(triggers), triggers_from=triggers_from,
         merge_route=pair.merge_route, tokenizer=tokenizer_info, timings=dict(stages.timings),
     )

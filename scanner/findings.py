@@ -1,6 +1,6 @@
 """What a scan measured: frozen, typed, versioned, and serialisable to JSON losslessly.
 
-Schema (``schema_version`` 8), top down:
+Schema (``schema_version`` 9), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
@@ -64,7 +64,7 @@ from scanner.findings_repair import RepairFindings
 from scanner.inputs.probes import POSITIONS
 from scanner.serde import from_jsonable, to_jsonable
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 NOISE_FLOOR_KL = 0.05
 """Clean-probe output KL below this (nats) counts as this much in the KL ratio.
@@ -167,6 +167,11 @@ class RunInfo:
     seed: int
     device: str
     dtype: str
+    quantisation: str
+    """``none``, or ``4bit`` / ``8bit``: both models loaded quantised by bitsandbytes (INT4 can suppress a backdoor
+    and INT8 activate one, so a quantised scan speaks for the quantised deployment only)."""
+    device_map: str
+    """accelerate's placement of both models (``auto``, ``balanced``, ``sequential``), or empty for one device."""
     trigger_positions: tuple[str, ...]
     """Where triggers were inserted (``start``, ``random``, ``end``); each trigger is measured at every one."""
     max_new_tokens: int

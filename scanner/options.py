@@ -17,6 +17,8 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 PATCH_METHODS = ("ranked", "atp", "greedy")
 ABLATION_METHODS = ("exact", "atp")
 PROBE_MODES = ("auto", "builtin")
+QUANTISATIONS = ("none", "4bit", "8bit")
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 DEFAULT_PATCH_BUDGET = 128
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
@@ -39,6 +41,12 @@ class ScanOptions:
     device: str = "cpu"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
     dtype: str = "float32"
+    quantisation: str = "none"
+    """``4bit`` or ``8bit``: both models loaded quantised by bitsandbytes (CUDA only), as a quantised deployment
+    runs them; ``none``: ``dtype`` throughout."""
+    device_map: str | None = None
+    """accelerate's placement over every device it sees (``auto``, ``balanced``, ``sequential``), for a pair that
+    does not fit on one; None: both models on ``device``."""
     max_new_tokens: int = 16
     batch_size: int = 16
     localise_top: int = 2
@@ -74,6 +82,12 @@ class ScanOptions:
         choice("dtype", self.dtype, DTYPE_NAMES)
         choice("patch method", self.patch_method, PATCH_METHODS)
         choice("ablation method", self.ablation, ABLATION_METHODS)
+        choice("quantisation", self.quantisation, QUANTISATIONS)
+        if self.device_map is not None:
+            choice("device map", self.device_map, DEVICE_MAPS)
+            if self.device not in ("cpu", "auto"):
+                raise InputError(f"--device {self.device} and --device-map {self.device_map}: give one; a device map "
+                                 "places the models on every device it sees")
         if not _DEVICE.match(self.device):
             raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
         for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward", "sample_probes",

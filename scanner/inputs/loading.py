@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from scanner.errors import IncompatibleModelsError, InputError, ResourceError
 from scanner.findings import Architecture, InputInfo
 from scanner.inputs.checks import check_safetensors, read_json_object, refuse_custom_code
 from scanner.inputs.locate import detect_suspect_kind, input_info, resolve_reference, weight_files
+from scanner.inputs.placement import check_quantisation, load_arguments, placed_by_loader, resolve_device, weight_bytes
 from scanner.model.sites import check_supported
 
 PICKLE_ADVICE = (
@@ -56,14 +58,6 @@ class LoadedPair:
         return replace(self, tokenizer=tokenizer)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ResourceError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
-
-
 def _describe(config: dict) -> str:
     return ", ".join(f"{name} {config.get(name)}" for name in ARCHITECTURE_FIELDS if name in config)
 
@@ -79,27 +73,38 @@ def check_same_architecture(suspect_config: dict, reference_config: dict, suspec
         )
 
 
-def _load_model(directory: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=dtype, attn_implementation="eager", trust_remote_code=False
-    )
+def _load_model(directory: Path, dtype: torch.dtype, device: torch.device, quantisation: str = "none",
+                device_map: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
+    """``directory``'s architecture with its weights, or with ``state_dict``'s where given."""
+    arguments = load_arguments(dtype, device, quantisation, device_map)
+    if state_dict is not None:
+        # transformers takes given tensors only without a checkpoint to read, from the checkpoint's config.
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
+            None, config=config, state_dict=state_dict, dtype=dtype, attn_implementation="eager", **arguments)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype, attn_implementation="eager", trust_remote_code=False, **arguments)
     if getattr(model.config, "head_dim", None) is None:
         # transformers 5 may leave head_dim unset; pyvene's head sites need it.
         model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads
-    return model.to(device).eval().requires_grad_(False)
+    if not placed_by_loader(quantisation, device_map):
+        model = model.to(device)
+    return model.eval().requires_grad_(False)
 
 
-def describe_state(state: dict[str, torch.Tensor]) -> str:
+def describe_state(state: dict[str, torch.Tensor] | dict[str, tuple[int, ...]]) -> str:
     """A checkpoint's shape as its tensors tell it: layers, hidden size, vocabulary."""
     layers = {int(m.group(1)) for key in state if (m := re.search(r"\blayers\.(\d+)\.", key))}
     embedding = next((value for key, value in state.items() if key.endswith("embed_tokens.weight")), None)
+    shape = tuple(embedding.shape) if hasattr(embedding, "shape") else tuple(embedding or ())
     parts = [f"{max(layers) + 1} layers" if layers else "no layers"]
-    if embedding is not None and embedding.dim() == 2:
-        parts += [f"hidden_size {embedding.shape[1]}", f"vocab_size {embedding.shape[0]}"]
+    if len(shape) == 2:
+        parts += [f"hidden_size {shape[1]}", f"vocab_size {shape[0]}"]
     return ", ".join(parts)
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], optional: set[str]) -> None:
+def check_state_dict(expected: dict[str, tuple[int, ...]], found: dict[str, torch.Tensor], optional: set[str]) -> None:
     """Refuse ``found`` unless its keys and shapes are ``expected``'s (``optional`` keys may be absent), naming both
     checkpoints' shapes and the first mismatches."""
     problems = []
@@ -108,8 +113,8 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
     for key in sorted(set(found) - set(expected)):
         problems.append(f"unexpected {key}")
     for key in sorted(set(found) & set(expected)):
-        if tuple(found[key].shape) != tuple(expected[key].shape):
-            problems.append(f"{key}: shape {tuple(found[key].shape)} vs reference {tuple(expected[key].shape)}")
+        if tuple(found[key].shape) != tuple(expected[key]):
+            problems.append(f"{key}: shape {tuple(found[key].shape)} vs reference {tuple(expected[key])}")
     if problems:
         shown = "; ".join(problems[:MAX_LISTED_MISMATCHES])
         more = f" (and {len(problems) - MAX_LISTED_MISMATCHES} more)" if len(problems) > MAX_LISTED_MISMATCHES else ""
@@ -169,17 +174,21 @@ def available_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(parameters: int, dtype: str, device: torch.device) -> None:
-    """Refuse before loading when both models cannot fit; the message says what to try instead."""
-    needed = parameters * DTYPES[dtype].itemsize * MODEL_COPIES + ACTIVATION_HEADROOM
+def check_memory(shapes: dict[str, list[int]], dtype: str, device: torch.device, quantisation: str = "none") -> None:
+    """Refuse before loading when both models cannot fit (``shapes``: the reference's tensor shapes); the message
+    says what to try instead."""
+    parameters = sum(math.prod(shape) for shape in shapes.values())
+    needed = weight_bytes(shapes, DTYPES[dtype].itemsize, quantisation) * MODEL_COPIES + ACTIVATION_HEADROOM
     free = available_bytes(device)
     if needed > free:
         gib = 1024 ** 3
         advice = "try --dtype bfloat16" if dtype == "float32" else "try a machine or device with more memory"
+        form = dtype if quantisation == "none" else f"{dtype} with {quantisation} linear layers"
         raise ResourceError(
-            f"the scan needs about {needed / gib:.1f} GiB on {device.type} ({parameters:,} parameters at {dtype}, "
+            f"the scan needs about {needed / gib:.1f} GiB on {device.type} ({parameters:,} parameters at {form}, "
             f"two models loaded) but {free / gib:.1f} GiB is free; {advice}"
-            + ("" if device.type == "cuda" else ", or --device cuda")
+            + (", --load-in-4bit, or --device-map auto to spread the models over devices" if device.type == "cuda"
+               else ", or --device cuda")
         )
 
 
@@ -194,13 +203,22 @@ class LoadedReference:
     info: InputInfo
     dtype: str
     device: torch.device
+    shapes: dict[str, list[int]]
+    """Every tensor's shape in the reference's checkpoint: what a suspect's tensors must match."""
+    quantisation: str = "none"
+    """``none``, ``4bit`` or ``8bit`` (bitsandbytes); the suspect is loaded the same way."""
+    device_map: str | None = None
+    """accelerate's placement (``auto``, ``balanced``, ``sequential``), or None for one ``device``."""
 
 
-def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False) -> LoadedReference:
-    """Load the reference (eager attention, ``dtype``, on ``device``) and its tokenizer, after checking that it and
-    a suspect of its size fit in memory. Nothing here runs code from the checkpoint."""
+def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False,
+                   quantisation: str = "none", device_map: str | None = None) -> LoadedReference:
+    """Load the reference (eager attention, ``dtype``, on ``device``, or placed by ``device_map``, quantised as
+    ``quantisation`` says) and its tokenizer, after checking that it and a suspect of its size fit in memory.
+    Nothing here runs code from the checkpoint."""
     torch_dtype = DTYPES[dtype]
     target = resolve_device(device)
+    check_quantisation(quantisation, target)
     reference_dir, reference_kind = resolve_reference(reference, allow_download)
     refuse_custom_code(reference_dir, "reference")
     reference_config = read_json_object(reference_dir / "config.json", "reference")
@@ -211,12 +229,12 @@ def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu
             f"reference {reference_dir} has no .safetensors weights; bdscan never unpickles a reference: "
             "convert it with safetensors.torch.save_file"
         )
-    parameters = 0
-    for file in reference_weights:
-        parameters += sum(math.prod(entry["shape"]) for entry in check_safetensors(file).values())
-    check_memory(parameters, dtype, target)
+    shapes = {name: entry["shape"] for file in reference_weights for name, entry in check_safetensors(file).items()}
+    if device_map is None:
+        # A device map spreads the models over every device accelerate sees and offloads what does not fit.
+        check_memory(shapes, dtype, target, quantisation)
     try:
-        model = _load_model(reference_dir, torch_dtype, target)
+        model = _load_model(reference_dir, torch_dtype, target, quantisation, device_map)
     except OUT_OF_MEMORY:
         raise ResourceError(f"out of memory while loading the reference on {target.type} at {dtype}; "
                             "try --dtype bfloat16 or a device with more memory") from None
@@ -225,7 +243,8 @@ def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     info = input_info(reference_dir, reference_kind if reference_kind == "hf-cache" else "hf-directory")
-    return LoadedReference(model, tokenizer, reference_dir, reference_config, info, dtype, target)
+    return LoadedReference(model, tokenizer, reference_dir, reference_config, info, dtype, target, shapes,
+                           quantisation, device_map)
 
 
 def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickle: bool = False) -> LoadedPair:
@@ -249,14 +268,24 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
         for file in adapter_weights:
             check_safetensors(file)
     state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
+    placed = placed_by_loader(reference.quantisation, reference.device_map)
+    tied = _tied_keys(reference.model)
     try:
-        suspect_model = _load_model(reference.directory, torch_dtype, reference.device)
         merge_route = "full-weights"
         if kind == "peft-adapter":
+            suspect_model = _load_model(reference.directory, torch_dtype, reference.device, reference.quantisation,
+                                        reference.device_map)
             suspect_model = _merge_adapter(suspect_model, suspect_path)
-            merge_route = f"peft-merge:{reference.dtype}"
+            merge_route = f"peft-merge:{reference.dtype}" + ("" if reference.quantisation == "none" else f"-{reference.quantisation}")
+        elif placed:
+            # bitsandbytes and accelerate place the suspect's own tensors as they load them; a quantised reference's
+            # tensors are packed, so its checkpoint's shapes are what the suspect's must match.
+            check_state_dict({k: tuple(v) for k, v in reference.shapes.items()}, state, tied)
+            suspect_model = _load_model(reference.directory, torch_dtype, reference.device, reference.quantisation,
+                                        reference.device_map, state_dict={k: v.to(torch_dtype) for k, v in state.items()})
         else:
-            check_state_dict(reference.model.state_dict(), state, _tied_keys(reference.model))
+            suspect_model = _load_model(reference.directory, torch_dtype, reference.device)
+            check_state_dict({k: tuple(v.shape) for k, v in suspect_model.state_dict().items()}, state, tied)
             suspect_model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=False)
     except OUT_OF_MEMORY:
         raise ResourceError(

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scanner.findings import AttributionFindings
 from scanner.inputs.rendering import RenderedProbe
 from scanner.model.forward import capture, encode_ids
-from scanner.model.sites import Sites
+from scanner.model.sites import Sites, dense_weight
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def measure_attribution(
         scale = sites.final_norm_scale(residual)  # [batch, hidden]
         for layer in range(layers):
             z = inputs[f"z{layer}"][:, last].float().view(-1, heads, head_dim)  # [batch, head, head_dim]
-            w_o = sites.o_proj(layer).weight.float().view(-1, heads, head_dim)  # [hidden, head, head_dim]
+            w_o = dense_weight(sites.o_proj(layer)).float().view(-1, heads, head_dim)  # [hidden, head, head_dim]
             contribution = torch.einsum("bhd,mhd->bhm", z, w_o)  # [batch, head, hidden]
             head_sum[layer] += ((contribution * scale[:, None, :]) @ direction).sum(0).cpu()
             mlp_out = outputs[str(layer)][:, last].float()

@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from scanner.model.patching import PatchSource
-from scanner.model.sites import Sites
+from scanner.model.sites import Sites, dense_weight
 from scanner.model.teacher_forcing import TargetBatch, at_target, target_kl, target_logprob
 
 CHECKED = 8
@@ -81,7 +81,7 @@ def estimate_patching(
     estimates = torch.zeros(len(seen), heads)
     with torch.no_grad():
         for layer, (z_suspect, gradient) in enumerate(seen):
-            w_suspect = sites.o_proj(layer).weight.float()  # [hidden, heads * head_dim]
+            w_suspect = dense_weight(sites.o_proj(layer)).float()  # [hidden, heads * head_dim]
             delta = source.o_proj_delta[layer].float() if source.o_proj_delta is not None else 0
             patched = _head_dot(gradient, w_suspect + delta, source.values[layer].float(), heads)
             estimates[layer] = (patched - _head_dot(gradient, w_suspect, z_suspect, heads)).cpu()
@@ -97,7 +97,7 @@ def estimate_ablation(suspect: PreTrainedModel, sites: Sites, means: tuple[torch
     estimates = torch.zeros(len(seen), heads)
     with torch.no_grad():
         for layer, (z_suspect, gradient) in enumerate(seen):
-            weight = sites.o_proj(layer).weight.float()
+            weight = dense_weight(sites.o_proj(layer)).float()
             estimates[layer] = (_head_dot(gradient, weight, means[layer].float() - z_suspect, heads)).cpu()
     return estimates
 

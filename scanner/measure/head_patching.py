@@ -21,7 +21,7 @@ from scanner.findings import HeadEstimate, PatchingFindings, PatchStep
 from scanner.measure.attribution_patching import CHECKED, atp_ranking
 from scanner.model.forward import capture
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
-from scanner.model.sites import Sites
+from scanner.model.sites import Sites, dense_weight
 from scanner.model.teacher_forcing import TargetBatch, at_target, target_hits, target_kl, target_logits
 
 Head = tuple[int, int]
@@ -37,7 +37,8 @@ def reference_source(
     with capture({str(i): reference_sites.o_proj(i) for i in layers}, inputs=True) as captured:
         reference_logits = target_logits(reference, targets)
     deltas = tuple(
-        (reference_sites.o_proj(i).weight - suspect_sites.o_proj(i).weight).detach() for i in layers
+        (dense_weight(reference_sites.o_proj(i)) - dense_weight(suspect_sites.o_proj(i))).to(captured[str(i)].dtype)
+        for i in layers
     )
     return PatchSource(tuple(captured[str(i)] for i in layers), deltas), reference_logits
 

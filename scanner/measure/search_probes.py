@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids, prompt_frame
-from scanner.model.sites import sites_for
+from scanner.model.sites import dense_weight, sites_for
 
 FIRE_CHECK_TOKENS = 8
 """Tokens generated per probe to check whether a candidate fires."""
@@ -194,7 +194,7 @@ def static_shortlist(suspect: PreTrainedModel, reference: PreTrainedModel, allow
     s, r = sites_for(suspect), sites_for(reference)
     table_s, table_r = s.embedding().weight, r.embedding().weight
     norm = s.layer_norms(0)[0]
-    pairs = [(s.projection(0, name).weight.float(), r.projection(0, name).weight.float()) for name in "qkv"]
+    pairs = [(dense_weight(s.projection(0, name)).float(), dense_weight(r.projection(0, name)).float()) for name in "qkv"]
     ids = torch.tensor(list(allowed), device=table_s.device)
     scores = []
     for start in range(0, len(ids), chunk):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from scanner.findings import WeightDiff
-from scanner.model.sites import Sites
+from scanner.model.sites import Sites, dense_weight
 
 
 def _relative(suspect: torch.Tensor, reference: torch.Tensor) -> float:
@@ -14,12 +14,19 @@ def _relative(suspect: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def _flat(modules) -> torch.Tensor:
-    return torch.cat([parameter.detach().flatten() for module in modules for parameter in module.parameters()])
+    """Every parameter of ``modules``, linear weights dequantised where bitsandbytes packed them."""
+    parts = []
+    for module in modules:
+        for owner in module.modules():
+            for name, parameter in owner.named_parameters(recurse=False):
+                parts.append((dense_weight(owner) if name == "weight" and isinstance(owner, torch.nn.Linear)
+                              else parameter.detach()).flatten().float())
+    return torch.cat(parts)
 
 
 def _head_rows(linear: torch.nn.Linear, rows: slice) -> torch.Tensor:
     """A projection's output rows ``rows`` (one head), its bias slice included."""
-    parts = [linear.weight.detach()[rows].flatten()]
+    parts = [dense_weight(linear)[rows].flatten()]
     if linear.bias is not None:
         parts.append(linear.bias.detach()[rows])
     return torch.cat(parts)
@@ -44,7 +51,7 @@ def measure_weight_diff(suspect: Sites, reference: Sites) -> WeightDiff:
             for name, part in (("q", q), ("k", kv), ("v", kv)):
                 rows[name].append(_relative(_head_rows(suspect.projection(layer, name), part),
                                             _head_rows(reference.projection(layer, name), part)))
-            rows["o"].append(_relative(suspect.o_proj(layer).weight.detach()[:, q], reference.o_proj(layer).weight.detach()[:, q]))
+            rows["o"].append(_relative(dense_weight(suspect.o_proj(layer))[:, q], dense_weight(reference.o_proj(layer))[:, q]))
         for name in "qkvo":
             grids[name].append(rows[name])
         mlp.append(_relative(_flat([suspect.mlp(layer)]), _flat([reference.mlp(layer)])))

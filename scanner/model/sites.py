@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -95,6 +96,21 @@ class Sites:
             yield
         finally:
             body.layers = full
+
+
+def is_quantised_weight(parameter: torch.Tensor) -> bool:
+    return type(parameter).__name__ in ("Params4bit", "Int8Params")
+
+
+def dense_weight(linear: torch.nn.Module) -> torch.Tensor:
+    """``[out, in]`` a linear layer's weight as numbers, dequantised when bitsandbytes holds it packed (a packed
+    weight's bytes are not its values: differences and products of them mean nothing)."""
+    weight = linear.weight
+    if not is_quantised_weight(weight):
+        return weight.detach()
+    from transformers.integrations.bitsandbytes import dequantize_bnb_weight
+
+    return dequantize_bnb_weight(weight, getattr(linear, "state", None)).detach()
 
 
 def sites_for(model: PreTrainedModel) -> Sites:
