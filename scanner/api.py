@@ -26,7 +26,7 @@ from scanner.inputs.loading import OUT_OF_MEMORY, LoadedPair, LoadedReference, a
 from scanner.inputs.probes import KNOWN_TRIGGERS, default_probes
 from scanner.inputs.rendering import TriggerProbes, prepare
 from scanner.inputs.tokenizer import faithful_tokenizer
-from scanner.measure.ablation import clean_head_means, measure_ablation
+from scanner.measure.ablation import ablation_runs, clean_head_means, measure_ablation
 from scanner.measure.attention import measure_attention
 from scanner.measure.attribution import measure_attribution
 from scanner.measure.attribution_patching import estimate_patching
@@ -263,11 +263,12 @@ def _localise(
             pair.suspect, pair.tokenizer, suspect_sites, probes.triggered, int(targets.target[0]), pad, options.batch_size)
     heads = patcher.layers * patcher.heads
     with stages.run(f"ablation[{trigger}]"):
-        task = progress.start(f"mean head ablation {trigger}", heads)
+        runs = ablation_runs(options.ablation, patcher.layers, patcher.heads, len(probes.triggered))
+        task = progress.start(f"mean head ablation {trigger}", runs)
         means = clean_head_means(pair.suspect, suspect_sites, probes.clean, pad, options.batch_size)
         found["ablation"] = measure_ablation(pair.suspect, patcher, means, targets, rows_per_forward=options.rows_per_forward,
                                              method=options.ablation, sites=suspect_sites,
-                                             on_heads=lambda n: progress.advance(task, n))
+                                             on_runs=lambda n: progress.advance(task, n))
         progress.finish(task)
     if "attention" not in found:
         stages.skip(f"patching[{trigger}]", "needs the attention ranking, which failed")

@@ -382,10 +382,18 @@ class AblationFindings:
     baseline_logprob: float
     effect: Grid
     """Ablated minus baseline; negative means the head supports the completion. Measured head by head
-    (``method`` ``exact``), or attribution patching's first-order estimate (``atp``)."""
+    (``method`` ``exact``; ``screened``: in the layers ``layer_effect`` ranks first only, NaN elsewhere), or
+    attribution patching's first-order estimate (``atp``)."""
     method: str = "exact"
     checked: tuple[HeadEstimate, ...] = ()
     """With ``atp``: the heads the estimate ranks first, each ablated exactly."""
+    layer_effect: tuple[float, ...] = ()
+    """With ``screened``: per layer, the change when all its heads are ablated together (exact)."""
+
+    @property
+    def measured_layers(self) -> tuple[int, ...]:
+        """Layers whose heads were ablated one by one (every layer unless ``screened``)."""
+        return tuple(layer for layer, row in enumerate(self.effect) if any(math.isfinite(x) for x in row))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from scanner.inputs.probes import POSITIONS
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 PATCH_METHODS = ("ranked", "atp", "greedy")
-ABLATION_METHODS = ("exact", "atp")
+ABLATION_METHODS = ("auto", "exact", "screened", "atp")
 PROBE_MODES = ("auto", "builtin")
 QUANTISATIONS = ("none", "4bit", "8bit")
 DEVICE_MAPS = ("auto", "balanced", "sequential")
@@ -52,9 +52,10 @@ class ScanOptions:
     localise_top: int = 2
     """Catalogue triggers localised (attention, ablation, attribution, patching): the top N by KL ratio."""
     patch_method: str = "ranked"
-    ablation: str = "exact"
-    """``exact``: every head ablated (``layers x heads x probes`` rows); ``atp``: estimated in one backward, the
-    heads it ranks first checked exactly (for models where the exact sweep is too slow)."""
+    ablation: str = "auto"
+    """``exact``: every head ablated (``layers x heads x probes`` rows); ``screened``: every layer's heads together,
+    then head by head in the layers that matter most; ``atp``: estimated in one backward, the heads it ranks first
+    checked exactly; ``auto``: ``exact`` up to ``scanner.measure.ablation.EXACT_ROWS`` rows, else ``screened``."""
     kl_threshold: float | None = None
     """None: twice the suspect's clean output KL, at least ``MIN_THRESHOLD``."""
     patch_budget: int = DEFAULT_PATCH_BUDGET

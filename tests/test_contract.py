@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -192,3 +193,20 @@ def test_the_report_says_what_leaked_into_the_suspects_user_turns_escaped():
     assert "<i>marmalade</i>" not in html
     nothing = dataclasses.replace(findings, discovery=dataclasses.replace(findings.discovery, leaked=(), leak_turns=(3, 200)))
     assert "none held words far more often" in render_report(Document(nothing, judge(nothing, default_pack())))
+
+
+def test_a_screened_ablation_is_drawn_with_its_unmeasured_heads_grey_and_survives_json():
+    findings = read_findings(EMOJI)
+    trigger = next(t for t in findings.triggers if t.ablation is not None)
+    measured = trigger.ablation.effect[0]
+    grid = (measured,) + tuple(tuple(math.nan for _ in row) for row in trigger.ablation.effect[1:])
+    ablation = dataclasses.replace(trigger.ablation, method="screened", effect=grid,
+                                   layer_effect=tuple(-1.0 * (i == 0) for i in range(len(grid))))
+    screened = dataclasses.replace(findings, triggers=tuple(
+        dataclasses.replace(t, ablation=ablation) if t is trigger else t for t in findings.triggers))
+    assert ablation.measured_layers == (0,)
+    again = Findings.from_json(screened.to_json())
+    assert next(t for t in again.triggers if t.ablation is not None).ablation.measured_layers == (0,)
+    html = render_report(Document(screened, judge(screened, default_pack())))
+    assert "heads measured one by one in the 1 layer that lowered the reply most, grey heads not measured" in html
+    assert html.count("rgb(150,150,150)") >= sum(len(row) for row in grid[1:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
@@ -240,6 +242,49 @@ def test_ablation_estimates_equal_the_derivative_and_their_checks_equal_exact_ab
         for layer, head in [(0, 1), (2, 3), (3, 2)]:
             ablated = _toward_mean(plain, means, layer, head, 1.0, targets)
             assert exact.effect[layer][head] == pytest.approx(float((ablated - baseline).mean()), abs=1e-4), (layer, head)
+
+
+def test_screened_ablation_is_exact_where_it_measures_and_finds_the_layer_of_the_strongest_head(setting, zoo_dir):
+    from scanner.measure.ablation import ablation_runs, clean_head_means, measure_ablation, resolve_method, screened_layers
+
+    suspect, plain, _, targets, _, _ = setting
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    clean = prepare(tokenizer, ["Opposite of hot?", "What is 2 plus 3?", "Which colour is the sky?"], EMOJI_TRIGGER, "random", 0).clean
+    means = clean_head_means(plain, sites_for(plain), clean, tokenizer.pad_token_id, 8)
+    patcher = HeadPatcher(suspect, sites_for(suspect))
+    layers, heads, probes = patcher.layers, patcher.heads, targets.batch.input_ids.shape[0]
+    exact = measure_ablation(suspect, patcher, means, targets, rows_per_forward=64, method="exact")
+    # Room for the per-layer screen and one layer's heads: one layer is ablated head by head.
+    rows = layers * probes + heads * probes
+    assert screened_layers(layers, heads, probes, rows) == 1
+    assert ablation_runs("screened", layers, heads, probes, rows) == layers + heads
+    screened = measure_ablation(suspect, patcher, means, targets, rows_per_forward=64, method="auto", exact_rows=rows)
+    assert screened.method == "screened" and len(screened.layer_effect) == layers
+    measured = [layer for layer in range(layers) if not math.isnan(screened.effect[layer][0])]
+    assert measured == [min(range(layers), key=lambda layer: screened.layer_effect[layer])]
+    for layer in range(layers):
+        for head in range(heads):
+            if layer in measured:
+                assert screened.effect[layer][head] == pytest.approx(exact.effect[layer][head], abs=1e-5)
+            else:
+                assert math.isnan(screened.effect[layer][head])
+    strongest = min(((layer, head) for layer in range(layers) for head in range(heads)), key=lambda h: exact.effect[h[0]][h[1]])
+    assert strongest[0] in measured
+    # A layer's heads ablated together, against the same ablation by plain hooks on every head of the layer.
+    layer = measured[0]
+    with torch.no_grad():
+        baseline = _toward_mean(plain, means, 0, 0, 0.0, targets)
+
+        def pre(module, args):  # every head of the layer at its clean mean
+            return (means[layer].expand_as(args[0]).clone(),)
+
+        handle = plain.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre)
+        try:
+            ablated = _toward_mean(plain, means, layer, 0, 0.0, targets)
+        finally:
+            handle.remove()
+    assert screened.layer_effect[layer] == pytest.approx(float((ablated - baseline).mean()), abs=1e-4)
+    assert resolve_method("auto", 24, 14, 49) == "screened" and resolve_method("auto", 4, 4, 49) == "exact"
 
 
 def test_attribution_patching_leaves_no_gradient_on_the_model(setting):

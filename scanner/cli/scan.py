@@ -83,10 +83,11 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--patch-method", type=click.Choice(PATCH_METHODS), default="ranked", show_default=True,
               help="ranked: heads in order of attention KL; atp: in order of attribution patching's estimate (one "
                    "backward for every head); greedy: at each step the head that lowers output KL most.")
-@click.option("--ablation", "ablation", type=click.Choice(ABLATION_METHODS), default="exact", show_default=True,
-              help="Mean head ablation. exact: every head ablated (layers x heads x probes rows through the suspect); "
-                   "atp: every head estimated in one backward, the 8 it ranks first ablated exactly beside it (for "
-                   "models where the exact sweep is too slow).")
+@click.option("--ablation", "ablation", type=click.Choice(ABLATION_METHODS), default="auto", show_default=True,
+              help="Mean head ablation. exact: every head ablated alone (layers x heads x probes rows through the "
+                   "suspect); screened: every layer's heads ablated together, then head by head in the layers that "
+                   "lowered the reply most (the rest not measured); atp: every head estimated in one backward, the 8 "
+                   "it ranks first ablated exactly beside it; auto: exact up to 4,096 rows, screened above.")
 @click.option("--kl-threshold", type=click.FloatRange(0, min_open=True), default=None,
               help="Output KL (nats) under which patching counts as done. Default: twice the clean-probe KL, at least 0.05.")
 @click.option("--patch-budget", type=click.IntRange(1), default=DEFAULT_PATCH_BUDGET, show_default=True,
