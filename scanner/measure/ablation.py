@@ -21,7 +21,7 @@ from scanner.measure.attribution_patching import CHECKED, atp_ranking, estimate_
 from scanner.model.forward import capture, encode_ids
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites
-from scanner.model.teacher_forcing import TargetBatch, at_target, target_logits, target_logprob
+from scanner.model.teacher_forcing import TargetBatch, at_target, configurations_per_forward, target_logits, target_logprob
 
 
 @torch.no_grad()
@@ -121,7 +121,7 @@ def _exact(patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: Targe
     configurations per forward. Configurations are taken in order, and a forward holds configurations of one first
     layer only, since it starts at the lowest layer it ablates in."""
     probes = baseline.shape[0]
-    per_forward = max(1, rows_per_forward // probes)
+    per_forward = configurations_per_forward(rows_per_forward, probes, targets.keep, patcher.vocab)
     effects = []
     residual = patcher.residual(targets.inputs())
     by_layer = [list(group) for _, group in itertools.groupby(configurations, key=lambda c: min(layer for layer, _ in c))]

@@ -22,7 +22,7 @@ from scanner.measure.attribution_patching import CHECKED, atp_ranking
 from scanner.model.forward import capture
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites, dense_weight
-from scanner.model.teacher_forcing import TargetBatch, at_target, target_hits, target_kl, target_logits
+from scanner.model.teacher_forcing import TargetBatch, at_target, configurations_per_forward, target_hits, target_kl, target_logits
 
 Head = tuple[int, int]
 
@@ -50,7 +50,7 @@ class _Evaluator:
                  targets: TargetBatch, rows_per_forward: int) -> None:
         self.patcher, self.source, self.reference_logits, self.targets = patcher, source, reference_logits, targets
         self.probes = targets.batch.input_ids.shape[0]
-        self.per_forward = max(1, rows_per_forward // self.probes)
+        self.per_forward = configurations_per_forward(rows_per_forward, self.probes, targets.keep, patcher.vocab)
         self.residual = patcher.residual(targets.inputs())
 
     def __call__(self, configurations: Sequence[Sequence[Head]]) -> list[tuple[float, float]]:

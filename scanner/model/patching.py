@@ -103,6 +103,7 @@ class HeadPatcher:
     def __init__(self, suspect: PreTrainedModel, sites: Sites) -> None:
         config = suspect.config
         self.layers, self.heads, self.head_dim = config.num_hidden_layers, config.num_attention_heads, config.head_dim
+        self.vocab = config.vocab_size
         self._swaps = [_HeadSwap(self.heads, self.head_dim) for _ in range(self.layers)]
         self._corrections = [_OProjCorrection(self.heads, self.head_dim) for _ in range(self.layers)]
         representations = []

@@ -17,6 +17,21 @@ from transformers import PreTrainedModel
 from scanner.inputs.rendering import RenderedProbe
 from scanner.model.forward import Batch, encode_ids
 
+LOGIT_BYTES = 512 * 2**20
+"""Most bytes of float32 target logits a batched forward may return. With Qwen2.5's 151,936-row head, 256 rows x 17
+kept positions are 2.6 GB, and a log-partition over them as much again: on the Qwen2.5-0.5B shape that took peak
+memory to 2.3 times the two models' weights."""
+
+REDUCE_ROWS = 8
+"""Rows per vocabulary-wide reduction (log-partition, KL): temporaries of ``8 x target_len x vocab`` floats."""
+
+
+def configurations_per_forward(rows_per_forward: int, probes: int, keep: int, vocab: int) -> int:
+    """Configurations of ``probes`` rows one forward holds: ``rows_per_forward`` rows, fewer where their target
+    logits (``keep`` positions over ``vocab``) would pass ``LOGIT_BYTES``, and at least one."""
+    by_memory = LOGIT_BYTES // max(1, probes * keep * vocab * 4)
+    return max(1, min(rows_per_forward // probes, by_memory))
+
 
 @dataclass(frozen=True)
 class TargetBatch:
@@ -61,7 +76,8 @@ def target_logprob(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
     """``[batch]`` summed log-probability of the target tokens; ``logits`` ``[batch, target_len, vocab]``."""
     # The target's logit minus the log-partition: no vocabulary-sized log-softmax is materialised.
     picked = logits.gather(-1, batch.target[None, :, None].expand(logits.shape[0], -1, 1)).squeeze(-1)
-    return (picked - logits.logsumexp(-1)).sum(-1)
+    partition = torch.cat([rows.logsumexp(-1) for rows in logits.split(REDUCE_ROWS)])
+    return (picked - partition).sum(-1)
 
 
 def target_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
@@ -76,11 +92,13 @@ def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Ten
     probes = reference_logits.shape[0]
     if logits.shape[0] % probes:
         raise ValueError(f"{logits.shape[0]} rows of logits are not whole configurations of {probes} probes")
-    log_q = F.log_softmax(reference_logits, dim=-1)
     out = []
-    # A configuration at a time: the temporaries are [probes, target_len, vocab], whatever the batch.
+    # REDUCE_ROWS rows at a time, the reference's log-softmax recomputed beside them: the temporaries stay
+    # [REDUCE_ROWS, target_len, vocab], whatever the batch and the number of probes.
     for chunk in logits.split(probes):
-        log_p = F.log_softmax(chunk, dim=-1)
-        out.append(F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1))
+        for start in range(0, probes, REDUCE_ROWS):
+            log_p = F.log_softmax(chunk[start:start + REDUCE_ROWS], dim=-1)
+            log_q = F.log_softmax(reference_logits[start:start + REDUCE_ROWS], dim=-1)
+            out.append(F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1))
     # Never negative; rounding noise (-2.8e-10 with every head patched) is clamped rather than printed.
     return torch.cat(out).clamp_min(0).mean(-1)

