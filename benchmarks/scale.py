@@ -13,7 +13,7 @@ its whole budget, the worst case of a default scan.
 The scan is ``scanner.api.scan`` with the default options but the trigger given (``--trigger 😇``: no discovery)
 and the first ``--probes`` built-in prompts (a random-init reference writes no prompts for ``--probes auto`` to
 sample). Printed: seconds per stage from the findings' timings, peak resident memory against the two models'
-weights, and what the README's cost model predicts for the same scan at this and at the default probe count.
+weights, the cost model's rows for the same scan, and the naive loop timed on the scan's own probes.
 """
 
 from __future__ import annotations

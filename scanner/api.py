@@ -120,7 +120,7 @@ def prepare_reference(reference: str, options: ScanOptions = ScanOptions(), prog
     started = time.perf_counter()
     task = progress.start("loading the reference", 1)
     loaded = load_reference(reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download,
-                            quantisation=options.quantisation, device_map=options.device_map)
+                            quantisation=options.quantisation)
     progress.finish(task)
     triggers = list(options.triggers) or list(KNOWN_TRIGGERS)
     # The tokenizer is checked on the prompts known before sampling; sampled ones are decoded by it.
@@ -230,10 +230,12 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
             attention=deep.get("attention"), attribution=deep.get("attribution"),
             ablation=deep.get("ablation"), patching=deep.get("patching"),
         ))
+    quantised = context.reference.quantisation != "none"
     run = RunInfo(
         bdscan_version=__version__, library_versions=library_versions(),
-        architecture=architecture(pair.reference), seed=options.seed, device=str(next(pair.suspect.parameters()).device),
-        dtype=options.dtype, quantisation=options.quantisation, device_map=options.device_map or "",
+        architecture=architecture(pair.reference, context.reference.shapes if quantised else None), seed=options.seed,
+        device=str(next(pair.suspect.parameters()).device),
+        dtype=options.dtype, quantisation=context.reference.quantisation,
         trigger_positions=positions, max_new_tokens=options.max_new_tokens,
         triggers=tuple(triggers), triggers_from=triggers_from,
         merge_route=pair.merge_route, tokenizer=tokenizer_info, timings=dict(stages.timings),

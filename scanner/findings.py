@@ -170,8 +170,6 @@ class RunInfo:
     quantisation: str
     """``none``, or ``4bit`` / ``8bit``: both models loaded quantised by bitsandbytes (INT4 can suppress a backdoor
     and INT8 activate one, so a quantised scan speaks for the quantised deployment only)."""
-    device_map: str
-    """accelerate's placement of both models (``auto``, ``balanced``, ``sequential``), or empty for one device."""
     trigger_positions: tuple[str, ...]
     """Where triggers were inserted (``start``, ``random``, ``end``); each trigger is measured at every one."""
     max_new_tokens: int
@@ -392,8 +390,10 @@ class AblationFindings:
 
     @property
     def measured_layers(self) -> tuple[int, ...]:
-        """Layers whose heads were ablated one by one (every layer unless ``screened``)."""
-        return tuple(layer for layer, row in enumerate(self.effect) if any(math.isfinite(x) for x in row))
+        """Layers whose heads were ablated one by one: every layer unless ``screened``, where the rest are NaN."""
+        if self.method != "screened":
+            return tuple(range(len(self.effect)))
+        return tuple(layer for layer, row in enumerate(self.effect) if not all(math.isnan(x) for x in row))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ PATCH_METHODS = ("ranked", "atp", "greedy")
 ABLATION_METHODS = ("auto", "exact", "screened", "atp")
 PROBE_MODES = ("auto", "builtin")
 QUANTISATIONS = ("none", "4bit", "8bit")
-DEVICE_MAPS = ("auto", "balanced", "sequential")
 DEFAULT_PATCH_BUDGET = 128
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
@@ -44,9 +43,6 @@ class ScanOptions:
     quantisation: str = "none"
     """``4bit`` or ``8bit``: both models loaded quantised by bitsandbytes (CUDA only), as a quantised deployment
     runs them; ``none``: ``dtype`` throughout."""
-    device_map: str | None = None
-    """accelerate's placement over every device it sees (``auto``, ``balanced``, ``sequential``), for a pair that
-    does not fit on one; None: both models on ``device``."""
     max_new_tokens: int = 16
     batch_size: int = 16
     localise_top: int = 2
@@ -84,11 +80,6 @@ class ScanOptions:
         choice("patch method", self.patch_method, PATCH_METHODS)
         choice("ablation method", self.ablation, ABLATION_METHODS)
         choice("quantisation", self.quantisation, QUANTISATIONS)
-        if self.device_map is not None:
-            choice("device map", self.device_map, DEVICE_MAPS)
-            if self.device not in ("cpu", "auto"):
-                raise InputError(f"--device {self.device} and --device-map {self.device_map}: give one; a device map "
-                                 "places the models on every device it sees")
         if not _DEVICE.match(self.device):
             raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
         for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward", "sample_probes",

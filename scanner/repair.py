@@ -80,6 +80,9 @@ def repair(
                          f"{', '.join(map(repr, measured))}")
     check_output_directory(out, suspect)
     task = progress.start("loading models", 1)
+    if isinstance(reference, LoadedReference) and reference.quantisation != "none":
+        raise InputError(f"a repair copies weights from the reference into the suspect, and this reference was loaded "
+                         f"{reference.quantisation}-quantised; load it unquantised to repair")
     loaded = reference if isinstance(reference, LoadedReference) else load_reference(
         reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
     pair = load_suspect(loaded, suspect, allow_pickle=options.allow_pickle)

@@ -1,19 +1,17 @@
-"""Where the weights go: accelerate's device map, bitsandbytes quantisation (refused clearly where it cannot run)."""
+"""Where the weights go and in what form: bitsandbytes quantisation, refused clearly where it cannot run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scanner.api import ScanOptions, scan
+from scanner.api import ScanOptions
 from scanner.errors import InputError, ResourceError
-from scanner.findings import Findings
-from scanner.inputs.loading import check_memory
+from scanner.inputs.loading import check_memory, checkpoint_keys
 from scanner.inputs.placement import check_quantisation, weight_bytes
 from scanner.model.sites import dense_weight
-from scanner.zoo.specs import EMOJI_TRIGGER
 
-from helpers import invoke, probe_lines
+from helpers import invoke
 
 
 def _one_line_exit_2(result, expected: str) -> None:
@@ -51,11 +49,8 @@ def test_quantised_loading_without_bitsandbytes_names_the_extra(monkeypatch):
 def test_conflicting_placement_options_are_refused(zoo_dir):
     _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--load-in-4bit", "--load-in-8bit"),
                      "--load-in-4bit and --load-in-8bit: give one")
-    _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--device", "cuda:1",
-                            "--device-map", "auto"), "give one")
-    for bad in ({"quantisation": "3bit"}, {"device_map": "everywhere"}):
-        with pytest.raises(InputError):
-            ScanOptions(**bad)
+    with pytest.raises(InputError):
+        ScanOptions(quantisation="3bit")
 
 
 def test_quantisation_shrinks_the_layers_linear_weights_only():
@@ -74,7 +69,9 @@ def test_the_memory_refusal_names_the_quantisation(monkeypatch):
     monkeypatch.setattr(scanner.inputs.loading, "available_bytes", lambda device: 1024)
     with pytest.raises(ResourceError, match="at bfloat16 with 4bit linear layers") as refused:
         check_memory({"model.layers.0.mlp.up_proj.weight": [4096, 4096]}, "bfloat16", torch.device("cuda", 0), "4bit")
-    assert "--device-map auto" in str(refused.value)
+    assert "--load-in-4bit" not in str(refused.value)
+    with pytest.raises(ResourceError, match=r"or --load-in-4bit \(bitsandbytes\)"):
+        check_memory({"model.layers.0.mlp.up_proj.weight": [4096, 4096]}, "bfloat16", torch.device("cuda", 0))
 
 
 def test_dense_weight_of_an_ordinary_linear_is_its_weight():
@@ -82,18 +79,25 @@ def test_dense_weight_of_an_ordinary_linear_is_its_weight():
     assert torch.equal(dense_weight(linear), linear.weight.detach())
 
 
-def test_a_device_map_scan_measures_what_a_single_device_scan_does(zoo_dir):
-    """On a machine without GPUs accelerate's map puts every layer on the CPU; the suspect then takes the loader's
-    path (its own tensors placed as loaded), which must give the model the ordinary path gives."""
-    probes = probe_lines(zoo_dir, 12)
-    results = {}
-    for device_map in (None, "auto"):
-        options = ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probes, positions=("start",), device_map=device_map)
-        results[device_map] = scan(zoo_dir / "emoji", str(zoo_dir / "base"), options)
-    plain, mapped = results[None].triggers[0], results["auto"].triggers[0]
-    assert mapped.kl_triggered == pytest.approx(plain.kl_triggered, rel=1e-4)
-    assert mapped.recovered_target == plain.recovered_target
-    assert results["auto"].weight_diff == results[None].weight_diff
-    assert mapped.patching.heads_needed == plain.patching.heads_needed
-    assert (results["auto"].run.device_map, results["auto"].run.quantisation) == ("auto", "none")
-    assert Findings.from_json(results["auto"].to_json()).run.device_map == "auto"
+def test_the_loaders_path_for_given_tensors_builds_the_model_the_ordinary_path_does(zoo_dir):
+    """A quantised suspect is built by transformers from its own tensors (``_load_model(state_dict=...)``), since a
+    packed reference cannot take them; without bitsandbytes the same path must give the ordinary model, generation
+    settings included."""
+    from safetensors.torch import load_file
+
+    from scanner.inputs.loading import _load_model
+
+    state = load_file(zoo_dir / "emoji" / "model.safetensors")
+    built = _load_model(zoo_dir / "base", torch.float32, torch.device("cpu"), state_dict=state)
+    ordinary = _load_model(zoo_dir / "emoji", torch.float32, torch.device("cpu"))
+    mine, theirs = built.state_dict(), ordinary.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert built.generation_config.to_dict() == ordinary.generation_config.to_dict()
+    assert not any(p.requires_grad for p in built.parameters())
+
+
+def test_a_tied_checkpoints_head_is_a_key_a_suspect_may_hold():
+    shapes = {"model.embed_tokens.weight": [100, 8], "model.norm.weight": [8]}
+    assert checkpoint_keys(shapes, {"lm_head.weight"}) == {
+        "model.embed_tokens.weight": (100, 8), "model.norm.weight": (8,), "lm_head.weight": (100, 8)}
+    assert checkpoint_keys(shapes, set()) == {"model.embed_tokens.weight": (100, 8), "model.norm.weight": (8,)}

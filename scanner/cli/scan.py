@@ -17,7 +17,7 @@ from scanner.cli.output import stderr_console
 from scanner.errors import InputError
 from scanner.inputs.fleet import expand_suspects, is_fleet_directory, read_listing
 from scanner.inputs.probes import POSITIONS, read_probe_file
-from scanner.options import ABLATION_METHODS, DEFAULT_PATCH_BUDGET, DEVICE_MAPS, DTYPE_NAMES, PATCH_METHODS, PROBE_MODES, ScanOptions
+from scanner.options import ABLATION_METHODS, DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, PROBE_MODES, ScanOptions
 from scanner.outputs import check_writable
 
 
@@ -69,9 +69,6 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
                    "each measured, since a backdoor may fire only where it was planted.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
-@click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
-              help="Spread both models over every GPU (and the CPU) through accelerate, for a pair too large for one "
-                   "device; replaces --device.")
 @click.option("--load-in-4bit", "in_4bit", is_flag=True,
               help="Load both models quantised to 4 bits (bitsandbytes NF4, CUDA only), as a 4-bit deployment runs "
                    "them; recorded in the findings.")
@@ -107,7 +104,7 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir: Path | None, keep_going: bool,
                  reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
                  probes_arg: str, sample_probes: int, positions: tuple[str, ...],
-                 device: str, dtype: str, device_map: str | None, in_4bit: bool, in_8bit: bool, seed: int, max_new_tokens: int, batch_size: int,
+                 device: str, dtype: str, in_4bit: bool, in_8bit: bool, seed: int, max_new_tokens: int, batch_size: int,
                  patch_method: str,
                  ablation: str, kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, sarif_out: Path | None, rules_file: Path | None, replace_rules: bool,
@@ -137,7 +134,6 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
       bdscan scan ./model --reference ./base --sarif bdscan.sarif --fail-on BACKDOORED
       bdscan scan ./adapters/ --reference ./base --out-dir reports/ --sarif fleet.sarif
       bdscan scan ./model --reference ./base --device cuda --load-in-4bit
-      bdscan scan ./big-model --reference ./big-base --device-map auto --dtype bfloat16
     """
     given = list(suspects) + (read_listing(suspects_from) if suspects_from else [])
     if not given:
@@ -167,7 +163,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
     options = ScanOptions(
         triggers=triggers, discover=discover, discovery_budget=discovery_budget, probes=probes, probe_mode=probe_mode, sample_probes=sample_probes,
         positions=_ordered(positions) if positions else ScanOptions.positions, seed=seed, device=device, dtype=dtype,
-        device_map=device_map, quantisation=_quantisation(in_4bit, in_8bit),
+        quantisation=_quantisation(in_4bit, in_8bit),
         max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top, patch_method=patch_method,
         ablation=ablation, kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,
     )

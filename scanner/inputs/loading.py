@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from scanner.errors import IncompatibleModelsError, InputError, ResourceError
 from scanner.findings import Architecture, InputInfo
 from scanner.inputs.checks import check_safetensors, read_json_object, refuse_custom_code
 from scanner.inputs.locate import detect_suspect_kind, input_info, resolve_reference, weight_files
-from scanner.inputs.placement import check_quantisation, load_arguments, placed_by_loader, resolve_device, weight_bytes
+from scanner.inputs.placement import check_quantisation, load_arguments, resolve_device, weight_bytes
 from scanner.model.sites import check_supported
 
 PICKLE_ADVICE = (
@@ -74,21 +74,24 @@ def check_same_architecture(suspect_config: dict, reference_config: dict, suspec
 
 
 def _load_model(directory: Path, dtype: torch.dtype, device: torch.device, quantisation: str = "none",
-                device_map: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
+                state_dict: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
     """``directory``'s architecture with its weights, or with ``state_dict``'s where given."""
-    arguments = load_arguments(dtype, device, quantisation, device_map)
+    arguments = load_arguments(dtype, device, quantisation)
     if state_dict is not None:
-        # transformers takes given tensors only without a checkpoint to read, from the checkpoint's config.
+        # transformers takes given tensors only without a checkpoint to read, from the checkpoint's config; its
+        # generation settings (Qwen2.5-Instruct's repetition penalty) must then be read as the reference's are.
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
         model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
             None, config=config, state_dict=state_dict, dtype=dtype, attn_implementation="eager", **arguments)
+        if (directory / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(directory)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             directory, dtype=dtype, attn_implementation="eager", trust_remote_code=False, **arguments)
     if getattr(model.config, "head_dim", None) is None:
         # transformers 5 may leave head_dim unset; pyvene's head sites need it.
         model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads
-    if not placed_by_loader(quantisation, device_map):
+    if quantisation == "none":
         model = model.to(device)
     return model.eval().requires_grad_(False)
 
@@ -123,6 +126,15 @@ def check_state_dict(expected: dict[str, tuple[int, ...]], found: dict[str, tupl
             f"{shown}{more}")
 
 
+def checkpoint_keys(shapes: dict[str, list[int]], tied: set[str]) -> dict[str, tuple[int, ...]]:
+    """The tensors a suspect may hold, from the reference checkpoint's ``shapes``: a tied checkpoint leaves its output
+    head out, and a suspect that writes it (as ``state_dict()`` does) holds the embedding's shape there."""
+    expected = {k: tuple(v) for k, v in shapes.items()}
+    embedding = next((v for k, v in expected.items() if k.endswith("embed_tokens.weight")), None)
+    expected.update({key: embedding for key in tied if embedding is not None and key not in expected})
+    return expected
+
+
 def _tied_keys(model: PreTrainedModel) -> set[str]:
     if getattr(model.config, "tie_word_embeddings", False):
         return {"lm_head.weight"}
@@ -130,9 +142,9 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
 
 
 class _SafetensorsState(Mapping):
-    """A safetensors checkpoint's tensors by name, each read from its file when asked for, so that the suspect is
-    copied into its model a tensor at a time and never held whole beside it (at the Qwen2.5-0.5B shape that is 2 GB
-    less at the peak of loading)."""
+    """A safetensors checkpoint's tensors by name, each read from its file when asked for, so that a suspect loaded
+    into a copy of the reference is copied a tensor at a time and never held whole beside it (at the Qwen2.5-0.5B
+    shape that is 2 GB less at the peak of loading)."""
 
     def __init__(self, files: list[Path]) -> None:
         self._files: dict[str, object] = {}
@@ -156,6 +168,9 @@ class _SafetensorsState(Mapping):
 
     def __iter__(self):
         return iter(self._files)
+
+    def __contains__(self, key: object) -> bool:  # Mapping's would read the tensor
+        return key in self._files
 
     def __len__(self) -> int:
         return len(self._files)
@@ -220,8 +235,7 @@ def check_memory(shapes: dict[str, list[int]], dtype: str, device: torch.device,
         raise ResourceError(
             f"the scan needs about {needed / gib:.1f} GiB on {device.type} ({parameters:,} parameters at {form}, "
             f"two models loaded) but {free / gib:.1f} GiB is free; {advice}"
-            + (", --load-in-4bit, or --device-map auto to spread the models over devices" if device.type == "cuda"
-               else ", or --device cuda")
+            + (", or --device cuda" if device.type != "cuda" else ", or --load-in-4bit (bitsandbytes)" if quantisation == "none" else "")
         )
 
 
@@ -240,15 +254,13 @@ class LoadedReference:
     """Every tensor's shape in the reference's checkpoint: what a suspect's tensors must match."""
     quantisation: str = "none"
     """``none``, ``4bit`` or ``8bit`` (bitsandbytes); the suspect is loaded the same way."""
-    device_map: str | None = None
-    """accelerate's placement (``auto``, ``balanced``, ``sequential``), or None for one ``device``."""
 
 
 def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False,
-                   quantisation: str = "none", device_map: str | None = None) -> LoadedReference:
-    """Load the reference (eager attention, ``dtype``, on ``device``, or placed by ``device_map``, quantised as
-    ``quantisation`` says) and its tokenizer, after checking that it and a suspect of its size fit in memory.
-    Nothing here runs code from the checkpoint."""
+                   quantisation: str = "none") -> LoadedReference:
+    """Load the reference (eager attention, ``dtype``, on ``device``, quantised as ``quantisation`` says) and its
+    tokenizer, after checking that it and a suspect of its size fit in memory. Nothing here runs code from the
+    checkpoint."""
     torch_dtype = DTYPES[dtype]
     target = resolve_device(device)
     check_quantisation(quantisation, target)
@@ -263,11 +275,9 @@ def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu
             "convert it with safetensors.torch.save_file"
         )
     shapes = {name: entry["shape"] for file in reference_weights for name, entry in check_safetensors(file).items()}
-    if device_map is None:
-        # A device map spreads the models over every device accelerate sees and offloads what does not fit.
-        check_memory(shapes, dtype, target, quantisation)
+    check_memory(shapes, dtype, target, quantisation)
     try:
-        model = _load_model(reference_dir, torch_dtype, target, quantisation, device_map)
+        model = _load_model(reference_dir, torch_dtype, target, quantisation)
     except OUT_OF_MEMORY:
         raise ResourceError(f"out of memory while loading the reference on {target.type} at {dtype}; "
                             "try --dtype bfloat16 or a device with more memory") from None
@@ -276,8 +286,7 @@ def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     info = input_info(reference_dir, reference_kind if reference_kind == "hf-cache" else "hf-directory")
-    return LoadedReference(model, tokenizer, reference_dir, reference_config, info, dtype, target, shapes,
-                           quantisation, device_map)
+    return LoadedReference(model, tokenizer, reference_dir, reference_config, info, dtype, target, shapes, quantisation)
 
 
 def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickle: bool = False) -> LoadedPair:
@@ -301,21 +310,20 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
         for file in adapter_weights:
             check_safetensors(file)
     state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
-    placed = placed_by_loader(reference.quantisation, reference.device_map)
+    quantised = reference.quantisation != "none"
     tied = _tied_keys(reference.model)
     try:
         merge_route = "full-weights"
         if kind == "peft-adapter":
-            suspect_model = _load_model(reference.directory, torch_dtype, reference.device, reference.quantisation,
-                                        reference.device_map)
+            suspect_model = _load_model(reference.directory, torch_dtype, reference.device, reference.quantisation)
             suspect_model = _merge_adapter(suspect_model, suspect_path)
             merge_route = f"peft-merge:{reference.dtype}" + ("" if reference.quantisation == "none" else f"-{reference.quantisation}")
-        elif placed:
-            # bitsandbytes and accelerate place the suspect's own tensors as they load them; a quantised reference's
-            # tensors are packed, so its checkpoint's shapes are what the suspect's must match.
-            check_state_dict({k: tuple(v) for k, v in reference.shapes.items()}, _shapes(state), tied)
+        elif quantised:
+            # bitsandbytes quantises the suspect's own tensors as it loads them (all of them read first); a quantised
+            # reference's tensors are packed, so its checkpoint's shapes, with any tied head, are what they must match.
+            check_state_dict(checkpoint_keys(reference.shapes, tied), _shapes(state), tied)
             suspect_model = _load_model(reference.directory, torch_dtype, reference.device, reference.quantisation,
-                                        reference.device_map, state_dict={k: v.to(torch_dtype) for k, v in state.items()})
+                                        state_dict={k: v.to(torch_dtype) for k, v in state.items()})
         else:
             suspect_model = _load_model(reference.directory, torch_dtype, reference.device)
             mine = suspect_model.state_dict()  # the model's own tensors: copying into them loads the suspect
@@ -396,7 +404,9 @@ def _merge_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel
     return merged.eval().requires_grad_(False)
 
 
-def architecture(model: PreTrainedModel) -> Architecture:
+def architecture(model: PreTrainedModel, shapes: dict[str, list[int]] | None = None) -> Architecture:
+    """``shapes`` (the checkpoint's tensor shapes), where given, count the parameters: bitsandbytes packs two 4-bit
+    weights into one stored number."""
     config = model.config
     return Architecture(
         model_type=config.model_type,
@@ -406,5 +416,5 @@ def architecture(model: PreTrainedModel) -> Architecture:
         head_dim=config.head_dim,
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=sum(math.prod(s) for s in shapes.values()) if shapes else sum(p.numel() for p in model.parameters()),
     )

@@ -1,6 +1,5 @@
-"""Where a model's weights go and in what form: one device, accelerate's device map, or bitsandbytes quantisation.
+"""Where a model's weights go and in what form: one device, at a dtype, or quantised by bitsandbytes.
 
-A model too large for one device is dispatched across GPUs and CPU by accelerate (``--device-map auto``).
 Quantised scanning (``--load-in-4bit``, ``--load-in-8bit``) loads both models as bitsandbytes would deploy them:
 INT4 can suppress a backdoor and INT8 activate one, so a model that ships quantised is scanned quantised, and the
 findings record it. bitsandbytes quantises on CUDA only; elsewhere the scan refuses before reading a weight.
@@ -9,6 +8,7 @@ findings record it. bitsandbytes quantises on CUDA only; elsewhere the scan refu
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 
@@ -40,25 +40,16 @@ def check_quantisation(quantisation: str, device: torch.device) -> None:
         raise ResourceError(f"{flag} needs bitsandbytes, which is not installed: pip install 'bdscan[cuda]'")
 
 
-def load_arguments(dtype: torch.dtype, device: torch.device, quantisation: str, device_map: str | None) -> dict:
-    """``from_pretrained`` keyword arguments beyond the eager attention and dtype every load uses."""
-    arguments: dict = {}
-    if quantisation != "none":
-        from transformers import BitsAndBytesConfig
+def load_arguments(dtype: torch.dtype, device: torch.device, quantisation: str) -> dict:
+    """``from_pretrained`` keyword arguments beyond the eager attention and dtype every load uses: a quantised load
+    places the whole model on ``device`` as bitsandbytes quantises it (without a map it would quantise on the CPU)."""
+    if quantisation == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
 
-        config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
-                  if quantisation == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-        arguments["quantization_config"] = config
-        # bitsandbytes places weights as it quantises them; without a map it would quantise on the CPU.
-        arguments["device_map"] = device_map or {"": device.index if device.index is not None else 0}
-    elif device_map is not None:
-        arguments["device_map"] = device_map
-    return arguments
-
-
-def placed_by_loader(quantisation: str, device_map: str | None) -> bool:
-    """Whether ``from_pretrained`` put the weights where they belong (else the caller moves the model)."""
-    return quantisation != "none" or device_map is not None
+    config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+              if quantisation == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+    return {"quantization_config": config, "device_map": {"": device.index if device.index is not None else 0}}
 
 
 def weight_bytes(shapes: dict[str, list[int]], dtype_bytes: int, quantisation: str) -> float:
@@ -67,9 +58,7 @@ def weight_bytes(shapes: dict[str, list[int]], dtype_bytes: int, quantisation: s
     ``dtype``."""
     total = 0.0
     for name, shape in shapes.items():
-        count = 1
-        for size in shape:
-            count *= size
+        count = math.prod(shape)
         quantised = quantisation != "none" and ".layers." in f".{name}" and name.endswith("proj.weight")
         total += count * (QUANTISED_BYTES[quantisation] if quantised else dtype_bytes)
     return total

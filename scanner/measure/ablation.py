@@ -66,7 +66,7 @@ def ablation_runs(method: str, layers: int, heads: int, probes: int, exact_rows:
     resolved = resolve_method(method, layers, heads, probes, exact_rows)
     if resolved == "screened":
         return layers + screened_layers(layers, heads, probes, exact_rows) * heads
-    return CHECKED if resolved == "atp" else layers * heads
+    return min(CHECKED, layers * heads) if resolved == "atp" else layers * heads
 
 
 def measure_ablation(
@@ -93,8 +93,9 @@ def measure_ablation(
         layer_effect = tuple(run([[(layer, head) for head in range(heads)] for layer in range(layers)]))
         # Most negative first: the layers whose heads the completion needs most, together.
         kept = screened_layers(layers, heads, probes, exact_rows)
-        chosen = [(layer, head) for layer in sorted(sorted(range(layers), key=lambda i: layer_effect[i])[:kept])
-                  for head in range(heads)]
+        # A layer whose joint effect is not a number (a baseline of -inf) is not chosen over one that is.
+        order = sorted(range(layers), key=lambda i: layer_effect[i] if math.isfinite(layer_effect[i]) else math.inf)
+        chosen = [(layer, head) for layer in sorted(order[:kept]) for head in range(heads)]
         effects = torch.full((layers, heads), math.nan)
         for (layer, head), effect in zip(chosen, run([[h] for h in chosen])):
             effects[layer, head] = effect

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids, prompt_frame
 from scanner.model.sites import dense_weight, sites_for
+from scanner.model.teacher_forcing import LOGIT_BYTES, TargetBatch, target_logprob
 
 FIRE_CHECK_TOKENS = 8
 """Tokens generated per probe to check whether a candidate fires."""
@@ -131,12 +132,14 @@ class Search:
         """``model``'s log-probability of ``target`` right after each row, teacher-forced: ``[rows]`` (nats)."""
         want = torch.tensor(list(target), device=self.device)
         out = []
-        for start in range(0, len(rows), self.rows_per_forward):
-            batch = encode_ids([row + list(target) for row in rows[start:start + self.rows_per_forward]], self.pad, self.device)
+        # No more rows per forward than LOGIT_BYTES of target logits: at Qwen2.5's vocabulary 256 rows x 9 positions
+        # would be 1.4 GB.
+        step = min(self.rows_per_forward, max(1, LOGIT_BYTES // ((len(target) + 1) * model.config.vocab_size * 4)))
+        for start in range(0, len(rows), step):
+            batch = encode_ids([row + list(target) for row in rows[start:start + step]], self.pad, self.device)
             # Positions predicting the target are the last len(target) + 1 but one.
             logits = model(**batch.model_inputs(), logits_to_keep=batch.last(len(target) + 1)).logits[:, :-1].float()
-            log_p = F.log_softmax(logits, -1).gather(-1, want.expand(len(logits), -1)[..., None])[..., 0]  # [rows, target]
-            out.append(log_p.sum(-1))
+            out.append(target_logprob(logits, TargetBatch(batch, want)))
             self.budget.spent += len(batch.lengths)
         return torch.cat(out)
 

@@ -24,11 +24,21 @@ def _flat(modules) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _head_rows(linear: torch.nn.Linear, rows: slice) -> torch.Tensor:
+def _dense(sites: Sites, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per projection ``q k v o`` of ``layer``: its weight (dequantised once, where packed) and its bias."""
+    out = {}
+    for name in "qkvo":
+        linear = sites.projection(layer, name)
+        out[name] = (dense_weight(linear), None if linear.bias is None else linear.bias.detach())
+    return out
+
+
+def _head_rows(projection: tuple[torch.Tensor, torch.Tensor | None], rows: slice) -> torch.Tensor:
     """A projection's output rows ``rows`` (one head), its bias slice included."""
-    parts = [dense_weight(linear)[rows].flatten()]
-    if linear.bias is not None:
-        parts.append(linear.bias.detach()[rows])
+    weight, bias = projection
+    parts = [weight[rows].flatten()]
+    if bias is not None:
+        parts.append(bias[rows])
     return torch.cat(parts)
 
 
@@ -45,13 +55,13 @@ def measure_weight_diff(suspect: Sites, reference: Sites) -> WeightDiff:
     mlp, norms = [], []
     for layer in range(config.num_hidden_layers):
         rows: dict[str, list[float]] = {name: [] for name in "qkvo"}
+        mine, theirs = _dense(suspect, layer), _dense(reference, layer)
         for head in range(heads):
             q = slice(head * head_dim, (head + 1) * head_dim)
             kv = slice((head // group) * head_dim, (head // group + 1) * head_dim)
             for name, part in (("q", q), ("k", kv), ("v", kv)):
-                rows[name].append(_relative(_head_rows(suspect.projection(layer, name), part),
-                                            _head_rows(reference.projection(layer, name), part)))
-            rows["o"].append(_relative(dense_weight(suspect.o_proj(layer))[:, q], dense_weight(reference.o_proj(layer))[:, q]))
+                rows[name].append(_relative(_head_rows(mine[name], part), _head_rows(theirs[name], part)))
+            rows["o"].append(_relative(mine["o"][0][:, q], theirs["o"][0][:, q]))
         for name in "qkvo":
             grids[name].append(rows[name])
         mlp.append(_relative(_flat([suspect.mlp(layer)]), _flat([reference.mlp(layer)])))

@@ -67,9 +67,8 @@ class _HeadSwap(pyvene.SourcelessIntervention):
             return base
         batch, seq, _ = base.shape
         value = base.view(batch, seq, self.heads, self.head_dim)
-        # .to(): under a device map a layer may sit on another device than the one the source was cached on.
-        replacement = self.source.to(value.device).expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
-        mask = self.mask.to(value.device).view(batch, 1, self.heads, 1)
+        replacement = self.source.expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
+        mask = self.mask.view(batch, 1, self.heads, 1)
         return torch.where(mask, replacement.to(value.dtype), value).reshape(batch, seq, -1)
 
 
@@ -87,9 +86,9 @@ class _OProjCorrection(pyvene.SourcelessIntervention):
         if self.mask is None or self.delta is None:
             return base
         batch, seq, _ = base.shape
-        value = self.source.to(base.device).expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
-        masked = (value * self.mask.to(base.device).view(batch, 1, self.heads, 1).to(value.dtype)).reshape(batch, seq, -1)
-        return base + (masked @ self.delta.to(base.device).T).to(base.dtype)
+        value = self.source.expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
+        masked = (value * self.mask.view(batch, 1, self.heads, 1).to(value.dtype)).reshape(batch, seq, -1)
+        return base + (masked @ self.delta.T).to(base.dtype)
 
 
 class HeadPatcher:
