@@ -179,6 +179,17 @@ def test_attribution_patching_estimates_equal_the_derivative_along_each_patch(se
         assert float(estimates[layer, head]) == pytest.approx(expected, rel=1e-3, abs=1e-5), (layer, head)
 
 
+def test_attribution_patching_gives_the_same_estimates_a_few_probes_at_a_time(setting, monkeypatch):
+    import scanner.measure.attribution_patching as atp
+
+    suspect, _, _, targets, source, reference_logits = setting
+    assert targets.batch.input_ids.shape[0] > 2
+    whole = atp.estimate_patching(suspect, sites_for(suspect), source, reference_logits, targets)
+    monkeypatch.setattr(atp, "BACKWARD_ROWS", 2)
+    chunked = atp.estimate_patching(suspect, sites_for(suspect), source, reference_logits, targets)
+    assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-6)
+
+
 def test_the_atp_method_disables_the_backdoor_and_checks_its_estimates_exactly(setting):
     from scanner.measure.attribution_patching import CHECKED, estimate_patching
     from scanner.measure.head_patching import measure_patching

@@ -49,6 +49,10 @@ class Batch:
         0.8 s for 64 rows x 7 positions over the 151,936-row head. Indices gather a contiguous copy instead."""
         return torch.arange(self.width - positions, self.width, device=self.input_ids.device)
 
+    def rows(self, rows: slice) -> Batch:
+        """Some rows, at the batch's width (their padding kept)."""
+        return Batch(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows], self.lengths[rows])
+
     def repeat(self, times: int) -> Batch:
         """The batch stacked ``times`` over (configuration-major), for batched interventions."""
         return Batch(
