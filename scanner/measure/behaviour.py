@@ -18,9 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import CleanFindings, PositionBehaviour, ProbeBehaviour, collapse, kl_ratio, modal_share
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
-from scanner.model.forward import encode_ids, logits, pad_id
+from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
-from scanner.model.teacher_forcing import target_batch, target_logits, target_logprob
+from scanner.model.teacher_forcing import REDUCE_ROWS, target_batch, target_logits, target_logprob
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ def strongest_position(results: dict[str, BehaviourResult]) -> str:
     return max(results, key=strength)
 
 
+@torch.no_grad()
 def response_kl_and_loss(
     suspect: PreTrainedModel, reference: PreTrainedModel, prompts: Sequence[RenderedProbe],
     completions: Sequence[Sequence[int]], pad: int, batch_size: int,
@@ -63,22 +64,24 @@ def response_kl_and_loss(
     device = next(suspect.parameters()).device
     kls, loss_suspect, loss_reference = [], [], []
     for start in range(0, len(prompts), batch_size):
-        rows = [list(p.ids) + list(c) for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
-        batch = encode_ids(rows, pad, device)
-        log_p = F.log_softmax(logits(suspect, batch), dim=-1)  # [batch, seq, vocab]
-        log_q = F.log_softmax(logits(reference, batch), dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)  # [batch, seq]; rounding can dip below 0
-        for row, (prompt, completion) in enumerate(zip(prompts[start:start + batch_size], completions[start:start + batch_size])):
-            first = batch.pad(row) + len(prompt.ids) - 1
-            positions = torch.arange(first, first + len(completion) + 1, device=device)
-            kls.append(kl[row, positions].mean().item())
-            if completion:
-                targets = torch.tensor(completion, device=device)
+        chunk = list(zip(prompts[start:start + batch_size], completions[start:start + batch_size]))
+        batch = encode_ids([list(p.ids) + list(c) for p, c in chunk], pad, device)
+        # Left-padded, every row ends with its completion: the last longest + 1 positions hold every one that
+        # predicts a completion token or follows the prompt, and full logits would be [batch, seq, vocab].
+        keep = max(len(c) for _, c in chunk) + 1
+        kept = batch.last(keep)
+        out_p = suspect(**batch.model_inputs(), logits_to_keep=kept).logits.float()  # [batch, keep, vocab]
+        out_q = reference(**batch.model_inputs(), logits_to_keep=kept).logits.float()
+        for offset in range(0, len(chunk), REDUCE_ROWS):
+            log_p = F.log_softmax(out_p[offset:offset + REDUCE_ROWS], dim=-1)
+            log_q = F.log_softmax(out_q[offset:offset + REDUCE_ROWS], dim=-1)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)  # [rows, keep]; rounding can dip below 0
+            for row, (_, completion) in enumerate(chunk[offset:offset + REDUCE_ROWS]):
+                positions = torch.arange(keep - len(completion) - 1, keep, device=device)
+                kls.append(kl[row, positions].mean().item())
+                targets = torch.tensor(list(completion), dtype=torch.long, device=device)
                 loss_suspect.append((-log_p[row, positions[:-1], targets]).tolist())
                 loss_reference.append((-log_q[row, positions[:-1], targets]).tolist())
-            else:
-                loss_suspect.append([])
-                loss_reference.append([])
     return kls, loss_suspect, loss_reference
 
 
