@@ -66,19 +66,16 @@ def build_pair(seed: int = 0) -> tuple[Path, Path]:
 def predicted_rows(layers: int, heads: int, probes: int, positions: int, steps: int, ablation: str) -> dict[str, float]:
     """The README's cost model for a known-trigger scan, in full-forward-equivalent rows of the suspect: a forward
     from layer ``l`` counts ``(layers - l) / layers``, and a screened layer is counted as if it were the middle one."""
-    from scanner.measure.ablation import screened_layers
+    from scanner.measure.ablation import ablation_runs
+    from scanner.measure.attribution_patching import CHECKED
 
-    from_middle = (layers + 1) / (2 * layers)
-    if ablation == "screened":
-        ablated = (layers + screened_layers(layers, heads, probes) * heads) * probes * from_middle
-    else:
-        ablated = layers * heads * probes * from_middle
+    ablated = ablation_runs(ablation, layers, heads, probes) * probes * (layers + 1) / (2 * layers)
     return {
         # each position's triggered probes, and the clean probes once, prefilled by both models
         "behaviour (prefill rows)": 2 * probes * (positions + 1),
         "ablation": ablated + 2 * probes,
-        # the patching steps run, every head at once, the 8 attribution-patching checks, the reference and suspect
-        "patching": (steps + 1 + 8) * probes + 3 * probes,
+        # the patching steps run, every head at once, attribution patching's checks, the reference and suspect
+        "patching": (steps + 1 + CHECKED) * probes + 3 * probes,
     }
 
 
@@ -168,7 +165,9 @@ def main() -> None:
     per_row = (stages.get("ablation", 0.0) + stages.get("patching", 0.0)) / (rows["ablation"] + rows["patching"])
     print(f"measured: {per_row:.3f} s per full-forward row in ablation and patching")
     naive = naive_seconds_per_configuration(base, suspect, findings, args.seed)
-    configurations = {"ablation": layers * heads, "patching": steps + 1 + 8}
+    from scanner.measure.attribution_patching import CHECKED
+
+    configurations = {"ablation": layers * heads, "patching": steps + 1 + CHECKED}
     print(f"naive loop (one full forward per configuration, plain hook, full logits): {naive:.2f} s per configuration")
     for stage, count in configurations.items():
         print(f"| {stage} | {count} configurations | naive {naive * count:,.0f} s | bdscan {stages.get(stage, 0.0):,.0f} s | "
