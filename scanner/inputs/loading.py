@@ -143,8 +143,10 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
 
 class _SafetensorsState(Mapping):
     """A safetensors checkpoint's tensors by name, each read from its file when asked for, so that a suspect loaded
-    into a copy of the reference is copied a tensor at a time and never held whole beside it (at the Qwen2.5-0.5B
-    shape that is 2 GB less at the peak of loading)."""
+    into a copy of the reference is copied a tensor at a time and never held whole as private memory beside it.
+    The file is memory-mapped, and its pages count as resident while they are mapped: at the Qwen2.5-0.5B shape the
+    peak of loading was 4,364 MB this way against 4,361 MB reading the whole file first. What it changes is that
+    those pages are the file's, which the kernel can drop under pressure, not memory only this process holds."""
 
     def __init__(self, files: list[Path]) -> None:
         self._files: dict[str, object] = {}
@@ -203,8 +205,8 @@ def _read_state(suspect_path: Path, kind: str, allow_pickle: bool) -> Mapping[st
     return state
 
 
-# Reference and suspect resident together, plus a margin for a pickle suspect read whole before it is copied in
-# (safetensors are copied a tensor at a time); activations of a probe batch come on top.
+# Reference and suspect resident together, plus the suspect's tensors as read (a pickle whole, a safetensors file
+# as mapped pages while it is copied in); activations of a probe batch come on top.
 MODEL_COPIES = 3
 ACTIVATION_HEADROOM = 512 * 1024 * 1024
 
