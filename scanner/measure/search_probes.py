@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids, prompt_frame
 from scanner.model.sites import dense_weight, sites_for
-from scanner.model.teacher_forcing import LOGIT_BYTES, TargetBatch, target_logprob
+from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
 
 FIRE_CHECK_TOKENS = 8
 """Tokens generated per probe to check whether a candidate fires."""
@@ -133,8 +133,8 @@ class Search:
         want = torch.tensor(list(target), device=self.device)
         out = []
         # No more rows per forward than LOGIT_BYTES of target logits: at Qwen2.5's vocabulary 256 rows x 9 positions
-        # would be 1.4 GB.
-        step = min(self.rows_per_forward, max(1, LOGIT_BYTES // ((len(target) + 1) * model.config.vocab_size * 4)))
+        # would be 1.4 GB. Each row is a configuration of one probe here.
+        step = configurations_per_forward(self.rows_per_forward, 1, len(target) + 1, model.config.vocab_size)
         for start in range(0, len(rows), step):
             batch = encode_ids([row + list(target) for row in rows[start:start + step]], self.pad, self.device)
             # Positions predicting the target are the last len(target) + 1 but one.
