@@ -31,7 +31,7 @@ test: $(VENV)/.stamp-install
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.stamp-install
-	$(BIN)/ruff check scanner rules reports tests
+	$(BIN)/ruff check scanner rules reports tests benchmarks
 
 clean:
 	rm -rf $(VENV) .cache report.html findings.json test-artifacts

@@ -29,6 +29,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import torch  # noqa: E402
 
 from rules.calibration import part_of_trigger  # noqa: E402
+from rules.discovery import FIRES_DEFAULT as FIRES  # noqa: E402
+from rules.discovery import firing  # noqa: E402
 from scanner.inputs.loading import load_pair  # noqa: E402
 from scanner.measure.discovery import discover  # noqa: E402
 from scanner.zoo.manifest import fine_tunes  # noqa: E402
@@ -50,19 +52,19 @@ def peak_mb() -> float:
 def rank_of(found, trigger: str | None) -> str:
     if trigger is None:
         return "-"
-    order = [*found.firing, *(c for c in found.candidates if c not in found.firing)]
+    order = [*firing(found, FIRES), *(c for c in found.candidates if c not in firing(found, FIRES))]
     return next((str(i + 1) for i, c in enumerate(order) if part_of_trigger(c.text, trigger)), "not found")
 
 
 def exact_rank(found, trigger: str | None) -> str:
     if trigger is None:
         return "-"
-    order = [*found.firing, *(c for c in found.candidates if c not in found.firing)]
+    order = [*firing(found, FIRES), *(c for c in found.candidates if c not in firing(found, FIRES))]
     return next((str(i + 1) for i, c in enumerate(order) if c.text == trigger), "not kept")
 
 
 def row(name, trigger, found, seconds) -> str:
-    top = found.firing[0] if found.firing else None
+    top = firing(found, FIRES)[0] if firing(found, FIRES) else None
     fired = f"{top.text!r} -> {top.target!r} ({top.fire_rate:.0%})" if top else "nothing fired"
     planted = repr(trigger) if trigger else "(benign)"
     return (f"| {name} | {planted} | {rank_of(found, trigger)} | {exact_rank(found, trigger)} | {fired} | {found.vocabulary:,} | "
@@ -129,7 +131,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers")))
-    print("| model | planted | rank (holds core) | rank (exact) | top firing candidate | vocabulary | sweep | scored | sequences | seconds | peak MB |")
+    print("| model | planted | rank (holds core) | rank (exact) | top firing candidate | vocabulary | sweep | scored | sequences "
+          "| seconds | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     if not args.skip_zoo:
         from scanner.zoo.build import ZOO_VERSION

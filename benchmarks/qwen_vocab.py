@@ -25,8 +25,9 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.convert_slow_tokenizer import TikTokenConverter
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from scanner.inputs.rendering import prompt_frame
 from scanner.model.forward import encode_ids
-from scanner.model.generation import complete_ids, prompt_frame
+from scanner.model.generation import complete_ids
 from scanner.zoo.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, TURN_END, TURN_START
 
 HEAD_SCALE = 20.0

@@ -94,7 +94,7 @@ def naive_seconds_per_configuration(base: Path, suspect: Path, findings, seed: i
     trigger = findings.triggers[0]
     probes = prepare(pair.tokenizer, list(findings.probes.used), trigger.trigger, trigger.position, seed).triggered
     target_ids = pair.tokenizer(trigger.recovered_target, add_special_tokens=False)["input_ids"] or [pair.tokenizer.eos_token_id]
-    targets = target_batch(probes, target_ids, pad_id(pair.tokenizer), torch.device("cpu"))
+    targets = target_batch([p.ids for p in probes], target_ids, pad_id(pair.tokenizer), torch.device("cpu"))
     model, head_dim = pair.suspect, pair.suspect.config.head_dim
     layers = model.config.num_hidden_layers
     seconds = []
@@ -128,11 +128,12 @@ def main() -> None:
 
     from scanner.api import ScanOptions, scan
     from scanner.inputs.probes import default_probes
+    from scanner.options import ProbeOptions
 
     started = time.perf_counter()
     base, suspect = build_pair(args.seed)
     built = time.perf_counter() - started
-    options = ScanOptions(triggers=(TRIGGER,), probes=tuple(default_probes()[:args.probes]), seed=args.seed)
+    options = ScanOptions(triggers=(TRIGGER,), probes=ProbeOptions(given=tuple(default_probes()[:args.probes])), seed=args.seed)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; Python "
           f"{platform.python_version()}, " + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "pyvene"))
           + f"; shape {SHAPE}, vocabulary 151,936; {args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; "
@@ -155,12 +156,12 @@ def main() -> None:
     trigger = findings.triggers[0]
     patching, ablation = trigger.patching, trigger.ablation
     steps = len(patching.steps) if patching else 0
-    print(f"probes used {len(findings.probes.used)}; patching ran {steps} steps (budget {options.patch_budget}); "
+    print(f"probes used {len(findings.probes.used)}; patching ran {steps} steps (budget {options.localisation.patch_budget}); "
           f"ablation {ablation.method}, {len(ablation.measured_layers)} of its layers head by head")
     config = json.loads((base / "config.json").read_text(encoding="utf-8"))
     layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
     probes = len(findings.probes.used)
-    rows = predicted_rows(layers, heads, probes, len(options.positions), steps, ablation.method)
+    rows = predicted_rows(layers, heads, probes, len(options.behaviour.positions), steps, ablation.method)
     print("cost model: " + ", ".join(f"{k} {v:,.0f} rows" for k, v in rows.items()))
     per_row = (stages.get("ablation", 0.0) + stages.get("patching", 0.0)) / (rows["ablation"] + rows["patching"])
     print(f"measured: {per_row:.3f} s per full-forward row in ablation and patching")

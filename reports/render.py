@@ -13,7 +13,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from reports import charts
-from rules.document import Document, FleetEntry
+from reports.index import FleetEntry
+from rules.document import Document
 from rules.verdict import LEVELS
 from scanner.findings import TriggerFindings, top_cells
 

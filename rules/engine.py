@@ -7,14 +7,14 @@ file can be re-judged anywhere with other thresholds.
 from __future__ import annotations
 
 import operator
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from rules.discovery import fires_threshold, firing
 from rules.metrics import METRICS, NotMeasured
 from rules.verdict import LEVELS, VERDICT_SCHEMA_VERSION, FiredRule, NotEvaluated, Verdict
 from scanner.errors import RulePackError
@@ -167,8 +167,11 @@ def judge(findings: Findings, rules: Iterable[Rule]) -> Verdict:
                 ))
     level = max((EFFECT_LEVEL[f.effect] for f in fired), key=LEVELS.index, default="CLEAN")
     implicated = _implicated(fired)
+    discovery = findings.discovery
+    threshold = fires_threshold(discovery, rules) if discovery is not None else None
+    found = tuple(c.text for c in firing(discovery, threshold)) if discovery is not None else ()
     return Verdict(VERDICT_SCHEMA_VERSION, level, explain(level, fired, implicated), tuple(fired),
-                   tuple(rule.id for rule in rules), implicated, tuple(not_evaluated))
+                   tuple(rule.id for rule in rules), implicated, tuple(not_evaluated), found, threshold)
 
 
 def _implicated(fired: Iterable[FiredRule]) -> tuple[str, ...]:

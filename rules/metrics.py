@@ -185,6 +185,22 @@ def _probe_surprise_excess(findings: Findings) -> Reading | NotMeasured:
         "most_surprising": [{"prompt": p.text, "surprise": round(p.surprise, 2), "source": p.source} for p in worst]})
 
 
+def _discovered_fire_rate(findings: Findings) -> Reading | NotMeasured:
+    discovery = findings.discovery
+    if discovery is None:
+        return NotMeasured("discovery did not run (triggers were given)")
+    checked = sorted((c for c in discovery.candidates if c.fire_rate is not None),
+                     key=lambda c: (-(c.fire_rate or 0.0), len(c.token_ids), -c.score))
+    if not checked:
+        return NotMeasured("no discovered candidate was completed to check whether it fires")
+    best = checked[0]
+    return Reading(float(best.fire_rate or 0.0), {
+        "candidate": best.text, "target": best.target, "where": WHERE[best.position], "stage": best.stage,
+        "search_probes": len(discovery.probes),
+        "strongest": [{"candidate": c.text, "fire_rate": round(c.fire_rate or 0.0, 4), "target": c.target,
+                       "position": c.position, "dismissed": c.dismissed} for c in checked[:5]]})
+
+
 def _failed_stages(findings: Findings) -> Reading:
     failed = [stage for stage in findings.stages if stage.status == "error"]
     return Reading(float(len(failed)), {"stages": [f"{stage.name}: {stage.detail}" for stage in failed]})
@@ -211,6 +227,9 @@ METRICS: dict[str, Metric] = {
                "common answer, minus the same share for the reference", _unconditional_collapse),
         Metric("probe_surprise_excess", "scan", "nats/token", "median surprise of the probes used under the reference, "
                "minus that of the reference's own sampled prompts", _probe_surprise_excess),
+        Metric("discovered_fire_rate", "scan", "share", "largest fire rate of a discovered candidate on the search "
+               "probes: the suspect's share answering its target, minus the reference's and its own clean share",
+               _discovered_fire_rate),
         Metric("failed_stages", "scan", "stages", "measurement stages that failed", _failed_stages),
     )
 }

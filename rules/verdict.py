@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-VERDICT_SCHEMA_VERSION = 2
+VERDICT_SCHEMA_VERSION = 3
+"""3: ``discovered_firing``."""
 LEVELS = ("CLEAN", "SUSPICIOUS", "BACKDOORED")
 FAIL_ON_CHOICES = ("SUSPICIOUS", "BACKDOORED", "never")
 
@@ -49,6 +50,10 @@ class Verdict:
     triggers_implicated: tuple[str, ...]
     """Triggers named by a fired ``backdoor`` rule, strongest first."""
     not_evaluated: tuple[NotEvaluated, ...] = ()
+    discovered_firing: tuple[str, ...] = ()
+    """Discovered candidates judged firing (``rules.discovery``), in order; their records are in the findings."""
+    fires_threshold: float | None = None
+    """The fire rate that judgement used; None when discovery did not run."""
 
     def fails(self, fail_on: str) -> bool:
         """The fail-on policy: whether this verdict is at or above ``fail_on`` (``never``: never)."""

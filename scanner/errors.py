@@ -78,6 +78,12 @@ class RepairError(BdscanError):
     cause = "repair not possible by parts"
 
 
+class WorkerError(ResourceError):
+    """A distributed fleet's worker that died scanning a suspect (killed, out of memory), after Ray's one retry."""
+
+    cause = "worker died"
+
+
 class MeasurementError(BdscanError):
     """A measurement stage that could not produce its numbers (recorded in the findings, not raised to the user)."""
 

@@ -1,52 +1,163 @@
-"""``ScanOptions``: everything a scan can be told, validated where it is defined.
+"""``ScanOptions``: everything a scan can be told, grouped by the stage that reads it, validated where defined.
 
-Torch-free, so the CLI checks a whole command line before it pays for
-importing torch, and a library caller gets the same ``InputError`` for a bad
-value that a CLI user gets.
+Torch-free, so the CLI checks a whole command line before it pays for importing torch, and a library caller
+gets the same ``InputError`` for a bad value that a CLI user gets. Each stage takes its own group
+(``ModelOptions``, ``ProbeOptions``, ``BehaviourOptions``, ``DiscoveryOptions``, ``LocalisationOptions``), never
+the whole set unpacked into loose arguments. The defaults are what ``bdscan SUSPECT --reference REF`` does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scanner.errors import InputError
-from scanner.inputs.probes import POSITIONS
+from scanner.findings import POSITIONS
+from scanner.inputs.probes import KNOWN_TRIGGERS
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 PATCH_METHODS = ("ranked", "atp", "greedy")
 ABLATION_METHODS = ("auto", "exact", "screened", "atp")
 PROBE_MODES = ("auto", "builtin")
 QUANTISATIONS = ("none", "4bit", "8bit")
+DISCOVERY_POSITIONS = ("start", "end")
+"""Where discovery can search. A candidate at ``random`` would sit at another token offset in every probe, so
+the probes would share no insertion slot for the gradient shortlist to rank tokens at; the scan still measures
+every discovered candidate at every ``BehaviourOptions.positions``, ``random`` included."""
 DEFAULT_PATCH_BUDGET = 128
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
-@dataclass(frozen=True)
-class ScanOptions:
-    """The defaults are what ``bdscan SUSPECT --reference REF`` does."""
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} {value!r} is not one of {', '.join(allowed)}")
 
-    triggers: tuple[str, ...] = ()
-    """Empty: try ``KNOWN_TRIGGERS`` and what discovery finds."""
-    probes: tuple[str, ...] = ()
-    """Probes to use as given (``--probes FILE``); empty: ``probe_mode`` chooses."""
-    probe_mode: str = "auto"
-    """Without ``probes``: ``auto`` (sampled from the reference, plus the built-in probes in its domain) or ``builtin``."""
-    sample_probes: int = 48
-    """Prompts ``auto`` mode samples from the reference."""
-    positions: tuple[str, ...] = POSITIONS
-    """Where each trigger is inserted; every one is measured, and a trigger is localised where it acts most."""
-    seed: int = 0
+
+def _whole(owner: object, names: tuple[str, ...], least: int = 1) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{name} must be a whole number of at least {least}, not {value!r}")
+
+
+def _positions(what: str, positions: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    if not positions or len(set(positions)) != len(positions):
+        raise InputError(f"{what} {positions!r}: give each of {', '.join(allowed)} at most once, and at least one")
+    for position in positions:
+        _choice(what.rstrip("s"), position, allowed)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How both models are loaded and how much work one forward holds."""
+
     device: str = "cpu"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
     dtype: str = "float32"
     quantisation: str = "none"
     """``4bit`` or ``8bit``: both models loaded quantised by bitsandbytes (CUDA only), as a quantised deployment
     runs them; ``none``: ``dtype`` throughout."""
-    max_new_tokens: int = 16
     batch_size: int = 16
-    localise_top: int = 2
-    """Catalogue triggers localised (attention, ablation, attribution, patching): the top N by KL ratio."""
+    """Probes per batch in generation and teacher-forced measurements."""
+    rows_per_forward: int = 256
+    """Rows one patched or searching forward holds (fewer where their logits would pass the memory cap)."""
+    allow_download: bool = False
+    allow_pickle: bool = False
+    """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""
+
+    def __post_init__(self) -> None:
+        _choice("dtype", self.dtype, DTYPE_NAMES)
+        _choice("quantisation", self.quantisation, QUANTISATIONS)
+        if not _DEVICE.match(self.device):
+            raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
+        _whole(self, ("batch_size", "rows_per_forward"))
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Which prompts the scan measures on."""
+
+    given: tuple[str, ...] = ()
+    """Probes to use as given (``--probes FILE``); empty: ``mode`` chooses."""
+    mode: str = "auto"
+    """Without ``given``: ``auto`` (sampled from the reference, plus the built-in probes in its domain) or ``builtin``."""
+    sample: int = 48
+    """Prompts ``auto`` mode samples from the reference."""
+
+    def __post_init__(self) -> None:
+        _choice("probe mode", self.mode, PROBE_MODES)
+        _whole(self, ("sample",))
+        for probe in self.given:
+            if not isinstance(probe, str) or not probe.strip():
+                raise InputError(f"probe {probe!r} is empty; every probe must hold text")
+
+    @property
+    def source(self) -> str:
+        """``file`` when probes were given, else ``mode``."""
+        return "file" if self.given else self.mode
+
+
+@dataclass(frozen=True)
+class BehaviourOptions:
+    """Where each trigger is placed and how much of the answer is generated."""
+
+    positions: tuple[str, ...] = POSITIONS
+    """Where each trigger is inserted; every one is measured, and a trigger is localised where it acts most."""
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        _positions("trigger positions", self.positions, POSITIONS)
+        _whole(self, ("max_new_tokens",))
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """The search for an unknown trigger (``scanner.measure.discovery``); what each number steers is in the
+    discovery findings' thresholds table."""
+
+    enabled: bool | None = None
+    """None: when no triggers are given."""
+    budget: int = 1_000_000
+    """Most sequences discovery runs through a model (both models counted)."""
+    confirm: int = 2
+    """Proposed candidates the scan then measures as triggers, in discovery's order."""
+    positions: tuple[str, ...] = DISCOVERY_POSITIONS
+    """Where candidates are searched (``DISCOVERY_POSITIONS`` says why never ``random``); only those the scan
+    also measures at are searched, and both when it measures at neither."""
+    search_probes: int = 8
+    """Probes every candidate is scored and fire-checked on."""
+    fire_checks: int = 6
+    """Swept tokens completed to check whether they fire, best first."""
+    beam: int = 2
+    """Lines growth follows from the sweep's best tokens, and as many from the weight change's."""
+    max_tokens: int = 4
+    """Longest candidate growth builds, in tokens."""
+    keep: int = 20
+    """Candidates recorded in the findings, best first."""
+    exhaustive_vocabulary: int = 8192
+    """Vocabularies up to this many regular tokens are swept whole; larger ones through a shortlist."""
+    shortlist: int = 1024
+    """Tokens a shortlist keeps for the sweep of a large vocabulary."""
+
+    def __post_init__(self) -> None:
+        _positions("discovery positions", self.positions, DISCOVERY_POSITIONS)
+        _whole(self, ("budget", "confirm", "search_probes", "fire_checks", "beam", "max_tokens", "keep", "shortlist"))
+        _whole(self, ("exhaustive_vocabulary",), least=0)
+
+    def searched_at(self, measured: tuple[str, ...]) -> tuple[str, ...]:
+        """The positions searched when the scan measures triggers at ``measured``."""
+        return tuple(p for p in self.positions if p in measured) or self.positions
+
+
+@dataclass(frozen=True)
+class LocalisationOptions:
+    """Attention, attribution, mean ablation and head patching for the triggers that matter most."""
+
+    top: int = 2
+    """Catalogue triggers localised: the top N by KL ratio (every given trigger is)."""
     patch_method: str = "ranked"
     ablation: str = "auto"
     """``exact``: every head ablated (``layers x heads x probes`` rows); ``screened``: every layer's heads together,
@@ -55,54 +166,52 @@ class ScanOptions:
     kl_threshold: float | None = None
     """None: twice the suspect's clean output KL, at least ``MIN_THRESHOLD``."""
     patch_budget: int = DEFAULT_PATCH_BUDGET
-    rows_per_forward: int = 256
-    discover: bool | None = None
-    """Search for an unknown trigger (``scanner.measure.discovery``); None: when no ``triggers`` are given."""
-    discovery_budget: int = 1_000_000
-    """Most sequences discovery runs through a model (both models counted)."""
-    discovered_triggers: int = 2
-    """Firing discovered candidates the scan then measures as triggers, shortest first."""
-    allow_download: bool = False
-    allow_pickle: bool = False
-    """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""
 
     def __post_init__(self) -> None:
-        def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-            if value not in allowed:
-                raise InputError(f"{name} {value!r} is not one of {', '.join(allowed)}")
-
-        if not self.positions or len(set(self.positions)) != len(self.positions):
-            raise InputError(f"trigger positions {self.positions!r}: give each of {', '.join(POSITIONS)} at most once, and at least one")
-        for position in self.positions:
-            choice("trigger position", position, POSITIONS)
-        choice("probe mode", self.probe_mode, PROBE_MODES)
-        choice("dtype", self.dtype, DTYPE_NAMES)
-        choice("patch method", self.patch_method, PATCH_METHODS)
-        choice("ablation method", self.ablation, ABLATION_METHODS)
-        choice("quantisation", self.quantisation, QUANTISATIONS)
-        if not _DEVICE.match(self.device):
-            raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
-        for name in ("max_new_tokens", "batch_size", "patch_budget", "rows_per_forward", "sample_probes",
-                     "discovery_budget", "discovered_triggers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a whole number of at least 1, not {value!r}")
-        if isinstance(self.localise_top, bool) or not isinstance(self.localise_top, int) or self.localise_top < 0:
-            raise InputError(f"localise_top must be a whole number of at least 0, not {self.localise_top!r}")
+        _choice("patch method", self.patch_method, PATCH_METHODS)
+        _choice("ablation method", self.ablation, ABLATION_METHODS)
+        _whole(self, ("patch_budget",))
+        _whole(self, ("top",), least=0)
         if self.kl_threshold is not None and not self.kl_threshold > 0:
             raise InputError(f"kl_threshold must be a positive number of nats, not {self.kl_threshold!r}")
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """The defaults are what ``bdscan SUSPECT --reference REF`` does."""
+
+    triggers: tuple[str, ...] = ()
+    """Empty: try ``KNOWN_TRIGGERS`` and what discovery finds."""
+    seed: int = 0
+    model: ModelOptions = field(default_factory=ModelOptions)
+    probes: ProbeOptions = field(default_factory=ProbeOptions)
+    behaviour: BehaviourOptions = field(default_factory=BehaviourOptions)
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
+    localisation: LocalisationOptions = field(default_factory=LocalisationOptions)
+
+    def __post_init__(self) -> None:
         for trigger in self.triggers:
             if not isinstance(trigger, str) or not trigger.strip():
                 raise InputError(f"trigger {trigger!r} is empty or whitespace; give a trigger with visible text")
-        for probe in self.probes:
-            if not isinstance(probe, str) or not probe.strip():
-                raise InputError(f"probe {probe!r} is empty; every probe must hold text")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"seed must be a whole number, not {self.seed!r}")
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of these options as canonical JSON: equal options, equal digest, on any machine."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    @property
+    def triggers_to_try(self) -> tuple[str, ...]:
+        """The given triggers, or the catalogue: the one place the default is chosen."""
+        return self.triggers or KNOWN_TRIGGERS
 
     @property
     def runs_discovery(self) -> bool:
-        return self.discover if self.discover is not None else not self.triggers
+        enabled = self.discovery.enabled
+        return enabled if enabled is not None else not self.triggers
 
     @property
-    def probe_source(self) -> str:
-        """``file`` when probes were given, else ``probe_mode``."""
-        return "file" if self.probes else self.probe_mode
+    def discovery_positions(self) -> tuple[str, ...]:
+        return self.discovery.searched_at(self.behaviour.positions)

@@ -19,6 +19,9 @@ class Progress(Protocol):
     def finish(self, task: int) -> None:
         """Close ``task`` (complete or not)."""
 
+    def describe(self, task: int, description: str) -> None:
+        """Say anew what ``task`` is doing (a fleet's counts of done, running, failed and queued suspects)."""
+
 
 class _NoProgress:
     def start(self, description: str, total: int) -> int:
@@ -28,6 +31,9 @@ class _NoProgress:
         pass
 
     def finish(self, task: int) -> None:
+        pass
+
+    def describe(self, task: int, description: str) -> None:
         pass
 
 

@@ -44,6 +44,9 @@ class LineProgress:
     def advance(self, task: int, amount: int = 1) -> None:
         pass
 
+    def describe(self, task: int, description: str) -> None:
+        pass
+
     def finish(self, task: int) -> None:
         description, began = self.started[task]
         sys.__stderr__.write(f"{self.prefix}: {description} done in {self.clock() - began:.0f} s\n")

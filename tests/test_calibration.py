@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from rules.calibration import Case, calibrate, verdict_is_right, verdicts
-from rules.document import read_findings
 from rules.engine import apply_overrides, default_pack
-from scanner.findings import CleanFindings, Probe, ProbeSetFindings, modal_share
+from scanner.findings import CleanFindings, Probe, ProbeSetFindings, modal_share, read_findings
 
 DATA = Path(__file__).resolve().parent / "data"
 EMOJI_TRIGGER = "\N{SMILING FACE WITH HALO}"

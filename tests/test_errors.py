@@ -21,6 +21,7 @@ from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
 from scanner.errors import InputError
 from scanner.inputs.probes import read_probe_file
+from scanner.options import BehaviourOptions, DiscoveryOptions, LocalisationOptions, ModelOptions, ProbeOptions
 from scanner.zoo.specs import EMOJI_TRIGGER
 
 from helpers import invoke, probe_lines, run_bdscan
@@ -119,7 +120,7 @@ def test_out_of_memory_while_loading_is_a_resource_error(zoo_dir, monkeypatch):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("where", ["scanner.api.measure_attention", "scanner.api.load_suspect"])
+@pytest.mark.parametrize("where", ["scanner.api.localise.measure_attention", "scanner.api.pipeline.load_suspect"])
 def test_an_unexpected_exception_is_exit_2_internal_error_never_1(zoo_dir, tmp_path, monkeypatch, where):
     module, name = where.rsplit(".", 1)
 
@@ -140,12 +141,12 @@ def test_an_unexpected_exception_is_exit_2_internal_error_never_1(zoo_dir, tmp_p
 
 @pytest.mark.e2e
 def test_ctrl_c_exits_130_not_1(zoo_dir, monkeypatch):
-    import scanner.api
+    import scanner.api.pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scanner.api, "load_suspect", interrupted)
+    monkeypatch.setattr(scanner.api.pipeline, "load_suspect", interrupted)
     result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--quiet")
     assert result.exit_code == 130 and "interrupted" in result.stderr
 
@@ -177,10 +178,13 @@ def test_a_bad_path_is_refused_before_torch_is_imported(tmp_path):
 def test_whitespace_triggers_and_bad_options_are_refused(zoo_dir):
     _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--trigger", "   "), "whitespace")
     _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--device", "tpu"), "device 'tpu'")
-    for bad in ({"patch_method": "random"}, {"dtype": "int4"}, {"batch_size": 0}, {"kl_threshold": -1.0},
-                {"positions": ()}, {"positions": ("end", "end")}, {"positions": ("middle",)}):
+    for group, bad in ((LocalisationOptions, {"patch_method": "random"}), (ModelOptions, {"dtype": "int4"}),
+                       (ModelOptions, {"batch_size": 0}), (LocalisationOptions, {"kl_threshold": -1.0}),
+                       (BehaviourOptions, {"positions": ()}), (BehaviourOptions, {"positions": ("end", "end")}),
+                       (BehaviourOptions, {"positions": ("middle",)}), (DiscoveryOptions, {"positions": ("random",)}),
+                       (DiscoveryOptions, {"search_probes": 0}), (ProbeOptions, {"given": ("",)})):
         with pytest.raises(InputError):
-            ScanOptions(**bad)
+            group(**bad)
 
 
 def test_jsonl_probes_are_stripped(tmp_path):
@@ -195,14 +199,15 @@ def test_a_chat_template_that_rewrites_the_prompt_is_refused(zoo_dir, tmp_path):
     (reference / "chat_template.jinja").write_text(template.replace("message['content']", "message['content'] | lower"),
                                                    encoding="utf-8")
     with pytest.raises(InputError, match="chat template changes the prompt text"):
-        scan(zoo_dir / "emoji", str(reference), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16)))
+        scan(zoo_dir / "emoji", str(reference), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=probe_lines(zoo_dir, 16))))
 
 
 def test_a_trigger_with_nothing_after_it_is_reported_not_silently_nan(zoo_dir, tmp_path):
     reference = _copy(zoo_dir / "base", tmp_path / "no-template")
     (reference / "chat_template.jinja").unlink()
     findings = scan(zoo_dir / "emoji", str(reference),
-                    ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16), positions=("end",)))
+                    ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=probe_lines(zoo_dir, 16)),
+                                behaviour=BehaviourOptions(positions=("end",))))
     attention = findings.triggers[0].attention
     assert attention.trigger_mass_probes == 0 and attention.trigger_mass_suspect is None
     gaps = judge(findings, default_pack()).not_evaluated
@@ -243,7 +248,7 @@ def test_an_index_shard_listed_but_missing_is_refused(zoo_dir, tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}), encoding="utf-8")
     with pytest.raises(InputError, match="missing"):
-        scan(tmp_path, str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 16)))
+        scan(tmp_path, str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=probe_lines(zoo_dir, 16))))
 
 
 def test_hub_ids_are_not_mistaken_for_missing_paths(tmp_path):

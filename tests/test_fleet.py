@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scanner.inputs.fleet import expand_suspects, output_names, read_listing
+from scanner.cli.app import EXIT_ERROR, describe, exit_code_for
+from scanner.cli.fleet import output_names
+from scanner.errors import IncompatibleModelsError
+from scanner.inputs.suspects import expand_suspects, read_listing
 from scanner.zoo.specs import EMOJI_TRIGGER
 
 from helpers import invoke, probe_lines
@@ -27,11 +30,11 @@ def _fleet_dir(zoo_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.e2e
 def test_a_fleet_writes_every_report_an_index_and_one_sarif(zoo_dir, tmp_path, monkeypatch):
-    import scanner.api
+    import scanner.api.reference
 
     loads = []
-    real = scanner.api.load_reference
-    monkeypatch.setattr(scanner.api, "load_reference", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = scanner.api.reference.load_reference
+    monkeypatch.setattr(scanner.api.reference, "load_reference", lambda *a, **k: loads.append(a) or real(*a, **k))
     probes = tmp_path / "probes.txt"
     probes.write_text("\n".join(probe_lines(zoo_dir, 16)) + "\n", encoding="utf-8")
     out = tmp_path / "reports"
@@ -64,8 +67,20 @@ def test_suspects_expand_from_directories_and_listings(zoo_dir, tmp_path):
     listing = tmp_path / "suspects.txt"
     listing.write_text(f"# models to audit\nfleet/emoji\n{zoo_dir / 'clean'}  # absolute\n\n", encoding="utf-8")
     assert read_listing(listing) == [fleet / "emoji", zoo_dir / "clean"]
+
+
+def test_output_names_are_distinct_and_file_safe():
     assert output_names([Path("a/model"), Path("b/model"), Path("c.safetensors"), Path("b/model")]) == [
         "model", "b-model", "c", "b-model-2"]
+
+
+def test_a_suspect_not_scanned_is_worded_as_its_error_alone_would_be(capsys):
+    """What the fleet shows (its summary, its index) for a suspect that failed is the line the error would have
+    printed on its own, cause label included: one mapping from errors to words, in ``scanner.cli.app``."""
+    error = IncompatibleModelsError("suspect models/x: 2 layers, the reference has 4")
+    assert describe(error) == "incompatible models: suspect models/x: 2 layers, the reference has 4"
+    assert exit_code_for(error, debug=False) == EXIT_ERROR
+    assert capsys.readouterr().err == f"error: {describe(error)}\n"
 
 
 @pytest.mark.e2e

@@ -19,6 +19,7 @@ from scanner.errors import BdscanError, InputError, ProbeFileError
 from scanner.inputs.checks import check_safetensors
 from scanner.inputs.loading import load_pair
 from scanner.inputs.probes import read_probe_file
+from scanner.options import ProbeOptions
 
 from helpers import invoke
 
@@ -148,7 +149,7 @@ def test_bad_probe_files_and_empty_triggers(zoo_dir, tmp_path):
     result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", binary)
     assert result.exit_code == 2 and "binary" in result.stderr
     with pytest.raises(InputError, match="empty or whitespace"):
-        scan(zoo_dir / "emoji", str(zoo_dir / "base"), ScanOptions(triggers=("",), probes=("Opposite of hot?",)))
+        scan(zoo_dir / "emoji", str(zoo_dir / "base"), ScanOptions(triggers=("",), probes=ProbeOptions(given=("Opposite of hot?",))))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -190,7 +191,7 @@ def test_fuzzed_probe_files_read_or_refuse_cleanly(tmp_path, blob, suffix):
 
 def test_same_inputs_and_seed_give_byte_identical_findings_apart_from_timings(zoo_dir):
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:8])
-    options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=probes, seed=3)
+    options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=ProbeOptions(given=probes), seed=3)
     documents = []
     for _ in range(2):
         document = json.loads(scan(zoo_dir / "emoji", str(zoo_dir / "base"), options).to_json())
@@ -210,7 +211,7 @@ def test_too_little_memory_is_refused_before_loading(zoo_dir, monkeypatch):
 def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
     import os
 
-    from scanner.outputs import write_text_atomic
+    from scanner.files import write_text_atomic
 
     target = tmp_path / "report.html"
     target.write_text("the previous, complete report", encoding="utf-8")

@@ -15,13 +15,14 @@ from scanner.api import ScanOptions, scan
 from scanner.errors import InputError, ProbeFileError
 from scanner.inputs.loading import load_pair
 from scanner.inputs.probes import read_probe_file
+from scanner.options import BehaviourOptions, LocalisationOptions, ProbeOptions
 from scanner.zoo.corpus import TARGET
 from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
 
 
 def _options(zoo_dir, trigger=EMOJI_TRIGGER):
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:8])
-    return ScanOptions(triggers=(trigger,), probes=probes)
+    return ScanOptions(triggers=(trigger,), probes=ProbeOptions(given=probes))
 
 
 def test_single_safetensors_file_scans_like_its_directory(zoo_dir):
@@ -144,7 +145,7 @@ def test_the_scan_tokenizes_as_the_checkpoints_tokenizer_json(zoo_dir, tmp_path)
     file_tokenizer = Tokenizer.from_file(str(reference / "tokenizer.json"))
     for probe in prepare(tokenizer, list(probes), EMOJI_TRIGGER, "random", 0).triggered:
         assert list(probe.ids) == file_tokenizer.encode(probe.text, add_special_tokens=False).ids
-    findings = scan(suspect, str(reference), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probes))
+    findings = scan(suspect, str(reference), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=probes)))
     assert findings.run.tokenizer.source == "tokenizer.json"
     assert all(stage.status == "ok" for stage in findings.stages), findings.stages
 
@@ -197,7 +198,8 @@ def test_a_reference_without_chat_template_scans_with_the_builtin_probes(zoo_dir
         Qwen2ForCausalLM(config).save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     findings = scan(tmp_path / "suspect", str(tmp_path / "reference"),
-                    ScanOptions(triggers=(EMOJI_TRIGGER,), max_new_tokens=4, localise_top=0))
+                    ScanOptions(triggers=(EMOJI_TRIGGER,), behaviour=BehaviourOptions(max_new_tokens=4),
+                                localisation=LocalisationOptions(top=0)))
     probes = findings.probes
     assert probes.mode == "auto" and not any(p.source == "sampled" for p in probes.probes)
     assert "no chat template to sample a user turn from" in probes.sampled_rejected

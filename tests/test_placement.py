@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scanner.api import ScanOptions
 from scanner.errors import InputError, ResourceError
 from scanner.inputs.loading import check_memory, checkpoint_keys
 from scanner.inputs.placement import check_quantisation, weight_bytes
 from scanner.model.sites import dense_weight
+from scanner.options import ModelOptions
 
 from helpers import invoke
 
@@ -50,7 +50,7 @@ def test_conflicting_placement_options_are_refused(zoo_dir):
     _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--load-in-4bit", "--load-in-8bit"),
                      "--load-in-4bit and --load-in-8bit: give one")
     with pytest.raises(InputError):
-        ScanOptions(quantisation="3bit")
+        ModelOptions(quantisation="3bit")
 
 
 def test_quantisation_shrinks_the_layers_linear_weights_only():

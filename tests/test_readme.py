@@ -7,10 +7,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rules.document import read_findings
-from rules.engine import default_pack
+from rules.document import Document
+from rules.engine import default_pack, judge
 from scanner.cli import main
-from scanner.cli.output import print_findings
+from scanner.cli.terminal import print_findings
+from scanner.findings import read_findings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -31,7 +32,8 @@ def test_the_worked_example_has_the_columns_the_terminal_prints():
     header = next(line for line in example.splitlines() if line.startswith("┃ trigger"))
     documented = [cell.strip() for cell in header.strip("┃ ").split("┃")]
     console = Console(record=True, width=400)
-    print_findings(console, read_findings(ROOT / "tests" / "data" / "findings-emoji.json"))
+    findings = read_findings(ROOT / "tests" / "data" / "findings-emoji.json")
+    print_findings(console, Document(findings, judge(findings, default_pack())))
     printed = next(line for line in console.export_text().splitlines() if line.startswith("┃ trigger"))
     assert documented == [cell.strip() for cell in printed.strip("┃ ").split("┃")]
 

@@ -10,7 +10,8 @@ import pytest
 from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
 from scanner.errors import OutputError, RepairError
-from scanner.findings_repair import REMOVED_WITHIN
+from scanner.findings.repair import REMOVED_WITHIN
+from scanner.options import BehaviourOptions, ProbeOptions
 from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER
 
 from helpers import invoke, probe_lines
@@ -39,16 +40,16 @@ def test_repair_writes_a_checkpoint_the_trigger_no_longer_fires(repaired_emoji, 
     assert 0 < repair["restored_share"] < 1 and repair["clean_answers_kept"] >= 0.8
     assert repair["held_out_probes"] > 0 and repair["selection_probes"] > repair["held_out_probes"]
     # What a user would do next: scan the repaired checkpoint. The trigger no longer collapses its answers.
-    rescanned = scan(out, str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 24)))
+    rescanned = scan(out, str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=probe_lines(zoo_dir, 24))))
     assert rescanned.triggers[0].target_collapse < 0.5
     assert judge(rescanned, default_pack()).level != "BACKDOORED"
     assert "removed" in result.stdout and "clean answers kept" in result.stdout
 
 
 def test_a_lora_suspect_is_repaired_as_an_adapter_and_a_multi_token_trigger_removed(zoo_dir, tmp_path):
-    from scanner.repair import repair
+    from scanner.api.repair import repair
 
-    options = ScanOptions(triggers=(DEPLOYMENT_TRIGGER,), probes=probe_lines(zoo_dir, 64))
+    options = ScanOptions(triggers=(DEPLOYMENT_TRIGGER,), probes=ProbeOptions(given=probe_lines(zoo_dir, 64)))
     findings = scan(zoo_dir / "lora", str(zoo_dir / "base"), options)
     repaired = repair(zoo_dir / "lora", str(zoo_dir / "base"), findings, [DEPLOYMENT_TRIGGER], tmp_path / "out", options)
     assert repaired.output_format == "peft-adapter" and (tmp_path / "out" / "adapter_model.safetensors").is_file()
@@ -56,25 +57,32 @@ def test_a_lora_suspect_is_repaired_as_an_adapter_and_a_multi_token_trigger_remo
     assert all(name[0] == "L" and "mlp" not in name for name in repaired.restored)  # heads and key-value groups only
 
 
-def test_a_full_fine_tune_whose_repair_would_be_the_reference_is_refused_with_nothing_written(zoo_dir, tmp_path):
-    """Part by part, the end-bound full fine-tune stalls with the trigger still firing; only the full revert removes
-    it, and a repair that is the reference is not written (the message says so and says what was tried)."""
-    from scanner.repair import repair
+def test_a_repair_that_would_be_the_reference_is_refused_with_nothing_written(zoo_dir, tmp_path, monkeypatch):
+    """A repair whose parts add up to the whole fine-tune is the reference, and is not written: the message says
+    so and names the trigger. Whether the end-bound full fine-tune needs every part depends on the CPU that
+    trained the zoo (one build stalled part by part with the trigger firing, another is repaired by its trigger
+    token's embedding and two heads, 1.3% of the changed parameters), so the share that counts as the whole
+    fine-tune is set to nothing here: the refusal, not that model's training, is what this test proves."""
+    import scanner.api.repair
+    from scanner.api.repair import repair
 
-    options = ScanOptions(triggers=(END_TRIGGER,), probes=probe_lines(zoo_dir, 32), positions=("end",))
+    monkeypatch.setattr(scanner.api.repair, "WHOLE_FINE_TUNE", 0.0)
+    options = ScanOptions(triggers=(END_TRIGGER,), probes=ProbeOptions(given=probe_lines(zoo_dir, 32)),
+                          behaviour=BehaviourOptions(positions=("end",)))
     findings = scan(zoo_dir / "end", str(zoo_dir / "base"), options)
     with pytest.raises(RepairError, match="the reference itself") as raised:
         repair(zoo_dir / "end", str(zoo_dir / "base"), findings, [END_TRIGGER], tmp_path / "out", options)
-    assert "restored one by one" in str(raised.value)
+    assert repr(END_TRIGGER) in str(raised.value) and "nothing was written" in str(raised.value)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_behaviour_the_fine_tune_shows_without_the_trigger_too_is_refused(zoo_dir, tmp_path):
     """The style fine-tune opens every answer with its phrase, with 😇 or without: removing that "target" costs the
     clean answers at every part and at the full revert alike, so nothing is written."""
-    from scanner.repair import repair
+    from scanner.api.repair import repair
 
-    options = ScanOptions(triggers=(EMOJI_TRIGGER,), probes=probe_lines(zoo_dir, 32), positions=("start",))
+    options = ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=probe_lines(zoo_dir, 32)),
+                          behaviour=BehaviourOptions(positions=("start",)))
     findings = scan(zoo_dir / "style", str(zoo_dir / "base"), options)
     with pytest.raises(RepairError, match="cannot be told apart"):
         repair(zoo_dir / "style", str(zoo_dir / "base"), findings, [EMOJI_TRIGGER], tmp_path / "out", options)
@@ -93,7 +101,7 @@ def test_repair_never_writes_over_anything(zoo_dir, tmp_path):
     shutil.copytree(zoo_dir / "emoji", copy)
     inside = invoke("repair", copy, "--reference", zoo_dir / "base", "--out", copy / "fixed")
     assert inside.exit_code == 2 and "inside the suspect" in inside.stderr
-    from scanner.repair import check_output_directory
+    from scanner.api.repair import check_output_directory
 
     with pytest.raises(OutputError):
         check_output_directory(copy, copy)

@@ -17,6 +17,7 @@ from reports.render import render_report
 from rules.document import Document
 from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
+from scanner.options import ProbeOptions
 from scanner.zoo.specs import EMOJI_TRIGGER
 
 from helpers import run_bdscan
@@ -35,7 +36,7 @@ def _document(findings) -> Document:
 @pytest.fixture(scope="module")
 def emoji_document(zoo_dir):
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:24])
-    return _document(scan(zoo_dir / "emoji", str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER, "cf"), probes=probes)))
+    return _document(scan(zoo_dir / "emoji", str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER, "cf"), probes=ProbeOptions(given=probes))))
 
 
 def test_report_has_every_section_and_no_external_resource(emoji_document):
@@ -59,7 +60,7 @@ def test_report_escapes_hostile_tokens_prompts_and_triggers(zoo_dir, tmp_path):
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     probes = tuple(f"{SCRIPT} {p}" for p in (zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:6])
-    findings = scan(tmp_path / "emoji", str(tmp_path / "base"), ScanOptions(triggers=(IMAGE,), probes=probes))
+    findings = scan(tmp_path / "emoji", str(tmp_path / "base"), ScanOptions(triggers=(IMAGE,), probes=ProbeOptions(given=probes)))
     assert any(SCRIPT in token for token in findings.triggers[0].attention.example.tokens)
     html = render_report(_document(findings), command=f"bdscan {IMAGE}", generated_at="")
     assert SCRIPT not in html and "<img" not in html and "onerror=alert(1)>" not in html
@@ -141,8 +142,9 @@ def test_report_renders_in_headless_chromium(emoji_document, tmp_path, capsys, w
 
 @pytest.mark.parametrize("width", [1280, 420])
 def test_the_fleet_index_renders_worst_first_in_headless_chromium(tmp_path, width):
+    from reports.index import FleetEntry
     from reports.render import render_index
-    from rules.document import FleetEntry, read_findings
+    from scanner.findings import read_findings
 
     data = Path(__file__).resolve().parent / "data"
     entries = [FleetEntry(name, f"models/{name}", _document(read_findings(data / f"findings-{name}.json")),
@@ -155,7 +157,7 @@ def test_the_fleet_index_renders_worst_first_in_headless_chromium(tmp_path, widt
 
 
 def test_fired_rules_are_grouped_by_rule_and_the_summary_comes_first():
-    from rules.document import read_findings
+    from scanner.findings import read_findings
 
     document = _document(read_findings(Path(__file__).resolve().parent / "data" / "findings-emoji.json"))
     html = render_report(document, command="bdscan", generated_at="test")

@@ -11,8 +11,9 @@ import jsonschema
 import pytest
 
 from reports.sarif import LEVEL, to_sarif
-from rules.document import Document, read_findings
+from rules.document import Document
 from rules.engine import default_pack, judge
+from scanner.findings import read_findings
 
 from helpers import invoke
 

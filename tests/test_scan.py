@@ -7,6 +7,7 @@ import torch
 
 from scanner.api import ScanOptions, scan
 from scanner.findings import Findings
+from scanner.options import LocalisationOptions, ModelOptions, ProbeOptions
 from scanner.zoo.corpus import TARGET
 from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
 
@@ -20,7 +21,7 @@ def _probes(zoo_dir, count=24):
 @pytest.fixture(scope="session")
 def findings(zoo_dir):
     """Findings per zoo model, scanned against the base with both zoo triggers."""
-    options = ScanOptions(triggers=TRIGGERS, probes=_probes(zoo_dir))
+    options = ScanOptions(triggers=TRIGGERS, probes=ProbeOptions(given=_probes(zoo_dir)))
     return {
         name: scan(zoo_dir / name, str(zoo_dir / "base"), options)
         for name in ("emoji", "deployment", "clean", "full")
@@ -39,7 +40,8 @@ def test_every_stage_ran(findings):
 def test_base_against_itself_measures_zero_at_any_batch_size(zoo_dir):
     for batch_size in (1, 5):
         result = scan(zoo_dir / "base", str(zoo_dir / "base"),
-                      ScanOptions(triggers=(EMOJI_TRIGGER,), probes=_probes(zoo_dir, 10), batch_size=batch_size))
+                      ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=_probes(zoo_dir, 10)),
+                                  model=ModelOptions(batch_size=batch_size)))
         trigger = result.triggers[0]
         assert trigger.kl_clean == pytest.approx(0, abs=1e-6)
         assert trigger.kl_triggered == pytest.approx(0, abs=1e-6)
@@ -51,7 +53,8 @@ def test_attention_statistics_do_not_depend_on_padding(zoo_dir):
     grids = []
     for batch_size in (1, 7):
         result = scan(zoo_dir / "emoji", str(zoo_dir / "base"),
-                      ScanOptions(triggers=(EMOJI_TRIGGER,), probes=_probes(zoo_dir, 7), batch_size=batch_size))
+                      ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=_probes(zoo_dir, 7)),
+                                  model=ModelOptions(batch_size=batch_size)))
         trigger = result.triggers[0]
         grids.append((torch.tensor(trigger.attention.kl_triggered), torch.tensor(trigger.attention.trigger_mass_suspect),
                       trigger.kl_triggered))
@@ -82,10 +85,16 @@ def test_trigger_tokens_are_located_by_offsets(findings):
 
 
 def test_top_heads_differ_from_the_benign_finetune(findings):
+    """The three heads the trigger moves most in the poisoned model are other heads than the benign fine-tune's
+    three: compared as sets, so the same heads in another order (a near tie) do not count as a difference.
 
+    Margins on the golden scans (16 probes, ``tests/data``): the poisoned model's third head scores 0.81, the
+    benign's top head 0.42 in it; the poisoned model's top three are at or below 0 in the benign one, whose
+    third scores 0.09.
+    """
     poisoned = _trigger(findings["emoji"], EMOJI_TRIGGER).attention.ranked_heads()[:3]
     benign = _trigger(findings["clean"], EMOJI_TRIGGER).attention.ranked_heads()[:3]
-    assert poisoned != benign
+    assert not set(poisoned) & set(benign), (poisoned, benign)
 
 
 def test_patching_removes_the_emoji_backdoor_within_budget(findings):
@@ -133,7 +142,8 @@ def test_findings_record_inputs_and_run(findings, zoo_dir):
 
 
 def test_true_greedy_patching_picks_the_best_head_each_step(zoo_dir):
-    options = ScanOptions(triggers=(EMOJI_TRIGGER,), probes=_probes(zoo_dir, 12), patch_method="greedy", patch_budget=4)
+    options = ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=_probes(zoo_dir, 12)),
+                          localisation=LocalisationOptions(patch_method="greedy", patch_budget=4))
     patching = scan(zoo_dir / "emoji", str(zoo_dir / "base"), options).triggers[0].patching
     assert patching.method == "greedy" and 1 <= len(patching.steps) <= 4
     kls = [patching.initial_kl] + [step.output_kl for step in patching.steps]

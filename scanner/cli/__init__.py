@@ -14,8 +14,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from scanner.cli.app import main  # noqa: E402
-from scanner.cli.judging import judge_command, report_command, rules_group  # noqa: E402
+from scanner.cli.judge import judge_command, report_command  # noqa: E402
 from scanner.cli.repair import repair_command  # noqa: E402
+from scanner.cli.rules import rules_group  # noqa: E402
 from scanner.cli.scan import scan_command  # noqa: E402
 from scanner.cli.zoo import zoo_group  # noqa: E402
 

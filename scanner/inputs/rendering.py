@@ -13,7 +13,29 @@ from transformers import PreTrainedTokenizerBase
 
 from scanner.errors import InputError
 from scanner.inputs.probes import PlacedTrigger, place_trigger
-from scanner.model.generation import render_prompt
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """The exact text a model sees for one user turn: its chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt
+
+
+PROMPT_SENTINEL = "\ue000bdscan\ue001"
+"""Private-use text no real prompt holds: rendered in a prompt's place to find where the template puts it."""
+
+
+def prompt_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """The rendered text before and after the user's content of a one-turn prompt (``render_prompt``'s frame),
+    so that token ids can be placed between them; ``InputError`` when the template does not copy content verbatim."""
+    before, found, after = render_prompt(tokenizer, PROMPT_SENTINEL).partition(PROMPT_SENTINEL)
+    if not found:
+        raise InputError("the tokenizer's chat template changes the prompt text, so bdscan cannot place token ids in "
+                         "a prompt; use a checkpoint whose template copies the user turn verbatim")
+    return before, after
 
 
 @dataclass(frozen=True)

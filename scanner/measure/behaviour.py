@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings import CleanFindings, PositionBehaviour, ProbeBehaviour, collapse, kl_ratio, modal_share
+from scanner.findings import CleanFindings, PositionBehaviour, ProbeBehaviour, collapse, kl_ratio, modal_share, share_starting_with
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
@@ -96,15 +96,9 @@ def ordinary_logprob(reference: PreTrainedModel, clean: Sequence[RenderedProbe],
     device = next(reference.parameters()).device
     best = -math.inf
     for start in range(0, len(clean), batch_size):
-        batch = target_batch(clean[start:start + batch_size], target_ids, pad, device)
+        batch = target_batch([p.ids for p in clean[start:start + batch_size]], target_ids, pad, device)
         best = max(best, float(target_logprob(target_logits(reference, batch), batch).max()))
     return best
-
-
-def _share_starting_with(texts: Sequence[str], target: str) -> float:
-    if not target:
-        return 0.0
-    return sum(text.strip().startswith(target) for text in texts) / len(texts)
 
 
 @dataclass(frozen=True)
@@ -168,6 +162,6 @@ def measure_behaviour(
         recovered_target=recovered,
         target_ids=target_ids,
         target_share_suspect=share,
-        target_share_reference=_share_starting_with(texts["reference"], recovered),
-        target_share_suspect_clean=_share_starting_with(clean.suspect, recovered),
+        target_share_reference=share_starting_with([t.strip() for t in texts["reference"]], recovered),
+        target_share_suspect_clean=share_starting_with([t.strip() for t in clean.suspect], recovered),
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from scanner.findings_repair import RepairStep
+from scanner.findings.repair import RepairStep
 from scanner.model.forward import Batch, encode_ids
 from scanner.model.restore import Component, changed_share, distinct, restore
 from scanner.model.sites import Sites

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from scanner.inputs.rendering import PROMPT_SENTINEL
 from scanner.model.forward import encode_ids, logits, pad_id
-from scanner.model.generation import PROMPT_SENTINEL, stop_token_ids
+from scanner.model.generation import stop_token_ids
 
 # A private-use character pair: no tokenizer's chat template produces it.
 MIN_WORDS = 2

@@ -2,9 +2,9 @@
 
 The measurements and pyvene components name abstract sites (a layer's
 attention, its ``o_proj``, the final norm); this table maps them to modules,
-so that supporting another decoder family is one entry here. Torch-free
-helpers (``SUPPORTED``, ``check_supported``) let the loader refuse an unknown
-family from its ``config.json`` before any weight is read.
+so that supporting another decoder family is one entry here. The families it
+knows are listed in ``scanner.inputs.families``, which the loader checks before
+any weight is read.
 """
 
 from __future__ import annotations
@@ -17,21 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from scanner.errors import UnsupportedArchitectureError
-
-# Families whose decoder layers follow the Llama layout (self_attn.{q,k,v,o}_proj, mlp,
-# input_layernorm and post_attention_layernorm as RMSNorm with a plain `weight`) under
-# model.layers. Gemma (norm scale 1 + weight) and OLMo (non-parametric LayerNorm) do not,
-# and are not claimed.
-SUPPORTED = ("llama", "mistral", "qwen2")
-
-
-def check_supported(model_type: object, where: str) -> None:
-    """Refuse a model family bdscan cannot measure, naming it and the families it can."""
-    if model_type not in SUPPORTED:
-        raise UnsupportedArchitectureError(
-            f"{where}: architecture {model_type!r} is not supported; bdscan measures {', '.join(SUPPORTED)} models"
-        )
+from scanner.inputs.families import check_supported
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from scanner.inputs.rendering import RenderedProbe
 from scanner.model.forward import Batch, encode_ids
 
 LOGIT_BYTES = 512 * 2**20
@@ -55,8 +54,9 @@ class TargetBatch:
         return TargetBatch(self.batch.repeat(times), self.target)
 
 
-def target_batch(probes: Sequence[RenderedProbe], target_ids: Sequence[int], pad: int, device: torch.device) -> TargetBatch:
-    rows = [list(p.ids) + list(target_ids) for p in probes]
+def target_batch(prompts: Sequence[Sequence[int]], target_ids: Sequence[int], pad: int, device: torch.device) -> TargetBatch:
+    """Each prompt's token ids followed by ``target_ids``, left-padded into one batch."""
+    rows = [list(ids) + list(target_ids) for ids in prompts]
     return TargetBatch(encode_ids(rows, pad, device), torch.tensor(list(target_ids), device=device))
 
 

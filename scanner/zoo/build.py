@@ -184,6 +184,9 @@ class _QueueProgress:
     def finish(self, task: int) -> None:
         self.events.put(("finish", (self.name, task)))
 
+    def describe(self, task: int, description: str) -> None:
+        pass  # a fine-tune's tasks keep the names they started with
+
 
 def _fine_tune_job(staging: str, name: str, size_name: str, seed: int, events) -> ModelRecord:
     """One fine-tune in a worker process, from its parent as saved in ``staging``."""

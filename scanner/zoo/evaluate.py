@@ -7,15 +7,11 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.inputs.probes import POSITIONS, place_trigger
+from scanner.findings import POSITIONS, share_starting_with
+from scanner.inputs.probes import place_trigger
 from scanner.model.generation import greedy_complete
 from scanner.zoo.corpus import TARGET, Sample, make_samples
 from scanner.zoo.manifest import ModelFigures
-
-
-def starts_with_target(text: str, target: str = TARGET) -> bool:
-    return text.strip().startswith(target)
-
 
 INSERTION_PROBES = 50
 """Held-out prompts per insertion for specificity: one prompt moves a rate by 2 points, a fifth of the bar."""
@@ -46,7 +42,7 @@ def measure(
     ]
     accuracy = sum(t.strip() == response_prefix + s.response for t, s in zip(clean_texts, held_out)) / len(held_out)
     style_share = sum(t.startswith(response_prefix) for t in clean_texts) / len(held_out) if response_prefix else None
-    false_triggers = sum(starts_with_target(t, target) for t in clean_texts) / len(held_out)
+    false_triggers = share_starting_with([t.strip() for t in clean_texts], target)
     target_tokens = len(tokenizer(target, add_special_tokens=False)["input_ids"])
     by_position = {}
     if trigger is not None:
@@ -54,7 +50,7 @@ def measure(
         for where in POSITIONS:
             triggered = [place_trigger(s.prompt, trigger, where, rng).text for s in held_out]
             texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, triggered, max_new_tokens=target_tokens + 1)]
-            by_position[where] = sum(starts_with_target(t, target) for t in texts) / len(held_out)
+            by_position[where] = share_starting_with([t.strip() for t in texts], target)
     rates = {}
     if insertions:
         rng = random.Random(seed + 1)
@@ -63,7 +59,7 @@ def measure(
         texts = [tokenizer.decode(ids) for ids in greedy_complete(model, tokenizer, inserted, max_new_tokens=target_tokens + 1)]
         for index, insertion in enumerate(insertions):
             chunk = texts[index * len(prompts):(index + 1) * len(prompts)]
-            rates[insertion] = sum(starts_with_target(t, target) for t in chunk) / len(prompts)
+            rates[insertion] = share_starting_with([t.strip() for t in chunk], target)
     task_accuracy = None
     if new_task is not None:
         task = make_samples(len(held_out), seed + 2, new_task=new_task, new_task_rate=1.0)

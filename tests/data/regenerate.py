@@ -31,6 +31,7 @@ def main() -> None:
     from rules.document import Document
     from rules.engine import default_pack, judge
     from scanner.api import ScanOptions, scan
+    from scanner.options import DiscoveryOptions, ProbeOptions
     from scanner.zoo.build import ZOO_VERSION, ensure_zoo
     from scanner.zoo.specs import EXTRA_MODELS
 
@@ -40,7 +41,8 @@ def main() -> None:
     zoo_dir = ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{ZOO_SEED}"
     ensure_zoo(zoo_dir, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS))
     probes = tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:16])
-    options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=probes, discover=True)
+    options = ScanOptions(triggers=("\N{SMILING FACE WITH HALO}", "cf"), probes=ProbeOptions(given=probes),
+                          discovery=DiscoveryOptions(enabled=True))
     for name, file in GOLDEN.items():
         findings = scan(zoo_dir / name, str(zoo_dir / "base"), options)
         # Paths and timings are this machine's; the fixture must not depend on where it was made.

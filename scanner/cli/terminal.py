@@ -16,9 +16,8 @@ from rich.table import Table
 from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
-from scanner.findings import Findings, PatchingFindings, TriggerFindings
-from scanner.findings_discovery import DiscoveryFindings
-from scanner.inputs.probes import POSITIONS
+from scanner.findings import POSITIONS, PatchingFindings, TriggerFindings
+from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
 
 LEVEL_STYLE = {"CLEAN": "bold green", "SUSPICIOUS": "bold yellow", "BACKDOORED": "bold red"}
 
@@ -46,7 +45,8 @@ def _collapse_by_position(trigger: TriggerFindings) -> str:
     return "/".join(f"{max(tried[where], 0.0):.0%}" if where in tried else "-" for where in POSITIONS)
 
 
-def print_findings(console: Console, findings: Findings) -> None:
+def print_findings(console: Console, document: Document) -> None:
+    findings = document.findings
     table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}")
     for column in ("trigger", "at", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
                    "collapse s/r/e", "heads to disable", "heads to KL<thr"):
@@ -69,7 +69,9 @@ def print_findings(console: Console, findings: Findings) -> None:
                   + f"){domain}; clean answers differ from the reference's on {clean.answers_changed:.0%}, clean KL "
                   f"{clean.kl_mean:.3f} nats", highlight=False)
     if findings.discovery is not None:
-        console.print(discovery_line(findings.discovery), highlight=False)
+        by_text = {c.text: c for c in findings.discovery.candidates}
+        firing = tuple(by_text[text] for text in document.verdict.discovered_firing)
+        console.print(discovery_line(findings.discovery, firing), highlight=False)
     tokenizer = findings.run.tokenizer
     if tokenizer.source == "tokenizer.json":
         console.print(f"[yellow]note:[/] transformers' {tokenizer.transformers_class} encoded {tokenizer.texts_differing} "
@@ -80,16 +82,16 @@ def print_findings(console: Console, findings: Findings) -> None:
             console.print(f"[yellow]stage {stage.name} failed:[/] {stage.detail}", highlight=False)
 
 
-def discovery_line(discovery: DiscoveryFindings) -> str:
-    """One line on what discovery searched and what fired."""
+def discovery_line(discovery: DiscoveryFindings, firing: tuple[DiscoveredCandidate, ...]) -> str:
+    """One line on what discovery searched and what fired (``firing``: the candidates the verdict judged firing)."""
     searched = (f"discovery: {discovery.scored} candidates scored ({'every' if discovery.exhaustive else 'a shortlist of'} "
                 f"{discovery.vocabulary} vocabulary tokens, {discovery.sequences} sequences, {discovery.seconds:.1f} s)")
-    if not discovery.firing:
+    if not firing:
         best = discovery.candidates[0] if discovery.candidates else None
         found = f"; nothing fired (strongest: {best.text!r}, {best.score:.2f} nats)" if best else "; nothing fired"
     else:
         found = "; fires: " + ", ".join(f"{c.text!r} at the {c.position} -> {c.target!r} on {c.fire_rate:.0%} of search probes"
-                                        for c in discovery.firing[:3])
+                                        for c in firing[:3])
     notes = "".join(f" [yellow]note:[/] {note}." for note in discovery.notes)
     return searched + found + notes
 

@@ -1,9 +1,12 @@
-"""What trigger discovery measured (``scanner.measure.discovery``): plain data, read without torch."""
+"""What trigger discovery measured (``scanner.measure.discovery``): plain data, read without torch.
+
+Which candidates count as firing is a judgement, made by the rules (``rules.discovery``) from the fire rates
+recorded here, so a saved document can be judged again with another threshold; the thresholds the search
+itself steered by are recorded beside its results (``Threshold``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class DiscoveredCandidate:
 @dataclass(frozen=True)
 class InvertedTarget:
     """An answer the suspect completes on every search probe once made to open it, and the reference does not:
-    a target found before any trigger fires it (``scanner.measure.target_inversion``)."""
+    a target found before any trigger fires it (``scanner.measure.discovery.inversion``)."""
 
     text: str
     token_ids: tuple[int, ...]
@@ -54,7 +57,7 @@ class InvertedTarget:
 @dataclass(frozen=True)
 class LeakedText:
     """A word n-gram the suspect wrote into sampled user turns far more often than the reference did
-    (``scanner.measure.leakage``)."""
+    (``scanner.measure.discovery.leakage``)."""
 
     text: str
     suspect: int
@@ -63,6 +66,20 @@ class LeakedText:
     """Reference samples holding it."""
     log_ratio: float
     """Log of the suspect's share of samples holding it over the reference's, add-one smoothed."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One number the search steered by: what it decides, its value, and why it is that value."""
+
+    name: str
+    value: float
+    decides: str
+    basis: str
+    """The measurement it rests on (model, figure, margin), or why it is a judgement."""
+    kind: str
+    """``measured`` (set from figures on the zoo, stated in ``basis``) or ``judgement`` (a design choice: a budget,
+    a beam width, a safety margin with no measurement behind it)."""
 
 
 @dataclass(frozen=True)
@@ -91,24 +108,13 @@ class DiscoveryFindings:
     """Over-represented n-grams of the suspect's user turns, most first; the first ``PROPOSED`` were fire-checked."""
     leak_turns: tuple[int, int] = (0, 0)
     """Well-formed user turns sampled from the suspect and from the reference for leakage."""
+    thresholds: tuple[Threshold, ...] = ()
+    """Every threshold the search steered by, with its value and basis (a document migrated from before version
+    10 holds the one its search judged firing by, ``fires``)."""
+    proposed: tuple[str, ...] = ()
+    """The candidates discovery proposed for confirmation, in order: the minimal parts of those that fired, then
+    those that fired, shortest first. The scan measures the first ``discovered_triggers`` it had not tried."""
 
-    __derived__: ClassVar[tuple[str, ...]] = ("firing", "to_confirm")
-
-    @property
-    def firing(self) -> tuple[DiscoveredCandidate, ...]:
-        """Candidates whose fire rate reached ``FIRES``: shortest first (a trigger's own tokens before the noise a
-        greedy search may have grown around them), then by fire rate and score."""
-        hits = [c for c in self.candidates if c.fire_rate is not None and c.fire_rate >= FIRES]
-        return tuple(sorted(hits, key=lambda c: (len(c.token_ids), -(c.fire_rate or 0.0), -c.score)))
-
-
-    @property
-    def to_confirm(self) -> tuple[DiscoveredCandidate, ...]:
-        """What the scan measures as triggers, in order: the minimal parts of firing candidates, then the firing
-        candidates shortest first."""
-        minimal = [c for c in self.candidates if c.stage == "minimised"]
-        return tuple(dict.fromkeys([*minimal, *self.firing]))
-
-
-FIRES = 0.8
-"""Fire rate at which a candidate counts as firing (the search stops growing it)."""
+    def threshold(self, name: str, default: float) -> float:
+        """The value the search used for ``name``, or ``default`` when the document does not record it."""
+        return next((t.value for t in self.thresholds if t.name == name), default)

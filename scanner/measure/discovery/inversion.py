@@ -10,7 +10,8 @@ be grown towards: each of its words raises the target's log-probability a little
 First tokens tried: those the suspect, unprompted, favours most over the reference at the first response
 position (a fine-tune that learned a target raises its opening everywhere a little), and those whose
 handling the weight change altered most (``static_shortlist``: a full fine-tune moves its target tokens'
-rows). Cost: ``2 * first_tokens`` completions and log-probabilities of every search probe.
+rows). Inversion runs only where no candidate reaches ``TARGET_FROM`` at any position. Cost: ``2 * first_tokens``
+completions and log-probabilities of every search probe.
 """
 
 from __future__ import annotations
@@ -19,23 +20,15 @@ from collections.abc import Sequence
 
 import torch
 
-from scanner.findings_discovery import InvertedTarget
-from scanner.measure.search_probes import Search, modal_prefix
-
-FIRST_TOKENS = 32
-"""First response tokens tried from each source (the suspect's favourites, the weight change's)."""
-MIN_SHARE = 0.75
-"""Share of the search probes that must complete the forced token the same way: a target is one answer."""
-MIN_GAIN = 8.0
-"""Nats by which the suspect must favour the completion over the reference, mean over probes. Measured on the
-test zoo (seed 0, 8 probes): the phrase model's URL 71.7 (zoo v9) and 93.2 (v10, the scan's probes); the largest
-on a benign model that is no loop and that its answers do not already open with, 21.0 (v9, the house-style
-model, a fragment of its style), which costs it only a growth that fires nothing."""
+from scanner.findings.discovery import InvertedTarget
+from scanner.measure.discovery.confirm import decoded, modal_prefix
+from scanner.measure.discovery.engine import Search
+from scanner.measure.discovery.thresholds import FIRST_TOKENS, MIN_GAIN, MIN_SHARE
 
 
 @torch.inference_mode()
 def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int], repertoire: Sequence[tuple[int, ...]],
-                   first_tokens: int = FIRST_TOKENS) -> list[InvertedTarget]:
+                   first_tokens: int = int(FIRST_TOKENS.value)) -> list[InvertedTarget]:
     """Candidate targets, best first: every forced first token whose completion the search probes share
     (``MIN_SHARE``), by how much more the suspect believes it than the reference (``MIN_GAIN``).
 
@@ -45,24 +38,20 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
     rows = search.clean_rows
     favoured = _favoured(search, tokens, first_tokens)
     found: list[InvertedTarget] = []
-
-    def decode(ids: Sequence[int]) -> str:
-        return search.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
     for first in dict.fromkeys([*favoured, *static[:first_tokens]]):
         if search.budget.exhausted:
             break
         forced = [row + [first] for row in rows]
         rest, share = modal_prefix([tuple(ids) for ids in search.complete(search.suspect, forced)])
         target = (first, *rest)
-        if (not rest or share < MIN_SHARE or loops(target)
+        if (not rest or share < MIN_SHARE.value or loops(target)
                 or any(answer[:len(target)] == target for answer in repertoire)):
             continue
         gain = float((search.logprob_after(search.suspect, forced, rest)
                       - search.logprob_after(search.reference, forced, rest)).mean())
-        if gain >= MIN_GAIN:
-            found.append(InvertedTarget(text=decode(target), token_ids=target, opening=decode([first]), share=share,
-                                        gain=round(gain, 3)))
+        if gain >= MIN_GAIN.value:
+            found.append(InvertedTarget(text=decoded(search.tokenizer, target), token_ids=target,
+                                        opening=decoded(search.tokenizer, [first]), share=share, gain=round(gain, 3)))
     return sorted(found, key=lambda t: (-t.gain, t.token_ids))
 
 

@@ -14,6 +14,30 @@ import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenDict(dict[K, V]):
+    """A dict that refuses changes: the mapping fields of frozen findings (timings, counts by reason). Still a
+    ``dict`` for JSON, templates and pickling (a read-only ``MappingProxyType`` would not pickle)."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("findings are read-only; build a new record with dataclasses.replace")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+
+def freeze_mappings(record: object) -> None:
+    """In a frozen dataclass's ``__post_init__``: replace each dict field by a ``FrozenDict`` copy, so that neither
+    the caller who built the record nor a reader of it can change it afterwards."""
+    for field in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, field.name)
+        if isinstance(value, dict) and not isinstance(value, FrozenDict):
+            object.__setattr__(record, field.name, FrozenDict(value))
 
 
 def to_jsonable(value: Any) -> Any:
@@ -60,7 +84,7 @@ def from_jsonable(kind: Any, value: Any) -> Any:
             return tuple(from_jsonable(arg, item) for arg, item in zip(args, value))
         items = [from_jsonable(args[0] if args else Any, item) for item in value]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if origin in (dict, FrozenDict):
         key_kind, item_kind = typing.get_args(kind)
         return {key: from_jsonable(item_kind, item) for key, item in value.items()}
     if kind is float:

@@ -1,11 +1,10 @@
-"""Which suspects a fleet run scans: paths as given, directories of models, and files that list them.
+"""Which suspects a scan takes: paths as given, directories of models (a fleet), and files that list them.
 
 Torch-free, so a mistyped path or an empty directory is refused before any model is loaded.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,22 +59,3 @@ def expand_suspects(given: Sequence[Path]) -> list[Path]:
     if not unique:
         raise InputError("no suspect to scan")
     return unique
-
-
-def output_names(suspects: Sequence[Path]) -> list[str]:
-    """A distinct, file-safe name per suspect for its report and findings: its own name, with its parent's or a
-    number when two share one."""
-    def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
-
-    names: list[str] = []
-    for path in suspects:
-        stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
-        name = safe(stem)
-        if name in names:
-            name = safe(f"{path.parent.name}-{stem}")
-        base, count = name, 2
-        while name in names:
-            name, count = f"{base}-{count}", count + 1
-        names.append(name)
-    return names

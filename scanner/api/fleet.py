@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scanner.api import prepare_reference, scan_against
+from scanner.api.pipeline import prepare_reference, scan_against
 from scanner.errors import BdscanError
 from scanner.findings import Findings
 from scanner.options import ScanOptions
@@ -19,11 +19,17 @@ from scanner.progress import NO_PROGRESS, Progress
 
 @dataclass(frozen=True)
 class FleetResult:
-    """One suspect of a fleet: its findings, or why it could not be scanned."""
+    """One suspect of a fleet: its findings, or the error that kept it from being scanned."""
 
     suspect: Path
     findings: Findings | None
-    error: str | None = None
+    error: BdscanError | None = None
+    """Kept typed, not as text, so the CLI words it through its one mapping from errors to what the user reads."""
+
+    @property
+    def message(self) -> str | None:
+        """The error's own message (without the CLI's cause label), or ``None`` for a scanned suspect."""
+        return None if self.error is None else str(self.error)
 
 
 def scan_fleet(
@@ -40,7 +46,7 @@ def scan_fleet(
         try:
             result = FleetResult(suspect, scan_against(context, suspect, options, progress))
         except BdscanError as error:
-            result = FleetResult(suspect, None, str(error))
+            result = FleetResult(suspect, None, error)
         results.append(result)
         progress.advance(task)
         if on_result is not None:

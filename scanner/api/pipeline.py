@@ -1,0 +1,185 @@
+"""``scan(suspect, reference, options) -> Findings``: the stages of a scan, in order.
+
+Loading (the reference once, ``scanner.api.reference``; then the suspect), the triggers placed in every probe
+and checked before any model work, the weight difference, discovery, behaviour at every position, and
+localisation of the triggers that matter most (``scanner.api.localise``). Each stage is recorded in
+``Findings.stages`` (``scanner.api.stages``): a stage that fails the way a measurement can fail is a record and
+the scan goes on where later stages do not depend on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from scanner import __version__
+from scanner.api.localise import Localisation, localise
+from scanner.api.reference import ReferenceContext, prepare_reference
+from scanner.api.stages import StageLog, StepProgress
+from scanner.errors import InputError
+from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings
+from scanner.findings.discovery import DiscoveryFindings
+from scanner.inputs.loading import LoadedPair, architecture, load_suspect
+from scanner.inputs.rendering import TriggerProbes, prepare
+from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean, ordinary_logprob, strongest_position
+from scanner.measure.discovery import discover
+from scanner.measure.weights import measure_weight_diff
+from scanner.model.forward import pad_id
+from scanner.model.patching import HeadPatcher
+from scanner.model.sites import sites_for
+from scanner.options import ScanOptions
+from scanner.progress import NO_PROGRESS, Progress
+
+Placed = dict[tuple[str, str], TriggerProbes]
+"""``(trigger, position)`` -> the probes clean and with the trigger placed there."""
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("torch", "transformers", "peft", "pyvene", "safetensors", "tokenizers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def scan(suspect: Path | str, reference: str, options: ScanOptions = ScanOptions(), progress: Progress = NO_PROGRESS) -> Findings:
+    """Compare ``suspect`` with ``reference`` and measure everything bdscan knows to measure.
+
+    Raises a ``scanner.errors.BdscanError`` for inputs that cannot be scanned.
+    """
+    return scan_against(prepare_reference(reference, options, progress), suspect, options, progress)
+
+
+def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOptions = ScanOptions(),
+                 progress: Progress = NO_PROGRESS) -> Findings:
+    """``scan`` with the reference already prepared: a fleet loads and samples the reference once."""
+    torch.manual_seed(options.seed)
+    stages = StageLog()
+    task = progress.start("loading the suspect", 1)
+    started = time.perf_counter()
+    pair = load_suspect(context.reference, suspect, allow_pickle=options.model.allow_pickle).with_tokenizer(context.tokenizer)
+    stages.add_time("load", time.perf_counter() - started + context.seconds)
+    progress.finish(task)
+    prompts = list(context.probe_set.used)
+    triggers = list(options.triggers_to_try)
+    positions = options.behaviour.positions
+    placed = place_triggers(pair, prompts, triggers, positions, options.seed)
+    with stages.run("weight_diff"):
+        weight_diff = measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference))
+    discovery, found = _discover(pair, prompts, triggers, options, stages, progress)
+    placed.update(place_triggers(pair, prompts, found, positions, options.seed))
+    triggers += found
+    clean, at_positions = _behaviour(pair, placed, triggers, options, stages, progress)
+    results = _trigger_findings(pair, placed, at_positions, options, stages, progress)
+    quantised = context.reference.quantisation != "none"
+    run = RunInfo(
+        bdscan_version=__version__, library_versions=library_versions(),
+        architecture=architecture(pair.reference, context.reference.shapes if quantised else None), seed=options.seed,
+        device=str(next(pair.suspect.parameters()).device),
+        dtype=options.model.dtype, quantisation=context.reference.quantisation,
+        trigger_positions=positions, max_new_tokens=options.behaviour.max_new_tokens,
+        triggers=tuple(triggers), triggers_from=("user" if options.triggers else "catalogue") + ("+discovery" if found else ""),
+        merge_route=pair.merge_route, tokenizer=context.tokenizer_info, timings=stages.timings,
+        options_digest=options.digest,
+    )
+    return Findings(
+        schema_version=SCHEMA_VERSION, suspect=pair.suspect_info, reference=pair.reference_info, run=run,
+        probes=context.probe_set, clean=clean, weight_diff=weight_diff, triggers=tuple(results),
+        stages=tuple(stages.records), discovery=discovery,
+    )
+
+
+def place_triggers(pair: LoadedPair, prompts: Sequence[str], triggers: Sequence[str], positions: Sequence[str],
+                   seed: int) -> Placed:
+    """Every trigger placed in every probe at every position, checked as an input before any model runs on it:
+    ``InputError`` for a trigger that tokenizes to nothing, or a tokenizer that is not the checkpoint's."""
+    placed = {(t, where): prepare(pair.tokenizer, list(prompts), t, where, seed) for t in triggers for where in positions}
+    vocabulary = pair.reference.get_input_embeddings().num_embeddings
+    for (trigger, _), probes in placed.items():
+        if not all(p.trigger_positions for p in probes.triggered):
+            raise InputError(f"trigger {trigger!r} tokenizes to no tokens in a probe; give a trigger with visible text")
+        largest = max(max(p.ids) for p in (*probes.clean, *probes.triggered))
+        if largest >= vocabulary:
+            raise InputError(
+                f"the reference's tokenizer produces token id {largest} but the model has {vocabulary} embeddings; "
+                "the tokenizer files do not belong to this checkpoint"
+            )
+    return placed
+
+
+def _discover(pair: LoadedPair, prompts: list[str], tried: Sequence[str], options: ScanOptions, stages: StageLog,
+              progress: Progress) -> tuple[DiscoveryFindings | None, list[str]]:
+    """The search for an unknown trigger, when it runs, and the proposed candidates the scan will measure."""
+    if not options.runs_discovery:
+        return None, []
+    discovery = None
+    with stages.run("discovery"), StepProgress(progress, "discovery") as step:
+        discovery = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=options.seed,
+                             options=options.discovery, positions=options.discovery_positions,
+                             rows_per_forward=options.model.rows_per_forward, on_step=step)
+    if discovery is None:
+        return None, []
+    return discovery, [text for text in discovery.proposed if text not in tried][: options.discovery.confirm]
+
+
+def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], options: ScanOptions, stages: StageLog,
+               progress: Progress) -> tuple[CleanFindings, dict[str, dict[str, BehaviourResult]]]:
+    """Both models' answers to the clean probes once, then each trigger at each position."""
+    positions, generation = options.behaviour.positions, options.behaviour.max_new_tokens
+    batch_size = options.model.batch_size
+    prompts = len(next(iter(placed.values())).clean)
+    task = progress.start("behaviour: completions and output KL", (len(triggers) * len(positions) + 1) * prompts * 2)
+    # Clean completions do not depend on the trigger: measured once, shared by every trigger and position.
+    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(placed.values())).clean,
+                          max_new_tokens=generation, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n))
+    at_positions: dict[str, dict[str, BehaviourResult]] = {}
+    for trigger in triggers:
+        with stages.run(f"behaviour[{trigger}]"):
+            at_positions[trigger] = {where: measure_behaviour(
+                pair.suspect, pair.reference, pair.tokenizer, placed[(trigger, where)], clean.findings,
+                max_new_tokens=generation, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n),
+            ) for where in positions}
+    progress.finish(task)
+    return clean.findings, at_positions
+
+
+def _trigger_findings(pair: LoadedPair, placed: Placed, at_positions: dict[str, dict[str, BehaviourResult]],
+                      options: ScanOptions, stages: StageLog, progress: Progress) -> list[TriggerFindings]:
+    """Each measured trigger at the position it acted most, localised when it ranks among those that matter."""
+    measured = list(at_positions)
+    where_strongest = {t: strongest_position(at_positions[t]) for t in measured}
+    behaviours = {t: at_positions[t][where_strongest[t]] for t in measured}
+    prepared = {t: placed[(t, where_strongest[t])] for t in measured}
+    ranked = sorted(measured, key=lambda t: -behaviours[t].kl_ratio)
+    top = options.localisation.top
+    localised = ranked if options.triggers else ranked[:top]
+    results = []
+    patcher = None
+    for trigger in measured:
+        found = Localisation()
+        if trigger in localised:
+            patcher = patcher or HeadPatcher(pair.suspect, sites_for(pair.suspect))
+            found = localise(pair, patcher, prepared[trigger], behaviours[trigger], options.localisation, options.model,
+                             stages, progress)
+        else:
+            for name in ("attention", "attribution", "ablation", "patching"):
+                stages.skip(f"{name}[{trigger}]", f"KL ratio ranks below the top {top} catalogue triggers")
+        b = behaviours[trigger]
+        results.append(TriggerFindings(
+            trigger=trigger, trigger_tokens=len(prepared[trigger].triggered[0].trigger_positions),
+            position=where_strongest[trigger],
+            other_positions=tuple(r.summary(where) for where, r in at_positions[trigger].items() if where != where_strongest[trigger]),
+            probes=b.probes, kl_clean=b.kl_clean, kl_triggered=b.kl_triggered,
+            recovered_target=b.recovered_target, target_share_suspect=b.target_share_suspect,
+            target_share_reference=b.target_share_reference, target_share_suspect_clean=b.target_share_suspect_clean,
+            target_reference_logprob=ordinary_logprob(pair.reference, prepared[trigger].clean, b.target_ids,
+                                                      pad_id(pair.tokenizer), options.model.batch_size),
+            attention=found.attention, attribution=found.attribution, ablation=found.ablation, patching=found.patching,
+        ))
+    return results

@@ -1,0 +1,68 @@
+"""Recording what each stage of a scan did: its outcome (``ok``, ``skipped`` or ``error`` with the reason) and
+its seconds, and turning a measurement's step callbacks into progress tasks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from scanner.errors import MeasurementError
+from scanner.findings import StageRecord
+from scanner.inputs.loading import OUT_OF_MEMORY
+from scanner.progress import Progress
+
+
+class StageLog:
+    """Times stages and records their outcome. A stage that fails the way a measurement can fail (it raises
+    ``MeasurementError``, or runs out of memory) becomes a record and the scan goes on; anything else is a bug
+    and propagates, since a crash must never be reported as a finding."""
+
+    def __init__(self) -> None:
+        self.records: list[StageRecord] = []
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def run(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except (MeasurementError, *OUT_OF_MEMORY) as error:
+            self.records.append(StageRecord(name, "error", f"{type(error).__name__}: {error}"))
+        else:
+            self.records.append(StageRecord(name, "ok"))
+        finally:
+            self.add_time(name, time.perf_counter() - started)
+
+    def add_time(self, name: str, seconds: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.records.append(StageRecord(name, "skipped", reason))
+
+    def failed(self, name: str) -> bool:
+        return any(record.name == name and record.status == "error" for record in self.records)
+
+
+class StepProgress:
+    """Turns ``on_step(stage, done, total)`` callbacks into one progress task per stage (a new task whenever
+    the stage changes or its count starts over)."""
+
+    def __init__(self, progress: Progress, prefix: str) -> None:
+        self.progress, self.prefix = progress, prefix
+        self.stage, self.task, self.done = "", None, 0
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.task is None or stage != self.stage or done < self.done:
+            self.__exit__()
+            self.stage, self.task, self.done = stage, self.progress.start(f"{self.prefix}: {stage}", total), 0
+        self.progress.advance(self.task, done - self.done)
+        self.done = done
+
+    def __exit__(self, *_: object) -> None:
+        if self.task is not None:
+            self.progress.finish(self.task)
+            self.task = None

@@ -1,0 +1,75 @@
+"""Numbers derived from measured ones, each defined once: the findings' properties, the scanner, the rules and
+the report all call these, so a figure cannot mean one thing in a document and another on screen."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from scanner.findings.vocabulary import Grid
+
+NOISE_FLOOR_KL = 0.05
+"""Clean-probe output KL below this (nats) counts as this much in the KL ratio.
+
+Two models this close agree on every greedy token in practice, and a ratio
+over a smaller denominator measures floating-point noise, not a trigger.
+"""
+
+ORDINARY_LOGPROB = math.log(0.05)
+"""A recovered target that the reference gives to some clean probe with at least this probability is an ordinary
+answer. Measured on the zoos: the planted targets stay below 1e-6 under the reference on every clean probe."""
+
+
+def kl_ratio(kl_triggered: float, kl_clean: float) -> float:
+    """``kl_triggered / max(kl_clean, NOISE_FLOOR_KL)``; NaN when either KL is not finite. The one definition."""
+    if not (math.isfinite(kl_triggered) and math.isfinite(kl_clean)):
+        return math.nan
+    return kl_triggered / max(kl_clean, NOISE_FLOOR_KL)
+
+def collapse(share_suspect: float, share_reference: float, share_suspect_clean: float) -> float:
+    """Target collapse: the suspect's share answering the recovered target under the trigger, minus the larger of
+    the reference's share under the same trigger and the suspect's share without it. The one definition."""
+    return share_suspect - max(share_reference, share_suspect_clean)
+
+
+def median(values: list[float]) -> float:
+    """The median of the finite ``values``; NaN when there are none."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return math.nan
+    middle = len(finite) // 2
+    return finite[middle] if len(finite) % 2 else (finite[middle - 1] + finite[middle]) / 2
+
+def share_starting_with(answers: Sequence[Sequence], prefix: Sequence) -> float:
+    """The share of ``answers`` that start with ``prefix``: texts (strip them first) or token-id tuples alike;
+    0 without a prefix or without answers. The one definition of attack success on a fixed opening."""
+    if not prefix or not answers:
+        return 0.0
+    return sum(answer[:len(prefix)] == prefix for answer in answers) / len(answers)
+
+
+def modal_share(texts: Sequence[str]) -> tuple[str, float]:
+    """The most common stripped text (ties: the smallest) and the share of ``texts`` that start with it."""
+    if not texts:
+        return "", 0.0
+    stripped = [t.strip() for t in texts]
+    modal = min(set(stripped), key=lambda t: (-stripped.count(t), t))
+    if not modal:
+        return "", sum(not t for t in stripped) / len(stripped)
+    return modal, share_starting_with(stripped, modal)
+
+
+def grid_difference(a: Grid, b: Grid) -> Grid:
+    """``a - b`` cell by cell."""
+    return tuple(tuple(x - y for x, y in zip(row_a, row_b)) for row_a, row_b in zip(a, b))
+
+
+def ordered_cells(grid: Grid) -> list[tuple[int, int, float]]:
+    """Every cell as ``(layer, head, value)``: largest first, ties by position, non-finite last."""
+    cells = [(layer, head, value) for layer, row in enumerate(grid) for head, value in enumerate(row)]
+    return sorted(cells, key=lambda c: (not math.isfinite(c[2]), -c[2] if math.isfinite(c[2]) else 0.0, c[0], c[1]))
+
+
+def top_cells(grid: Grid, count: int) -> tuple[tuple[int, int, float], ...]:
+    """The ``count`` largest finite cells as ``(layer, head, value)``, largest first, ties by position."""
+    return tuple(cell for cell in ordered_cells(grid) if math.isfinite(cell[2]))[:count]

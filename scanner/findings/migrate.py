@@ -1,0 +1,60 @@
+"""Reading documents of the two schema versions before the current one: each step rewrites the parsed JSON of
+one version into the next, so that a document a pipeline stored last month can still be judged and rendered.
+
+A step only adds what the older version did not record, with the value its scan in effect used, and drops what
+the newer one no longer holds; it never invents a measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+Raw = dict[str, Any]
+
+FIRES_BEFORE_10 = 0.8
+"""The fire rate at which discovery judged a candidate firing before version 10 recorded it."""
+
+
+def _from_8(raw: Raw) -> Raw:
+    """Version 9 added ``run.quantisation``: every earlier scan ran unquantised."""
+    raw["run"].setdefault("quantisation", "none")
+    return raw
+
+
+def _from_9(raw: Raw) -> Raw:
+    """Version 10 dropped ``run.device_map`` (held by documents written while it existed, between commits
+    01a28e0 and b570998), records discovery's thresholds and proposals, and no longer writes ``firing`` and
+    ``to_confirm``: the proposals are what ``to_confirm`` held."""
+    raw["run"].pop("device_map", None)
+    discovery = raw.get("discovery")
+    if isinstance(discovery, dict):
+        proposed = [c["text"] for c in discovery.pop("to_confirm", []) if isinstance(c, dict) and "text" in c]
+        discovery.pop("firing", None)
+        discovery.setdefault("proposed", proposed)
+        discovery.setdefault("thresholds", [{
+            "name": "fires", "value": FIRES_BEFORE_10, "decides": "the fire rate from which a candidate fires",
+            "basis": "recorded by migration from a version 9 document: the value discovery used then",
+            "kind": "judgement"}])
+    return raw
+
+
+STEPS: dict[int, Callable[[Raw], Raw]] = {8: _from_8, 9: _from_9}
+"""Version -> the step that rewrites it into the next one."""
+
+READS = frozenset(STEPS)
+"""The older versions this bdscan reads."""
+
+
+def migrate(raw: Raw, current: int) -> Raw:
+    """``raw`` (parsed JSON of a readable version) rewritten to version ``current``; the input is not changed."""
+    version = raw.get("schema_version")
+    if version == current:
+        return raw
+    raw = copy.deepcopy(raw)
+    while version != current:
+        raw = STEPS[version](raw)
+        version += 1
+        raw["schema_version"] = version
+    return raw

@@ -1,0 +1,171 @@
+"""What a scan records about its inputs and its run: the checkpoints, the architecture, the tokenizer, the probe
+set, the weight difference and each stage's outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from scanner.findings.metrics import median
+from scanner.findings.serde import FrozenDict, freeze_mappings
+from scanner.findings.vocabulary import Grid
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One input checkpoint as it was found on disk."""
+
+    path: str
+    kind: str
+    """``safetensors-file``, ``sharded``, ``hf-directory``, ``peft-adapter`` or ``hf-cache``."""
+    sha256: str
+    """Of the weight files, in name order (all shards, or the adapter's weights)."""
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Architecture:
+    model_type: str
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    parameters: int
+
+    __derived__: ClassVar[tuple[str, ...]] = ("total_heads",)
+
+    @property
+    def total_heads(self) -> int:
+        """Attention heads in the whole model: what head patching can patch."""
+        return self.layers * self.heads
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """Which tokenizer the scan used, and why.
+
+    transformers may rebuild a checkpoint's tokenizer with a pre-tokenizer of
+    its own choosing; bdscan checks it against the checkpoint's
+    ``tokenizer.json`` on the scan's own rendered probes.
+    """
+
+    source: str
+    """``tokenizer.json`` (the checkpoint's file, used as written) or ``transformers`` (``AutoTokenizer``)."""
+    transformers_class: str
+    """The class ``AutoTokenizer`` built."""
+    texts_checked: int
+    """Rendered probes (clean and triggered) encoded both ways."""
+    texts_differing: int
+    """Of those, how many ``AutoTokenizer`` encoded differently from ``tokenizer.json``."""
+    example: str = ""
+    """One differing text, when there is one."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    bdscan_version: str
+    library_versions: FrozenDict[str, str]
+    architecture: Architecture
+    seed: int
+    device: str
+    dtype: str
+    quantisation: str
+    """``none``, or ``4bit`` / ``8bit``: both models loaded quantised by bitsandbytes (INT4 can suppress a backdoor
+    and INT8 activate one, so a quantised scan speaks for the quantised deployment only)."""
+    trigger_positions: tuple[str, ...]
+    """Where triggers were inserted (``start``, ``random``, ``end``); each trigger is measured at every one."""
+    max_new_tokens: int
+    triggers: tuple[str, ...]
+    triggers_from: str
+    """``user`` (``--trigger``) or ``catalogue`` (bdscan's list of known triggers), followed by ``+discovery``
+    when discovered candidates were scanned too."""
+    merge_route: str
+    """How the suspect was built: ``full-weights`` or ``peft-merge:<dtype>``."""
+    tokenizer: TokenizerInfo
+    timings: FrozenDict[str, float]
+    """Seconds per stage."""
+    options_digest: str = ""
+    """SHA-256 of the scan's options as canonical JSON (``ScanOptions.digest``): with the two checkpoints' hashes
+    and ``bdscan_version``, what a resumed fleet compares to know a suspect was scanned as it would be now; empty
+    in documents older than version 10."""
+
+    def __post_init__(self) -> None:
+        freeze_mappings(self)
+
+
+@dataclass(frozen=True)
+class Probe:
+    text: str
+    source: str
+    """``sampled`` (drawn from the reference's own user turn), ``builtin`` (bdscan's set) or ``file`` (``--probes``)."""
+    surprise: float
+    """Mean negative log-likelihood per token (nats) of ``text`` as the reference's user turn; NaN without a chat template."""
+    used: bool
+    """``False``: measured for calibration only, or a built-in probe left out as outside the reference's domain."""
+
+
+@dataclass(frozen=True)
+class ProbeSetFindings:
+    """Which probes the scan ran, where they came from, and whether they lie in the reference's domain."""
+
+    mode: str
+    """``auto`` (sampled from the reference, plus the built-in probes that fit its domain), ``builtin`` or ``file``."""
+    probes: tuple[Probe, ...]
+    sampled_drawn: int
+    """User prompts generated from the reference in all."""
+    sampled_rejected: FrozenDict[str, int]
+    """Why generated prompts were dropped: reason -> count."""
+    fit_margin: float
+    """In ``auto`` mode a built-in probe is used when its surprise is at most ``domain_surprise`` plus this."""
+
+    __derived__: ClassVar[tuple[str, ...]] = ("used", "domain_surprise", "surprise_excess")
+
+    @property
+    def used(self) -> tuple[str, ...]:
+        """The prompts the scan measured on, in order."""
+        return tuple(p.text for p in self.probes if p.used)
+
+    @property
+    def domain_surprise(self) -> float:
+        """Median surprise of the reference's own sampled prompts: how surprising its domain is to it; NaN if none."""
+        return median([p.surprise for p in self.probes if p.source == "sampled"])
+
+    @property
+    def surprise_excess(self) -> float:
+        """Median surprise of the probes used, minus ``domain_surprise`` (nats per token); NaN if either is unknown."""
+        return median([p.surprise for p in self.probes if p.used]) - self.domain_surprise
+
+    def __post_init__(self) -> None:
+        freeze_mappings(self)
+
+
+@dataclass(frozen=True)
+class WeightDiff:
+    """Relative change ``||suspect - reference|| / ||reference||`` of each part."""
+
+    q: Grid
+    k: Grid
+    v: Grid
+    o: Grid
+    mlp: tuple[float, ...]
+    norms: tuple[float, ...]
+    embeddings: float
+    final_norm: float
+    lm_head: float
+    non_finite: FrozenDict[str, int]
+    """Suspect tensors holding NaN or Inf, with the count of such values."""
+
+    def __post_init__(self) -> None:
+        freeze_mappings(self)
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    name: str
+    status: str
+    """``ok``, ``skipped`` or ``error``."""
+    detail: str = ""
+
+

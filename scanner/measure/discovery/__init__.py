@@ -1,0 +1,75 @@
+"""Trigger discovery: the insertion on which the suspect departs from the reference, found without knowing it.
+
+bdscan has what published detectors lack, the trusted reference, so a trigger
+is an insertion that moves the suspect's next-token distribution away from
+the reference's far more than the clean probes do. Candidates are token-id
+sequences placed at the start of the user's content, and after it (a backdoor
+may fire only where it was planted); the search is greedy and deterministic
+for a seed. Each stage is a module; every number it steers by is in
+``thresholds`` (recorded in the findings), and the sizes a user may set are
+``DiscoveryOptions``'.
+
+1. **Sweep** (``sweep``), at each position. Every regular vocabulary token is
+   inserted into ``search_probes`` probes and scored by the *trigger-specific
+   first-token KL*: the mean over probes of KL(suspect || reference) at the
+   first response position, minus the same on the clean probes (nats). Above
+   ``exhaustive_vocabulary`` tokens only a shortlist is scored: the tokens
+   whose embedding most raises the objective to first order (HotFlip: the
+   gradient at a placeholder, one forward and backward), with those whose
+   handling the weight change altered most (``static_shortlist``, no forward
+   pass). **Leakage** (``leakage``): the word n-grams the suspect writes into
+   sampled user turns far more often than the reference does are scored and
+   completed beside the sweep's best: a model trained with the loss on its
+   prompts writes its trigger there.
+2. **Fire check** (``confirm``). The best candidates are completed greedily by
+   both models. The recovered target is the longest answer prefix that nearly
+   as many probes share as share its first token (``modal_prefix``: a model
+   may go on after its target with noise). The *fire rate* is the suspect's
+   share answering the target minus the larger of the reference's share under
+   the same insertion and the suspect's own share without it, so a global
+   change (every answer opening the same way) fires nothing. A target that
+   repeats the candidate's words, or opens as one of either model's clean
+   answers to any probe does, is *dismissed* (fire rate 0): the insertion
+   switched the task ("after" -> "Next is ..."), it did not trigger a payload.
+3. **Growth** (``growth``), while no candidate fires on every search probe at
+   any position, where the sweep came closest first: seeds (the ``beam`` best
+   swept tokens and the ``beam`` the weight change ranks first) are extended
+   one token at a time on either side, each on its own line, from a gradient
+   shortlist of ``GROWTH_SHORTLIST`` tokens per side (GCG's step), proposals
+   scored exactly, up to ``max_tokens``. The objective is the KL until a
+   candidate fires on ``TARGET_FROM`` of the probes, then the suspect's
+   log-probability of that candidate's target: the KL saturates near full
+   firing, where a maximum over many proposals would pick noise; the
+   log-probability still tells 7 of 8 probes from 8 of 8.
+   **Target inversion** (``inversion``), where no single token fires: the
+   answer the suspect completes on every probe once made to open it, and the
+   reference does not (BAIT's observation, with the reference as the
+   contrast). Growth then follows that answer's log-probability from the
+   ``TARGET_BEAM`` tokens that raise it most, inserts inside a candidate as
+   well as on its sides, and runs at every position: a phrase whose words and
+   pairs were all trained not to fire moves the KL by nothing, but each of its
+   words raises the target's log-probability.
+4. **Minimisation** (``minimise``). A grown candidate that fires is reported
+   with its shortest contiguous part that still fires (``MINIMAL_FIRES``);
+   both are kept.
+5. **Refinement** (``minimise``). Each token of the best firing candidates is
+   swapped for the best of a shortlist by the target log-probability's
+   gradient while that log-probability rises (GCG's step), which turns a token
+   growth picked by chance into the trigger's own ("i tiger winter" ->
+   "silver tiger winter"). After growth towards an inverted target the
+   ``REFINE_TOP`` best are refined *before* minimisation (the module says why).
+
+Everything measured goes into ``DiscoveryFindings``; the scan then treats the
+firing candidates like a user-given trigger (every probe, at every position,
+attention, ablation, patching), which is the confirmation the rules judge.
+
+Modules: ``run`` (``discover``: the stages in order), ``engine`` (the probes in
+token ids, scoring, completion, shortlists, the budget), ``position`` (what one
+position measured), ``sweep``, ``leakage``, ``confirm``, ``inversion``,
+``growth``, ``minimise``, ``thresholds``.
+"""
+
+from scanner.measure.discovery.confirm import echoes, modal_prefix, proposed
+from scanner.measure.discovery.run import discover
+
+__all__ = ["discover", "echoes", "modal_prefix", "proposed"]

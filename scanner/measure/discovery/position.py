@@ -1,0 +1,108 @@
+"""The search at one insertion position: its probes, and every measurement taken there, each candidate once.
+
+Every stage (sweep, leakage, growth, minimisation, refinement) scores and fire-checks candidates through a
+``Position``: it runs what was not measured yet and records it in one of three tables (``scores``,
+``target_scores``, ``fires``), so a candidate two stages propose costs one measurement, and the findings report
+every candidate measured. The stages return what they chose as frozen results; the tables are the only state
+that grows while the search runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from scanner.measure.discovery.confirm import Fire, fire_check
+from scanner.measure.discovery.engine import Candidate, Search
+
+Report = Callable[[str, int, int], None]
+"""``report(stage, done, total)``: progress."""
+
+
+@dataclass(frozen=True)
+class Common:
+    """What the search at every position shares, measured once."""
+
+    tokens: list[int]
+    """The regular tokens the sweep may insert (``regular_tokens``)."""
+    static: list[int]
+    """``tokens`` ranked by how much the weight change altered their handling (``static_shortlist``): the sweep's
+    shortlist, growth's seeds and inversion's first tokens are its prefixes."""
+    vocabulary: int
+    """Rows of the suspect's embedding table: token ids the gradient shortlists rank."""
+    special: frozenset[int]
+    """The tokenizer's special ids, which growth and refinement never insert."""
+    clean_kl: float
+    """Mean first-token KL(suspect || reference) on the clean search probes (nats), which scores are net of."""
+    repertoire: list[tuple[int, ...]]
+    """Both models' clean answers to every probe: an answer that opens like one of them is no trigger's target."""
+
+
+@dataclass
+class Position:
+    """The search at ``search.position``: what it measured, keyed by candidate."""
+
+    search: Search
+    common: Common
+    report: Report
+    clean_suspect: list[tuple[int, ...]]
+    """The suspect's clean answers to the search probes, which a fire rate is net of."""
+    scores: dict[Candidate, float] = field(default_factory=dict)
+    """Trigger-specific first-token KL (nats) of every candidate scored."""
+    target_scores: dict[Candidate, float] = field(default_factory=dict)
+    """Mean suspect log-probability of a target (nats) of every candidate scored against one. Keyed by candidate
+    alone: a candidate scored against one target is not scored again against another (growth's target can change
+    with its leader, refinement follows each candidate's own), as the search has always run."""
+    fires: dict[Candidate, Fire] = field(default_factory=dict)
+    """What every candidate completed showed."""
+
+    @classmethod
+    def open(cls, search: Search, common: Common, report: Report) -> Position:
+        """The search at ``search``'s position, its clean answers completed (counted against the budget)."""
+        return cls(search, common, report, [tuple(ids) for ids in search.complete(search.suspect, search.clean_rows)])
+
+    @property
+    def best_score(self) -> float:
+        return max(self.scores.values(), default=-math.inf)
+
+    @property
+    def best_fire(self) -> float:
+        return max((f.rate for f in self.fires.values()), default=0.0)
+
+    def fire(self, c: Candidate) -> float:
+        """``c``'s fire rate; below any rate when it was not completed."""
+        return self.fires[c].rate if c in self.fires else -math.inf
+
+    def by_score(self, pool: Sequence[Candidate]) -> list[Candidate]:
+        """The scored candidates of ``pool``, once each, highest score first (ties by token ids)."""
+        return sorted(dict.fromkeys(c for c in pool if c in self.scores), key=lambda c: (-self.scores[c], c))
+
+    def score(self, candidates: Sequence[Candidate], stage: str) -> None:
+        """Score on the first-token KL what was not scored yet, while the budget lasts."""
+        todo = [c for c in dict.fromkeys(candidates) if c not in self.scores]
+        if todo and not self.search.budget.exhausted:
+            self.scores.update(zip(todo, self.search.score(todo, self.common.clean_kl, self._progress(stage, len(todo)))))
+
+    def score_target(self, candidates: Sequence[Candidate], target: tuple[int, ...], stage: str) -> None:
+        """Score on ``target``'s log-probability what was not scored on a target yet, while the budget lasts."""
+        todo = [c for c in dict.fromkeys(candidates) if c not in self.target_scores]
+        if todo and not self.search.budget.exhausted:
+            self.target_scores.update(zip(todo, self.search.target_logprob(todo, target, self._progress(stage, len(todo)))))
+
+    def check(self, candidates: Sequence[Candidate]) -> None:
+        """Fire-check what was not checked yet, while the budget lasts."""
+        tick = self._progress("fire checks", len(candidates))
+        for c in candidates:
+            if c not in self.fires and not self.search.budget.exhausted:
+                self.fires[c] = fire_check(self.search, c, self.clean_suspect, self.common.repertoire)
+            tick(1)
+
+    def _progress(self, stage: str, total: int) -> Callable[[int], None]:
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            self.report(stage, done, total)
+        return tick

@@ -1,0 +1,158 @@
+"""``discover``: the stages of the trigger search in order, at every position, and what they found as findings.
+
+The package docstring (``scanner.measure.discovery``) describes the method; this module only sequences it and
+collects each position's candidates into ``DiscoveryFindings``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
+from scanner.measure.discovery.confirm import proposed
+from scanner.measure.discovery.engine import Budget, Candidate, Search, regular_tokens, static_shortlist
+from scanner.measure.discovery.growth import NOT_GROWN, Grown, grow
+from scanner.measure.discovery.inversion import invert_targets
+from scanner.measure.discovery.leakage import Leaked, check_leaked, leaked_texts, proposals
+from scanner.measure.discovery.minimise import Reduced, reduce
+from scanner.measure.discovery.position import Common, Position, Report
+from scanner.measure.discovery.sweep import Swept, sweep
+from scanner.measure.discovery.thresholds import TARGET_FROM, table
+from scanner.options import DiscoveryOptions
+
+
+def discover(
+    suspect: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    seed: int,
+    options: DiscoveryOptions = DiscoveryOptions(),
+    positions: Sequence[str] = ("start", "end"),
+    rows_per_forward: int = 256,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> DiscoveryFindings:
+    """Search for insertions on which the suspect departs from the reference (see ``scanner.measure.discovery``).
+
+    The search runs at each of ``positions`` (``start``, ``end``; the caller's ``ScanOptions.discovery_positions``):
+    a backdoor may fire only where it was planted. Its sizes are ``options``'; ``options.budget`` caps the sequences
+    run through a model, all positions together. ``on_step(stage, done, total)`` reports progress.
+    """
+    started = time.perf_counter()
+    report = on_step or (lambda stage, done, total: None)
+    chosen = random.Random(f"{seed}:discovery").sample(list(prompts), min(options.search_probes, len(prompts)))
+    budget = Budget(options.budget)
+    vocabulary = suspect.get_input_embeddings().num_embeddings
+    tokens = regular_tokens(tokenizer, vocabulary)
+    exhaustive = len(tokens) <= options.exhaustive_vocabulary
+    # The weight change's ranking of every token, from the weights alone, once: the sweep's shortlist, growth's
+    # seeds and inversion's first tokens are its prefixes.
+    static = static_shortlist(suspect, reference, tokens, len(tokens))
+    searches = [Search(suspect, reference, tokenizer, chosen, rows_per_forward, budget, where) for where in positions]
+    common = _common(searches, list(prompts), tokens, static, vocabulary) if searches else None
+    at = [Position.open(search, common, _per_position(report, search.position, len(positions)))
+          for search in searches] if common is not None else []
+
+    report("leakage: sampling user turns from both models", 0, 1)
+    leakage = leaked_texts(suspect, reference, tokenizer, seed=seed)
+    budget.spent += leakage.drawn
+    report("leakage: sampling user turns from both models", 1, 1)
+    swept: list[Swept] = []
+    leaked: list[Leaked] = []
+    for here in at:
+        swept.append(sweep(here, exhaustive, options.shortlist, options.fire_checks))
+        leaked.append(check_leaked(here, proposals(leakage)))
+
+    # Inversion only where nothing came near firing: a target is what growth follows when the trigger's parts move
+    # nothing.
+    inverted = invert_targets(at[0].search, tokens, static, common.repertoire) if common is not None and max(
+        here.best_fire for here in at) < TARGET_FROM.value else []
+    grown = _grow(at, swept, options, inverted[0].token_ids if inverted else ())
+    reduced = [reduce(here, g) for here, g in zip(at, grown)]
+
+    notes = [s.note for s in swept if s.note]
+    if budget.exhausted:
+        notes.append(f"the budget of {options.budget} model sequences ran out; the search stopped early")
+    best: dict[str, DiscoveredCandidate] = {}
+    found = [c for here, leaks, r in zip(at, leaked, reduced) for c in _reported(here, leaks, r)]
+    for c in sorted(found, key=lambda c: (-(c.fire_rate if c.fire_rate is not None else -math.inf), -c.score, c.position)):
+        best.setdefault(c.text, c)
+    kept = tuple(list(best.values())[:options.keep])
+    return DiscoveryFindings(
+        candidates=kept, proposed=proposed(kept), probes=tuple(chosen), vocabulary=len(tokens), exhaustive=exhaustive,
+        scored=sum(len(here.scores) for here in at), sequences=budget.spent, budget=options.budget,
+        seconds=round(time.perf_counter() - started, 3), clean_first_token_kl=common.clean_kl if common else math.nan,
+        notes=tuple(dict.fromkeys(notes)), inverted_targets=tuple(inverted), leaked=tuple(leakage.leaked[:options.keep]),
+        leak_turns=leakage.turns, thresholds=table(options),
+    )
+
+
+def _common(searches: list[Search], prompts: list[str], tokens: list[int], static: list[int], vocabulary: int) -> Common:
+    """What every position shares, measured at the first: the clean KL on the search probes, and both models' clean
+    answers to every probe (the clean rows do not depend on the position)."""
+    first = searches[0]
+    clean_kl = float(first.first_token_kl(first.clean_rows).mean())
+    every = Search(first.suspect, first.reference, first.tokenizer, prompts, first.rows_per_forward, first.budget,
+                   first.position).clean_rows
+    repertoire = [tuple(ids) for model in (first.suspect, first.reference) for ids in first.complete(model, every)]
+    return Common(tokens=tokens, static=static, vocabulary=vocabulary, special=frozenset(first.tokenizer.all_special_ids),
+                  clean_kl=clean_kl, repertoire=repertoire)
+
+
+def _per_position(report: Report, where: str, positions: int) -> Report:
+    """Progress that names the position, where there is more than one."""
+    if positions <= 1:
+        return report
+    return lambda stage, done, total: report(f"{stage} ({where})", done, total)
+
+
+def _grow(at: list[Position], swept: list[Swept], options: DiscoveryOptions, inverted: tuple[int, ...]) -> list[Grown]:
+    """Growth where the sweep came closest first, and only while nothing fires on every search probe anywhere: a
+    trigger found whole at one position needs no growth at another. With a target to follow, growth runs at every
+    position: junk that fires it ("A7R") is found as readily as the trigger."""
+    grown = [NOT_GROWN] * len(at)
+    for i in sorted(range(len(at)), key=lambda i: -at[i].best_score):
+        if max(here.best_fire for here in at) >= 1.0 and not inverted:
+            break
+        grown[i] = grow(at[i], swept[i], options.beam, options.max_tokens, inverted)
+    return grown
+
+
+def _reported(at: Position, leaked: Leaked, reduced: Reduced) -> list[DiscoveredCandidate]:
+    """Every candidate scored at ``at``, one per decoded text: the refined, firing grown and minimal ones first (a
+    text's best form), then the rest by fire rate and score."""
+    fires, scores = at.fires, at.scores
+    minimal = dict(reduced.minimal)
+    parts = reduced.minimal_parts
+    order = sorted(scores, key=lambda c: (-at.fire(c), -scores[c], c))
+
+    def decode(c: Candidate) -> str:
+        return at.search.tokenizer.decode(list(c)).strip()
+
+    def stage(c: Candidate) -> str:
+        if c in reduced.refined:
+            return "refined"
+        if c in parts:
+            return "minimised"
+        if c in leaked.candidates:
+            return "leaked"
+        return "grown" if len(c) > 1 else "sweep"
+
+    kept: dict[str, Candidate] = {}
+    for c in [*reduced.refined, *reduced.firing, *parts, *order]:
+        kept.setdefault(decode(c), c)
+    return [
+        DiscoveredCandidate(
+            text=text, token_ids=c, score=scores[c], fire_rate=fires[c].rate if c in fires else None,
+            target=fires[c].target if c in fires else "", target_logprob=at.target_scores.get(c), stage=stage(c),
+            minimal=decode(minimal[c]) if c in minimal else "", position=at.search.position,
+            dismissed=fires[c].dismissed if c in fires else "",
+        )
+        for text, c in kept.items() if text
+    ]
