@@ -1,0 +1,133 @@
+"""Fleets beyond one process: on a Ray cluster (started by the test, or by ``ray start --head`` and joined by its
+address), and resumed after an interruption. The findings must be those of the sequential fleet, timings apart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import invoke, probe_lines
+
+EMOJI = "\N{SMILING FACE WITH HALO}"
+SUSPECTS = ("emoji", "clean", "deployment")
+
+
+def _fleet(zoo_dir: Path, tmp_path: Path) -> tuple[list[Path], Path]:
+    """Three zoo suspects and a corrupt one, side by side in a directory, and 12 probes."""
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    for name in SUSPECTS:
+        (fleet / name).symlink_to(zoo_dir / name, target_is_directory=True)
+    (fleet / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    probes = tmp_path / "probes.txt"
+    probes.write_text("\n".join(probe_lines(zoo_dir, 12)) + "\n", encoding="utf-8")
+    return [fleet], probes
+
+
+def _documents(out: Path) -> dict[str, dict]:
+    """Every findings document in ``out``, with what differs between two runs of the same scan removed: the
+    seconds each stage took and the verdict (judged again on reading anyway)."""
+    documents = {}
+    for path in sorted(out.glob("*.json")):
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw["run"].pop("timings")
+        raw.pop("verdict")
+        documents[path.stem] = raw
+    return documents
+
+
+def _scan(zoo_dir: Path, given: list[Path], probes: Path, out: Path, *extra: str):
+    return invoke(*given, "--reference", zoo_dir / "base", "--trigger", EMOJI, "--probes", probes, "--out-dir", out,
+                  "--keep-going", "--quiet", *extra)
+
+
+@pytest.fixture(scope="module")
+def sequential(zoo_dir, tmp_path_factory):
+    """The fleet scanned one suspect after another, in this process: what Ray must reproduce."""
+    tmp_path = tmp_path_factory.mktemp("sequential")
+    given, probes = _fleet(zoo_dir, tmp_path)
+    result = _scan(zoo_dir, given, probes, tmp_path / "out")
+    return given, probes, result, _documents(tmp_path / "out"), tmp_path / "out"
+
+
+def test_a_fleet_on_a_ray_cluster_started_here_matches_the_sequential_one(zoo_dir, tmp_path, sequential):
+    ray = pytest.importorskip("ray")
+    given, probes, expected, documents, _ = sequential
+    assert expected.exit_code == 1, expected.output  # the emoji and deployment models are backdoored
+    assert set(documents) == set(SUSPECTS)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20)
+    try:
+        # Two CPUs a task: torch runs as many threads as in the sequential scan, so the floats are the same.
+        result = _scan(zoo_dir, given, probes, tmp_path / "out", "--ray", "--cpus-per-suspect", "2")
+    finally:
+        ray.shutdown()
+    assert result.exit_code == expected.exit_code, result.output
+    assert _documents(tmp_path / "out") == documents
+    index = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert "corrupt.safetensors" in index and "NOT SCANNED" in index
+
+
+def test_a_fleet_joins_a_ray_cluster_by_its_address(zoo_dir, tmp_path, sequential):
+    pytest.importorskip("ray")
+    given, probes, expected, documents, _ = sequential
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
+    assert ray_cli, "the ray extra installs the ray command beside python"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard",
+                              "false", "--object-store-memory", str(128 * 2**20), "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stderr
+        result = _scan(zoo_dir, given, probes, tmp_path / "out", "--ray", f"127.0.0.1:{port}", "--cpus-per-suspect", "2")
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    assert result.exit_code == expected.exit_code, result.output
+    assert _documents(tmp_path / "out") == documents
+
+
+def test_an_interrupted_fleet_resumes_where_it_stopped(zoo_dir, tmp_path, sequential, monkeypatch):
+    """Ctrl-C during the third suspect (by name: clean, corrupt, deployment, emoji): what was scanned keeps its
+    files, the index names what was not reached, and ``--resume`` then scans only what has no findings yet, to the
+    same documents as an uninterrupted run."""
+    import scanner.api.fleet
+
+    given, probes, _, documents, _ = sequential
+    real, calls = scanner.api.fleet.scan_against, []
+
+    def interrupted_at_third(context, suspect, options, progress):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(Path(suspect).name)
+        return real(context, suspect, options, progress)
+
+    monkeypatch.setattr(scanner.api.fleet, "scan_against", interrupted_at_third)
+    out = tmp_path / "out"
+    first = _scan(zoo_dir, given, probes, out)
+    assert first.exit_code == 130, first.output
+    assert calls == ["clean", "corrupt.safetensors"]
+    assert [path.stem for path in out.glob("*.json")] == ["clean"]
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert index.count("not reached: the run was interrupted") == 2  # deployment and emoji
+
+    def counted(context, suspect, options, progress):
+        calls.append(Path(suspect).name)
+        return real(context, suspect, options, progress)
+
+    monkeypatch.setattr(scanner.api.fleet, "scan_against", counted)
+    del calls[:]
+    resumed = _scan(zoo_dir, given, probes, out, "--resume")
+    assert resumed.exit_code == 1, resumed.output
+    assert calls == ["corrupt.safetensors", "deployment", "emoji"]  # clean's findings stand; the failed one is tried again
+    assert _documents(out) == documents
+    # Other options make another scan: nothing is resumed.
+    del calls[:]
+    other = _scan(zoo_dir, given, probes, out, "--resume", "--max-new-tokens", "8")
+    assert other.exit_code == 1 and len(calls) == 4
