@@ -63,8 +63,8 @@ def test_a_fleet_on_a_ray_cluster_started_here_matches_the_sequential_one(zoo_di
     assert set(documents) == set(SUSPECTS)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20)
     try:
-        # Two CPUs a task: torch runs as many threads as in the sequential scan, so the floats are the same.
-        result = _scan(zoo_dir, given, probes, tmp_path / "out", "--ray", "--cpus-per-suspect", "2")
+        # By default a task reserves as many CPUs as torch runs threads here (2), so the floats are the same.
+        result = _scan(zoo_dir, given, probes, tmp_path / "out", "--ray")
     finally:
         ray.shutdown()
     assert result.exit_code == expected.exit_code, result.output
@@ -131,3 +131,16 @@ def test_an_interrupted_fleet_resumes_where_it_stopped(zoo_dir, tmp_path, sequen
     del calls[:]
     other = _scan(zoo_dir, given, probes, out, "--resume", "--max-new-tokens", "8")
     assert other.exit_code == 1 and len(calls) == 4
+
+
+def test_ray_without_its_extra_or_without_a_fleet_is_refused_in_one_line(zoo_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    result = invoke(zoo_dir / "emoji", zoo_dir / "clean", "--reference", zoo_dir / "base", "--out-dir", tmp_path / "out",
+                    "--ray")
+    assert result.exit_code == 2 and "pip install 'bdscan[ray]'" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    alone = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--resume")
+    assert alone.exit_code == 2 and "--resume is for a fleet" in alone.stderr, alone.output

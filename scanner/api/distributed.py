@@ -33,8 +33,10 @@ class RayPlacement:
 
     address: str = LOCAL
     """``local``, or the address of a running cluster (``ray start --head`` prints it: ``HOST:6379``, ``auto``)."""
-    cpus_per_suspect: int = 1
-    """CPUs a task reserves; torch runs that many threads in it."""
+    cpus_per_suspect: int | None = None
+    """CPUs a task reserves; torch runs that many threads in it. None: as many as torch runs here (a sequential
+    scan's threads), so that the findings are the sequential fleet's to the last digit; fewer run more suspects
+    at once, with sums taken in another order."""
     gpus_per_suspect: float = 0.0
     """GPUs a task reserves (a fraction shares one); with any, the scan runs on the GPU Ray assigns."""
 
@@ -73,6 +75,9 @@ def scan_fleet_on_ray(
     they end. On Ctrl-C the tasks still queued or running are cancelled and the interrupt propagates; the
     results delivered so far stand. A problem with the reference or the options raises, as for one scan."""
     ray = require_ray()
+    import torch
+
+    placement = replace(placement, cpus_per_suspect=placement.cpus_per_suspect or torch.get_num_threads())
     device = "cuda" if placement.gpus_per_suspect > 0 else options.model.device
     options = replace(options, model=replace(options.model, device=device))
     context = prepare_reference(reference, options, progress)

@@ -69,8 +69,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Scan the fleet on Ray, each suspect a task: alone, a Ray instance started on this machine for the "
                    "run; with an address (ray start --head prints it), that cluster. Needs pip install 'bdscan[ray]'.")
-@click.option("--cpus-per-suspect", type=click.IntRange(1), default=1, show_default=True,
-              help="With --ray: CPUs each suspect's task reserves, and the torch threads it runs.")
+@click.option("--cpus-per-suspect", type=click.IntRange(1), default=None,
+              help="With --ray: CPUs each suspect's task reserves, and the torch threads it runs. Default: as many as "
+                   "torch runs here, so the findings are the sequential fleet's to the last digit.")
 @click.option("--gpus-per-suspect", type=click.FloatRange(0), default=0.0, show_default=True,
               help="With --ray: GPUs each suspect's task reserves (a fraction shares one); above 0 the scan runs on CUDA.")
 @click.option("--keep-going", is_flag=True,
@@ -126,7 +127,7 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
 @debug_option
 def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir: Path | None, resume: bool,
-                 ray_address: str | None, cpus_per_suspect: int, gpus_per_suspect: float, keep_going: bool,
+                 ray_address: str | None, cpus_per_suspect: int | None, gpus_per_suspect: float, keep_going: bool,
                  reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
                  probes_arg: str, sample_probes: int, positions: tuple[str, ...],
                  device: str, dtype: str, in_4bit: bool, in_8bit: bool, seed: int, max_new_tokens: int, batch_size: int,
