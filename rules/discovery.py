@@ -7,7 +7,8 @@ steered by, as the document records it (``DiscoveryFindings.threshold("fires", .
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
@@ -26,8 +27,10 @@ def fires_threshold(discovery: DiscoveryFindings, rules: Iterable[Rule]) -> floa
     return rule.threshold if rule is not None else discovery.threshold("fires", FIRES_DEFAULT)
 
 
-def firing(discovery: DiscoveryFindings, threshold: float) -> tuple[DiscoveredCandidate, ...]:
-    """Candidates whose fire rate reached ``threshold``: shortest first (a trigger's own tokens before the noise a
-    greedy search may have grown around them), then by fire rate and score."""
-    hits = [c for c in discovery.candidates if c.fire_rate is not None and c.fire_rate >= threshold]
+def firing(discovery: DiscoveryFindings, threshold: float,
+           passes: Callable[[float, float], bool] = operator.ge) -> tuple[DiscoveredCandidate, ...]:
+    """Candidates whose fire rate ``passes`` ``threshold`` (BD013's comparator; at least it, by default): shortest
+    first (a trigger's own tokens before the noise a greedy search may have grown around them), then by fire rate
+    and score."""
+    hits = [c for c in discovery.candidates if c.fire_rate is not None and passes(c.fire_rate, threshold)]
     return tuple(sorted(hits, key=lambda c: (len(c.token_ids), -(c.fire_rate or 0.0), -c.score)))

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rules.discovery import fires_threshold, firing
+from rules.discovery import FIRES_RULE, fires_threshold, firing
 from rules.metrics import METRICS, NotMeasured
 from rules.verdict import LEVELS, VERDICT_SCHEMA_VERSION, FiredRule, NotEvaluated, Verdict
 from scanner.errors import RulePackError
@@ -169,7 +169,9 @@ def judge(findings: Findings, rules: Iterable[Rule]) -> Verdict:
     implicated = _implicated(fired)
     discovery = findings.discovery
     threshold = fires_threshold(discovery, rules) if discovery is not None else None
-    found = tuple(c.text for c in firing(discovery, threshold)) if discovery is not None else ()
+    fires_rule = next((rule for rule in rules if rule.id == FIRES_RULE), None)
+    passes = COMPARATORS[fires_rule.comparator] if fires_rule is not None else operator.ge
+    found = tuple(c.text for c in firing(discovery, threshold, passes)) if discovery is not None else ()
     return Verdict(VERDICT_SCHEMA_VERSION, level, explain(level, fired, implicated), tuple(fired),
                    tuple(rule.id for rule in rules), implicated, tuple(not_evaluated), found, threshold)
 

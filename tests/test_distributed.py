@@ -144,3 +144,30 @@ def test_ray_without_its_extra_or_without_a_fleet_is_refused_in_one_line(zoo_dir
     assert len(result.stderr.strip().splitlines()) == 1
     alone = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--resume")
     assert alone.exit_code == 2 and "--resume is for a fleet" in alone.stderr, alone.output
+
+
+def test_a_worker_that_dies_twice_is_that_suspects_failure_and_the_fleet_goes_on(tmp_path):
+    """A worker killed mid-scan (out of memory, a node lost) is retried once by Ray; when the retry dies too, the
+    suspect is recorded with a typed ``WorkerError`` in the one wording every failure has, and the others stand."""
+    ray = pytest.importorskip("ray")
+    import os
+
+    from scanner.api.distributed import _collect
+    from scanner.cli.app import describe
+    from scanner.errors import WorkerError
+
+    attempts = tmp_path / "attempts"
+
+    def dies(path: str):
+        with open(path, "a", encoding="utf-8") as log:
+            log.write("attempt\n")
+        os._exit(1)
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20)
+    try:
+        result = _collect(ray, ray.remote(dies).options(max_retries=1).remote(str(attempts)), Path("suspect"))
+    finally:
+        ray.shutdown()
+    assert attempts.read_text(encoding="utf-8").count("attempt") == 2  # the first try and Ray's one retry
+    assert result.findings is None and isinstance(result.error, WorkerError)
+    assert describe(result.error).startswith("worker died: suspect suspect: its Ray worker died twice")

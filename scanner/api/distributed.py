@@ -77,16 +77,15 @@ def scan_fleet_on_ray(
     ray = require_ray()
     import torch
 
-    placement = replace(placement, cpus_per_suspect=placement.cpus_per_suspect or torch.get_num_threads())
-    device = "cuda" if placement.gpus_per_suspect > 0 else options.model.device
-    options = replace(options, model=replace(options.model, device=device))
-    context = prepare_reference(reference, options, progress)
-    probe_set = context.probe_set
-    del context  # the driver only needed the probe set; each task loads its own reference
+    if (placement.gpus_per_suspect > 0) != options.model.device.startswith("cuda"):
+        raise InputError("on Ray a scan runs on CUDA exactly when its task reserves a GPU: give --gpus-per-suspect "
+                         "with --device cuda, and neither without the other")
+    probe_set = _probe_set(reference, options, progress)
     started_here = _connect(ray, placement)
     results: list[FleetResult | None] = [None] * len(suspects)
     pending: dict[object, int] = {}
     try:
+        placement = _fit(ray, placement, torch.get_num_threads())
         shared = ray.put(probe_set)
         remote = ray.remote(_scan_one).options(
             num_cpus=placement.cpus_per_suspect, num_gpus=placement.gpus_per_suspect, max_retries=1)
@@ -103,7 +102,8 @@ def scan_fleet_on_ray(
             if on_result is not None:
                 on_result(index, results[index])
         progress.finish(task)
-    except KeyboardInterrupt:
+    except BaseException:
+        # Ctrl-C, or anything else: nothing queued or running on a cluster this run joined may outlive it.
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
@@ -113,6 +113,43 @@ def scan_fleet_on_ray(
     return results
 
 
+def _probe_set(reference: str, options: ScanOptions, progress: Progress) -> ProbeSetFindings:
+    """The reference's probe set, built once by the driver: on the scan's device where this machine has it, else
+    on the CPU (a head node without a GPU can still drive a GPU fleet); the model is let go before any task runs."""
+    import gc
+
+    import torch
+
+    here = options
+    if options.model.device.startswith("cuda") and not torch.cuda.is_available():
+        here = replace(options, model=replace(options.model, device="cpu"))
+    context = prepare_reference(reference, here, progress)
+    probe_set = context.probe_set
+    del context
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the tasks on this machine's GPU need the memory the driver's copy held
+    return probe_set
+
+
+def _fit(ray, placement: RayPlacement, threads_here: int) -> RayPlacement:
+    """``placement`` as the cluster can run it, the CPUs a task asks for decided (``threads_here`` by default, as
+    many as its largest node has at most): a task no node can hold would wait for ever, so ``InputError`` when
+    the CPUs or GPUs given for one task exceed every node's."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    most_cpus = int(max((node.get("CPU", 0) for node in nodes), default=0))
+    most_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+    if placement.gpus_per_suspect > most_gpus:
+        raise InputError(f"--gpus-per-suspect {placement.gpus_per_suspect:g}: no node of the Ray cluster has that many "
+                         f"GPUs (the largest has {most_gpus:g})")
+    if most_cpus < 1:
+        raise InputError("the Ray cluster has no node with a CPU to run a scan on")
+    if placement.cpus_per_suspect is not None and placement.cpus_per_suspect > most_cpus:
+        raise InputError(f"--cpus-per-suspect {placement.cpus_per_suspect}: no node of the Ray cluster has that many "
+                         f"CPUs (the largest has {most_cpus})")
+    return replace(placement, cpus_per_suspect=placement.cpus_per_suspect or min(threads_here, most_cpus))
+
+
 def _connect(ray, placement: RayPlacement) -> bool:
     """Join the cluster at ``placement.address``, or start one here; whether this run started it."""
     if ray.is_initialized():
@@ -120,7 +157,8 @@ def _connect(ray, placement: RayPlacement) -> bool:
     quiet = {"log_to_driver": False, "include_dashboard": False, "configure_logging": True, "logging_level": logging.ERROR}
     environment = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
     if placement.address == LOCAL:
-        ray.init(runtime_env=environment, object_store_memory=256 * 2**20, **quiet)
+        # address="local": a new instance even where a cluster already runs or RAY_ADDRESS is set.
+        ray.init(address="local", runtime_env=environment, object_store_memory=256 * 2**20, **quiet)
     else:
         try:
             ray.init(address=placement.address, runtime_env=environment, **quiet)
@@ -133,8 +171,7 @@ def _collect(ray, ref, suspect: Path) -> FleetResult:
     """A finished task's result; a worker that died twice (Ray retried it once) is that suspect's failure."""
     try:
         findings, error = ray.get(ref)
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError,
-            ray.exceptions.TaskCancelledError) as error:
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError) as error:
         return FleetResult(suspect, None, WorkerError(f"suspect {suspect}: its Ray worker died twice "
                                                       f"({type(error).__name__}); scan it alone to see why"))
     return FleetResult(suspect, findings, error)

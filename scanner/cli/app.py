@@ -67,7 +67,7 @@ def describe(error: BaseException, debug: bool = False) -> str:
 def exit_code_for(error: BaseException, debug: bool) -> int:
     """Report ``error`` on stderr and return its exit code: never 1, which only a verdict may give."""
     if isinstance(error, (KeyboardInterrupt, click.exceptions.Abort)):
-        click.echo("interrupted: nothing more was measured or written", err=True)
+        click.echo("interrupted: nothing more was measured (a fleet keeps what it finished, and its index names the rest)", err=True)
         return EXIT_INTERRUPTED
     if isinstance(error, SystemExit):
         code = error.code if isinstance(error.code, int) else (0 if error.code is None else EXIT_ERROR)

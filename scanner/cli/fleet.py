@@ -60,6 +60,8 @@ def run_fleet(suspects: list[Path], reference: str, options: ScanOptions, rules:
         name = names[index]
         if result.error is not None:
             line = describe(result.error)  # the same words the error would have on its own: one mapping
+            for stale in (out_dir / f"{name}.json", out_dir / f"{name}.html"):
+                stale.unlink(missing_ok=True)  # an earlier scan's verdict must not sit beside "not scanned"
             entries[index] = FleetEntry(name, str(result.suspect), None, error=line)
             stderr.print(f"[yellow]{result.suspect}: not scanned:[/] {line}", highlight=False)
             return
@@ -71,7 +73,7 @@ def run_fleet(suspects: list[Path], reference: str, options: ScanOptions, rules:
         stderr.print(f"{result.suspect}: {document.verdict.level}{again}", highlight=False)
 
     todo = list(range(len(suspects)))
-    interrupted = False
+    stopped = ""
     try:
         if resume:
             todo = _resume(suspects, names, reference, options, out_dir, done)
@@ -79,13 +81,13 @@ def run_fleet(suspects: list[Path], reference: str, options: ScanOptions, rules:
             with RichProgress(stderr) as progress:
                 _scan(placement, [suspects[i] for i in todo], reference, options, progress,
                       lambda position, result: done(todo[position], result))
-    except KeyboardInterrupt:
-        interrupted = True
+    except BaseException as error:
+        stopped = NOT_REACHED if isinstance(error, KeyboardInterrupt) else STOPPED
         raise
     finally:
-        if interrupted:
+        if stopped:
             for index in range(len(suspects)):
-                entries.setdefault(index, FleetEntry(names[index], str(suspects[index]), None, error=NOT_REACHED))
+                entries.setdefault(index, FleetEntry(names[index], str(suspects[index]), None, error=stopped))
         if entries:  # interrupted or not, what was scanned gets its index, its SARIF and its summary
             _conclude([entries[i] for i in sorted(entries)], reference, rules, out_dir, sarif)
     documents = [entry.document for entry in entries.values() if entry.document is not None]
@@ -95,6 +97,7 @@ def run_fleet(suspects: list[Path], reference: str, options: ScanOptions, rules:
 
 
 NOT_REACHED = "not reached: the run was interrupted before this suspect was scanned"
+STOPPED = "not reached: the run stopped on an error (see the terminal) before this suspect was scanned"
 
 
 def _resume(suspects: list[Path], names: list[str], reference: str, options: ScanOptions, out_dir: Path,

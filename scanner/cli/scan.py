@@ -73,7 +73,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
               help="With --ray: CPUs each suspect's task reserves, and the torch threads it runs. Default: as many as "
                    "torch runs here, so the findings are the sequential fleet's to the last digit.")
 @click.option("--gpus-per-suspect", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="With --ray: GPUs each suspect's task reserves (a fraction shares one); above 0 the scan runs on CUDA.")
+              help="With --ray: GPUs each suspect's task reserves (a fraction shares one); above 0 the scan runs on CUDA "
+                   "(--device cuda is then the default).")
 @click.option("--keep-going", is_flag=True,
               help="With several suspects: a suspect that cannot be scanned does not make the run exit 2.")
 @click.option("--reference", "-r", required=True,
@@ -193,6 +194,8 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
         if not probes_file.is_file():
             raise InputError(f"--probes {probes_arg}: no such file (or give auto or builtin)")
         probes = tuple(read_probe_file(probes_file))
+    if ray_address is not None and gpus_per_suspect > 0 and device == "cpu":
+        device = "cuda"  # before the options are fingerprinted: --resume compares what the tasks ran with
     options = ScanOptions(
         triggers=triggers, seed=seed,
         model=ModelOptions(device=device, dtype=dtype, quantisation=_quantisation(in_4bit, in_8bit), batch_size=batch_size,
