@@ -97,3 +97,32 @@ def test_fleet_usage_errors_say_what_to_do(zoo_dir, tmp_path):
     empty.mkdir()
     nothing = invoke("scan", empty, "--reference", zoo_dir / "base", "--out-dir", tmp_path / "o")
     assert nothing.exit_code == 2 and "no .safetensors" in nothing.stderr
+
+
+def test_a_failed_rescan_drops_the_old_verdict_and_a_stopped_run_names_what_it_did_not_reach(tmp_path, monkeypatch):
+    """Two fleet paths that need no model: a suspect that now fails loses the findings and report an earlier run
+    wrote for it (a pipeline reading ``*.json`` must not find a stale verdict beside "not scanned"), and a run
+    that an error stops still writes its index, naming every suspect it did not reach."""
+    import scanner.api.fleet
+    from rules.engine import default_pack
+    from scanner.api.fleet import FleetResult
+    from scanner.cli.fleet import run_fleet
+    from scanner.options import ScanOptions
+
+    suspects = [tmp_path / "first", tmp_path / "second", tmp_path / "third"]
+    out = tmp_path / "out"
+    out.mkdir()
+    for stale in ("first.json", "first.html"):
+        (out / stale).write_text("an earlier scan's verdict", encoding="utf-8")
+
+    def fails_then_stops(suspects, reference, options, progress, on_result):
+        on_result(0, FleetResult(suspects[0], None, IncompatibleModelsError("first: other shapes")))
+        raise RuntimeError("the reference's disk went away")
+
+    monkeypatch.setattr(scanner.api.fleet, "scan_fleet", fails_then_stops)
+    with pytest.raises(RuntimeError):
+        run_fleet(suspects, "base", ScanOptions(), default_pack(), out, None, "SUSPICIOUS", keep_going=False, quiet=True)
+    assert not (out / "first.json").exists() and not (out / "first.html").exists()
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "incompatible models: first: other shapes" in index
+    assert index.count("not reached: the run stopped on an error") == 2
