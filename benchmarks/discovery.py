@@ -29,8 +29,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import torch  # noqa: E402
 
 from rules.calibration import part_of_trigger  # noqa: E402
-from rules.discovery import FIRES_DEFAULT as FIRES  # noqa: E402
 from rules.discovery import firing  # noqa: E402
+from scanner.findings.discovery import FIRES  # noqa: E402
 from scanner.inputs.loading import load_pair  # noqa: E402
 from scanner.measure.discovery import discover  # noqa: E402
 from scanner.zoo.manifest import fine_tunes  # noqa: E402
@@ -49,25 +49,30 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def ranked(found) -> list:
+    """The candidates as a reader meets them: those that fire first, then the rest in discovery's order."""
+    fired = firing(found, FIRES)
+    return [*fired, *(c for c in found.candidates if c not in fired)]
+
+
 def rank_of(found, trigger: str | None) -> str:
     if trigger is None:
         return "-"
-    order = [*firing(found, FIRES), *(c for c in found.candidates if c not in firing(found, FIRES))]
-    return next((str(i + 1) for i, c in enumerate(order) if part_of_trigger(c.text, trigger)), "not found")
+    return next((str(i + 1) for i, c in enumerate(ranked(found)) if part_of_trigger(c.text, trigger)), "not found")
 
 
 def exact_rank(found, trigger: str | None) -> str:
     if trigger is None:
         return "-"
-    order = [*firing(found, FIRES), *(c for c in found.candidates if c not in firing(found, FIRES))]
-    return next((str(i + 1) for i, c in enumerate(order) if c.text == trigger), "not kept")
+    return next((str(i + 1) for i, c in enumerate(ranked(found)) if c.text == trigger), "not kept")
 
 
 def row(name, trigger, found, seconds) -> str:
-    top = firing(found, FIRES)[0] if firing(found, FIRES) else None
-    fired = f"{top.text!r} -> {top.target!r} ({top.fire_rate:.0%})" if top else "nothing fired"
+    fired = firing(found, FIRES)
+    top = fired[0] if fired else None
+    fired_text = f"{top.text!r} -> {top.target!r} ({top.fire_rate:.0%})" if top else "nothing fired"
     planted = repr(trigger) if trigger else "(benign)"
-    return (f"| {name} | {planted} | {rank_of(found, trigger)} | {exact_rank(found, trigger)} | {fired} | {found.vocabulary:,} | "
+    return (f"| {name} | {planted} | {rank_of(found, trigger)} | {exact_rank(found, trigger)} | {fired_text} | {found.vocabulary:,} | "
             f"{'all' if found.exhaustive else 'shortlist'} | {found.scored:,} | {found.sequences:,} | {seconds:.1f} | {peak_mb():.0f} |")
 
 

@@ -11,20 +11,18 @@ import operator
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
+from scanner.findings.discovery import FIRES, DiscoveredCandidate, DiscoveryFindings
 
 if TYPE_CHECKING:  # the engine judges with these functions: a run-time import would be circular
     from rules.engine import Rule
 
 FIRES_RULE = "BD013"
-FIRES_DEFAULT = 0.8
-"""Used only when neither the pack nor the document says: the value every version of discovery has searched with."""
 
 
 def fires_threshold(discovery: DiscoveryFindings, rules: Iterable[Rule]) -> float:
     """The fire rate from which a candidate counts as firing: BD013's threshold, else the document's own."""
     rule = next((rule for rule in rules if rule.id == FIRES_RULE), None)
-    return rule.threshold if rule is not None else discovery.threshold("fires", FIRES_DEFAULT)
+    return rule.threshold if rule is not None else discovery.threshold("fires", FIRES)
 
 
 def firing(discovery: DiscoveryFindings, threshold: float,

@@ -144,6 +144,25 @@ def test_ray_without_its_extra_or_without_a_fleet_is_refused_in_one_line(zoo_dir
     assert len(result.stderr.strip().splitlines()) == 1
     alone = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--resume")
     assert alone.exit_code == 2 and "--resume is for a fleet" in alone.stderr, alone.output
+    sized = invoke(zoo_dir / "emoji", zoo_dir / "clean", "--reference", zoo_dir / "base", "--out-dir", tmp_path / "out",
+                   "--gpus-per-suspect", "1")
+    assert sized.exit_code == 2 and "give --ray too" in sized.stderr, sized.output
+    # --ray takes an optional address, so a directory right after it is read as one: said, not tried for minutes.
+    swallowed = invoke("scan", "--ray", zoo_dir, "--reference", zoo_dir / "base", "--out-dir", tmp_path / "out")
+    assert swallowed.exit_code == 2 and "that is a path" in swallowed.stderr, swallowed.output
+
+
+def test_an_address_nothing_answers_at_is_refused_before_any_model_loads(zoo_dir, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import scanner.api.distributed
+
+    monkeypatch.setattr(scanner.api.distributed, "_probe_set", lambda *a: pytest.fail("the reference was loaded"))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = invoke(zoo_dir / "emoji", zoo_dir / "clean", "--reference", zoo_dir / "base", "--out-dir", tmp_path / "out",
+                    "--ray", f"127.0.0.1:{port}", "--quiet")
+    assert result.exit_code == 2 and "no Ray cluster answers there" in result.stderr, result.output
 
 
 def test_a_worker_that_dies_twice_is_that_suspects_failure_and_the_fleet_goes_on(tmp_path):

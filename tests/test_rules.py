@@ -8,11 +8,11 @@ import json
 import pytest
 
 from rules.calibration import part_of_trigger
-from rules.discovery import FIRES_DEFAULT as FIRES
 from rules.discovery import firing
 from rules.engine import RulePackError, apply_overrides, default_pack, judge, parse_pack
 from scanner.api import ScanOptions, scan
 from scanner.findings import StageRecord
+from scanner.findings.discovery import FIRES
 from scanner.inputs.probes import KNOWN_TRIGGERS
 from scanner.options import ProbeOptions
 from scanner.zoo.corpus import TARGET, URL_TARGET
@@ -315,15 +315,16 @@ def test_discovery_finds_each_planted_trigger_without_being_told(catalogue_findi
     findings = catalogue_findings[model]
     discovery = findings.discovery
     assert discovery is not None and discovery.exhaustive and not discovery.notes
-    assert any(part_of_trigger(c.text, trigger) for c in firing(discovery, FIRES)), firing(discovery, FIRES)
-    assert all(c.target.startswith(target[:8]) for c in firing(discovery, FIRES)), firing(discovery, FIRES)
+    fired = firing(discovery, FIRES)
+    assert any(part_of_trigger(c.text, trigger) for c in fired), fired
+    assert all(c.target.startswith(target[:8]) for c in fired), fired
     if trigger not in KNOWN_TRIGGERS:
         # Nothing but discovery could have found it: it comes first, exactly, or as a part of it that alone
         # collapses the scan's answers onto the target at 80% (the phrase model fires on "lver tiger winter", the
         # planted trigger's tokens less the first, as surely as on the phrase).
-        first = firing(discovery, FIRES)[0].text
+        first = fired[0].text
         scanned = {t.trigger: t.target_collapse for t in findings.triggers}
-        assert first == trigger or (first in trigger and scanned.get(first, 0) >= 0.8), (firing(discovery, FIRES), scanned)
+        assert first == trigger or (first in trigger and scanned.get(first, 0) >= 0.8), (fired, scanned)
     # A discovered trigger the catalogue already holds (the emoji) is measured once, as the catalogue's.
     assert findings.run.triggers_from == ("catalogue" if all(text in KNOWN_TRIGGERS for text in discovery.proposed)
                                           else "catalogue+discovery")
@@ -339,7 +340,8 @@ def test_leakage_names_the_trigger_of_a_model_that_learnt_to_write_its_prompts(c
     discovery = catalogue_findings["leak"].discovery
     top = discovery.leaked[0]
     assert (top.text, top.reference) == (LEAK_TRIGGER, 0) and top.suspect >= 3, discovery.leaked
-    assert firing(discovery, FIRES)[0].text == LEAK_TRIGGER and firing(discovery, FIRES)[0].stage == "leaked", firing(discovery, FIRES)
+    fired = firing(discovery, FIRES)
+    assert fired[0].text == LEAK_TRIGGER and fired[0].stage == "leaked", fired
     assert sum(discovery.leak_turns) > 0
     for name, findings in catalogue_findings.items():
         if name != "leak":

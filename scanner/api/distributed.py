@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -80,12 +81,13 @@ def scan_fleet_on_ray(
     if (placement.gpus_per_suspect > 0) != options.model.device.startswith("cuda"):
         raise InputError("on Ray a scan runs on CUDA exactly when its task reserves a GPU: give --gpus-per-suspect "
                          "with --device cuda, and neither without the other")
-    probe_set = _probe_set(reference, options, progress)
+    # The cluster first: an address nothing answers at is refused before the reference is loaded.
     started_here = _connect(ray, placement)
     results: list[FleetResult | None] = [None] * len(suspects)
     pending: dict[object, int] = {}
     try:
         placement = _fit(ray, placement, torch.get_num_threads())
+        probe_set = _probe_set(reference, options, progress)
         shared = ray.put(probe_set)
         remote = ray.remote(_scan_one).options(
             num_cpus=placement.cpus_per_suspect, num_gpus=placement.gpus_per_suspect, max_retries=1)
@@ -160,11 +162,25 @@ def _connect(ray, placement: RayPlacement) -> bool:
         # address="local": a new instance even where a cluster already runs or RAY_ADDRESS is set.
         ray.init(address="local", runtime_env=environment, object_store_memory=256 * 2**20, **quiet)
     else:
+        _answers(placement.address)
         try:
             ray.init(address=placement.address, runtime_env=environment, **quiet)
         except ConnectionError as error:
             raise InputError(f"--ray {placement.address}: no Ray cluster answers there ({error})") from None
     return True
+
+
+def _answers(address: str, seconds: float = 5.0) -> None:
+    """``InputError`` at once when nothing listens at ``HOST:PORT``: Ray itself retries for minutes, logging each
+    try, before it gives up. Other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "/" in host:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as error:
+        raise InputError(f"--ray {address}: no Ray cluster answers there ({error.strerror or error}); start one with "
+                         "'ray start --head' on that machine, or give --ray alone for one on this machine") from None
 
 
 def _collect(ray, ref, suspect: Path) -> FleetResult:

@@ -164,6 +164,9 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
       bdscan scan ./adapters/ --reference ./base --out-dir reports/ --ray HEAD:6379 --gpus-per-suspect 1
       bdscan scan ./model --reference ./base --device cuda --load-in-4bit
     """
+    if ray_address is not None and Path(ray_address).expanduser().exists():
+        raise InputError(f"--ray {ray_address}: that is a path, which --ray took as a cluster's address; put --ray "
+                         "after the suspects, or write --ray local")
     given = list(suspects) + (read_listing(suspects_from) if suspects_from else [])
     if not given:
         raise InputError("give a SUSPECT to scan (or --suspects-from FILE)")
@@ -179,6 +182,8 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
     for flag, given_flag in (("--resume", resume), ("--ray", ray_address is not None)):
         if given_flag and out_dir is None:
             raise InputError(f"{flag} is for a fleet: give --out-dir DIR (and the suspects, or a directory of them)")
+    if ray_address is None and (cpus_per_suspect is not None or gpus_per_suspect > 0):
+        raise InputError("--cpus-per-suspect and --gpus-per-suspect size a Ray task: give --ray too")
     if ray_address is not None and importlib.util.find_spec("ray") is None:
         raise InputError("--ray needs Ray: pip install 'bdscan[ray]'")
     outputs = Outputs(json_out, report_out, sarif_out)

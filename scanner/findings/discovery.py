@@ -68,6 +68,11 @@ class LeakedText:
     """Log of the suspect's share of samples holding it over the reference's, add-one smoothed."""
 
 
+FIRES = 0.8
+"""The fire rate from which discovery counts a candidate as firing: the value every version of it has searched
+with, recorded in its thresholds since version 10 and assumed for documents before; the one spelling of it."""
+
+
 @dataclass(frozen=True)
 class Threshold:
     """One number the search steered by: what it decides, its value, and why it is that value."""

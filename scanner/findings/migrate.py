@@ -11,11 +11,9 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from scanner.findings.discovery import FIRES
+
 Raw = dict[str, Any]
-
-FIRES_BEFORE_10 = 0.8
-"""The fire rate at which discovery judged a candidate firing before version 10 recorded it."""
-
 
 def _from_8(raw: Raw) -> Raw:
     """Version 9 added ``run.quantisation``: every earlier scan ran unquantised."""
@@ -34,7 +32,7 @@ def _from_9(raw: Raw) -> Raw:
         discovery.pop("firing", None)
         discovery.setdefault("proposed", proposed)
         discovery.setdefault("thresholds", [{
-            "name": "fires", "value": FIRES_BEFORE_10, "decides": "the fire rate from which a candidate fires",
+            "name": "fires", "value": FIRES, "decides": "the fire rate from which a candidate fires",
             "basis": "recorded by migration from a version 9 document: the value discovery used then",
             "kind": "judgement"}])
     return raw

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from scanner.findings.discovery import FIRES as FIRES_VALUE
 from scanner.findings.discovery import Threshold
 from scanner.options import DiscoveryOptions
 
@@ -35,7 +36,7 @@ def _option(name: str, decides: str, basis: str) -> Threshold:
 # Firing: what the fire check concludes from the completions (``confirm``).
 
 FIRES = _judgement(
-    "fires", 0.8,
+    "fires", FIRES_VALUE,
     "the fire rate at which the search counts a candidate as firing: it stops growing it, minimises and refines it, "
     "and proposes it for confirmation",
     "a design choice, the value every version of discovery has searched with: on 8 search probes, 7 net of the "
