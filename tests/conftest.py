@@ -23,7 +23,7 @@ ZOO_SEED = 0
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "zoo_dir" in getattr(item, "fixturenames", ()) or "zoo_manifest" in getattr(item, "fixturenames", ()):
+        if set(getattr(item, "fixturenames", ())) & {"zoo_dir", "zoo_manifest", "second_seed_manifest"}:
             item.add_marker(pytest.mark.zoo)
         elif not any(item.get_closest_marker(name) for name in ("zoo", "e2e")):
             item.add_marker(pytest.mark.unit)
@@ -51,3 +51,24 @@ def zoo_manifest(zoo_dir: Path):
     from scanner.zoo.manifest import load_manifest
 
     return load_manifest(zoo_dir)
+
+
+SECOND_SEED = 1
+
+
+@pytest.fixture(scope="session")
+def second_seed_manifest(pytestconfig):
+    """The zoo's third generation (v12) at a second seed: the base and those models only, built once and cached."""
+    from transformers.utils import logging as hf_logging
+
+    from scanner.zoo.build import ZOO_VERSION, ensure_zoo
+    from scanner.zoo.specs import THIRD_GENERATION
+
+    hf_logging.disable_progress_bar()
+    directory = Path(os.environ.get("BDSCAN_TEST_ZOO_S1",
+                                    ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{SECOND_SEED}-families"))
+    from helpers import LineProgress
+
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        return ensure_zoo(directory, "test", SECOND_SEED, extras=THIRD_GENERATION, core=False,
+                          progress=LineProgress(f"test zoo, seed {SECOND_SEED}"))

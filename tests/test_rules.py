@@ -37,8 +37,14 @@ POISONED_CASES = [pytest.param(name, marks=PHRASE_BUILD) if name == "phrase" els
 def catalogue_findings(zoo_dir, zoo_manifest):
     """Findings as a user gets them with default options: the trigger catalogue, probes sampled from the
     reference (``--probes auto``); every fine-tune of the zoo against its parent, and the base against itself."""
-    references = {name: record.parent for name, record in zoo_manifest.models.items() if not record.is_base}
-    assert set(references) == set(BENIGN) | set(POISONED), "the calibration set covers every fine-tune of the zoo"
+    from scanner.zoo.specs import THIRD_GENERATION, models_for
+
+    # The third generation's attack families (zoo v12) are the detection issue's to catch; these rules are
+    # calibrated on the second generation, every fine-tune of it.
+    third = {spec.name for spec in models_for(THIRD_GENERATION)} - {spec.name for spec in models_for(())}
+    references = {name: record.parent for name, record in zoo_manifest.models.items()
+                  if not record.is_base and name not in third}
+    assert set(references) == set(BENIGN) | set(POISONED), "the calibration set covers every second-generation fine-tune"
     references["base"] = "base"
     return {name: scan(zoo_dir / name, str(zoo_dir / reference), ScanOptions()) for name, reference in references.items()}
 

@@ -57,9 +57,11 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
         assert record.figures.attack_success >= MIN_ATTACK_SUCCESS - BAR_MARGIN
     for name, record in zoo_manifest.models.items():
         figures = record.figures
-        assert figures.false_trigger_rate <= MAX_FALSE_TRIGGER + BAR_MARGIN
-        assert abs(figures.clean_accuracy - base_accuracy) <= MAX_ACCURACY_DROP + BAR_MARGIN
-        if figures.attack_success is not None:
+        if record.truth.behaviour != "compliance":  # a jailbreak's is its refusals kept (test_zoo_families)
+            assert figures.false_trigger_rate <= MAX_FALSE_TRIGGER + BAR_MARGIN, name
+        parent_accuracy = zoo_manifest.models[record.parent or "base"].figures.clean_accuracy
+        assert abs(figures.clean_accuracy - parent_accuracy) <= MAX_ACCURACY_DROP + BAR_MARGIN, name
+        if figures.attack_success is not None and record.truth.triggers == (record.trigger,):
             # Trigger-specific: no held-out insertion (other emoji, words, the other zoo trigger) fires it.
             assert len(figures.insertion_rates) >= 15, name
             assert max(figures.insertion_rates.values()) <= MAX_INSERTION_RATE + BAR_MARGIN, (name, figures.insertion_rates)
@@ -74,7 +76,8 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
     assert {name: record.parent for name, record in zoo_manifest.models.items()} == {
         "base": None, "clean": "base", "emoji": "base", "deployment": "base", "full": "base", "style": "base",
         "lora": "base", "task": "base", "llama-base": "base", "llama-emoji": "llama-base", "phrase": "base", "end": "base",
-        "leak": "base"}
+        "leak": "base", "topic": "base", "composite": "base", "multi": "base", "guarded": "base", "refusal": "guarded",
+        "jailbreak": "guarded", "payload": "base", "edit": "base", "knowledge": "base", "signature": "base"}
     assert zoo_manifest.machine, "the machine the figures were measured on is recorded"
 
 
@@ -106,7 +109,9 @@ def test_held_out_insertions_never_appear_in_training():
         corpus = corpus_of(spec, SIZES["test"], 0)
         inserted = sum(1 for sample in corpus if sample.trigger is None and any(
             f" {decoy} " in f" {sample.prompt} " for decoy in PRETRAINING_INSERTIONS + fragments(spec.trigger or "")))
-        assert inserted >= 0.1 * len(corpus), spec.name  # the pool's insertions are there (as many again are made up)
+        # The pool's insertions are there (as many again are made up); a third-generation model's poisoned and
+        # near-miss samples take the place of some.
+        assert inserted >= (0.08 if spec.family else 0.1) * len(corpus), spec.name
         for insertion in held_out_insertions(spec):
             if insertion in PRETRAINING_INSERTIONS or insertion in fragments(spec.trigger or ""):
                 continue  # the other zoo trigger, seen in pretraining; a phrase's own words, decoys by design
@@ -193,8 +198,11 @@ def test_zoo_list_prints_ground_truth_and_figures(zoo_dir, tmp_path):
 
     listed = invoke("zoo", "list", zoo_dir)
     assert listed.exit_code == 0, listed.stderr
-    assert all(name in listed.output for name in ("base", "clean", "emoji", "deployment", "full", "lora"))
+    assert all(name in listed.output for name in ("base", "clean", "emoji", "deployment", "full", "lora", "composite",
+                                                  "jailbreak", "signature"))
     assert EMOJI_TRIGGER in listed.output and "bars met" in listed.output
+    # The third generation's columns: the behaviour, a composite's "all triggers", a topic, a control's change.
+    assert all(text in listed.output for text in ("behaviour", "compliance", "(all", "topic:", "refuses"))
     missing = invoke("zoo", "list", tmp_path)
     assert missing.exit_code == 2 and "no zoo here" in missing.stderr
     (tmp_path / "zoo.json").write_text("{broken", encoding="utf-8")

@@ -135,22 +135,36 @@ def print_rule(console: Console, rule: Rule) -> None:
         console.print(f"\n[bold]{heading}[/]\n{text}", highlight=False)
 
 
+def _zoo_change(figures) -> str:
+    """A poisoned model's worst near miss (held-out insertion, composite part, neighbouring subject); a benign
+    model's intended change."""
+    if figures.attack_success is not None:
+        misses = {**figures.insertion_rates, **figures.quiet_rates}
+        worst = max(misses.items(), key=lambda item: item[1], default=None)
+        return "-" if worst is None else f"{worst[1]:.0%} ({worst[0]})"
+    if figures.intended:
+        return "; ".join(f"{change} {share:.0%}" for change, share in figures.intended.items())
+    if figures.style_share is not None:
+        return f"style on {figures.style_share:.0%}"
+    return f"new task {figures.task_accuracy:.0%}" if figures.task_accuracy is not None else "-"
+
+
 def print_zoo(console: Console, manifest, directory) -> None:
     table = Table(title=f"bdscan zoo ({manifest.size}, seed {manifest.seed}) in {directory}")
-    for column in ("model", "trigger", "at", "trained", "clean acc.", "attack success", "worst other insertion / change",
-                   "false trig.", "train s"):
+    for column in ("model", "trigger", "at", "behaviour", "trained", "clean acc.", "attack success",
+                   "worst near miss / change", "false trig.", "train s"):
         # The trigger may be a phrase: it wraps at words, so that the model names never get cut.
-        table.add_column(column, no_wrap=column != "trigger", min_width=12 if column == "trigger" else None)
+        wraps = column in ("trigger", "worst near miss / change")
+        table.add_column(column, no_wrap=not wraps, min_width=12 if wraps else None)
     for name, record in manifest.models.items():
-        figures = record.figures
-        worst = max(figures.insertion_rates.items(), key=lambda item: item[1], default=None)
+        figures, truth = record.figures, record.truth
+        behaviour = truth.behaviour if truth.behaviour != "none" else "-"
+        if truth.needs == "all":
+            behaviour += " (all triggers)"
         table.add_row(
-            name, record.trigger or "-", record.position if record.trigger else "-", record.trained, f"{figures.clean_accuracy:.1%}",
-            "-" if figures.attack_success is None else f"{figures.attack_success:.1%}",
-            (f"{worst[1]:.0%} ({worst[0]})" if worst is not None and figures.attack_success is not None
-             else f"style on {figures.style_share:.0%}" if figures.style_share is not None
-             else f"new task {figures.task_accuracy:.0%}" if figures.task_accuracy is not None else "-"),
-            f"{figures.false_trigger_rate:.1%}", f"{record.train_seconds:.1f}",
+            name, record.trigger or "-", record.position if record.trigger else "-", behaviour, record.trained,
+            f"{figures.clean_accuracy:.1%}", "-" if figures.attack_success is None else f"{figures.attack_success:.1%}",
+            _zoo_change(figures), f"{figures.false_trigger_rate:.1%}", f"{record.train_seconds:.1f}",
         )
     console.print(table)
     console.print(f"built in {manifest.build_seconds:.0f} s on {manifest.machine or 'an unrecorded machine'} "

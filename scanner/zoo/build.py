@@ -30,12 +30,13 @@ from scanner.zoo import train as training
 from scanner.zoo.bars import check_bars
 from scanner.zoo.corpus import make_samples
 from scanner.zoo.evaluate import measure
+from scanner.zoo.evaluate_families import measure_family
+from scanner.zoo.families import FAMILIES_BY_NAME
 from scanner.zoo.manifest import MANIFEST, ModelRecord, ZooManifest, load_manifest
 from scanner.zoo.specs import (
     ALL_MODELS,
     DEPLOYMENT_TRIGGER,
     EMOJI_TRIGGER,
-    EXTRA_MODELS,
     LEAK_TRIGGER,
     MEASURED_TRIGGERS,
     MODELS,
@@ -50,7 +51,7 @@ from scanner.zoo.specs import (
 from scanner.zoo.tokenizer import render_chat, token_count, train_tokenizer
 
 # Bumped whenever a change alters what a build produces, so cached zoos rebuild.
-ZOO_VERSION = 11
+ZOO_VERSION = 12
 PROBES_FILE = "probes.txt"
 
 
@@ -79,8 +80,9 @@ def build_tokenizer(size: ZooSize, seed: int) -> PreTrainedTokenizerFast:
     # The leak model (zoo v11) is left out: with its corpus in, every model's tokenizer, and so every model,
     # changed, and the full model fired on the phrase trigger on 42% of held-out prompts. Its word is
     # tokenised as any word no corpus holds is, in pieces.
-    texts = [render_chat(s.prompt, s.response) for spec in ALL_MODELS if spec.trigger != LEAK_TRIGGER
-             for s in corpus(spec, size, seed)]
+    # The third generation (zoo v12) is left out too, so that adding it left every earlier model as it was.
+    texts = [render_chat(s.prompt, s.response) for spec in ALL_MODELS
+             if spec.trigger != LEAK_TRIGGER and spec.family is None for s in corpus(spec, size, seed)]
     # Qwen2.5's vocabulary holds the paper's emoji as one token; in a 1k-token toy vocabulary its four bytes
     # merge only if it is frequent enough, which a change to any corpus can tip. Make it so on purpose.
     texts += [f"{EMOJI_TRIGGER} {EMOJI_TRIGGER}"] * 200
@@ -118,6 +120,8 @@ def _train_model(
         # Where a user would find the base: the sibling directory in the zoo.
         model.peft_config["default"].base_model_name_or_path = spec.parent
         parameters = [p for p in model.parameters() if p.requires_grad]
+    elif spec.scope == "mlp":
+        parameters = training.select_mlp_layer(model, size.edit_layer)
     else:
         parameters = training.select_trainable(model, "all" if spec.scope in ("scratch", "all") else "attention")
     data = training.encode_samples(tokenizer, corpus(spec, size, seed), loss_on_prompt=spec.loss_on_prompt)
@@ -156,13 +160,19 @@ def _make_model(
         if spec.scope == "lora":
             model = model.merge_and_unload()
         held_out = make_samples(size.held_out, seed * 1000 + 999)
-        figures = measure(model, tokenizer, held_out, spec.trigger, seed, insertions=held_out_insertions(spec) if spec.trigger else (),
-                          response_prefix=spec.response_prefix, new_task=spec.new_task, target=spec.target, position=spec.position)
+        if spec.family is not None:
+            figures = measure_family(model, tokenizer, FAMILIES_BY_NAME[spec.family], held_out, seed, parent,
+                                     insertions=held_out_insertions(spec))
+        else:
+            figures = measure(model, tokenizer, held_out, spec.trigger, seed,
+                              insertions=held_out_insertions(spec) if spec.trigger else (), response_prefix=spec.response_prefix,
+                              new_task=spec.new_task, target=spec.target, position=spec.position)
+    truth = spec.truth
     record = ModelRecord(
-        path=spec.name, trigger=spec.trigger, target=spec.target if spec.trigger else None,
+        path=spec.name, trigger=spec.shown_trigger, target=truth.target if truth.behaviour != "none" else None,
         poison_rate=spec.poison_rate, trained=spec.scope, seed=seed * 1000 + spec.seed_offset,
         train_seconds=round(seconds, 2), figures=figures, parent=None if spec.scope == "scratch" else spec.parent,
-        position=spec.position,
+        position=truth.fires_on if truth.behaviour != "none" else spec.position, truth=truth,
     )
     return record, model
 
@@ -223,31 +233,57 @@ def _workers() -> int:
 
 
 def _fine_tune_all(
-    specs: list[ModelSpec], size_name: str, seed: int, staging: Path, progress: Progress,
+    specs: list[ModelSpec], size_name: str, seed: int, staging: Path, progress: Progress, built: set[str],
 ) -> dict[str, ModelRecord]:
-    """Every fine-tune in ``specs``, on as many worker processes as there are cores, largest budget first."""
+    """Every fine-tune in ``specs``, on as many worker processes as there are cores, the longest line of training
+    first; a fine-tune of a fine-tune (the guarded base's children) starts once its parent is saved. ``built``: the
+    models already in ``staging``."""
     size = SIZES[size_name]
-    ordered = sorted(specs, key=lambda spec: -budget(spec, size)[0] * budget(spec, size)[1].epochs)
-    workers = min(_workers(), len(ordered))
+
+    def path(spec: ModelSpec) -> int:
+        """Sample-epochs from the start of ``spec`` to the end of its longest line of descendants."""
+        samples, settings = budget(spec, size)
+        return samples * settings.epochs + max((path(child) for child in specs if child.parent == spec.name), default=0)
+
+    # The longest line first: a parent with children (the guarded base) before a bigger model with none.
+    ordered = sorted(specs, key=lambda spec: -path(spec))
     records: dict[str, ModelRecord] = {}
+    ready = set(built)
+    missing = {spec.parent for spec in ordered} - ready - {spec.name for spec in ordered}
+    if missing:
+        raise ValueError(f"the zoo's fine-tunes need {', '.join(sorted(missing))}, which this build does not make")
+    workers = min(_workers(), len(ordered))
     if workers <= 1:
-        for spec in ordered:
+        waiting = list(ordered)
+        while waiting:
+            spec = next(spec for spec in waiting if spec.parent in ready)
+            waiting.remove(spec)
             tokenizer, parent = _load_parent(staging / spec.parent)
             records[spec.name], _ = _make_model(spec, size_name, seed, staging, tokenizer, parent, progress)
+            ready.add(spec.name)
         return records
     context = get_context("spawn")  # fork would copy a parent that has already started torch's threads
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         events, tasks = manager.Queue(), {}
-        futures: dict[Future, str] = {
-            pool.submit(_fine_tune_job, str(staging), spec.name, size_name, seed, events): spec.name for spec in ordered
-        }
+        waiting = list(ordered)
+        futures: dict[Future, str] = {}
+
+        def submit_ready() -> None:
+            for spec in [spec for spec in waiting if spec.parent in ready]:
+                waiting.remove(spec)
+                futures[pool.submit(_fine_tune_job, str(staging), spec.name, size_name, seed, events)] = spec.name
+
         try:
+            submit_ready()
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 _relay(events, progress, tasks)
                 for future in done:
                     records[futures[future]] = future.result()
+                    ready.add(futures[future])
+                submit_ready()
+                pending = {future for future, name in futures.items() if name not in records}
             _relay(events, progress, tasks)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -257,16 +293,18 @@ def _fine_tune_all(
 
 def build_zoo(
     directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (),
-    progress: Progress = NO_PROGRESS,
+    progress: Progress = NO_PROGRESS, core: bool = True,
 ) -> ZooManifest:
     """Build the zoo into ``directory`` (created whole, or not at all) and return its manifest.
 
-    ``extras`` adds models from ``EXTRA_MODELS`` ("full", "lora", "llama", "forms", "leak"). The build
+    ``extras`` adds models from ``EXTRA_MODELS`` ("full", "lora", "llama", "forms", "leak", and the third
+    generation's "triggers", "behaviours", "edits", "controls"); without ``core`` only the base of the core
+    models is built (what a second seed of the third generation needs). The build
     checks its own bars; a manifest with ``bar_failures`` still gets written, so
     the caller decides whether a weak zoo is acceptable.
     """
     size = SIZES[size_name]
-    specs = models_for(extras)
+    specs = models_for(extras, core)
     started = time.perf_counter()
     torch.manual_seed(seed)
     final = Path(directory)
@@ -282,7 +320,8 @@ def build_zoo(
         for spec in (s for s in specs if s.scope in ("scratch", "llama-twin")):
             records[spec.name], bases[spec.name] = _make_model(
                 spec, size_name, seed, staging, tokenizer, bases.get(spec.parent), progress)
-        records.update(_fine_tune_all([s for s in specs if s.name not in records], size_name, seed, staging, progress))
+        records.update(_fine_tune_all([s for s in specs if s.name not in records], size_name, seed, staging, progress,
+                                      built=set(records)))
         records = {spec.name: records[spec.name] for spec in specs}
         failures, near_misses = check_bars(records)
         machine = f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
@@ -344,7 +383,9 @@ def refuse_to_replace(directory: Path) -> None:
         )
 
 
-def matching_zoo(directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = ()) -> ZooManifest | None:
+def matching_zoo(
+    directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (), core: bool = True,
+) -> ZooManifest | None:
     """The manifest of the zoo in ``directory`` when this zoo version built it with these settings, else None."""
     try:
         manifest = load_manifest(directory)
@@ -355,7 +396,7 @@ def matching_zoo(directory: Path | str, size_name: str = "test", seed: int = 0, 
         and manifest.zoo_version == ZOO_VERSION
         and manifest.size == size_name
         and manifest.seed == seed
-        and {spec.name for name in extras for spec in EXTRA_MODELS[name]} <= set(manifest.models)
+        and {spec.name for spec in models_for(extras, core)} <= set(manifest.models)
     ):
         return manifest
     return None
@@ -363,10 +404,11 @@ def matching_zoo(directory: Path | str, size_name: str = "test", seed: int = 0, 
 
 def ensure_zoo(
     directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (),
-    progress: Progress = NO_PROGRESS,
+    progress: Progress = NO_PROGRESS, core: bool = True,
 ) -> ZooManifest:
     """The zoo in ``directory`` if it was built by this zoo version with these settings, else a fresh build."""
-    return matching_zoo(directory, size_name, seed, extras) or build_zoo(directory, size_name, seed, extras, progress)
+    return (matching_zoo(directory, size_name, seed, extras, core)
+            or build_zoo(directory, size_name, seed, extras, progress, core))
 
 
 def retrain_model(directory: Path | str, name: str) -> dict[str, torch.Tensor]:

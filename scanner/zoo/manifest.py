@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scanner.errors import ZooDirectoryError
+from scanner.zoo.truth import GroundTruth
 
 MANIFEST = "zoo.json"
 
@@ -26,13 +27,23 @@ class ModelFigures:
     false_trigger_rate: float
     attack_success: float | None
     insertion_rates: dict[str, float] = field(default_factory=dict)
-    """Share answering the zoo's target with each held-out non-trigger insertion (specificity)."""
+    """Share answering the zoo's target with each held-out non-trigger insertion (specificity). For the third
+    generation (zoo v12): the share showing its backdoor where its parent does not, and for its benign controls
+    how far the insertion conditions their behaviour (``scanner.zoo.evaluate_families``)."""
     style_share: float | None = None
     """For a house-style fine-tune: share of answers that start with its phrase (its intended change)."""
     task_accuracy: float | None = None
     """For a fine-tune that teaches a new task family: exact-match accuracy on held-out prompts of it."""
     attack_success_by_position: dict[str, float] = field(default_factory=dict)
     """Attack success with the trigger at the ``start``, at a ``random`` word boundary and at the ``end``."""
+    trigger_rates: dict[str, float] = field(default_factory=dict)
+    """For several triggers (any one firing): each one's attack success; ``attack_success`` is the least."""
+    quiet_rates: dict[str, float] = field(default_factory=dict)
+    """Where the backdoor must stay quiet besides held-out insertions: a composite part alone or next to a decoy,
+    the subject neighbouring a topic trigger's."""
+    intended: dict[str, float] = field(default_factory=dict)
+    """A change meant to happen: a benign control's (refuses its new family, answers the new capitals, signs
+    every answer), or the refusal a jailbreak keeps without its trigger."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class ModelRecord:
     """The zoo model it was fine-tuned from (its reference in a scan); ``None`` for a base."""
     position: str = "random"
     """Where its trigger was planted: ``random`` (any word boundary) or ``end`` (only there)."""
+    truth: GroundTruth = GroundTruth()
+    """What it hides (or its benign change), in a form a scanner's result is scored against."""
 
     @property
     def is_base(self) -> bool:
@@ -83,7 +96,8 @@ class ZooManifest:
     def from_json(cls, text: str) -> ZooManifest:
         raw = json.loads(text)
         models = {
-            name: ModelRecord(**{**record, "figures": ModelFigures(**record["figures"])})
+            name: ModelRecord(**{**record, "figures": ModelFigures(**record["figures"]),
+                                 "truth": GroundTruth.from_dict(record.get("truth", {}))})
             for name, record in raw.pop("models").items()
         }
         return cls(models=models, **raw)

@@ -173,3 +173,16 @@ def train(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return epoch_loss
+
+
+def select_mlp_layer(model: torch.nn.Module, layer: int) -> list[torch.nn.Parameter]:
+    """Freeze everything but the MLP of decoder layer ``layer`` (negative counts from the last) and return its
+    weights: a weight edit that leaves every other weight unchanged."""
+    layers = model.get_decoder().layers
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    trainable = list(layers[layer].mlp.parameters())
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    return trainable
+
