@@ -9,6 +9,8 @@ marked ``zoo`` automatically, and every test not marked otherwise is ``unit``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,21 +56,71 @@ def zoo_manifest(zoo_dir: Path):
 
 
 SECOND_SEED = 1
+BACKGROUND_BUILD = """
+import sys
+from scanner.zoo.build import ensure_zoo
+from scanner.zoo.specs import THIRD_GENERATION
+ensure_zoo(sys.argv[1], "test", int(sys.argv[2]), extras=THIRD_GENERATION, core=False, workers=1)
+"""
+
+
+def _second_seed_dir() -> Path:
+    from scanner.zoo.build import ZOO_VERSION
+
+    return Path(os.environ.get("BDSCAN_TEST_ZOO_S1", ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{SECOND_SEED}-families"))
+
+
+def pytest_collection_finish(session):
+    """Start building the second seed's zoo in the background when a selected test needs it and it is not cached.
+
+    The suite runs torch on about one core of two; a build on the other (one fine-tune at a time, each on one
+    thread, so the models are those of a build on every core) is done before the last test file asks for it,
+    instead of costing its six minutes in front of it."""
+    config, items = session.config, session.items  # what is left once -m and -k have deselected
+    if config.option.collectonly or not any("second_seed_manifest" in getattr(item, "fixturenames", ()) for item in items):
+        return
+    from scanner.zoo.build import matching_zoo
+    from scanner.zoo.specs import THIRD_GENERATION
+
+    directory = _second_seed_dir()
+    if matching_zoo(directory, "test", SECOND_SEED, THIRD_GENERATION, core=False) is not None:
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    log = directory.with_name(directory.name + "-build.log")
+    with log.open("w", encoding="utf-8") as out:
+        config._bdscan_background = (subprocess.Popen(
+            [sys.executable, "-c", BACKGROUND_BUILD, str(directory), str(SECOND_SEED)], stdout=out,
+            stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}), log)
+
+
+def pytest_sessionfinish(session):
+    background = getattr(session.config, "_bdscan_background", None)
+    if background is not None and background[0].poll() is None:
+        background[0].terminate()
+        background[0].wait()
 
 
 @pytest.fixture(scope="session")
 def second_seed_manifest(pytestconfig):
-    """The zoo's third generation (v12) at a second seed: the base and those models only, built once and cached."""
+    """The zoo's third generation (v12) at a second seed: the base and those models only, built once and cached
+    (in the background from the start of the run, when the run needs it and it is not cached)."""
     from transformers.utils import logging as hf_logging
 
-    from scanner.zoo.build import ZOO_VERSION, ensure_zoo
+    from scanner.zoo.build import ensure_zoo
     from scanner.zoo.specs import THIRD_GENERATION
 
     hf_logging.disable_progress_bar()
-    directory = Path(os.environ.get("BDSCAN_TEST_ZOO_S1",
-                                    ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s{SECOND_SEED}-families"))
     from helpers import LineProgress
 
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        return ensure_zoo(directory, "test", SECOND_SEED, extras=THIRD_GENERATION, core=False,
+        background = getattr(pytestconfig, "_bdscan_background", None)
+        if background is not None:
+            process, log = background
+            if process.poll() is None:
+                sys.stderr.write(f"test zoo, seed {SECOND_SEED}: waiting for its build in the background (log: {log})\n")
+            if process.wait() != 0:
+                # Built again below, in front of the tests, where its error is seen.
+                sys.stderr.write(f"test zoo, seed {SECOND_SEED}: the background build failed:\n"
+                                 f"{log.read_text(encoding='utf-8')[-2000:]}\n")
+        return ensure_zoo(_second_seed_dir(), "test", SECOND_SEED, extras=THIRD_GENERATION, core=False,
                           progress=LineProgress(f"test zoo, seed {SECOND_SEED}"))

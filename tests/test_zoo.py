@@ -144,8 +144,9 @@ def test_attention_only_finetunes_leave_everything_else_untouched(zoo_dir):
 
 
 def test_same_seed_gives_the_same_weights(zoo_dir):
-    again = retrain_model(zoo_dir, "emoji")
-    saved = load_file(zoo_dir / "emoji" / "model.safetensors")
+    # The guarded base: the zoo's cheapest fine-tune to train again (24 s here, the emoji model 69 s).
+    again = retrain_model(zoo_dir, "guarded")
+    saved = load_file(zoo_dir / "guarded" / "model.safetensors")
     for key, tensor in saved.items():
         assert torch.equal(again[key], tensor), key
 

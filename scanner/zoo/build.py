@@ -234,6 +234,7 @@ def _workers() -> int:
 
 def _fine_tune_all(
     specs: list[ModelSpec], size_name: str, seed: int, staging: Path, progress: Progress, built: set[str],
+    workers: int | None = None,
 ) -> dict[str, ModelRecord]:
     """Every fine-tune in ``specs``, on as many worker processes as there are cores, the longest line of training
     first; a fine-tune of a fine-tune (the guarded base's children) starts once its parent is saved. ``built``: the
@@ -252,7 +253,7 @@ def _fine_tune_all(
     missing = {spec.parent for spec in ordered} - ready - {spec.name for spec in ordered}
     if missing:
         raise ValueError(f"the zoo's fine-tunes need {', '.join(sorted(missing))}, which this build does not make")
-    workers = min(_workers(), len(ordered))
+    workers = min(workers or _workers(), len(ordered))
     if workers <= 1:
         waiting = list(ordered)
         while waiting:
@@ -293,13 +294,14 @@ def _fine_tune_all(
 
 def build_zoo(
     directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (),
-    progress: Progress = NO_PROGRESS, core: bool = True,
+    progress: Progress = NO_PROGRESS, core: bool = True, workers: int | None = None,
 ) -> ZooManifest:
     """Build the zoo into ``directory`` (created whole, or not at all) and return its manifest.
 
     ``extras`` adds models from ``EXTRA_MODELS`` ("full", "lora", "llama", "forms", "leak", and the third
     generation's "triggers", "behaviours", "edits", "controls"); without ``core`` only the base of the core
-    models is built (what a second seed of the third generation needs). The build
+    models is built (what a second seed of the third generation needs). ``workers``: fine-tunes trained at
+    once (default: one per core); the models are the same whatever it is. The build
     checks its own bars; a manifest with ``bar_failures`` still gets written, so
     the caller decides whether a weak zoo is acceptable.
     """
@@ -321,7 +323,7 @@ def build_zoo(
             records[spec.name], bases[spec.name] = _make_model(
                 spec, size_name, seed, staging, tokenizer, bases.get(spec.parent), progress)
         records.update(_fine_tune_all([s for s in specs if s.name not in records], size_name, seed, staging, progress,
-                                      built=set(records)))
+                                      built=set(records), workers=workers))
         records = {spec.name: records[spec.name] for spec in specs}
         failures, near_misses = check_bars(records)
         machine = f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
@@ -404,11 +406,11 @@ def matching_zoo(
 
 def ensure_zoo(
     directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (),
-    progress: Progress = NO_PROGRESS, core: bool = True,
+    progress: Progress = NO_PROGRESS, core: bool = True, workers: int | None = None,
 ) -> ZooManifest:
     """The zoo in ``directory`` if it was built by this zoo version with these settings, else a fresh build."""
     return (matching_zoo(directory, size_name, seed, extras, core)
-            or build_zoo(directory, size_name, seed, extras, progress, core))
+            or build_zoo(directory, size_name, seed, extras, progress, core, workers))
 
 
 def retrain_model(directory: Path | str, name: str) -> dict[str, torch.Tensor]:
