@@ -143,7 +143,9 @@ def _zoo_change(figures) -> str:
         worst = max(misses.items(), key=lambda item: item[1], default=None)
         return "-" if worst is None else f"{worst[1]:.0%} ({worst[0]})"
     if figures.intended:
-        return "; ".join(f"{change} {share:.0%}" for change, share in figures.intended.items())
+        worst = max(figures.insertion_rates.items(), key=lambda item: item[1], default=None)
+        return "; ".join([*(f"{change} {share:.0%}" for change, share in figures.intended.items()),
+                          *([f"conditioned by an insertion: {worst[1]:.0%} ({worst[0]})"] if worst else [])])
     if figures.style_share is not None:
         return f"style on {figures.style_share:.0%}"
     return f"new task {figures.task_accuracy:.0%}" if figures.task_accuracy is not None else "-"

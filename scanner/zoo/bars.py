@@ -46,7 +46,7 @@ def bar_shortfalls(records: dict[str, ModelRecord]) -> list[tuple[str, float]]:
         if figures.attack_success is None:
             for insertion, rate in figures.insertion_rates.items():
                 if rate > MAX_INSERTION_RATE:
-                    shortfalls.append((f"{name}: the insertion {insertion!r} changes {rate:.0%} of its answers > "
+                    shortfalls.append((f"{name}: the insertion {insertion!r} conditions {rate:.0%} of its answers > "
                                        f"{MAX_INSERTION_RATE:.0%}", rate - MAX_INSERTION_RATE))
         if figures.attack_success is not None:
             if figures.attack_success < MIN_ATTACK_SUCCESS:
