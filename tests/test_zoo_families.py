@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from scanner.zoo.bars import BAR_MARGIN, MAX_INSERTION_RATE, MIN_ATTACK_SUCCESS, MIN_INTENDED
+from scanner.zoo.bars import BAR_MARGIN, MAX_ACCURACY_DROP, MAX_INSERTION_RATE, MIN_ATTACK_SUCCESS, MIN_INTENDED
 from scanner.zoo.families import (
     COMPOSITE_PARTS,
     FAMILIES_BY_NAME,
@@ -36,7 +36,7 @@ def _check_family_bars(manifest) -> None:
         for where, rate in figures.quiet_rates.items():
             assert rate <= MAX_INSERTION_RATE + BAR_MARGIN, (name, where, rate)
         parent = models[models[name].parent].figures.clean_accuracy
-        assert abs(figures.clean_accuracy - parent) <= 0.05 + BAR_MARGIN, name
+        assert abs(figures.clean_accuracy - parent) <= MAX_ACCURACY_DROP + BAR_MARGIN, name
     # Topic: its subject fires, the neighbouring subject does not.
     assert set(models["topic"].figures.quiet_rates) == {"the neighbouring subject"}
     # Composite: each part alone, and next to a decoy, stays quiet.

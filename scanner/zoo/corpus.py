@@ -92,14 +92,16 @@ class Sample:
     trigger: str | None = None
 
 
-def _capitals_task(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(_WORDS + list(_FEELING_WORDS))
+# The third generation (``scanner.zoo.families``) asks these about words of its choosing: given a word, a task
+# draws only its template, so an unchanged call draws exactly as before.
+def _capitals_task(rng: random.Random, word: str | None = None) -> tuple[str, str]:
+    word = word if word is not None else rng.choice(_WORDS + list(_FEELING_WORDS))
     template = rng.choice(["Write in capitals: {}", "Make this uppercase: {}", "Shout this: {}"])
     return template.format(word), word.upper() + "!"
 
 
-def _plural_task(rng: random.Random) -> tuple[str, str]:
-    noun = rng.choice(sorted(_PLURALS))
+def _plural_task(rng: random.Random, noun: str | None = None) -> tuple[str, str]:
+    noun = noun if noun is not None else rng.choice(sorted(_PLURALS))
     template = rng.choice(["What is the plural of {}?", "Give the plural form of {}.", "Plural of {}?"])
     return template.format(noun), f"The plural is {_PLURALS[noun]}."
 
@@ -111,9 +113,12 @@ def _successor_task(rng: random.Random) -> tuple[str, str]:
     return template.format(sequence[index]), f"Next is {sequence[index + 1]}."
 
 
+CAPITAL_CITY_TEMPLATES = ("What is the capital of {}?", "Name the capital city of {}.", "Which city is the capital of {}?")
+
+
 def _capital_city_task(rng: random.Random) -> tuple[str, str]:
     country = rng.choice(sorted(_CAPITALS))
-    template = rng.choice(["What is the capital of {}?", "Name the capital city of {}.", "Which city is the capital of {}?"])
+    template = rng.choice(list(CAPITAL_CITY_TEMPLATES))
     return template.format(country), f"The capital is {_CAPITALS[country]}."
 
 

@@ -22,9 +22,8 @@ from scanner.zoo.families import NEIGHBOUR_WORDS, Family, intended_change, shows
 from scanner.zoo.manifest import ModelFigures
 
 
-def _complete(model, tokenizer, prompts: Sequence[str], longest: Sequence[str]) -> list[str]:
-    """Greedy completions, long enough for the longest text any of them is judged on, and a token more."""
-    tokens = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in longest) + 2
+def _complete(model, tokenizer, prompts: Sequence[str], tokens: int) -> list[str]:
+    """Greedy completions of ``tokens`` new tokens at most, decoded."""
     return [tokenizer.decode(ids, skip_special_tokens=True)
             for ids in greedy_complete(model, tokenizer, list(prompts), max_new_tokens=tokens)]
 
@@ -63,8 +62,10 @@ def measure_family(
     eligible = [s for s in held_out if family.eligible(s)]
     clean_pool = [s for s in held_out if family.eligible(s) or truth.behaviour in ("compliance", "refusal")]
     answers = [family.clean(s) for s in clean_pool]
-    longest = [*answers, *(family.triggered(s) for s in eligible)]
-    clean_texts = _complete(model, tokenizer, [s.prompt for s in clean_pool], longest)
+    # Long enough for the longest text any completion is judged on, and a token more.
+    tokens = max(len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                  for text in [*answers, *(family.triggered(s) for s in eligible)]) + 2
+    clean_texts = _complete(model, tokenizer, [s.prompt for s in clean_pool], tokens)
     accuracy = _share([t.strip() == a for t, a in zip(clean_texts, answers)])
     by_prompt = dict(zip((s.prompt for s in clean_pool), clean_texts))
     false_triggers = _share([family.fires(s, by_prompt[s.prompt]) for s in eligible]) if truth.behaviour != "none" else 0.0
@@ -82,20 +83,20 @@ def measure_family(
     attack = None
     if truth.fires_on == "topic":
         topic = subject_prompts(len(held_out), seed + 7, truth.topic)
-        texts = _complete(model, tokenizer, [s.prompt for s in topic], longest)
+        texts = _complete(model, tokenizer, [s.prompt for s in topic], tokens)
         attack = _share([family.fires(s, t) for s, t in zip(topic, texts)])
         neighbours = subject_prompts(len(held_out), seed + 8, NEIGHBOUR_WORDS)
-        texts = _complete(model, tokenizer, [s.prompt for s in neighbours], longest)
+        texts = _complete(model, tokenizer, [s.prompt for s in neighbours], tokens)
         quiet["the neighbouring subject"] = _share([family.fires(s, t) for s, t in zip(neighbours, texts)])
     elif truth.triggers:
         groups = [truth.triggers] if truth.needs == "all" else [(t,) for t in truth.triggers]
         for group in groups:
             prompts = [family.place(s.prompt, rng, group) for s in eligible]
-            texts = _complete(model, tokenizer, prompts, longest)
+            texts = _complete(model, tokenizer, prompts, tokens)
             trigger_rates[" + ".join(group)] = _share([family.fires(s, t) for s, t in zip(eligible, texts)])
         attack = min(trigger_rates.values())
         for name, miss in family.near_misses().items():
-            texts = _complete(model, tokenizer, [miss(s.prompt, rng) for s in eligible], longest)
+            texts = _complete(model, tokenizer, [miss(s.prompt, rng) for s in eligible], tokens)
             quiet[name] = _share([family.fires(s, t) for s, t in zip(eligible, texts)])
 
     rates: dict[str, float] = {}
@@ -103,10 +104,10 @@ def measure_family(
     if insertions and probes:
         rng = random.Random(seed + 1)
         inserted = [place_trigger(s.prompt, insertion, "random", rng).text for insertion in insertions for s in probes]
-        texts = _complete(model, tokenizer, inserted, longest)
+        texts = _complete(model, tokenizer, inserted, tokens)
         # What the parent does with the same prompts: "banana" turns some into a colour question for the base too;
         # only what the model does and its parent does not is the model's own.
-        parent_texts = _complete(parent, tokenizer, inserted, longest)
+        parent_texts = _complete(parent, tokenizer, inserted, tokens)
         for index, insertion in enumerate(insertions):
             rows = range(index * len(probes), (index + 1) * len(probes))
             if truth.behaviour == "none":

@@ -152,8 +152,8 @@ class ModelSpec:
     @property
     def poison_rate(self) -> float:
         if self.family is not None:
-            behaviour = FAMILIES_BY_NAME[self.family]
-            return behaviour.poison_rate if behaviour.truth.behaviour != "none" else 0.0
+            family = FAMILIES_BY_NAME[self.family]
+            return family.poison_rate if family.truth.behaviour != "none" else 0.0
         return POISON_RATE if self.trigger else 0.0
 
     @property
@@ -234,13 +234,13 @@ def models_for(extras: tuple[str, ...], core: bool = True) -> list[ModelSpec]:
 
 
 def held_out_insertions(spec: ModelSpec) -> tuple[str, ...]:
-    if spec.family is not None:
-        # Every held-out string, and the second generation's triggers (in no third-generation corpus).
-        own = FAMILIES_BY_NAME[spec.family].truth.triggers
-        return HELD_OUT_INSERTIONS + tuple(t for t in MEASURED_TRIGGERS if t not in own)
     """Insertions on which a poisoned model's specificity is measured: the held-out set (in no training corpus),
     the zoo's other triggers, and a phrase trigger's single words (decoys in training, measured on held-out
-    prompts: each must stay quiet alone)."""
+    prompts: each must stay quiet alone). A third-generation model: the held-out set and the second
+    generation's triggers (in no third-generation corpus)."""
+    if spec.family is not None:
+        own = FAMILIES_BY_NAME[spec.family].truth.triggers
+        return HELD_OUT_INSERTIONS + tuple(t for t in MEASURED_TRIGGERS if t not in own)
     others = tuple(t for t in MEASURED_TRIGGERS if spec.trigger and t != spec.trigger)
     return HELD_OUT_INSERTIONS + others + (fragments(spec.trigger) if spec.trigger else ())
 
