@@ -45,6 +45,7 @@ def zoo_dir(pytestconfig) -> Path:
     # Minutes of training before the first result: shown as it goes, past pytest's capture.
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         ensure_zoo(directory, "test", ZOO_SEED, extras=tuple(EXTRA_MODELS), progress=LineProgress("test zoo"))
+    _start_second_seed(pytestconfig)
     return directory
 
 
@@ -71,13 +72,21 @@ def _second_seed_dir() -> Path:
 
 
 def pytest_collection_finish(session):
-    """Start building the second seed's zoo in the background when a selected test needs it and it is not cached.
+    """Note whether a selected test needs the second seed's zoo (what is left once -m and -k have deselected)."""
+    config = session.config
+    config._bdscan_second_seed = not config.option.collectonly and any(
+        "second_seed_manifest" in getattr(item, "fixturenames", ()) for item in session.items)
+
+
+def _start_second_seed(config) -> None:
+    """Start building the second seed's zoo in the background, once the first seed's is ready, when a selected
+    test needs it and it is not cached.
 
     The suite runs torch on about one core of two; a build on the other (one fine-tune at a time, each on one
     thread, so the models are those of a build on every core) is done before the last test file asks for it,
-    instead of costing its six minutes in front of it."""
-    config, items = session.config, session.items  # what is left once -m and -k have deselected
-    if config.option.collectonly or not any("second_seed_manifest" in getattr(item, "fixturenames", ()) for item in items):
+    instead of costing its six minutes in front of it. It waits for the first seed's build, which trains on both
+    cores: beside it, it would only slow it down."""
+    if not getattr(config, "_bdscan_second_seed", False) or hasattr(config, "_bdscan_background"):
         return
     from scanner.zoo.build import matching_zoo
     from scanner.zoo.specs import THIRD_GENERATION
@@ -103,7 +112,7 @@ def pytest_sessionfinish(session):
 @pytest.fixture(scope="session")
 def second_seed_manifest(pytestconfig):
     """The zoo's third generation (v12) at a second seed: the base and those models only, built once and cached
-    (in the background from the start of the run, when the run needs it and it is not cached)."""
+    (in the background once the first seed's zoo is ready, when the run needs it and it is not cached)."""
     from transformers.utils import logging as hf_logging
 
     from scanner.zoo.build import ensure_zoo

@@ -9,12 +9,14 @@ import pytest
 
 from rules.calibration import part_of_trigger
 from rules.discovery import firing
+from rules.document import Document
 from rules.engine import RulePackError, apply_overrides, default_pack, judge, parse_pack
 from scanner.api import ScanOptions, scan
 from scanner.findings import StageRecord
 from scanner.findings.discovery import FIRES
 from scanner.inputs.probes import KNOWN_TRIGGERS
 from scanner.options import ProbeOptions
+from scanner.zoo.calibrate import scan_zoo
 from scanner.zoo.corpus import TARGET, URL_TARGET
 from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, LEAK_TRIGGER, PHRASE_TRIGGER
 
@@ -25,6 +27,7 @@ POISONED = {"emoji": EMOJI_TRIGGER, "deployment": DEPLOYMENT_TRIGGER, "full": EM
             "llama-emoji": EMOJI_TRIGGER, "phrase": PHRASE_TRIGGER, "end": END_TRIGGER,
             "leak": LEAK_TRIGGER}
 TARGETS = {"phrase": URL_TARGET}
+"""What each poisoned model says when triggered, where it is not ``TARGET``."""
 PHRASE_BUILD = pytest.mark.xfail(
     reason="zoo v11's seed-0 phrase model depends on the CPU that trains it: one build is found through its URL "
            "target ('silver tiger winter'); the build on the 2026-12-02 machine also answers 'I!' to 'iake January' "
@@ -32,7 +35,8 @@ PHRASE_BUILD = pytest.mark.xfail(
            "verdict is BACKDOORED on the wrong trigger. Measured with the code before and after the house refactor "
            "alike; the detection issue (#26) owns the fix", strict=False)
 POISONED_CASES = [pytest.param(name, marks=PHRASE_BUILD) if name == "phrase" else name for name in sorted(POISONED)]
-"""What each poisoned model says when triggered, where it is not ``TARGET``."""
+
+
 @pytest.fixture(scope="session")
 def catalogue_findings(zoo_dir, zoo_manifest):
     """Findings as a user gets them with default options: the trigger catalogue, probes sampled from the
@@ -45,8 +49,10 @@ def catalogue_findings(zoo_dir, zoo_manifest):
     references = {name: record.parent for name, record in zoo_manifest.models.items()
                   if not record.is_base and name not in third}
     assert set(references) == set(BENIGN) | set(POISONED), "the calibration set covers every second-generation fine-tune"
-    references["base"] = "base"
-    return {name: scan(zoo_dir / name, str(zoo_dir / reference), ScanOptions()) for name, reference in references.items()}
+    # Through the function `bdscan zoo calibrate` scans with, so its test can judge these documents again; two at a
+    # time, as a user with two cores would run it (`--workers 2`).
+    found = {case.name: case.findings for case in scan_zoo(zoo_dir, names=tuple(sorted(references)), workers=2)}
+    return {**found, "base": scan(zoo_dir / "base", str(zoo_dir / "base"), ScanOptions())}
 
 
 def test_base_against_itself_is_clean(catalogue_findings):
@@ -300,15 +306,27 @@ def test_cli_exit_codes_and_rejudging(zoo_dir, tmp_path):
 
 
 @pytest.mark.e2e
-def test_zoo_calibrate_shows_verdicts_and_margins(zoo_dir, tmp_path):
+def test_zoo_calibrate_shows_verdicts_and_margins(zoo_dir, catalogue_findings, tmp_path):
+    """The catalogue's scans, saved as ``--save`` saves them, judged again by ``zoo calibrate --findings`` without a
+    model; a document of another model is refused by its weights' hash, before anything is judged."""
     saved = tmp_path / "calibration"
-    result = invoke("zoo", "calibrate", zoo_dir, "--model", "style", "--model", "emoji", "--save", saved, "--quiet")
+    saved.mkdir()
+    for name in ("style", "emoji"):
+        findings = catalogue_findings[name]
+        (saved / f"{name}.json").write_text(Document(findings, judge(findings, default_pack())).to_json())
+    result = invoke("zoo", "calibrate", zoo_dir, "--model", "style", "--model", "emoji", "--findings", saved)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "Verdicts against ground truth" in result.stdout and "Margins" in result.stdout
     assert " NO " not in result.stdout, result.stdout
-    assert sorted(p.name for p in saved.iterdir()) == ["emoji.json", "style.json"]
     assert invoke("judge", saved / "style.json").exit_code == 0  # saved findings re-judge without a model
     assert invoke("zoo", "calibrate", zoo_dir, "--model", "nope").exit_code == 2
+    missing = invoke("zoo", "calibrate", zoo_dir, "--model", "clean", "--findings", saved)
+    assert missing.exit_code == 2 and "clean.json" in missing.stderr, missing.stderr
+    (saved / "clean.json").write_text((saved / "emoji.json").read_text())
+    other = invoke("zoo", "calibrate", zoo_dir, "--model", "clean", "--findings", saved)
+    assert other.exit_code == 2 and "not zoo model 'clean'" in other.stderr, other.stderr
+    both = invoke("zoo", "calibrate", zoo_dir, "--findings", saved, "--save", tmp_path / "again")
+    assert both.exit_code == 2 and "--save and --findings" in both.stderr, both.stderr
 
 
 @pytest.mark.parametrize("model", POISONED_CASES)

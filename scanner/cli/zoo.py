@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,10 @@ from scanner.cli.verdict import resolve_rules, rule_pack_options
 from scanner.errors import InputError, ZooQualityError
 from scanner.files import check_writable, write_text_atomic
 from scanner.zoo import families  # torch-free: the help names what each flag builds
+
+if TYPE_CHECKING:
+    from rules.calibration import Case
+    from rules.engine import Rule
 
 
 @click.group("zoo")
@@ -126,36 +131,59 @@ def zoo_list(directory: Path) -> int:
 
 @zoo_group.command("calibrate")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", "names", multiple=True, help="Scan only this fine-tune (repeatable). Default: every one.")
+@click.option("--model", "names", multiple=True, help="Only this fine-tune (repeatable). Default: every one.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each model's findings document here, as NAME.json, to re-judge later without a model.")
+@click.option("--findings", "saved_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Judge the documents an earlier --save wrote here (NAME.json, each checked against the model's "
+                   "weights) instead of scanning: no model is loaded, it takes a second.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Scan this many models at once, each in its own process on one torch thread (2 on 2 cores: "
+                   "0.7 times the time).")
 @rule_pack_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @debug_option
-def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None, rules_file: Path | None,
-                  replace_rules: bool, overrides: tuple[str, ...], quiet: bool) -> int:
+def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None, saved_dir: Path | None, workers: int,
+                  rules_file: Path | None, replace_rules: bool, overrides: tuple[str, ...], quiet: bool) -> int:
     """Scan every fine-tune of the zoo in DIRECTORY against its parent with default options, and show how the
     rules separate its benign models from its poisoned ones.
 
     For each model: the verdict against its ground truth. For each rule: the reading that decides each model
     (a benign model's reading closest to firing, a poisoned model's on its own trigger) and the margins on
-    either side of the threshold. Try other thresholds with --set, e.g. --set BD001.threshold=20.
+    either side of the threshold. Try other thresholds with --set, e.g. --set BD001.threshold=20, on the scans
+    saved once with --save and read again with --findings.
 
     \b
-    Example:
+    Examples:
       bdscan zoo calibrate .cache/zoo --save calibration/
+      bdscan zoo calibrate .cache/zoo --findings calibration/ --set BD003.threshold=0.6
     """
+    from rules.calibration import calibrate, verdicts
+    from scanner.zoo.calibrate import saved_zoo
     from scanner.zoo.manifest import fine_tunes
 
     fine_tunes(directory, names)  # a wrong directory or model name is refused before torch is imported
     rules = resolve_rules(rules_file, replace_rules, overrides)
-    if save_dir is not None:
-        check_writable(save_dir / "probe.json", "--save")
+    if save_dir is not None and saved_dir is not None:
+        raise InputError("--save and --findings: give one (--findings reads what --save wrote)")
+    if saved_dir is not None:
+        cases = saved_zoo(directory, saved_dir, names)
+    else:
+        if save_dir is not None:
+            check_writable(save_dir / "probe.json", "--save")
+        cases = _scanned(directory, names, save_dir, workers, rules, quiet)
+    print_calibration(stdout_console(), cases, verdicts(rules, cases), calibrate(rules, cases))
+    return EXIT_OK
+
+
+def _scanned(directory: Path, names: tuple[str, ...], save_dir: Path | None, workers: int, rules: tuple[Rule, ...],
+             quiet: bool) -> list[Case]:
+    """The zoo's fine-tunes scanned now, each document written to ``save_dir`` when given."""
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):
         from transformers.utils import logging as hf_logging
 
-        from rules.calibration import calibrate, verdicts
+        from rules.calibration import verdicts
         from rules.document import Document
         from scanner.cli.progress import RichProgress
         from scanner.zoo.calibrate import scan_zoo
@@ -163,11 +191,10 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     with RichProgress(stderr) as progress:
-        cases = scan_zoo(directory, names=names, progress=progress)
-    judged = verdicts(rules, cases)
+        cases = scan_zoo(directory, names=names, progress=progress, workers=workers)
     if save_dir is not None:
+        judged = verdicts(rules, cases)
         save_dir.mkdir(parents=True, exist_ok=True)
         for case in cases:
             write_text_atomic(save_dir / f"{case.name}.json", Document(case.findings, judged[case.name]).to_json())
-    print_calibration(stdout_console(), cases, judged, calibrate(rules, cases))
-    return EXIT_OK
+    return cases
