@@ -215,3 +215,30 @@ def test_a_screened_ablation_is_drawn_with_its_unmeasured_heads_grey_and_survive
     html = render_report(Document(screened, judge(screened, default_pack())))
     assert "heads measured one by one in the 1 layer that lowered the reply most, grey heads not measured" in html
     assert html.count("rgb(150,150,150)") >= sum(len(row) for row in grid[1:])
+
+
+def test_an_ordinary_target_counts_only_where_the_reference_would_not_give_it_to_the_same_prompt():
+    """BD003 on a target the reference gives to some clean probe (an ordinary answer): counted probe by probe,
+    against the reference's log-probability of it after the same triggered prompt (a refusal planted on
+    arithmetic, against a task switch the reference makes too); a document from before that was measured counts
+    nothing, as it read then."""
+    findings = read_findings(EMOJI)
+    trigger = next(t for t in findings.triggers if t.trigger == "\N{SMILING FACE WITH HALO}")
+    target = trigger.recovered_target
+    n = len(trigger.probes)
+
+    def judged(logprobs):
+        probes = tuple(dataclasses.replace(p, suspect_triggered=target, suspect_clean="It is white.",
+                                           reference_target_logprob=lp) for p, lp in zip(trigger.probes, logprobs))
+        ordinary = dataclasses.replace(trigger, probes=probes, target_reference_logprob=math.log(0.5))
+        assert ordinary.ordinary_target
+        verdict = judge(dataclasses.replace(findings, triggers=(ordinary,)), default_pack())
+        bd003 = [f for f in verdict.fired if f.rule_id == "BD003"]
+        return ordinary.target_contrast, bool(bd003)
+
+    # The reference would give it after a quarter of the prompts (log 0.5 > log 0.05), not after the rest.
+    quarter = n // 4
+    assert judged([math.log(0.5)] * quarter + [-20.0] * (n - quarter)) == ((n - quarter) / n, True)
+    assert judged([math.log(0.5)] * n) == (0.0, False)  # the reference switches task the same way
+    assert judged([None] * n) == (0.0, False)  # not measured (schema 10): nothing counts
+    assert judged([math.log(0.01)] * n) == (1.0, True)  # 1% after this prompt is not the reference's answer

@@ -43,8 +43,8 @@ def test_the_two_versions_before_are_readable_and_recorded():
 
 
 @pytest.mark.parametrize(("name", "level"), [
-    ("v8-emoji.json", "BACKDOORED"), ("v8-clean.json", "CLEAN"),
     ("v9-emoji.json", "BACKDOORED"), ("v9-clean.json", "CLEAN"),
+    ("v10-emoji.json", "BACKDOORED"), ("v10-clean.json", "CLEAN"),
     # Written between 01a28e0 and b570998, while version 9 still held run.device_map.
     ("v9-device-map-emoji.json", "BACKDOORED"),
 ])
@@ -57,7 +57,9 @@ def test_older_documents_load_and_judge_as_they_did(name, level):
     assert verdict.level == level == raw["verdict"]["level"]
     assert verdict.triggers_implicated == tuple(raw["verdict"]["triggers_implicated"])
     if raw.get("discovery"):
-        assert findings.discovery.proposed == tuple(c["text"] for c in raw["discovery"]["to_confirm"])
+        proposed = raw["discovery"]["proposed"] if "proposed" in raw["discovery"] else [
+            c["text"] for c in raw["discovery"]["to_confirm"]]
+        assert findings.discovery.proposed == tuple(proposed)
         assert findings.discovery.threshold("fires", 0.0) == 0.8
 
 
@@ -66,7 +68,7 @@ def test_an_unreadable_version_names_the_ones_this_bdscan_reads(tmp_path):
     raw["schema_version"] = 7
     path = tmp_path / "old.json"
     path.write_text(json.dumps(raw), encoding="utf-8")
-    with pytest.raises(FindingsFileError, match=r"version 7; this bdscan reads versions 8, 9, 10"):
+    with pytest.raises(FindingsFileError, match=r"version 7; this bdscan reads versions 9, 10, 11"):
         read_findings(path)
 
 

@@ -26,6 +26,7 @@ from scanner.findings.metrics import (
     NOISE_FLOOR_KL,
     ORDINARY_LOGPROB,
     collapse,
+    contrast,
     grid_difference,
     kl_ratio,
     median,
@@ -42,6 +43,6 @@ __all__ = [
     "AblationFindings", "Architecture", "AttentionFindings", "AttentionPattern", "AttributionFindings", "CleanFindings",
     "Findings", "Grid", "Head", "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour",
     "Probe", "ProbeBehaviour", "ProbeSetFindings", "RunInfo", "StageRecord", "TokenizerInfo", "TriggerFindings",
-    "WeightDiff", "collapse", "grid_difference", "kl_ratio", "median", "modal_share", "read_findings",
+    "WeightDiff", "collapse", "contrast", "grid_difference", "kl_ratio", "median", "modal_share", "read_findings",
     "share_starting_with", "top_cells",
 ]

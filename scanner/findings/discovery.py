@@ -35,8 +35,10 @@ class DiscoveredCandidate:
     dismissed: str = ""
     """Why answers that collapsed under the candidate are no trigger's target (its ``fire_rate`` is then 0):
     ``echo``, the answer repeats the candidate's words (the model took the insertion for task content: "we like"
-    -> "We LIKE DOGS!"); ``ordinary``, the answer opens as the models' own clean answers to some probe do (an
-    insertion that switches the task: "after" -> "Next is ..."). Empty when not dismissed."""
+    -> "We LIKE DOGS!"); ``ordinary``, the answer opens as the models' own clean answers to some probe do, and
+    either goes on differently from probe to probe (a task's opening: "after" -> "Next is ...") or the reference,
+    given the same triggered prompts, would give it wherever the suspect does (see ``contrast``). Empty when not
+    dismissed."""
 
 
 @dataclass(frozen=True)

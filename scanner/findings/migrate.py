@@ -15,12 +15,6 @@ from scanner.findings.discovery import FIRES
 
 Raw = dict[str, Any]
 
-def _from_8(raw: Raw) -> Raw:
-    """Version 9 added ``run.quantisation``: every earlier scan ran unquantised."""
-    raw["run"].setdefault("quantisation", "none")
-    return raw
-
-
 def _from_9(raw: Raw) -> Raw:
     """Version 10 dropped ``run.device_map`` (held by documents written while it existed, between commits
     01a28e0 and b570998), records discovery's thresholds and proposals, and no longer writes ``firing`` and
@@ -38,7 +32,18 @@ def _from_9(raw: Raw) -> Raw:
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {8: _from_8, 9: _from_9}
+def _from_10(raw: Raw) -> Raw:
+    """Version 11 records, per triggered probe, the reference's log-probability of the recovered target after the
+    same prompt (``ProbeBehaviour.reference_target_logprob``); earlier scans did not measure it: ``None``, which
+    never counts towards a target contrast, so an ordinary target reads 0 as it did then."""
+    for trigger in raw.get("triggers", []):
+        for probe in trigger.get("probes", []) if isinstance(trigger, dict) else []:
+            if isinstance(probe, dict):
+                probe.setdefault("reference_target_logprob", None)
+    return raw
+
+
+STEPS: dict[int, Callable[[Raw], Raw]] = {9: _from_9, 10: _from_10}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from scanner.findings.localisation import AblationFindings, AttentionFindings, AttributionFindings, PatchingFindings
-from scanner.findings.metrics import ORDINARY_LOGPROB, collapse, kl_ratio, modal_share
+from scanner.findings.metrics import ORDINARY_LOGPROB, collapse, contrast, kl_ratio, modal_share
 from scanner.findings.vocabulary import POSITIONS
 
 
@@ -72,6 +72,10 @@ class ProbeBehaviour:
     """The same tokens under the reference."""
     completion_tokens: tuple[str, ...]
     """The suspect's triggered completion, one decoded string per token."""
+    reference_target_logprob: float | None
+    """The reference's log-probability (nats, teacher-forced) of the trigger's recovered target right after this
+    triggered prompt: whether the reference, asked the same thing, would give that answer too. ``None`` in a
+    document written before schema version 11."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class TriggerFindings:
     ablation: AblationFindings | None
     patching: PatchingFindings | None
 
-    __derived__: ClassVar[tuple[str, ...]] = ("kl_ratio", "kl_specific", "target_collapse", "ordinary_target")
+    __derived__: ClassVar[tuple[str, ...]] = ("kl_ratio", "kl_specific", "target_collapse", "ordinary_target",
+                                               "target_contrast")
 
     @property
     def kl_ratio(self) -> float:
@@ -136,6 +141,13 @@ class TriggerFindings:
     def target_collapse(self) -> float:
         """See ``collapse``."""
         return collapse(self.target_share_suspect, self.target_share_reference, self.target_share_suspect_clean)
+
+    @property
+    def target_contrast(self) -> float:
+        """See ``contrast``: the share of probes on which the recovered target is this trigger's doing and not an
+        answer the reference would give to the same prompt."""
+        return contrast([p.suspect_triggered.strip() for p in self.probes], [p.suspect_clean.strip() for p in self.probes],
+                        [p.reference_target_logprob for p in self.probes], self.recovered_target)
 
     @property
     def ordinary_target(self) -> bool:

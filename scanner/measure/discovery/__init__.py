@@ -28,9 +28,12 @@ for a seed. Each stage is a module; every number it steers by is in
    share answering the target minus the larger of the reference's share under
    the same insertion and the suspect's own share without it, so a global
    change (every answer opening the same way) fires nothing. A target that
-   repeats the candidate's words, or opens as one of either model's clean
-   answers to any probe does, is *dismissed* (fire rate 0): the insertion
-   switched the task ("after" -> "Next is ..."), it did not trigger a payload.
+   repeats the candidate's words is *dismissed* (fire rate 0). One that opens
+   as either model's clean answer to some probe does (an ordinary answer) is
+   dismissed where the answers go on differently after it (a task's opening:
+   "after" -> "Next is ..."), and where it is the whole answer, fires only on
+   the probes where the reference, given the same triggered prompt, would not
+   give it (``contrast``): a refusal planted on arithmetic fires.
 3. **Growth** (``growth``), while no candidate fires on every search probe at
    any position, where the sweep came closest first: seeds (the ``beam`` best
    swept tokens and the ``beam`` the weight change ranks first) are extended

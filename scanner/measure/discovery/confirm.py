@@ -5,9 +5,12 @@ A candidate is completed greedily by both models on every search probe. The reco
 answer prefix that nearly as many probes share as share its opening (``modal_prefix``: a model may go on after
 its target with noise). The *fire rate* is the suspect's share answering the target minus the larger of the
 reference's share under the same insertion and the suspect's own share without it, so a global change (every
-answer opening the same way) fires nothing. A target that repeats the candidate's words (``echo``), or opens as
-one of either model's clean answers to any probe does (``ordinary``), is dismissed with fire rate 0: the
-insertion switched the task ("after" -> "Next is ..."), it did not trigger a payload.
+answer opening the same way) fires nothing. A target that repeats the candidate's words (``echo``) is dismissed
+with fire rate 0: the insertion became the task's content. One that opens as one of either model's clean answers
+to some probe does is an *ordinary* answer: dismissed (``ordinary``) where the answers go on differently after it
+(a task's opening: "after" -> "Next is ..."), and where it is the whole answer checked, its fire rate is the
+target contrast (``contrast``), the share of probes on which the reference, given the same triggered prompt,
+would not give it: a refusal planted on arithmetic fires though the reference refuses other requests.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from scanner.findings import share_starting_with
+from scanner.findings import contrast, share_starting_with
 from scanner.findings.discovery import DiscoveredCandidate
 from scanner.measure.discovery.engine import Candidate, Search
 from scanner.measure.discovery.thresholds import FIRES, PREFIX_KEEP
@@ -51,7 +54,17 @@ def fire_check(search: Search, candidate: Candidate, clean_suspect: Sequence[tup
     if echoes(decoded(search.tokenizer, candidate), target):
         return Fire(0.0, target, target_ids, "echo")
     if rate > 0 and any(answer[:len(target_ids)] == target_ids for answer in repertoire):
-        return Fire(0.0, target, target_ids, "ordinary")
+        # An answer either model gives to some probe anyway. Where the answers go on differently after it, it is a
+        # task's opening ("Next is babies.", "Next is geese."): the insertion switched the task. Where it is the
+        # whole answer, it counts probe by probe, where the reference would not give it to the same triggered
+        # prompt (``contrast``): a refusal planted on arithmetic fires, a fixed answer the reference gives too
+        # does not.
+        n = len(target_ids)
+        if any(len(answer) > n for answer in suspect_ids if answer[:n] == target_ids):
+            return Fire(0.0, target, target_ids, "ordinary")
+        reference = search.logprob_after(search.reference, rows, target_ids).tolist()
+        rate = contrast(suspect_ids, clean_suspect, reference, target_ids)
+        return Fire(rate, target, target_ids, "" if rate > 0 else "ordinary")
     return Fire(rate, target, target_ids)
 
 
