@@ -49,9 +49,14 @@ def scan_zoo(
 
 
 def _one_thread() -> None:
+    """A worker's set-up: one torch thread, and no transformers progress bars, which several processes would draw
+    over each other (the caller's ``progress`` counts the models)."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _scan(suspect: Path, reference: str, options: ScanOptions) -> Findings:
