@@ -71,6 +71,9 @@ def _trigger_specific_kl(findings: Findings, trigger: TriggerFindings) -> Readin
 
 
 def _target_collapse(findings: Findings, trigger: TriggerFindings) -> Reading | NotMeasured:
+    shares = {"share_suspect_triggered": trigger.target_share_suspect,
+              "share_reference_triggered": trigger.target_share_reference,
+              "share_suspect_clean": trigger.target_share_suspect_clean, "probes": _example_probes(trigger)}
     if trigger.ordinary_target:
         # An answer the reference gives to some clean question anyway: it counts only on the probes where the
         # reference, asked the same triggered prompt, would not give it (a refusal planted on arithmetic), never
@@ -78,18 +81,11 @@ def _target_collapse(findings: Findings, trigger: TriggerFindings) -> Reading | 
         return Reading(trigger.target_contrast, {
             "where": WHERE[trigger.position], "recovered_target": trigger.recovered_target,
             "collapse": trigger.target_collapse, "ordinary": True, "contrast": trigger.target_contrast,
-            "reference_logprob_on_clean": trigger.target_reference_logprob,
-            "share_suspect_triggered": trigger.target_share_suspect,
-            "share_reference_triggered": trigger.target_share_reference,
-            "share_suspect_clean": trigger.target_share_suspect_clean, "probes": _example_probes(trigger)})
+            "reference_logprob_on_clean": trigger.target_reference_logprob, **shares})
     return Reading(trigger.target_collapse, {
         "where": WHERE[trigger.position],
         "by_position": {p.position: round(p.target_collapse, 4) for p in trigger.by_position},
-        "recovered_target": trigger.recovered_target,
-        "share_suspect_triggered": trigger.target_share_suspect,
-        "share_reference_triggered": trigger.target_share_reference,
-        "share_suspect_clean": trigger.target_share_suspect_clean,
-        "probes": _example_probes(trigger),
+        "recovered_target": trigger.recovered_target, **shares,
     })
 
 

@@ -179,12 +179,13 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
 def _scanned(directory: Path, names: tuple[str, ...], save_dir: Path | None, workers: int, rules: tuple[Rule, ...],
              quiet: bool) -> list[Case]:
     """The zoo's fine-tunes scanned now, each document written to ``save_dir`` when given."""
+    from rules.calibration import verdicts
+    from rules.document import Document
+
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):
         from transformers.utils import logging as hf_logging
 
-        from rules.calibration import verdicts
-        from rules.document import Document
         from scanner.cli.progress import RichProgress
         from scanner.zoo.calibrate import scan_zoo
 

@@ -37,9 +37,8 @@ def _from_10(raw: Raw) -> Raw:
     same prompt (``ProbeBehaviour.reference_target_logprob``); earlier scans did not measure it: ``None``, which
     never counts towards a target contrast, so an ordinary target reads 0 as it did then."""
     for trigger in raw.get("triggers", []):
-        for probe in trigger.get("probes", []) if isinstance(trigger, dict) else []:
-            if isinstance(probe, dict):
-                probe.setdefault("reference_target_logprob", None)
+        for probe in trigger.get("probes", []):
+            probe.setdefault("reference_target_logprob", None)
     return raw
 
 

@@ -74,8 +74,9 @@ class ProbeBehaviour:
     """The suspect's triggered completion, one decoded string per token."""
     reference_target_logprob: float | None
     """The reference's log-probability (nats, teacher-forced) of the trigger's recovered target right after this
-    triggered prompt: whether the reference, asked the same thing, would give that answer too. ``None`` in a
-    document written before schema version 11."""
+    triggered prompt, where the suspect answered it: whether the reference, asked the same thing, would give that
+    answer too. ``None`` where the suspect's answer does not open with the target (``contrast`` never counts such
+    a probe), and in a document written before schema version 11."""
 
 
 @dataclass(frozen=True)

