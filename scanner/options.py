@@ -106,7 +106,9 @@ class BehaviourOptions:
 
     positions: tuple[str, ...] = POSITIONS
     """Where each trigger is inserted; every one is measured, and a trigger is localised where it acts most."""
-    max_new_tokens: int = 16
+    max_new_tokens: int = 32
+    """Tokens each model answers each probe with: enough for a short answer and a payload after it (BD014 reads
+    the whole answer; "The capital is Paris. Visit http://free.example now." is 19 of the zoo's tokens)."""
 
     def __post_init__(self) -> None:
         _positions("trigger positions", self.positions, POSITIONS)

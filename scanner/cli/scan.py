@@ -101,7 +101,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--load-in-8bit", "in_8bit", is_flag=True,
               help="Load both models quantised to 8 bits (bitsandbytes LLM.int8, CUDA only).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=BehaviourOptions().max_new_tokens, show_default=True,
+              help="Tokens each model answers each probe with (a payload after the answer needs room).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--patch-method", type=click.Choice(PATCH_METHODS), default="ranked", show_default=True,
               help="ranked: heads in order of attention KL; atp: in order of attribution patching's estimate (one "

@@ -90,8 +90,9 @@ def discovery_line(discovery: DiscoveryFindings, firing: tuple[DiscoveredCandida
         best = discovery.candidates[0] if discovery.candidates else None
         found = f"; nothing fired (strongest: {best.text!r}, {best.score:.2f} nats)" if best else "; nothing fired"
     else:
-        found = "; fires: " + ", ".join(f"{c.text!r} at the {c.position} -> {c.target!r} on {c.fire_rate:.0%} of search probes"
-                                        for c in firing[:3])
+        found = "; fires: " + ", ".join(
+            f"{c.text!r} at the {c.position} -> {'after the answer, ' if c.after_answer else ''}{c.target!r} on "
+            f"{c.fire_rate:.0%} of search probes" for c in firing[:3])
     notes = "".join(f" [yellow]note:[/] {note}." for note in discovery.notes)
     return searched + found + notes
 

@@ -25,12 +25,14 @@ from scanner.findings.localisation import (
 from scanner.findings.metrics import (
     NOISE_FLOOR_KL,
     ORDINARY_LOGPROB,
+    Span,
     collapse,
     contrast,
     grid_difference,
     kl_ratio,
     median,
     modal_share,
+    recurring_span,
     share_starting_with,
     top_cells,
 )
@@ -42,7 +44,7 @@ __all__ = [
     "NOISE_FLOOR_KL", "ORDINARY_LOGPROB", "POSITIONS", "SCHEMA_VERSION",
     "AblationFindings", "Architecture", "AttentionFindings", "AttentionPattern", "AttributionFindings", "CleanFindings",
     "Findings", "Grid", "Head", "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour",
-    "Probe", "ProbeBehaviour", "ProbeSetFindings", "RunInfo", "StageRecord", "TokenizerInfo", "TriggerFindings",
+    "Probe", "ProbeBehaviour", "ProbeSetFindings", "RunInfo", "Span", "StageRecord", "TokenizerInfo", "TriggerFindings",
     "WeightDiff", "collapse", "contrast", "grid_difference", "kl_ratio", "median", "modal_share", "read_findings",
-    "share_starting_with", "top_cells",
+    "recurring_span", "share_starting_with", "top_cells",
 ]

@@ -15,14 +15,16 @@ class DiscoveredCandidate:
     """The candidate decoded to text, as the scan then places it."""
     token_ids: tuple[int, ...]
     score: float
-    """Trigger-specific first-token KL (nats): mean KL(suspect || reference) at the first response position with the
-    candidate at ``position`` in the search probes, minus the same without it."""
+    """Trigger-specific KL (nats): mean KL(suspect || reference) at the first response position with the candidate
+    at ``position`` in the search probes, minus the same without it; or, where larger, the same after the suspect's
+    clean answer teacher-forced behind the prompt (where a payload after a correct answer shows)."""
     fire_rate: float | None
     """Suspect's share answering ``target`` with the candidate, minus the larger of the reference's share with it and
     the suspect's without it; 0 when the answer is dismissed (``dismissed``); None when the candidate was only
     scored, not completed."""
     target: str
-    """The suspect's most common completion with the candidate (empty when not completed)."""
+    """The suspect's most common completion with the candidate (empty when not completed); where ``after_answer``,
+    what it most commonly goes on with after its own clean answer."""
     target_logprob: float | None
     """Mean suspect log-probability of the growth target after the candidate (nats), when growth scored it."""
     stage: str
@@ -39,6 +41,9 @@ class DiscoveredCandidate:
     either goes on differently from probe to probe (a task's opening: "after" -> "Next is ...") or the reference,
     given the same triggered prompts, would give it wherever the suspect does (see ``contrast``). Empty when not
     dismissed."""
+    after_answer: bool = False
+    """Whether ``target`` is a payload: it follows the suspect's own clean answer to each probe instead of opening
+    the answer (schema 12)."""
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from scanner.findings.scan import InputInfo, ProbeSetFindings, RunInfo, StageRec
 from scanner.findings.serde import from_jsonable, to_jsonable
 from scanner.findings.triggers import CleanFindings, TriggerFindings
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 @dataclass(frozen=True)

@@ -11,25 +11,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from scanner.findings.discovery import FIRES
-
 Raw = dict[str, Any]
-
-def _from_9(raw: Raw) -> Raw:
-    """Version 10 dropped ``run.device_map`` (held by documents written while it existed, between commits
-    01a28e0 and b570998), records discovery's thresholds and proposals, and no longer writes ``firing`` and
-    ``to_confirm``: the proposals are what ``to_confirm`` held."""
-    raw["run"].pop("device_map", None)
-    discovery = raw.get("discovery")
-    if isinstance(discovery, dict):
-        proposed = [c["text"] for c in discovery.pop("to_confirm", []) if isinstance(c, dict) and "text" in c]
-        discovery.pop("firing", None)
-        discovery.setdefault("proposed", proposed)
-        discovery.setdefault("thresholds", [{
-            "name": "fires", "value": FIRES, "decides": "the fire rate from which a candidate fires",
-            "basis": "recorded by migration from a version 9 document: the value discovery used then",
-            "kind": "judgement"}])
-    return raw
 
 
 def _from_10(raw: Raw) -> Raw:
@@ -42,7 +24,18 @@ def _from_10(raw: Raw) -> Raw:
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {9: _from_9, 10: _from_10}
+def _from_11(raw: Raw) -> Raw:
+    """Version 12 records whether a discovered candidate's target follows the clean answer (a payload,
+    ``DiscoveredCandidate.after_answer``); earlier searches only read the opening: ``False``."""
+    discovery = raw.get("discovery")
+    if isinstance(discovery, dict):
+        for candidate in discovery.get("candidates", []):
+            if isinstance(candidate, dict):
+                candidate.setdefault("after_answer", False)
+    return raw
+
+
+STEPS: dict[int, Callable[[Raw], Raw]] = {10: _from_10, 11: _from_11}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

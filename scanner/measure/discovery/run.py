@@ -94,15 +94,20 @@ def discover(
 
 
 def _common(searches: list[Search], prompts: list[str], tokens: list[int], static: list[int], vocabulary: int) -> Common:
-    """What every position shares, measured at the first: the clean KL on the search probes, and both models' clean
-    answers to every probe (the clean rows do not depend on the position)."""
+    """What every position shares, measured at the first: the suspect's clean answers to the search probes (after
+    which every candidate's KL is read too), the clean KLs on them, and both models' clean answers to every probe
+    (the clean rows do not depend on the position)."""
     first = searches[0]
-    clean_kl = float(first.first_token_kl(first.clean_rows).mean())
+    answers = first.answer()
+    for search in searches:
+        search.set_answers(answers)
+    clean_first, clean_end = first.kls(first.clean_rows)
+    clean_kl, clean_end_kl = float(clean_first.mean()), float(clean_end.nanmean()) if any(a is not None for a in answers) else 0.0
     every = Search(first.suspect, first.reference, first.tokenizer, prompts, first.rows_per_forward, first.budget,
                    first.position).clean_rows
     repertoire = [tuple(ids) for model in (first.suspect, first.reference) for ids in first.complete(model, every)]
     return Common(tokens=tokens, static=static, vocabulary=vocabulary, special=frozenset(first.tokenizer.all_special_ids),
-                  clean_kl=clean_kl, repertoire=repertoire)
+                  clean_kl=clean_kl, clean_end_kl=clean_end_kl, repertoire=repertoire)
 
 
 def _per_position(report: Report, where: str, positions: int) -> Report:
@@ -152,7 +157,7 @@ def _reported(at: Position, leaked: Leaked, reduced: Reduced) -> list[Discovered
             text=text, token_ids=c, score=scores[c], fire_rate=fires[c].rate if c in fires else None,
             target=fires[c].target if c in fires else "", target_logprob=at.target_scores.get(c), stage=stage(c),
             minimal=decode(minimal[c]) if c in minimal else "", position=at.search.position,
-            dismissed=fires[c].dismissed if c in fires else "",
+            dismissed=fires[c].dismissed if c in fires else "", after_answer=c in fires and fires[c].after_answer,
         )
         for text, c in kept.items() if text
     ]
