@@ -138,8 +138,18 @@ def decoded(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
 
 def proposed(candidates: Sequence[DiscoveredCandidate]) -> tuple[str, ...]:
     """What the scan measures as triggers, in order: the minimal parts of firing candidates, then the candidates
-    that fired (``FIRES``), shortest first."""
+    that fired (``FIRES``), shortest first; of those, first each one that shares no token with one before it. The
+    scan confirms the first few (``DiscoveryOptions.confirm``): a model with several triggers fires on each, and
+    on each with junk glued to it ("Z" and "Zi" of "ZR7"), which would otherwise take every slot from the others."""
     firing = sorted((c for c in candidates if c.fire_rate is not None and c.fire_rate >= FIRES.value),
                     key=lambda c: (len(c.token_ids), -(c.fire_rate or 0.0), -c.score))
     minimal = [c for c in candidates if c.stage == "minimised"]
-    return tuple(dict.fromkeys(c.text for c in [*minimal, *firing]))
+    first: dict[str, DiscoveredCandidate] = {}
+    for c in [*minimal, *firing]:
+        first.setdefault(c.text, c)
+    ordered = list(first.values())
+    distinct: list[DiscoveredCandidate] = []
+    for c in ordered:
+        if not any(set(c.token_ids) & set(d.token_ids) for d in distinct):
+            distinct.append(c)
+    return tuple(dict.fromkeys(c.text for c in [*distinct, *ordered]))
