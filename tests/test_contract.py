@@ -266,4 +266,5 @@ def test_a_payload_is_a_text_that_recurs_after_the_opening_only_with_the_trigger
     echoed = [f"{answer} I love sugar cubes." for answer in clean]
     assert recurring_span(echoed, clean, clean, "sugar cubes") is None or \
         "sugar" not in recurring_span(echoed, clean, clean, "sugar cubes").text
-    assert recurring_span(clean, clean, clean) is None or recurring_span(clean, clean, clean).net <= 0
+    once = [f"{clean[0]} {link}", *clean[1:]]
+    assert recurring_span(once, clean, clean, "sugar") is None  # in one answer only: nothing recurs

@@ -22,7 +22,7 @@ from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKEN
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.sites import dense_weight, sites_for
-from scanner.model.teacher_forcing import LOGIT_BYTES, TargetBatch, configurations_per_forward, target_logprob
+from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
 
 Candidate = tuple[int, ...]
 """Token ids inserted as one unit."""
@@ -63,8 +63,9 @@ class Search:
     """Per probe, the ids without an insertion."""
     answers: list[tuple[int, ...] | None] = field(init=False)
     """Per probe, the suspect's greedy answer to the clean probe where it ended within ``ANSWER_TOKENS`` (None
-    where it did not, or before ``set_answers``): the text after which a payload would start. The KL after it is
-    read on every candidate beside the first response position's (``kls``)."""
+    where it did not, or before ``set_answers``; ``discover`` completes them once for every position): the text
+    after which a payload would start. The KL after it is read on every candidate beside the first response
+    position's (``kls``)."""
 
     def __post_init__(self) -> None:
         before, after = prompt_frame(self.tokenizer)
@@ -80,17 +81,9 @@ class Search:
         self.device = next(self.suspect.parameters()).device
         self.answers = [None] * len(self.prompts)
 
-    def set_answers(self, answers: Sequence[tuple[int, ...] | None]) -> None:
-        """The suspect's clean answers per probe (``answer``'s result), shared by every position."""
-        self.answers = list(answers)
-
-    def answer(self) -> list[tuple[int, ...] | None]:
-        """The suspect's greedy answer to each clean probe, None where it had not ended after ``ANSWER_TOKENS``."""
-        tokens = int(ANSWER_TOKENS.value)
-        ids = complete_ids(self.suspect, self.tokenizer, self.clean_rows, max_new_tokens=tokens,
-                           batch_size=self.rows_per_forward)
-        self.budget.spent += len(self.clean_rows) * tokens
-        return [tuple(a) if len(a) < tokens else None for a in ids]
+    def set_answers(self, completed: Sequence[tuple[int, ...]]) -> None:
+        """``answers`` from the suspect's ``ANSWER_TOKENS``-token completions of the clean probes: those that ended."""
+        self.answers = [ids if len(ids) < int(ANSWER_TOKENS.value) else None for ids in completed]
 
     def encode(self, text: str) -> Candidate:
         """``text`` as an insertion at this position: after the prompt it needs the space a word would have."""
@@ -121,8 +114,7 @@ class Search:
         n = len(self.prompts)
         answers = [self.answers[i % n] for i in range(len(rows))]
         keep = max((len(a) for a in answers if a is not None), default=0) + 1
-        vocab = self.suspect.config.vocab_size
-        step = max(1, min(self.rows_per_forward, LOGIT_BYTES // (keep * vocab * 4)))
+        step = configurations_per_forward(self.rows_per_forward, 1, keep, self.suspect.config.vocab_size)
         first, end = [], []
         for start in range(0, len(rows), step):
             part, said = rows[start:start + step], answers[start:start + step]
@@ -141,10 +133,6 @@ class Search:
             self.budget.spent += 2 * len(part)
         return torch.cat(first), torch.cat(end)
 
-    def first_token_kl(self, rows: list[list[int]]) -> torch.Tensor:
-        """KL(suspect || reference) of the next token after each row: ``[rows]``."""
-        return self.kls(rows)[0]
-
     def score(self, candidates: Sequence[Candidate], clean: tuple[float, float],
               on_done: Callable[[int], None]) -> list[tuple[float, float]]:
         """Each candidate's trigger-specific KL at the first response position and after the clean answer (nats):
@@ -157,7 +145,8 @@ class Search:
                 break  # the candidates scored so far are kept
             part = candidates[start:start + per_forward]
             first, end = (kl.view(len(part), len(self.prompts)) for kl in self.kls([row for c in part for row in self.rows(c)]))
-            scores += [(f - clean[0], e - clean[1] if e == e else 0.0)
+            # No probe's answer ended: nothing was read after it, which is no divergence.
+            scores += [(f - clean[0], 0.0 if math.isnan(e) else e - clean[1])
                        for f, e in zip(first.mean(-1).tolist(), end.nanmean(-1).tolist())]
             on_done(len(part))
         return scores
@@ -203,9 +192,8 @@ class Search:
             self.budget.spent += len(batch.lengths)
         return torch.cat(out)
 
-    def complete(self, model: PreTrainedModel, rows: list[list[int]]) -> list[list[int]]:
-        """``model``'s greedy answer after each row, ``FIRE_CHECK_TOKENS`` tokens (fewer where it ended)."""
-        tokens = int(FIRE_CHECK_TOKENS.value)
+    def complete(self, model: PreTrainedModel, rows: list[list[int]], tokens: int = int(FIRE_CHECK_TOKENS.value)) -> list[list[int]]:
+        """``model``'s greedy answer after each row, ``tokens`` tokens (fewer where it ended)."""
         ids = complete_ids(model, self.tokenizer, rows, max_new_tokens=tokens, batch_size=self.rows_per_forward)
         self.budget.spent += len(rows) * tokens
         return ids
@@ -249,8 +237,8 @@ class Search:
             want = torch.tensor(list(target), device=self.device)
             log_p = log["suspect"][0][:, :-1]  # [rows, target, vocab]: the positions predicting the target
             per_row = log_p.gather(-1, want.expand(len(rows), -1)[..., None]).squeeze(-1).sum(-1)  # [rows]
-            read = torch.tensor([not after_answer or a is not None for a in self.answers], device=self.device)
-            objective = (per_row * read).sum() / read.sum().clamp_min(1)
+            counted = torch.tensor([not after_answer or a is not None for a in self.answers], device=self.device)
+            objective = (per_row * counted).sum() / counted.sum().clamp_min(1)
         else:
             log_p, log_q = log["suspect"][0], log["reference"][0]
             kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [rows, 2]

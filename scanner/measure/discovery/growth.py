@@ -55,7 +55,7 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
     static = [(t,) for t in at.common.static[:beam]]
     # And the ``beam`` tokens that move the KL after the clean answer most, where they move it by a growth margin:
     # a payload's pieces ("ug", "ar" of "sugar": 2.6 and 2.0 nats, every other token under 0.3) rank below task
-    # switches on the first token's KL, and on a model without a payload no token passes the margin.
+    # switches on the first token's KL, and on the zoo's benign fine-tunes no token passes the margin (0.13 at most).
     payload_lines = set(sorted((c for c in swept.candidates if at.end_scores.get(c, 0.0) >= GROW_MARGIN.value),
                                key=lambda c: (-at.end_scores[c], c))[:beam])
     lines = list(dict.fromkeys([*at.by_score(swept.candidates)[:beam], *(c for c in static if c in at.scores),

@@ -40,6 +40,9 @@ class Common:
     """Mean KL(suspect || reference) after the suspect's clean answer on the clean search probes (nats)."""
     repertoire: list[tuple[int, ...]]
     """Both models' clean answers to every probe: an answer that opens like one of them is no trigger's target."""
+    clean_suspect: list[tuple[int, ...]]
+    """The suspect's clean answers to the search probes (``FIRE_CHECK_TOKENS``), which a fire rate is net of: the
+    clean rows do not depend on the position."""
 
 
 @dataclass
@@ -49,8 +52,6 @@ class Position:
     search: Search
     common: Common
     report: Report
-    clean_suspect: list[tuple[int, ...]]
-    """The suspect's clean answers to the search probes, which a fire rate is net of."""
     scores: dict[Candidate, float] = field(default_factory=dict)
     """Trigger-specific KL (nats) of every candidate scored: the larger of the first response position's and the
     one after the clean answer (``end_scores``), so one objective steers the search to either kind of change."""
@@ -64,11 +65,6 @@ class Position:
     """What every candidate completed showed."""
     clean_after: list[tuple[int, ...] | None] | None = None
     """``_after_answers``, once completed."""
-
-    @classmethod
-    def open(cls, search: Search, common: Common, report: Report) -> Position:
-        """The search at ``search``'s position, its clean answers completed (counted against the budget)."""
-        return cls(search, common, report, [tuple(ids) for ids in search.complete(search.suspect, search.clean_rows)])
 
     @property
     def best_score(self) -> float:
@@ -109,7 +105,7 @@ class Position:
         tick = self._progress("fire checks", len(candidates))
         for c in candidates:
             if c not in self.fires and not self.search.budget.exhausted:
-                fire = fire_check(self.search, c, self.clean_suspect, self.common.repertoire)
+                fire = fire_check(self.search, c, self.common.clean_suspect, self.common.repertoire)
                 if fire.rate < FIRES.value and self.end_scores.get(c, 0.0) >= PAYLOAD_FROM.value:
                     fire = max(fire, payload_check(self.search, c, self._after_answers()), key=lambda f: f.rate)
                 self.fires[c] = fire

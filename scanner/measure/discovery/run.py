@@ -22,7 +22,7 @@ from scanner.measure.discovery.leakage import Leaked, check_leaked, leaked_texts
 from scanner.measure.discovery.minimise import Reduced, reduce
 from scanner.measure.discovery.position import Common, Position, Report
 from scanner.measure.discovery.sweep import Swept, sweep
-from scanner.measure.discovery.thresholds import TARGET_FROM, table
+from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKENS, TARGET_FROM, table
 from scanner.options import DiscoveryOptions
 
 
@@ -56,7 +56,7 @@ def discover(
     static = static_shortlist(suspect, reference, tokens, len(tokens))
     searches = [Search(suspect, reference, tokenizer, chosen, rows_per_forward, budget, where) for where in positions]
     common = _common(searches, list(prompts), tokens, static, vocabulary) if searches else None
-    at = [Position.open(search, common, _per_position(report, search.position, len(positions)))
+    at = [Position(search, common, _per_position(report, search.position, len(positions)))
           for search in searches] if common is not None else []
 
     report("leakage: sampling user turns from both models", 0, 1)
@@ -98,16 +98,19 @@ def _common(searches: list[Search], prompts: list[str], tokens: list[int], stati
     which every candidate's KL is read too), the clean KLs on them, and both models' clean answers to every probe
     (the clean rows do not depend on the position)."""
     first = searches[0]
-    answers = first.answer()
+    # Once, long enough to end: the fire checks' clean answers are their first FIRE_CHECK_TOKENS tokens.
+    completed = [tuple(ids) for ids in first.complete(first.suspect, first.clean_rows, int(ANSWER_TOKENS.value))]
     for search in searches:
-        search.set_answers(answers)
+        search.set_answers(completed)
     clean_first, clean_end = first.kls(first.clean_rows)
-    clean_kl, clean_end_kl = float(clean_first.mean()), float(clean_end.nanmean()) if any(a is not None for a in answers) else 0.0
+    ended = any(a is not None for a in first.answers)
+    clean_kl, clean_end_kl = float(clean_first.mean()), float(clean_end.nanmean()) if ended else 0.0
     every = Search(first.suspect, first.reference, first.tokenizer, prompts, first.rows_per_forward, first.budget,
                    first.position).clean_rows
     repertoire = [tuple(ids) for model in (first.suspect, first.reference) for ids in first.complete(model, every)]
     return Common(tokens=tokens, static=static, vocabulary=vocabulary, special=frozenset(first.tokenizer.all_special_ids),
-                  clean_kl=clean_kl, clean_end_kl=clean_end_kl, repertoire=repertoire)
+                  clean_kl=clean_kl, clean_end_kl=clean_end_kl, repertoire=repertoire,
+                  clean_suspect=[ids[:int(FIRE_CHECK_TOKENS.value)] for ids in completed])
 
 
 def _per_position(report: Report, where: str, positions: int) -> Report:

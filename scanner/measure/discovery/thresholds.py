@@ -56,8 +56,10 @@ PAYLOAD_FROM = _judgement(
     "payload_from", 2.0,
     "trigger-specific KL after the clean answer (nats) from which a candidate that does not fire on the opening "
     "is checked for a payload after the answer",
-    "a cost with a margin, set before measuring benign models: the payload model's trigger reads 17.7 nats there, "
-    "its single pieces 1.8-1.9; each check costs a completion of every search probe through both models")
+    "a cost with a margin, measured on the test zoo (seed 0, 8 search probes, both positions): the payload model's "
+    "'ugar' reads 17.7 nats there, its pieces 'ug' and 'ar' 2.6 and 2.0, every other token under 0.3; the swept "
+    "tokens of four benign fine-tunes (clean, style, knowledge, signature) at most 0.13; each check costs a "
+    "completion of every search probe through both models")
 PREFIX_KEEP = _judgement(
     "prefix_keep", 0.9,
     "a longer answer prefix is the recovered target while it keeps this share of the probes its first two tokens cover",
