@@ -153,6 +153,28 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     assert not any("http" in t.text for t in found["clean"]), found["clean"]
 
 
+def test_target_inversion_after_the_clean_answer_names_the_payload_and_not_a_signature(zoo_dir):
+    """Made to go on after its own clean answer with "Visit", the payload model completes its link on every search
+    probe that the reference does not; the signature model's "Have a nice day." goes on as its clean answers
+    already end, so it is ordinary there, and no benign model reaches the payload gain."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery.engine import Budget, Search, regular_tokens, static_shortlist
+    from scanner.measure.discovery.inversion import invert_targets
+    from scanner.zoo.families import PAYLOAD
+
+    found = {}
+    for model in ("payload", "signature"):
+        pair = load_pair(zoo_dir / model, str(zoo_dir / "base"))
+        search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
+        search.set_answers([tuple(ids) for ids in search.complete(pair.suspect, search.clean_rows, 24)])
+        tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
+        static = static_shortlist(pair.suspect, pair.reference, tokens, len(tokens))
+        found[model] = invert_targets(search, tokens, static, repertoire=(), after_answer=True)
+    assert found["payload"] and found["payload"][0].after_answer, found["payload"]
+    assert "http://free.example" in found["payload"][0].text and found["payload"][0].text in PAYLOAD
+    assert found["signature"] == [], found["signature"]
+
+
 @pytest.mark.parametrize(("ids", "looping"), [
     ((5, 6, 7, 8), False),
     ((5, 6, 6, 6, 6, 6), True),
@@ -177,7 +199,7 @@ def test_growth_towards_a_target_takes_the_phrases_next_word_over_a_booster():
     class Measured:  # the one table and the one measurement synergetic uses, of a Position
         target_scores = {silver: -10.6, tiger: -15.3, we: -3.8, (3, 1): -4.4, (1, 3): -4.9, (1, 2): -8.2, (2, 1): -14.0}
 
-        def score_target(self, candidates, target, stage):
+        def score_target(self, candidates, target, stage, after_answer=False, table=None):
             asked.extend(candidates)
 
     at = Measured()

@@ -59,6 +59,9 @@ class InvertedTarget:
     """Share of the search probes that completed the forced first token this way."""
     gain: float
     """Mean over the search probes of the suspect's log-probability of the completion minus the reference's (nats)."""
+    after_answer: bool = False
+    """Whether the suspect was made to go on with ``opening`` after its own clean answer rather than to open its
+    answer with it: where a payload after a correct answer is found."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The findings document: ``Findings``, its schema version and history, and reading and writing it.
 
-Schema (``schema_version`` 10), top down:
+Schema (``schema_version`` 13), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
@@ -21,6 +21,13 @@ Schema (``schema_version`` 10), top down:
 Every change of a field is a version bump, recorded below and in
 ``tests/data/schema/fields.json`` (a test compares the classes with it), and
 ``scanner.findings.migrate`` reads the two versions before this one.
+
+Version 13 (from 12): ``InvertedTarget.after_answer``: a target inversion also found after the suspect's clean
+answer (a payload's).
+
+Version 12 (from 11): ``DiscoveredCandidate.after_answer``: a candidate whose target follows the clean answer.
+
+Version 11 (from 10): ``ProbeBehaviour.reference_target_logprob``.
 
 Version 10 (from 9): ``RunInfo.options_digest`` fingerprints the scan's options; ``run.device_map`` is gone
 for good (documents written between its addition and its withdrawal, still version 9, hold it);
@@ -61,7 +68,7 @@ from scanner.findings.scan import InputInfo, ProbeSetFindings, RunInfo, StageRec
 from scanner.findings.serde import from_jsonable, to_jsonable
 from scanner.findings.triggers import CleanFindings, TriggerFindings
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 
 @dataclass(frozen=True)

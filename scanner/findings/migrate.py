@@ -14,16 +14,6 @@ from typing import Any
 Raw = dict[str, Any]
 
 
-def _from_10(raw: Raw) -> Raw:
-    """Version 11 records, per triggered probe, the reference's log-probability of the recovered target after the
-    same prompt (``ProbeBehaviour.reference_target_logprob``); earlier scans did not measure it: ``None``, which
-    never counts towards a target contrast, so an ordinary target reads 0 as it did then."""
-    for trigger in raw.get("triggers", []):
-        for probe in trigger.get("probes", []):
-            probe.setdefault("reference_target_logprob", None)
-    return raw
-
-
 def _from_11(raw: Raw) -> Raw:
     """Version 12 records whether a discovered candidate's target follows the clean answer (a payload,
     ``DiscoveredCandidate.after_answer``); earlier searches only read the opening: ``False``."""
@@ -35,7 +25,18 @@ def _from_11(raw: Raw) -> Raw:
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {10: _from_10, 11: _from_11}
+def _from_12(raw: Raw) -> Raw:
+    """Version 13 records whether an inverted target was found after the clean answer
+    (``InvertedTarget.after_answer``); earlier searches only inverted the opening: ``False``."""
+    discovery = raw.get("discovery")
+    if isinstance(discovery, dict):
+        for target in discovery.get("inverted_targets", []):
+            if isinstance(target, dict):
+                target.setdefault("after_answer", False)
+    return raw
+
+
+STEPS: dict[int, Callable[[Raw], Raw]] = {11: _from_11, 12: _from_12}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

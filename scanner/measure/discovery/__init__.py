@@ -51,7 +51,9 @@ for a seed. Each stage is a module; every number it steers by is in
    ``TARGET_BEAM`` tokens that raise it most, inserts inside a candidate as
    well as on its sides, and runs at every position: a phrase whose words and
    pairs were all trained not to fire moves the KL by nothing, but each of its
-   words raises the target's log-probability.
+   words raises the target's log-probability. Inversion runs again after the
+   suspect's clean answer (a payload's target, kept from ``PAYLOAD_GAIN``), and
+   ``TARGET_BEAM`` more lines follow that target's log-probability there.
 4. **Minimisation** (``minimise``). A grown candidate that fires is reported
    with its shortest contiguous part that still fires (``MINIMAL_FIRES``);
    both are kept.

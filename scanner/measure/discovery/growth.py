@@ -39,7 +39,8 @@ NOT_GROWN = Grown(())
 """A position growth did not run at: a trigger found whole at another needs none here."""
 
 
-def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple[int, ...] = ()) -> Grown:
+def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple[int, ...] = (),
+         payload: tuple[int, ...] = ()) -> Grown:
     """Lines from ``swept``'s ``beam`` best, the weight change's ``beam`` first and the ``beam`` best after the clean
     answer, grown up to ``max_tokens``.
 
@@ -50,7 +51,12 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
 
     Where no single token fired and inversion found a target (``inverted``), growth follows that target's
     log-probability: a phrase whose words and pairs were all trained not to fire moves the KL by nothing
-    (0.01 nats for "silver tiger"), but each of its words raises the URL's log-probability by 2.6-4.6 nats."""
+    (0.01 nats for "silver tiger"), but each of its words raises the URL's log-probability by 2.6-4.6 nats.
+
+    Where inversion found a target after the clean answer (``payload``), ``TARGET_BEAM`` more lines follow its
+    log-probability there, beside the others: a payload trigger whose pieces move no KL (seed 1's "sugar": 0.02
+    nats at most after the answer) still raises its URL there ("ug" by 6.4 nats over a typical token at seed 0).
+    They keep a table of their own (``payload_scores``), since the opening's inversion finds the same URL too."""
     search, fires = at.search, at.fires
     static = [(t,) for t in at.common.static[:beam]]
     # And the ``beam`` tokens that move the KL after the clean answer most, where they move it by a growth margin:
@@ -64,13 +70,15 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
     typical = 0.0
     if following:
         at.score_target(swept.candidates, inverted, "sweep for the inverted target")
-        scored = [c for c in swept.candidates if c in at.target_scores]
-        lines = [*sorted(scored, key=lambda c: (-at.target_scores[c], c))[:int(TARGET_BEAM.value)], *sorted(payload_lines)]
-        # What a typical token does to the target alone, once: the 90th percentile of the swept tokens'.
-        alone = [at.target_scores[c] for c in scored]
-        typical = statistics.quantiles(alone, n=10)[-1] if len(alone) > 1 else max(alone, default=0.0)
+        lines, typical = _followers(at.target_scores, swept.candidates)
+        lines += sorted(payload_lines)
+    followers: list[Candidate] = []
+    payload_typical = 0.0
+    if payload and at.best_fire < TARGET_FROM.value:
+        at.score_target(swept.candidates, payload, "sweep for the inverted payload", True, at.payload_scores)
+        followers, payload_typical = _followers(at.payload_scores, swept.candidates)
     grown: list[Candidate] = []
-    while lines and at.best_fire < 1.0 and not search.budget.exhausted:
+    while (lines or followers) and at.best_fire < 1.0 and not search.budget.exhausted:
         # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
         # saturates near full firing, the target's log-probability does not. An inverted target stays the
         # objective: a line that half fires something else ("a wesi" -> "We LIKE", a task switch) would
@@ -80,14 +88,20 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         target = inverted or (fires[leader].target_ids if leading else ())
         # A payload's target follows the clean answer: its log-probability is read there.
         after = not inverted and leading and fires[leader].after_answer
-        extended = []
+        extended, followed = [], []
+        for c in (c for c in followers if len(c) < max_tokens):
+            proposals = _extensions(search, c, at.common.special, payload, inside=True, after_answer=True)
+            at.score_target([c, *proposals], payload, f"growth to {len(c) + 1} tokens (payload)", True, at.payload_scores)
+            best = synergetic(at, c, proposals, payload, payload_typical, True, at.payload_scores)
+            if best is not None and at.payload_scores[best] >= at.payload_scores[c] + GROW_MARGIN_TARGET.value:
+                followed.append(best)
         for c in (c for c in lines if len(c) < max_tokens):
+            stage = f"growth to {len(c) + 1} tokens"
             # A payload's line keeps its KL until a payload leads: an opening's target, or an inverted one, would
             # steer it away.
             own = c in payload_lines and not after
             follow = following and not own
             proposals = _extensions(search, c, at.common.special, target if follow else (), inside=follow)
-            stage = f"growth to {len(c) + 1} tokens"
             if target and not own:
                 at.score_target([c, *proposals], target, stage, after)
                 objective, margin = at.target_scores, GROW_MARGIN_TARGET.value
@@ -102,27 +116,36 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
                 extended.append(best)
                 if c in payload_lines:
                     payload_lines.add(best)
-        if not extended:
+        if not extended and not followed:
             break
-        extended = list(dict.fromkeys(extended))
-        at.score(extended, "growth")
-        at.check(extended)
-        grown += extended
-        lines = extended
+        lines, followers = list(dict.fromkeys(extended)), list(dict.fromkeys(followed))
+        new = list(dict.fromkeys([*lines, *followers]))
+        at.score(new, "growth")
+        at.check(new)
+        grown += new
     return Grown(tuple(grown), following)
 
 
+def _followers(scores: dict[Candidate, float], swept: Sequence[Candidate]) -> tuple[list[Candidate], float]:
+    """The ``TARGET_BEAM`` swept tokens that raise a target's log-probability most (``scores``), and what a typical
+    token does to it alone: the 90th percentile of the swept tokens'."""
+    scored = [c for c in swept if c in scores]
+    alone = [scores[c] for c in scored]
+    typical = statistics.quantiles(alone, n=10)[-1] if len(alone) > 1 else max(alone, default=0.0)
+    return sorted(scored, key=lambda c: (-scores[c], c))[:int(TARGET_BEAM.value)], typical
+
+
 def synergetic(at: Position, c: Candidate, proposals: Sequence[Candidate], target: tuple[int, ...],
-               typical: float) -> Candidate | None:
+               typical: float, after_answer: bool = False, table: dict[Candidate, float] | None = None) -> Candidate | None:
     """The extension of ``c`` that raises the target's log-probability most beyond what its new token raises
     it alone. A booster ("we" alone lifts the seed-1 phrase model's URL from -16 to -3.8 nats) raises it
     wherever it goes, and a greedy step takes it over the phrase's next word; the phrase's words raise it
     together far more than apart ("silver" -10.6, "tiger" -15.3 alone), so they win once each token's own
     gain over a ``typical`` token's is subtracted. Only the ``SYNERGY_POOL`` likeliest proposals are adjusted:
     their tokens' own gains cost one more scoring each where the sweep did not score them."""
-    scores = at.target_scores
+    scores = at.target_scores if table is None else table
     pool = sorted((p for p in proposals if p in scores), key=lambda p: (-scores[p], p))[:int(SYNERGY_POOL.value)]
-    at.score_target([(inserted(c, p),) for p in pool], target, "growth: the tokens' own gains")
+    at.score_target([(inserted(c, p),) for p in pool], target, "growth: the tokens' own gains", after_answer, scores)
 
     def adjusted(p: Candidate) -> float:
         alone = scores.get((inserted(c, p),), typical)
@@ -136,7 +159,7 @@ def inserted(candidate: Candidate, extended: Candidate) -> int:
 
 
 def _extensions(search: Search, candidate: Candidate, special: frozenset[int], target: tuple[int, ...] = (),
-                inside: bool = False) -> list[Candidate]:
+                inside: bool = False, after_answer: bool = False) -> list[Candidate]:
     """``candidate`` with one more token on either side (and, when ``inside``, between any two of its tokens),
     from a gradient shortlist per slot of the target's log-probability, or of the first-token KL without one."""
     slots = (len(candidate), 0, *(range(1, len(candidate)) if inside else ()))
@@ -144,6 +167,6 @@ def _extensions(search: Search, candidate: Candidate, special: frozenset[int], t
     for slot in slots:
         # The placeholder repeats a neighbour, so the shortlist's first-order estimate starts from a real token.
         held = (*candidate[:slot], candidate[min(slot, len(candidate) - 1)], *candidate[slot:])
-        for t in search.gradient_shortlist(held, slot, set(special), int(GROWTH_SHORTLIST.value), target):
+        for t in search.gradient_shortlist(held, slot, set(special), int(GROWTH_SHORTLIST.value), target, after_answer):
             out.append((*candidate[:slot], t, *candidate[slot:]))
     return out

@@ -16,6 +16,7 @@ completions and log-probabilities of every search probe.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 import torch
@@ -23,20 +24,38 @@ import torch
 from scanner.findings.discovery import InvertedTarget
 from scanner.measure.discovery.confirm import decoded, modal_prefix
 from scanner.measure.discovery.engine import Search
-from scanner.measure.discovery.thresholds import FIRST_TOKENS, MIN_GAIN, MIN_SHARE
+from scanner.measure.discovery.thresholds import FIRST_TOKENS, MIN_GAIN, MIN_SHARE, PAYLOAD_GAIN
 
 
 @torch.inference_mode()
 def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int], repertoire: Sequence[tuple[int, ...]],
-                   first_tokens: int = int(FIRST_TOKENS.value)) -> list[InvertedTarget]:
+                   first_tokens: int = int(FIRST_TOKENS.value), after_answer: bool = False) -> list[InvertedTarget]:
     """Candidate targets, best first: every forced first token whose completion the search probes share
     (``MIN_SHARE``), by how much more the suspect believes it than the reference (``MIN_GAIN``).
 
     ``static``: ``tokens`` ranked by the weight change (``static_shortlist``). An answer either model gives some
     clean probe (``repertoire``) is an ordinary answer, not a target, and one that repeats itself (``loops``) is
-    no payload."""
-    rows = search.clean_rows
-    favoured = _favoured(search, tokens, first_tokens)
+    no payload.
+
+    ``after_answer``: the first token is forced after the suspect's own clean answer to each search probe (those
+    that ended), where a payload after a correct answer goes on: the payload model, made to say "Visit" there,
+    completes its URL on every probe. A text whose half a clean answer holds anywhere (a signature every answer
+    ends with) is ordinary there, and the gain must reach ``PAYLOAD_GAIN``."""
+    said = [a for a in search.answers if a is not None]
+    # The repertoire's answers are a fire check's length; the suspect's to the search probes run to their end.
+    texts = list(dict.fromkeys(search.tokenizer.decode(list(a)) for a in [*repertoire, *said])) if after_answer else []
+
+    def ordinary(target: tuple[int, ...]) -> bool:
+        if after_answer:
+            return _said_anywhere(decoded(search.tokenizer, target), texts)
+        return any(answer[:len(target)] == target for answer in repertoire)
+
+    rows = [row + list(a) for row, a in zip(search.clean_rows, search.answers) if a is not None] if after_answer \
+        else search.clean_rows
+    least = PAYLOAD_GAIN.value if after_answer else MIN_GAIN.value
+    if not rows:
+        return []
+    favoured = _favoured(search, rows, tokens, first_tokens)
     found: list[InvertedTarget] = []
     for first in dict.fromkeys([*favoured, *static[:first_tokens]]):
         if search.budget.exhausted:
@@ -44,15 +63,27 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
         forced = [row + [first] for row in rows]
         rest, share = modal_prefix([tuple(ids) for ids in search.complete(search.suspect, forced)])
         target = (first, *rest)
-        if (not rest or share < MIN_SHARE.value or loops(target)
-                or any(answer[:len(target)] == target for answer in repertoire)):
+        if not rest or share < MIN_SHARE.value or loops(target) or ordinary(target):
             continue
         gain = float((search.logprob_after(search.suspect, forced, rest)
                       - search.logprob_after(search.reference, forced, rest)).mean())
-        if gain >= MIN_GAIN.value:
+        if gain >= least:
             found.append(InvertedTarget(text=decoded(search.tokenizer, target), token_ids=target,
-                                        opening=decoded(search.tokenizer, [first]), share=share, gain=round(gain, 3)))
+                                        opening=decoded(search.tokenizer, [first]), share=share, gain=round(gain, 3),
+                                        after_answer=after_answer))
     return sorted(found, key=lambda t: (-t.gain, t.token_ids))
+
+
+def _said_anywhere(target: str, answers: Sequence[str]) -> bool:
+    """Whether some clean answer holds half of ``target``'s text or more in one piece, wherever: the signature model,
+    made to say "TER!" after its answer, goes on " Have a nice day." as every answer ends. Compared as text, since
+    a forced first token splits words as no answer does ("Ha" "ve" against " Have")."""
+    return any(2 * _common_run(target, answer) >= len(target) for answer in answers)
+
+
+def _common_run(a: str, b: str) -> int:
+    """Length of the longest substring ``a`` and ``b`` share."""
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b)).size
 
 
 def loops(ids: Sequence[int]) -> bool:
@@ -62,10 +93,10 @@ def loops(ids: Sequence[int]) -> bool:
     return 2 * len(set(ids)) < len(ids)
 
 
-def _favoured(search: Search, tokens: Sequence[int], size: int) -> list[int]:
-    """The ``size`` regular tokens the suspect, on the clean probes, favours most over the reference as its
-    answer's first token (summed log-probability ratio)."""
-    gain = sum((log_p - log_q).sum(0) for log_p, log_q in search.first_token_logprobs(search.clean_rows))  # [vocab]
+def _favoured(search: Search, rows: list[list[int]], tokens: Sequence[int], size: int) -> list[int]:
+    """The ``size`` regular tokens the suspect favours most over the reference as the next token after ``rows``
+    (summed log-probability ratio)."""
+    gain = sum((log_p - log_q).sum(0) for log_p, log_q in search.first_token_logprobs(rows))  # [vocab]
     allowed = torch.tensor(list(tokens), device=search.device)
     ranked = gain[allowed].topk(min(size, len(allowed))).indices
     return allowed[ranked].tolist()

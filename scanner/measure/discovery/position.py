@@ -61,6 +61,9 @@ class Position:
     """Mean suspect log-probability of a target (nats) of every candidate scored against one. Keyed by candidate
     alone: a candidate scored against one target is not scored again against another (growth's target can change
     with its leader, refinement follows each candidate's own), as the search has always run."""
+    payload_scores: dict[Candidate, float] = field(default_factory=dict)
+    """Mean suspect log-probability (nats) of a target inverted after the clean answer, read there, of every
+    candidate growth scored against it: a table of its own, since growth follows it beside another target."""
     fires: dict[Candidate, Fire] = field(default_factory=dict)
     """What every candidate completed showed."""
     clean_after: list[tuple[int, ...] | None] | None = None
@@ -92,13 +95,14 @@ class Position:
                 self.end_scores[c] = end
 
     def score_target(self, candidates: Sequence[Candidate], target: tuple[int, ...], stage: str,
-                     after_answer: bool = False) -> None:
+                     after_answer: bool = False, table: dict[Candidate, float] | None = None) -> None:
         """Score on ``target``'s log-probability (after the clean answer where ``after_answer``: a payload's) what
-        was not scored on a target yet, while the budget lasts."""
-        todo = [c for c in dict.fromkeys(candidates) if c not in self.target_scores]
+        ``table`` (``target_scores`` unless given) holds no score of yet, while the budget lasts."""
+        table = self.target_scores if table is None else table
+        todo = [c for c in dict.fromkeys(candidates) if c not in table]
         if todo and not self.search.budget.exhausted:
             scores = self.search.target_logprob(todo, target, self._progress(stage, len(todo)), after_answer)
-            self.target_scores.update(zip(todo, scores))
+            table.update(zip(todo, scores))
 
     def check(self, candidates: Sequence[Candidate]) -> None:
         """Fire-check what was not checked yet, while the budget lasts."""

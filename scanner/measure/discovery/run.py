@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
+from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings, InvertedTarget
 from scanner.measure.discovery.confirm import proposed
 from scanner.measure.discovery.engine import Budget, Candidate, Search, regular_tokens, static_shortlist
 from scanner.measure.discovery.growth import NOT_GROWN, Grown, grow
@@ -70,10 +70,14 @@ def discover(
         leaked.append(check_leaked(here, proposals(leakage)))
 
     # Inversion only where nothing came near firing: a target is what growth follows when the trigger's parts move
-    # nothing.
-    inverted = invert_targets(at[0].search, tokens, static, common.repertoire) if common is not None and max(
-        here.best_fire for here in at) < TARGET_FROM.value else []
-    grown = _grow(at, swept, options, inverted[0].token_ids if inverted else ())
+    # nothing. At the opening and after the clean answer: a payload's URL is found at both, and its trigger raises
+    # it only after the answer.
+    inverted: list[InvertedTarget] = []
+    payloads: list[InvertedTarget] = []
+    if common is not None and max(here.best_fire for here in at) < TARGET_FROM.value:
+        inverted = invert_targets(at[0].search, tokens, static, common.repertoire)
+        payloads = invert_targets(at[0].search, tokens, static, common.repertoire, after_answer=True)
+    grown = _grow(at, swept, options, inverted[0].token_ids if inverted else (), payloads[0].token_ids if payloads else ())
     reduced = [reduce(here, g) for here, g in zip(at, grown)]
 
     notes = [s.note for s in swept if s.note]
@@ -88,7 +92,7 @@ def discover(
         candidates=kept, proposed=proposed(kept), probes=tuple(chosen), vocabulary=len(tokens), exhaustive=exhaustive,
         scored=sum(len(here.scores) for here in at), sequences=budget.spent, budget=options.budget,
         seconds=round(time.perf_counter() - started, 3), clean_first_token_kl=common.clean_kl if common else math.nan,
-        notes=tuple(dict.fromkeys(notes)), inverted_targets=tuple(inverted), leaked=tuple(leakage.leaked[:options.keep]),
+        notes=tuple(dict.fromkeys(notes)), inverted_targets=(*inverted, *payloads), leaked=tuple(leakage.leaked[:options.keep]),
         leak_turns=leakage.turns, thresholds=table(options),
     )
 
@@ -120,15 +124,16 @@ def _per_position(report: Report, where: str, positions: int) -> Report:
     return lambda stage, done, total: report(f"{stage} ({where})", done, total)
 
 
-def _grow(at: list[Position], swept: list[Swept], options: DiscoveryOptions, inverted: tuple[int, ...]) -> list[Grown]:
+def _grow(at: list[Position], swept: list[Swept], options: DiscoveryOptions, inverted: tuple[int, ...],
+          payload: tuple[int, ...]) -> list[Grown]:
     """Growth where the sweep came closest first, and only while nothing fires on every search probe anywhere: a
     trigger found whole at one position needs no growth at another. With a target to follow, growth runs at every
     position: junk that fires it ("A7R") is found as readily as the trigger."""
     grown = [NOT_GROWN] * len(at)
     for i in sorted(range(len(at)), key=lambda i: -at[i].best_score):
-        if max(here.best_fire for here in at) >= 1.0 and not inverted:
+        if max(here.best_fire for here in at) >= 1.0 and not (inverted or payload):
             break
-        grown[i] = grow(at[i], swept[i], options.beam, options.max_tokens, inverted)
+        grown[i] = grow(at[i], swept[i], options.beam, options.max_tokens, inverted, payload)
     return grown
 
 
@@ -158,7 +163,8 @@ def _reported(at: Position, leaked: Leaked, reduced: Reduced) -> list[Discovered
     return [
         DiscoveredCandidate(
             text=text, token_ids=c, score=scores[c], fire_rate=fires[c].rate if c in fires else None,
-            target=fires[c].target if c in fires else "", target_logprob=at.target_scores.get(c), stage=stage(c),
+            target=fires[c].target if c in fires else "", target_logprob=at.target_scores.get(c, at.payload_scores.get(c)),
+            stage=stage(c),
             minimal=decode(minimal[c]) if c in minimal else "", position=at.search.position,
             dismissed=fires[c].dismissed if c in fires else "", after_answer=c in fires and fires[c].after_answer,
         )
