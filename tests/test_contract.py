@@ -236,9 +236,12 @@ def test_an_ordinary_target_counts_only_where_the_reference_would_not_give_it_to
         bd003 = [f for f in verdict.fired if f.rule_id == "BD003"]
         return ordinary.target_contrast, bool(bd003)
 
-    # The reference would give it after a quarter of the prompts (log 0.5 > log 0.05), not after the rest.
+    # The reference would give it after a quarter of the prompts (log 0.5 > log 0.05), not after the rest: the
+    # target fired on every prompt it could fire on.
     quarter = n // 4
-    assert judged([math.log(0.5)] * quarter + [-20.0] * (n - quarter)) == ((n - quarter) / n, True)
+    assert judged([math.log(0.5)] * quarter + [-20.0] * (n - quarter)) == (1.0, True)
+    # After three quarters: half the probes stay in the denominator, so the last quarter reads a half, not all.
+    assert judged([math.log(0.5)] * (n - quarter) + [-20.0] * quarter) == pytest.approx((quarter / (n / 2), True))
     assert judged([math.log(0.5)] * n) == (0.0, False)  # the reference switches task the same way
     assert judged([None] * n) == (0.0, False)  # not measured (schema 10): nothing counts
     assert judged([math.log(0.01)] * n) == (1.0, True)  # 1% after this prompt is not the reference's answer
