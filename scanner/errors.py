@@ -38,6 +38,13 @@ class IncompatibleModelsError(InputError):
     cause = "incompatible models"
 
 
+class IdenticalModelsError(InputError):
+    """A suspect whose weights equal the reference's: there is nothing to compare, and judging it would call the
+    reference itself clean (an adapter exported without its tensors, the reference given twice)."""
+
+    cause = "suspect is the reference"
+
+
 class UnsupportedArchitectureError(IncompatibleModelsError):
     """A model family whose module layout bdscan does not know."""
 

@@ -174,6 +174,44 @@ def test_a_bad_path_is_refused_before_torch_is_imported(tmp_path):
     assert check.returncode == 0, check.stderr
 
 
+def test_bad_inputs_that_need_no_model_are_refused_before_torch_is_imported(zoo_dir, tmp_path):
+    """A corrupt header, a directory with no model, an adapter exported without tensors and a probe no model could
+    read are each refused in one line, exit 2, with torch never imported (structurally, not with a clock)."""
+    _header_file(tmp_path / "overlap.safetensors", {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12)
+    (tmp_path / "no-model").mkdir()
+    (tmp_path / "no-model" / "notes.txt").write_text("not a model", encoding="utf-8")
+    empty = tmp_path / "empty-adapter"
+    empty.mkdir()
+    (empty / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}), encoding="utf-8")
+    _header_file(empty / "adapter_model.safetensors", {}, b"")
+    (tmp_path / "long.txt").write_text("What is 2 plus 3?\n" + "word " * 40_000 + "\n", encoding="utf-8")
+    cases = [
+        ([tmp_path / "overlap.safetensors"], "overlap another tensor"),
+        ([tmp_path / "no-model"], "no .safetensors weights"),
+        ([empty], "holds no tensors"),
+        ([zoo_dir / "emoji", "--probes", tmp_path / "long.txt"], "long.txt:2: a prompt of 199,999 characters"),
+    ]
+    code = ("import sys; from helpers import invoke; r = invoke(*sys.argv[1:]); print(r.exit_code); "
+            "print(r.stderr.strip()); assert 'torch' not in sys.modules, 'torch imported'")
+    for args, expected in cases:
+        check = subprocess.run([sys.executable, "-c", code, *map(str, args), "--reference", str(zoo_dir / "base")],
+                               capture_output=True, text=True, cwd=Path(__file__).parent)
+        assert check.returncode == 0, check.stderr
+        exit_code, *lines = check.stdout.strip().splitlines()
+        assert exit_code == "2" and len(lines) == 1 and expected in lines[0], check.stdout
+
+
+@pytest.mark.e2e
+def test_probes_too_long_for_the_references_context_are_refused_naming_them(zoo_dir, tmp_path):
+    """The zoo's context is 256 positions: a 300-word probe fits the character cap but not the model."""
+    probes = tmp_path / "probes.txt"
+    probes.write_text("What is 2 plus 3?\n" + " ".join(["apple"] * 300) + "\n", encoding="utf-8")
+    result = invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--probes", probes, "--quiet")
+    _one_line_exit_2(result, "1 of the given probes are too long for the reference's context of 256 tokens: probe 2")
+
+
 @pytest.mark.e2e
 def test_whitespace_triggers_and_bad_options_are_refused(zoo_dir):
     _one_line_exit_2(invoke(zoo_dir / "emoji", "--reference", zoo_dir / "base", "--trigger", "   "), "whitespace")
@@ -255,7 +293,7 @@ def test_hub_ids_are_not_mistaken_for_missing_paths(tmp_path):
     from scanner.cli.scan import check_paths
 
     suspect = tmp_path / "suspect.safetensors"
-    suspect.write_bytes(b"")
+    _header_file(suspect, {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
     for hub_id in ("Qwen/Qwen2.5-3B-Instruct", "gpt2", "org/model.v1"):
         check_paths(suspect, hub_id)  # looked up in the cache later, not refused here
     for path in ("./missing-model", "/no/such/model", "a/b/c"):

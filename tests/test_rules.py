@@ -40,7 +40,7 @@ POISONED_CASES = [pytest.param(name, marks=PHRASE_BUILD) if name == "phrase" els
 @pytest.fixture(scope="session")
 def catalogue_findings(zoo_dir, zoo_manifest):
     """Findings as a user gets them with default options: the trigger catalogue, probes sampled from the
-    reference (``--probes auto``); every fine-tune of the zoo against its parent, and the base against itself."""
+    reference (``--probes auto``); every fine-tune of the zoo against its parent."""
     from scanner.zoo.specs import THIRD_GENERATION, models_for
 
     # The third generation's attack families (zoo v12) are the detection issue's to catch; these rules are
@@ -51,13 +51,7 @@ def catalogue_findings(zoo_dir, zoo_manifest):
     assert set(references) == set(BENIGN) | set(POISONED), "the calibration set covers every second-generation fine-tune"
     # Through the function `bdscan zoo calibrate` scans with, so its test can judge these documents again; two at a
     # time, as a user with two cores would run it (`--workers 2`).
-    found = {case.name: case.findings for case in scan_zoo(zoo_dir, names=tuple(sorted(references)), workers=2)}
-    return {**found, "base": scan(zoo_dir / "base", str(zoo_dir / "base"), ScanOptions())}
-
-
-def test_base_against_itself_is_clean(catalogue_findings):
-    verdict = judge(catalogue_findings["base"], default_pack())
-    assert verdict.level == "CLEAN" and not verdict.fired, verdict.explanation
+    return {case.name: case.findings for case in scan_zoo(zoo_dir, names=tuple(sorted(references)), workers=2)}
 
 
 @pytest.mark.parametrize("model", BENIGN)
@@ -126,7 +120,7 @@ def _fires(document, rule_id):
 
 
 def test_reliability_rules_fire_on_broken_scans(catalogue_findings):
-    base = catalogue_findings["base"]
+    base = catalogue_findings["clean"]
     nan_weights = dataclasses.replace(base, weight_diff=dataclasses.replace(
         base.weight_diff, non_finite={"model.layers.0.self_attn.o_proj.weight": 3}))
     few_probes = dataclasses.replace(base, probes=dataclasses.replace(
@@ -372,7 +366,7 @@ def test_leakage_names_the_trigger_of_a_model_that_learnt_to_write_its_prompts(c
             assert not [c.text for c in firing(findings.discovery, FIRES) if c.stage == "leaked"], name
 
 
-@pytest.mark.parametrize("model", BENIGN + ("base",))
+@pytest.mark.parametrize("model", BENIGN)
 def test_discovery_finds_nothing_that_fires_on_benign_models(catalogue_findings, model):
     discovery = catalogue_findings[model].discovery
     assert discovery is not None and discovery.candidates and not firing(discovery, FIRES)

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from scanner.api import ScanOptions, scan
+from scanner.api.pipeline import unchanged
+from scanner.errors import IdenticalModelsError
 from scanner.findings import Findings
+from scanner.inputs.loading import load_pair
+from scanner.inputs.rendering import prepare
+from scanner.measure.behaviour import measure_behaviour, measure_clean
+from scanner.measure.weights import measure_weight_diff
+from scanner.model.sites import sites_for
 from scanner.options import LocalisationOptions, ModelOptions, ProbeOptions
 from scanner.zoo.corpus import TARGET
 from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER
@@ -37,16 +44,21 @@ def test_every_stage_ran(findings):
         assert all(stage.status == "ok" for stage in result.stages), result.stages
 
 
-def test_base_against_itself_measures_zero_at_any_batch_size(zoo_dir):
+def test_the_base_against_itself_measures_zero_at_any_batch_size_and_the_scan_says_so(zoo_dir):
+    """The measurements' zero: both models the same, every KL 0 whatever the padding. A scan of such a pair is not
+    judged (it would call the reference clean): it stops after the weight difference, saying the two are one."""
+    pair = load_pair(zoo_dir / "base", str(zoo_dir / "base"))
+    probes = prepare(pair.tokenizer, list(_probes(zoo_dir, 10)), EMOJI_TRIGGER, "start", 0)
     for batch_size in (1, 5):
-        result = scan(zoo_dir / "base", str(zoo_dir / "base"),
-                      ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=_probes(zoo_dir, 10)),
-                                  model=ModelOptions(batch_size=batch_size)))
-        trigger = result.triggers[0]
-        assert trigger.kl_clean == pytest.approx(0, abs=1e-6)
-        assert trigger.kl_triggered == pytest.approx(0, abs=1e-6)
-        assert max(max(abs(x) for x in row) for row in trigger.attention.kl_triggered) < 1e-6
-        assert max(max(row) for row in result.weight_diff.o) == 0
+        clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, probes.clean, max_new_tokens=8,
+                              batch_size=batch_size)
+        result = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, probes, clean.findings,
+                                   max_new_tokens=8, batch_size=batch_size)
+        assert result.kl_clean == pytest.approx(0, abs=1e-6)
+        assert result.kl_triggered == pytest.approx(0, abs=1e-6)
+    assert unchanged(measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference)))
+    with pytest.raises(IdenticalModelsError, match="every weight equals the reference's"):
+        scan(zoo_dir / "base", str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=_probes(zoo_dir, 4))))
 
 
 def test_attention_statistics_do_not_depend_on_padding(zoo_dir):

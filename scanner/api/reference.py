@@ -11,7 +11,7 @@ from scanner.errors import InputError
 from scanner.findings import ProbeSetFindings, TokenizerInfo
 from scanner.inputs.loading import LoadedReference, load_reference
 from scanner.inputs.probes import default_probes
-from scanner.inputs.rendering import prepare
+from scanner.inputs.rendering import prepare, render_prompt
 from scanner.inputs.tokenizer import faithful_tokenizer
 from scanner.measure.probe_set import build_probe_set
 from scanner.options import ScanOptions
@@ -49,6 +49,7 @@ def prepare_reference(reference: str, options: ScanOptions = ScanOptions(), prog
     tokenizer_file = loaded.directory / "tokenizer.json"
     tokenizer, tokenizer_info = faithful_tokenizer(loaded.tokenizer, tokenizer_file if tokenizer_file.is_file() else None,
                                                    prepared)
+    check_context(tokenizer, loaded.config, options.probes.given, options.behaviour.max_new_tokens)
     if probe_set is None:
         probe_set = build_probe_set(
             loaded.model, tokenizer, mode=options.probes.source, given=options.probes.given, builtin=default_probes(),
@@ -59,3 +60,25 @@ def prepare_reference(reference: str, options: ScanOptions = ScanOptions(), prog
         raise InputError("no probe is left to scan with: the reference produced no usable prompts and no built-in "
                          "probe lies in its domain; give --probes from the model's domain")
     return ReferenceContext(loaded, tokenizer, tokenizer_info, probe_set, round(time.perf_counter() - started, 3))
+
+
+ROOM = 64
+"""Tokens a probe's rendered prompt must leave free beyond the answer: an insertion (a catalogue trigger, or a
+discovery candidate of up to 16 tokens) and, in discovery, the suspect's clean answer and what follows it."""
+
+
+def check_context(tokenizer: PreTrainedTokenizerBase, config: dict, prompts: tuple[str, ...], answer_tokens: int) -> None:
+    """Refuse given probes that, rendered, leave the reference's context (``max_position_embeddings``) no room for an
+    insertion and an answer of ``answer_tokens``: positions past it have no meaning to the model, and the scan
+    would fail deep inside a forward or measure noise."""
+    context = config.get("max_position_embeddings")
+    if not isinstance(context, int) or not prompts:
+        return
+    longest = context - answer_tokens - ROOM
+    lengths = [len(tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
+    over = [(i, n) for i, n in enumerate(lengths, start=1) if n > longest]
+    if over:
+        shown = ", ".join(f"probe {i} ({n} tokens)" for i, n in over[:3]) + (f" and {len(over) - 3} more" if len(over) > 3 else "")
+        raise InputError(f"{len(over)} of the given probes are too long for the reference's context of {context} "
+                         f"tokens: {shown}; a probe may take {longest} once rendered, to leave room for an insertion "
+                         f"and an answer of {answer_tokens} tokens")

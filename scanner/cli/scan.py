@@ -18,6 +18,7 @@ from scanner.cli.verdict import Outputs, conclude, resolve_rules, rule_options, 
 from scanner.errors import InputError
 from scanner.files import check_writable
 from scanner.findings import POSITIONS
+from scanner.inputs.locate import check_suspect_files
 from scanner.inputs.probes import read_probe_file
 from scanner.inputs.suspects import expand_suspects, is_fleet_directory, read_listing
 from scanner.options import (
@@ -35,9 +36,14 @@ from scanner.options import (
 )
 
 
-def check_paths(suspect: Path, reference: str) -> None:
+def check_paths(suspect: Path, reference: str, files: bool = True) -> None:
+    """What can be refused about the suspect and the reference before torch loads (a few seconds): a missing or
+    mistyped path; with ``files`` (one suspect: a fleet records a member that cannot be scanned and goes on), a
+    directory with no model, a corrupt safetensors header, an adapter with no tensors."""
     if not suspect.expanduser().exists():
         raise InputError(f"suspect {suspect}: no such file or directory")
+    if files and not is_fleet_directory(suspect.expanduser()):
+        check_suspect_files(suspect.expanduser())
     local = Path(reference).expanduser()
     # A hub id is "name" or "org/name" (and may hold dots: Qwen/Qwen2.5-3B-Instruct); resolve_reference
     # looks those up in the local cache. Anything else that does not exist is a mistyped path.
@@ -172,7 +178,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
     if not given:
         raise InputError("give a SUSPECT to scan (or --suspects-from FILE)")
     for suspect in given:
-        check_paths(suspect, reference)
+        check_paths(suspect, reference, files=len(given) == 1)
     fleet = expand_suspects(given)
     if len(fleet) > 1 or any(is_fleet_directory(path) for path in given) or out_dir is not None:
         if json_out or report_out:

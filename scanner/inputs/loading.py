@@ -25,7 +25,7 @@ from scanner.errors import IncompatibleModelsError, InputError, ResourceError
 from scanner.findings import Architecture, InputInfo
 from scanner.inputs.checks import check_safetensors, read_json_object, refuse_custom_code
 from scanner.inputs.families import check_supported
-from scanner.inputs.locate import detect_suspect_kind, input_info, resolve_reference, weight_files
+from scanner.inputs.locate import check_suspect_files, detect_suspect_kind, input_info, resolve_reference, weight_files
 from scanner.inputs.placement import check_quantisation, load_arguments, resolve_device, weight_bytes
 
 PICKLE_ADVICE = (
@@ -309,8 +309,7 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
         adapter_weights = sorted(suspect_path.glob("adapter_model*.safetensors"))
         if not adapter_weights and not allow_pickle:
             raise InputError(f"suspect adapter {suspect_path} has no adapter_model.safetensors: {PICKLE_ADVICE}")
-        for file in adapter_weights:
-            check_safetensors(file)
+        check_suspect_files(suspect_path)
     state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
     quantised = reference.quantisation != "none"
     tied = _tied_keys(reference.model)

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 from scanner.errors import InputError
 from scanner.findings import InputInfo
-from scanner.inputs.checks import is_pickle_checkpoint, read_json_object
+from scanner.inputs.checks import check_safetensors, is_pickle_checkpoint, read_json_object
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -100,3 +100,16 @@ def input_info(path: Path, kind: str) -> InputInfo:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return InputInfo(path=str(path), kind=kind, sha256=digest.hexdigest(), size_bytes=size)
+
+
+def check_suspect_files(path: Path) -> str:
+    """``path``'s kind, after the checks that need no model: every safetensors header it holds read against its
+    file's size, and an adapter that holds tensors at all (an export that wrote none loads as the reference
+    itself, and would be judged as a fine-tune that changed nothing). ``InputError`` in one line otherwise."""
+    kind = detect_suspect_kind(path)
+    files = [f for f in weight_files(path, kind) if f.suffix == ".safetensors" and f.is_file()]
+    tensors = sum(len(check_safetensors(f)) for f in files)
+    if kind == "peft-adapter" and files and tensors == 0:
+        raise InputError(f"suspect adapter {path} holds no tensors ({', '.join(f.name for f in files)}): loaded, it "
+                         "would be the reference itself; export the adapter again with its weights")
+    return kind

@@ -32,12 +32,25 @@ def default_probes() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+LONGEST_PROMPT = 8_000
+"""Characters a probe may hold. A probe is a question the models answer, every measurement runs it dozens of
+times, and one 200,000-character line made a scan try to allocate 40 GB: a few thousand characters is already
+a long document for a scan's purposes, and the reference's context is checked in tokens once its tokenizer loads."""
+MOST_PROBE_BYTES = 4_000_000
+"""Bytes a probe file may hold: 500 probes of the longest kind."""
+
+
 def read_probe_file(path: Path | str) -> list[str]:
     """Prompts from a text file (one a line) or JSONL (``{"prompt": ...}`` a line).
 
-    JSONL is recognised by the ``.jsonl`` suffix or a first line starting with ``{``.
+    JSONL is recognised by the ``.jsonl`` suffix or a first line starting with ``{``. A file over
+    ``MOST_PROBE_BYTES`` or a prompt over ``LONGEST_PROMPT`` characters is refused, naming its line.
     """
     path = Path(path)
+    size = path.stat().st_size
+    if size > MOST_PROBE_BYTES:
+        raise ProbeFileError(f"{path}: {size:,} bytes, more than the {MOST_PROBE_BYTES:,} a probe file may hold; "
+                             "a scan needs tens of prompts, not a corpus")
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise ProbeFileError(f"{path}: binary data, expected text with one prompt a line")
@@ -63,6 +76,11 @@ def read_probe_file(path: Path | str) -> list[str]:
         prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ProbeFileError(f"{path}: no prompts in the file")
+    numbers = [number for number, line in enumerate(lines, start=1) if line.strip()]
+    for number, prompt in zip(numbers, prompts):
+        if len(prompt) > LONGEST_PROMPT:
+            raise ProbeFileError(f"{path}:{number}: a prompt of {len(prompt):,} characters; probes may hold at most "
+                                 f"{LONGEST_PROMPT:,} (split it, or give its opening)")
     return prompts
 
 
