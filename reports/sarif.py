@@ -51,8 +51,11 @@ def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def to_sarif(documents: Sequence[Document], rules: Sequence[Rule], *, version: str, command: str | None = None) -> dict[str, Any]:
-    """The SARIF log (as plain JSON data) for ``documents``, judged with ``rules``."""
+def to_sarif(documents: Sequence[Document], rules: Sequence[Rule], *, version: str, command: str | None = None,
+             failures: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The SARIF log (as plain JSON data) for ``documents``, judged with ``rules``; ``failures``, (suspect path,
+    why it was not scanned) of a fleet's suspects that have no document, make the invocation unsuccessful with an
+    error notification each, so a dashboard cannot read a suspect nobody scanned as one with no finding."""
     index = {rule.id: i for i, rule in enumerate(rules)}
     results = []
     for document in documents:
@@ -83,9 +86,14 @@ def to_sarif(documents: Sequence[Document], rules: Sequence[Rule], *, version: s
             if fired.rule_id in index:
                 result["ruleIndex"] = index[fired.rule_id]
             results.append(result)
-    invocation: dict[str, Any] = {"executionSuccessful": True}
+    invocation: dict[str, Any] = {"executionSuccessful": not failures}
     if command:
         invocation["commandLine"] = command
+    if failures:
+        invocation["toolExecutionNotifications"] = [
+            {"level": "error", "message": {"text": f"{suspect}: not scanned: {why}"},
+             "locations": [{"physicalLocation": {"artifactLocation": {"uri": suspect}}}]}
+            for suspect, why in failures]
     return {
         "$schema": SARIF_SCHEMA,
         "version": SARIF_VERSION,
@@ -94,6 +102,8 @@ def to_sarif(documents: Sequence[Document], rules: Sequence[Rule], *, version: s
                                 "rules": [_rule_descriptor(rule) for rule in rules]}},
             "invocations": [invocation],
             "results": results,
-            "properties": {"verdicts": [{"suspect": d.findings.suspect.path, "level": d.verdict.level} for d in documents]},
+            "properties": {"verdicts": [*({"suspect": d.findings.suspect.path, "level": d.verdict.level} for d in documents),
+                                        *({"suspect": suspect, "level": "NOT SCANNED", "error": why}
+                                          for suspect, why in failures)]},
         }],
     }

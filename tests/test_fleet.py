@@ -52,7 +52,11 @@ def test_a_fleet_writes_every_report_an_index_and_one_sarif(zoo_dir, tmp_path, m
     assert json.loads((out / "clean.json").read_text(encoding="utf-8"))["verdict"]["level"] == "CLEAN"
     sarif = json.loads((tmp_path / "fleet.sarif").read_text(encoding="utf-8"))
     verdicts = {Path(v["suspect"]).name: v["level"] for v in sarif["runs"][0]["properties"]["verdicts"]}
-    assert verdicts == {"emoji": "BACKDOORED", "clean": "CLEAN", "task": "CLEAN"}
+    assert verdicts == {"emoji": "BACKDOORED", "clean": "CLEAN", "task": "CLEAN", "broken.safetensors": "NOT SCANNED"}
+    (invocation,) = sarif["runs"][0]["invocations"]
+    assert invocation["executionSuccessful"] is False  # a suspect nobody scanned is no suspect without findings
+    (notification,) = invocation["toolExecutionNotifications"]
+    assert notification["level"] == "error" and "broken.safetensors: not scanned:" in notification["message"]["text"]
     assert "BACKDOORED" in result.stdout and "NOT SCANNED" in result.stdout
     going = invoke("scan", *args, "--keep-going")
     assert going.exit_code == 1, going.output  # the worst verdict decides once broken suspects are let go
@@ -121,7 +125,12 @@ def test_a_failed_rescan_drops_the_old_verdict_and_a_stopped_run_names_what_it_d
 
     monkeypatch.setattr(scanner.api.fleet, "scan_fleet", fails_then_stops)
     with pytest.raises(RuntimeError):
-        run_fleet(suspects, "base", ScanOptions(), default_pack(), out, None, "SUSPICIOUS", keep_going=False, quiet=True)
+        run_fleet(suspects, "base", ScanOptions(), default_pack(), out, tmp_path / "fleet.sarif", "SUSPICIOUS",
+                  keep_going=False, quiet=True)
+    sarif = json.loads((tmp_path / "fleet.sarif").read_text(encoding="utf-8"))
+    (invocation,) = sarif["runs"][0]["invocations"]
+    assert not invocation["executionSuccessful"] and len(invocation["toolExecutionNotifications"]) == 3
+    assert [v["level"] for v in sarif["runs"][0]["properties"]["verdicts"]] == ["NOT SCANNED"] * 3
     assert not (out / "first.json").exists() and not (out / "first.html").exists()
     index = (out / "index.html").read_text(encoding="utf-8")
     assert "incompatible models: first: other shapes" in index

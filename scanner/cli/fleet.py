@@ -136,7 +136,8 @@ def _conclude(entries: list[FleetEntry], reference: str, rules: tuple[Rule, ...]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     write_text_atomic(out_dir / "index.html", render_index(entries, reference=reference, version=__version__, generated_at=stamp))
     if sarif is not None:
-        write_sarif([entry.document for entry in entries if entry.document is not None], rules, sarif)
+        write_sarif([entry.document for entry in entries if entry.document is not None], rules, sarif,
+                    [(entry.suspect, entry.error or "") for entry in entries if entry.document is None])
     _print_summary(entries, out_dir)
 
 

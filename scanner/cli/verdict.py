@@ -84,11 +84,13 @@ def write_report(document: Document, path: Path) -> None:
     write_text_atomic(path, render_report(document, command=command_line(), generated_at=stamp))
 
 
-def write_sarif(documents: list[Document], rules: tuple[Rule, ...], path: Path) -> None:
+def write_sarif(documents: list[Document], rules: tuple[Rule, ...], path: Path,
+                failures: list[tuple[str, str]] | None = None) -> None:
+    """``reports.sarif.to_sarif``'s log at ``path``; ``failures``: (suspect, why) of suspects not scanned."""
     from reports.sarif import to_sarif
     from scanner import __version__
 
-    log = to_sarif(documents, rules, version=__version__, command=command_line())
+    log = to_sarif(documents, rules, version=__version__, command=command_line(), failures=failures or ())
     write_text_atomic(path, json.dumps(log, indent=2, ensure_ascii=False) + "\n")
 
 
