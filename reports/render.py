@@ -89,6 +89,9 @@ def render_report(document: Document, *, command: str | None = None, generated_a
     findings, verdict = document.findings, document.verdict
     weights = findings.weight_diff
     triggers = sorted(findings.triggers, key=lambda t: (t.trigger not in verdict.triggers_implicated, -t.kl_ratio))
+    # A section of its own (behaviour, attention, heads) for a trigger some rule fired on; the rest, tried and quiet,
+    # share one table: six catalogue strings that fired on nothing read as six findings otherwise.
+    noted = set(verdict.triggers_implicated) | {f.trigger for f in verdict.fired if f.trigger}
     repair_chart, repair_patterns = None, {}
     for check in findings.repair.checks if findings.repair is not None else ():
         if check.attention is not None:
@@ -104,7 +107,8 @@ def render_report(document: Document, *, command: str | None = None, generated_a
         d=findings, verdict=verdict, command=command, generated_at=generated_at, repair_chart=repair_chart,
         repair_patterns=repair_patterns,
         implicated=[t for name in verdict.triggers_implicated for t in findings.triggers if t.trigger == name],
-        triggers=[_trigger_view(t) for t in triggers],
+        triggers=[_trigger_view(t) for t in triggers if t.trigger in noted],
+        quiet=[t for t in triggers if t.trigger not in noted],
         weight_maps=[(part, charts.heatmap(getattr(weights, part))) for part in ("q", "k", "v", "o")],
         mlp_chart=charts.bar_chart([f"L{i}" for i in range(len(weights.mlp))],
                                    [("MLP", SUSPECT_COLOUR, weights.mlp), ("norms", REFERENCE_COLOUR, weights.norms)]),

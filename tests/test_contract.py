@@ -271,3 +271,24 @@ def test_a_payload_is_a_text_that_recurs_after_the_opening_only_with_the_trigger
         "sugar" not in recurring_span(echoed, clean, clean, "sugar cubes").text
     once = [f"{clean[0]} {link}", *clean[1:]]
     assert recurring_span(once, clean, clean, "sugar") is None  # in one answer only: nothing recurs
+
+
+def test_a_trigger_that_fired_nothing_gets_a_line_not_a_section():
+    """The emoji golden tried 'cf' beside the emoji: no rule fired on it, so the report lists it among the triggers
+    that fired on nothing instead of giving it a section of its own, and the terminal shows no heads to disable it
+    though patching measured some (heads of a trigger that does nothing are no finding)."""
+    from rich.console import Console
+
+    from scanner.cli.terminal import print_findings
+
+    findings = read_findings(EMOJI)
+    document = Document(findings, judge(findings, default_pack()))
+    quiet = next(t for t in findings.triggers if t.trigger == "cf")
+    assert "cf" not in document.verdict.triggers_implicated and quiet.patching is not None
+    html = render_report(document)
+    assert html.count('<section class="trigger"') == 1 and "<h2>Trigger <code>cf</code>" not in html
+    assert '<td class="mono">cf</td>' in html[html.index('id="quiet"'):]
+    console = Console(record=True, width=240)
+    print_findings(console, document)
+    row = next(line for line in console.export_text().splitlines() if line.startswith("│ cf "))
+    assert [cell.strip() for cell in row.split("│")[-3:-1]] == ["-", "-"], row

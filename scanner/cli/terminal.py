@@ -51,8 +51,11 @@ def print_findings(console: Console, document: Document) -> None:
     for column in ("trigger", "at", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
                    "collapse s/r/e", "heads to disable", "heads to KL<thr"):
         table.add_column(column)
+    # Heads are shown for the triggers the verdict implicates: a catalogue string that fired on 10% of probes has
+    # heads that "disable" it too, which is no finding.
+    implicated = set(document.verdict.triggers_implicated)
     for trigger in sorted(findings.triggers, key=lambda t: -t.kl_ratio):
-        patching = trigger.patching
+        patching = trigger.patching if trigger.trigger in implicated else None
         table.add_row(
             trigger.trigger, trigger.position, f"{trigger.kl_clean:.3f}", f"{trigger.kl_triggered:.3f}", f"{trigger.kl_ratio:.1f}",
             trigger.recovered_target, f"{trigger.target_share_suspect:.0%}",
