@@ -17,22 +17,23 @@ Raw = dict[str, Any]
 def _from_11(raw: Raw) -> Raw:
     """Version 12 records whether a discovered candidate's target follows the clean answer (a payload,
     ``DiscoveredCandidate.after_answer``); earlier searches only read the opening: ``False``."""
-    discovery = raw.get("discovery")
-    if isinstance(discovery, dict):
-        for candidate in discovery.get("candidates", []):
-            if isinstance(candidate, dict):
-                candidate.setdefault("after_answer", False)
-    return raw
+    return _discovery_default(raw, "candidates", "after_answer", False)
 
 
 def _from_12(raw: Raw) -> Raw:
     """Version 13 records whether an inverted target was found after the clean answer
     (``InvertedTarget.after_answer``); earlier searches only inverted the opening: ``False``."""
+    return _discovery_default(raw, "inverted_targets", "after_answer", False)
+
+
+def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
+    """``raw`` with ``name`` set to ``value`` in each of ``discovery[items]`` that lacks it (a document without
+    discovery, or a malformed one, is left for the reader to refuse)."""
     discovery = raw.get("discovery")
     if isinstance(discovery, dict):
-        for target in discovery.get("inverted_targets", []):
-            if isinstance(target, dict):
-                target.setdefault("after_answer", False)
+        for item in discovery.get(items, []):
+            if isinstance(item, dict):
+                item.setdefault(name, value)
     return raw
 
 
