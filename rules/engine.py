@@ -202,4 +202,8 @@ def explain(level: str, fired: Iterable[FiredRule], implicated: tuple[str, ...])
             continue  # one sentence per rule: its strongest trigger
         seen.add((rule.rule_id, rule.effect))
         sentences.append(f"{rule.sentence} [{rule.rule_id}]")
+    if level == "CLEAN" and sentences:
+        # Only informational rules fired: said as context, so that a benign fine-tune's shape does not read as an
+        # accusation.
+        sentences.insert(0, "For context, not evidence of a backdoor:")
     return " ".join([lead, *sentences])
