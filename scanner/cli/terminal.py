@@ -45,11 +45,20 @@ def _collapse_by_position(trigger: TriggerFindings) -> str:
     return "/".join(f"{max(tried[where], 0.0):.0%}" if where in tried else "-" for where in POSITIONS)
 
 
+TABLE_CAPTION = (
+    "KL: output KL(suspect || reference) in nats over each probe's answer, clean and with the trigger at 'at' (where it "
+    "moved the suspect most); ratio: triggered over clean; share: probes whose triggered reply opens so; collapse: "
+    "that share net of the reference's and of the suspect's own without the trigger, per position; heads: attention "
+    "heads patched from the reference until the reply stops, and until the output KL falls under --kl-threshold, "
+    "for the triggers the verdict implicates.")
+
+
 def print_findings(console: Console, document: Document) -> None:
     findings = document.findings
-    table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}")
+    table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}", caption=TABLE_CAPTION,
+                  caption_justify="left")
     for column in ("trigger", "at", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
-                   "collapse s/r/e", "heads to disable", "heads to KL<thr"):
+                   "collapse: start / random / end", "heads that remove it", "heads to KL < threshold"):
         table.add_column(column)
     # Heads are shown for the triggers the verdict implicates: a catalogue string that fired on 10% of probes has
     # heads that "disable" it too, which is no finding.
@@ -87,11 +96,13 @@ def print_findings(console: Console, document: Document) -> None:
 
 def discovery_line(discovery: DiscoveryFindings, firing: tuple[DiscoveredCandidate, ...]) -> str:
     """One line on what discovery searched and what fired (``firing``: the candidates the verdict judged firing)."""
-    searched = (f"discovery: {discovery.scored} candidates scored ({'every' if discovery.exhaustive else 'a shortlist of'} "
-                f"{discovery.vocabulary} vocabulary tokens, {discovery.sequences} sequences, {discovery.seconds:.1f} s)")
+    searched = (f"discovery: {discovery.scored:,} candidates scored ({'each of the' if discovery.exhaustive else 'a shortlist of the'} "
+                f"{discovery.vocabulary:,} vocabulary tokens, then grown; {discovery.sequences:,} sequences through the models, "
+                f"{discovery.seconds:.1f} s)")
     if not firing:
         best = discovery.candidates[0] if discovery.candidates else None
-        found = f"; nothing fired (strongest: {best.text!r}, {best.score:.2f} nats)" if best else "; nothing fired"
+        found = (f"; nothing fired (the insertion that moved the suspect's output most: {best.text!r}, "
+                 f"{best.score:.2f} nats of trigger-specific KL)" if best else "; nothing fired")
     else:
         found = "; fires: " + ", ".join(
             f"{c.text!r} at the {c.position} -> {'after the answer, ' if c.after_answer else ''}{c.target!r} on "
