@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -69,3 +70,26 @@ def test_usage_errors_exit_2_not_1():
     assert invoke("scan").exit_code == 2  # --reference missing
     assert invoke("judge", "--fail-on", "sometimes", "x.json").exit_code == 2
     assert invoke("no-such-command-or-path", "--no-such-option").exit_code == 2
+
+
+def test_progress_shows_the_steps_done_and_only_the_steps_under_way():
+    """A finished step leaves the display and counts on the first line: a scan's forty steps, several named alike,
+    no longer stack up; a step finished twice counts once, and one finished takes no more counts."""
+    from rich.console import Console
+
+    from scanner.api.stages import StepProgress
+    from scanner.cli.progress import RichProgress
+
+    progress = RichProgress(Console(file=io.StringIO(), force_terminal=False))
+    with progress:
+        with StepProgress(progress, "discovery") as step:
+            for stage in ("sweep", "growth to 2 tokens (end)", "growth to 2 tokens (end)"):
+                step(stage, 1, 4)
+                step(stage, 0, 4)  # the count starts over: a new step of the same name
+        loading = progress.start("loading the suspect", 1)
+        assert progress.showing == ["bdscan: steps done", "loading the suspect"]
+        progress.finish(loading)
+        progress.finish(loading)
+        progress.advance(loading)
+        assert progress.showing == ["bdscan: steps done"]
+        assert progress._bars.tasks[0].completed == 6

@@ -43,6 +43,7 @@ def scan_fleet(
     results = []
     task = progress.start(f"fleet: {len(suspects)} suspects", len(suspects))
     for index, suspect in enumerate(suspects):
+        progress.describe(task, f"fleet: suspect {index + 1} of {len(suspects)}, {Path(suspect).name}")
         try:
             result = FleetResult(suspect, scan_against(context, suspect, options, progress))
         except BdscanError as error:

@@ -63,9 +63,11 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
     stages = StageLog()
     task = progress.start("loading the suspect", 1)
     started = time.perf_counter()
-    pair = load_suspect(context.reference, suspect, allow_pickle=options.model.allow_pickle).with_tokenizer(context.tokenizer)
+    try:
+        pair = load_suspect(context.reference, suspect, allow_pickle=options.model.allow_pickle).with_tokenizer(context.tokenizer)
+    finally:
+        progress.finish(task)  # a suspect that fails to load leaves no bar behind in a fleet
     stages.add_time("load", time.perf_counter() - started + context.seconds)
-    progress.finish(task)
     prompts = list(context.probe_set.used)
     triggers = list(options.triggers_to_try)
     positions = options.behaviour.positions

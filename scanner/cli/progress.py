@@ -7,7 +7,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class RichProgress:
-    """A ``scanner.progress.Progress`` drawing rich bars on the given (stderr) console."""
+    """A ``scanner.progress.Progress`` drawing rich bars on the given (stderr) console: a first line with the steps
+    done and the time since the start, and a bar for each step under way. A finished step leaves the display: a
+    clean scan stacked about 40 bars, several named alike ("growth to 2 tokens (end)" once per line of growth)."""
 
     def __init__(self, console: Console) -> None:
         self._bars = Progress(
@@ -15,6 +17,8 @@ class RichProgress:
             console=console, transient=True,
         )
         self._totals: dict[int, int] = {}
+        self._done = 0
+        self._overall = self._bars.add_task("bdscan: steps done", total=None)
 
     def __enter__(self) -> RichProgress:
         self._bars.start()
@@ -29,10 +33,21 @@ class RichProgress:
         return task
 
     def advance(self, task: int, amount: int = 1) -> None:
-        self._bars.advance(task, amount)
+        if task in self._totals:  # a step finished (and removed) takes no more counts
+            self._bars.advance(task, amount)
 
     def finish(self, task: int) -> None:
-        self._bars.update(task, completed=self._totals[task])
+        if self._totals.pop(task, None) is None:
+            return  # finished before
+        self._bars.remove_task(task)
+        self._done += 1
+        self._bars.update(self._overall, completed=self._done)
+
+    @property
+    def showing(self) -> list[str]:
+        """The lines on display, first to last (the steps done, then each step under way)."""
+        return [task.description for task in self._bars.tasks]
 
     def describe(self, task: int, description: str) -> None:
-        self._bars.update(task, description=description)
+        if task in self._totals:
+            self._bars.update(task, description=description)
