@@ -34,6 +34,8 @@ class Heatmap:
     low: float
     high: float
     label_width: float
+    legend: tuple[tuple[str, str], ...] = ()
+    """(colour, value) swatches from the scale's low end to its high end, with zero between where it crosses it."""
 
 
 def _drawable(value: float) -> float:
@@ -60,7 +62,9 @@ def heatmap(grid: Sequence[Sequence[float]], row_name: str = "L", column_name: s
             row_labels: Sequence[str] | None = None, column_labels: Sequence[str] | None = None) -> Heatmap:
     """A ``[row][column]`` grid as coloured cells, labelled ``L0..`` and ``H0..`` by default."""
     values = [v for row in grid for v in row if math.isfinite(v)]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    # From zero where nothing is negative: a weight change of 0.92 to 1.0 everywhere, stretched from its minimum,
+    # would paint uniform change as sharp contrast.
+    low, high = (min(min(values), 0.0), max(values)) if values else (0.0, 1.0)
     rows = list(row_labels) if row_labels is not None else [f"{row_name}{i}" for i in range(len(grid))]
     columns = list(column_labels) if column_labels is not None else [f"{column_name}{j}" for j in range(len(grid[0]) if grid else 0)]
     # Token labels are long and drawn rotated above the grid; 6.5 px per monospace character at 10 px.
@@ -75,6 +79,7 @@ def heatmap(grid: Sequence[Sequence[float]], row_name: str = "L", column_name: s
         row_labels=tuple((top + i * cell + cell * 0.7, label) for i, label in enumerate(rows)),
         column_labels=tuple((label_width + j * cell + cell / 2, label) for j, label in enumerate(columns)),
         low=low, high=high, label_width=label_width,
+        legend=tuple((_colour(v, low, high), tick_label(v)) for v in ((low, 0.0, high) if low < 0 < high else (low, high))),
     )
 
 
@@ -100,6 +105,25 @@ class LineChart:
     right: float
 
 
+def nice_ticks(low: float, high: float, count: int = 5) -> tuple[float, ...]:
+    """About ``count`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) from at or below ``low`` to at
+    or above ``high``: an axis labelled 0, 1.14, 2.28, 3.41 makes a reader do arithmetic."""
+    span = high - low
+    if not span > 0:
+        span = abs(high) or 1.0
+    raw = span / max(1, count - 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    last = max(last, first + 1)
+    return tuple(round(k * step, 12) for k in range(first, last + 1))
+
+
+def tick_label(value: float) -> str:
+    """A tick value as short as it is exact: 0.25, 2, 1e-05."""
+    return f"{value:.4g}"
+
+
 def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[float]]], *,
                y_max: float | None = None, threshold: float | None = None,
                width: float = 640, height: float = 240) -> LineChart:
@@ -107,7 +131,8 @@ def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, str, Sequenc
     left, right, top, bottom = 48.0, width - 12, 12.0, height - 30
     series = [(name, colour, [_drawable(v) for v in ys]) for name, colour, ys in series]
     values = [v for _, _, ys in series for v in ys]
-    peak = y_max if y_max is not None else max(values + [threshold or 0.0, 1e-9])
+    ticks = nice_ticks(0.0, y_max if y_max is not None else max(values + [threshold or 0.0, 1e-9]))
+    peak = ticks[-1]
     count = max(1, len(x_labels) - 1)
 
     def x_at(i: int) -> float:
@@ -125,7 +150,7 @@ def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, str, Sequenc
     return LineChart(
         width=width, height=height, series=drawn,
         x_ticks=tuple((x_at(i), x_labels[i]) for i in range(0, len(x_labels), step)),
-        y_ticks=tuple((y_at(peak * k / 4), f"{peak * k / 4:.3g}") for k in range(5)),
+        y_ticks=tuple((y_at(v), tick_label(v)) for v in ticks),
         threshold_y=y_at(threshold) if threshold is not None else None, left=left, bottom=bottom, right=right,
     )
 
@@ -158,8 +183,9 @@ def bar_chart(labels: Sequence[str], groups: Sequence[tuple[str, str, Sequence[f
     left, right, top, bottom = 48.0, width - 12, 12.0, height - 34
     groups = [(name, colour, [_drawable(v) for v in ys]) for name, colour, ys in groups]
     values = [v for _, _, ys in groups for v in ys] or [0.0]
-    high, low = max(max(values), 0.0), min(min(values), 0.0)
-    span = (high - low) or 1.0
+    ticks = nice_ticks(min(min(values), 0.0), max(max(values), 0.0))
+    low, high = ticks[0], ticks[-1]
+    span = high - low
     zero = top + (bottom - top) * high / span
     slot = (right - left) / max(1, len(labels))
     bar_width = slot * 0.8 / max(1, len(groups))
@@ -171,5 +197,5 @@ def bar_chart(labels: Sequence[str], groups: Sequence[tuple[str, str, Sequence[f
                             bar_width, max(length, 0.5), colour, f"{labels[i]} {name}: {value:.4g}"))
     step = max(1, len(labels) // 16)
     shown = tuple((left + i * slot + slot / 2, label) for i, label in enumerate(labels) if i % step == 0)
-    ticks = tuple((zero - (bottom - top) * (low + span * k / 4) / span, f"{low + span * k / 4:.3g}") for k in range(5))
-    return BarChart(width, height, tuple(bars), shown, zero, ticks, left, right)
+    y_ticks = tuple((zero - (bottom - top) * v / span, tick_label(v)) for v in ticks)
+    return BarChart(width, height, tuple(bars), shown, zero, y_ticks, left, right)

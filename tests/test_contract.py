@@ -292,3 +292,21 @@ def test_a_trigger_that_fired_nothing_gets_a_line_not_a_section():
     print_findings(console, document)
     row = next(line for line in console.export_text().splitlines() if line.startswith("│ cf "))
     assert [cell.strip() for cell in row.split("│")[-3:-1]] == ["-", "-"], row
+
+
+def test_chart_axes_have_round_ticks_and_heatmaps_scale_from_zero():
+    """Against hand-picked values: ticks in steps of 1, 2, 2.5 or 5 times a power of ten that cover the data (an
+    axis read 0, 1.14, 2.28, 3.41 before); a grid of non-negative values is coloured from zero, not from its
+    minimum (a weight change of 0.92 to 1.0 everywhere looked like sharp contrast), with its legend's swatches."""
+    from reports.charts import bar_chart, heatmap, nice_ticks
+
+    assert nice_ticks(0.0, 4.56) == (0.0, 2.0, 4.0, 6.0)
+    assert nice_ticks(0.0, 1.0) == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert nice_ticks(0.0, 0.00399) == (0.0, 0.001, 0.002, 0.003, 0.004)
+    assert nice_ticks(0.0, 86.0) == (0.0, 25.0, 50.0, 75.0, 100.0)
+    assert [label for _, label in bar_chart(["a", "b"], [("s", "red", [0.3, 4.56])]).y_ticks] == ["0", "2", "4", "6"]
+    uniform = heatmap([[0.92, 1.0], [0.95, 0.97]])
+    assert uniform.low == 0.0 and [value for _, value in uniform.legend] == ["0", "1"]
+    assert len({cell.colour for cell in uniform.cells}) > 1 and all(cell.colour != "rgb(255,255,255)" for cell in uniform.cells)
+    crossing = heatmap([[-0.5, 2.0]])
+    assert [value for _, value in crossing.legend] == ["-0.5", "0", "2"]
