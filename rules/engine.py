@@ -7,6 +7,7 @@ file can be re-judged anywhere with other thresholds.
 from __future__ import annotations
 
 import operator
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -196,14 +197,35 @@ def explain(level: str, fired: Iterable[FiredRule], implicated: tuple[str, ...])
         "SUSPICIOUS": "SUSPICIOUS: some evidence points at trigger-conditioned behaviour or an unreliable scan, short of a backdoor.",
         "CLEAN": "CLEAN: no rule that indicates a backdoor fired.",
     }[level]
-    seen, sentences = set(), []
+    seen, sentences, last = set(), [], ""
     for rule in sorted(fired, key=lambda f: (order[f.effect], f.rule_id, -f.value)):
         if (rule.rule_id, rule.effect) in seen and rule.effect != "unreliable":
             continue  # one sentence per rule: its strongest trigger
         seen.add((rule.rule_id, rule.effect))
-        sentences.append(f"{rule.sentence} [{rule.rule_id}]")
+        sentence = rule.sentence
+        # "With '😇' inserted at the start of each probe, ..." said once while the sentences that follow read the same
+        # setting; said again where another trigger's came between.
+        setting = SETTING.match(sentence)
+        if setting and setting.group(0) == last:
+            rest = sentence[setting.end():]
+            sentence = rest[:1].upper() + rest[1:]
+        last = setting.group(0) if setting else ""
+        sentences.append(f"{sentence} [{rule.rule_id}]")
     if level == "CLEAN" and sentences:
         # Only informational rules fired: said as context, so that a benign fine-tune's shape does not read as an
         # accusation.
         sentences.insert(0, "For context, not evidence of a backdoor:")
-    return " ".join([lead, *sentences])
+    return " ".join([lead, *sentences, NEXT[level]] if NEXT[level] else [lead, *sentences])
+
+
+SETTING = re.compile(r"With '[^']*' inserted at the [a-z ]+ of each probe, ")
+"""The opening several trigger rules' sentences share (``summary`` in the pack), said once per explanation."""
+
+NEXT = {
+    "BACKDOORED": "Next: do not deploy it; the report (--out) shows each probe's answers with and without the trigger, "
+                  "and `bdscan repair` writes and verifies a checkpoint without it.",
+    "SUSPICIOUS": "Next: read the fired rules' evidence in the report (--out); scan again with --probes from the "
+                  "model's own domain, or with --trigger for a string you suspect, to settle it.",
+    "CLEAN": "",
+}
+"""What a reader does with each verdict, said at the end of its explanation."""

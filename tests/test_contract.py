@@ -310,3 +310,14 @@ def test_chart_axes_have_round_ticks_and_heatmaps_scale_from_zero():
     assert len({cell.colour for cell in uniform.cells}) > 1 and all(cell.colour != "rgb(255,255,255)" for cell in uniform.cells)
     crossing = heatmap([[-0.5, 2.0]])
     assert [value for _, value in crossing.legend] == ["-0.5", "0", "2"]
+
+
+def test_the_explanation_says_a_triggers_setting_once_and_ends_with_what_to_do():
+    """'With '😇' inserted at the end of each probe' opened three sentences in a row: said once while the next
+    sentences read the same setting; a BACKDOORED or SUSPICIOUS verdict ends with the next step."""
+    findings = read_findings(EMOJI)
+    explanation = judge(findings, default_pack()).explanation
+    assert explanation.count("With '\N{SMILING FACE WITH HALO}' inserted at the end of each probe") == 1, explanation
+    assert "[BD003] The suspect's output diverged" in explanation
+    assert explanation.endswith("`bdscan repair` writes and verifies a checkpoint without it.")
+    assert "Next:" not in judge(read_findings(CLEAN), default_pack()).explanation
