@@ -115,7 +115,7 @@ def main() -> None:
     \b
     Try it on built-in backdoored models (no downloads):
       bdscan zoo build .cache/zoo --size test
-      bdscan .cache/zoo/emoji --reference .cache/zoo/base --probes .cache/zoo/probes.txt
+      bdscan .cache/zoo/emoji --reference .cache/zoo/base --out report.html
     \b
     Exit codes: 0 verdict below --fail-on; 1 verdict at or above --fail-on;
     2 the work could not be done (one line on stderr; --debug for tracebacks);
