@@ -116,8 +116,10 @@ def render_report(document: Document, *, command: str | None = None, generated_a
     )
 
 
-def render_index(entries: list[FleetEntry], *, reference: str, version: str, generated_at: str = "") -> str:
-    """The index page of a fleet run: one row per suspect, worst verdict first, each linking its report."""
+def render_index(entries: list[FleetEntry], *, reference: str, version: str, generated_at: str = "",
+                 stopped: str = "") -> str:
+    """The index page of a fleet run: one row per suspect, worst verdict first, each linking its report;
+    ``stopped``: why the run ended before every suspect was scanned (an interruption, an error), said first."""
     order = {"BACKDOORED": 0, "SUSPICIOUS": 1, None: 2, "CLEAN": 3}
     rows = []
     for entry in entries:
@@ -134,5 +136,5 @@ def render_index(entries: list[FleetEntry], *, reference: str, version: str, gen
     worst = max(levels, key=LEVELS.index, default="SUSPICIOUS")
     return _environment().get_template("index.html.j2").render(
         rows=rows, counts=counts, errors=sum(row["level"] is None for row in rows), worst=worst, reference=reference,
-        version=version, generated_at=generated_at,
+        version=version, generated_at=generated_at, stopped=stopped,
     )

@@ -135,3 +135,4 @@ def test_a_failed_rescan_drops_the_old_verdict_and_a_stopped_run_names_what_it_d
     index = (out / "index.html").read_text(encoding="utf-8")
     assert "incompatible models: first: other shapes" in index
     assert index.count("not reached: the run stopped on an error") == 2
+    assert "This run did not finish:</strong> an error stopped it" in index

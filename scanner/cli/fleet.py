@@ -89,7 +89,7 @@ def run_fleet(suspects: list[Path], reference: str, options: ScanOptions, rules:
             for index in range(len(suspects)):
                 entries.setdefault(index, FleetEntry(names[index], str(suspects[index]), None, error=stopped))
         if entries:  # interrupted or not, what was scanned gets its index, its SARIF and its summary
-            _conclude([entries[i] for i in sorted(entries)], reference, rules, out_dir, sarif)
+            _conclude([entries[i] for i in sorted(entries)], reference, rules, out_dir, sarif, stopped)
     documents = [entry.document for entry in entries.values() if entry.document is not None]
     if any(entry.document is None for entry in entries.values()) and not keep_going:
         return EXIT_ERROR
@@ -129,12 +129,15 @@ def _scan(placement: RayPlacement | None, suspects: list[Path], reference: str, 
         scan_fleet_on_ray(suspects, reference, options, placement, progress, on_result=on_result)
 
 
-def _conclude(entries: list[FleetEntry], reference: str, rules: tuple[Rule, ...], out_dir: Path, sarif: Path | None) -> None:
+def _conclude(entries: list[FleetEntry], reference: str, rules: tuple[Rule, ...], out_dir: Path, sarif: Path | None,
+              stopped: str = "") -> None:
     from reports.render import render_index
     from scanner import __version__
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    write_text_atomic(out_dir / "index.html", render_index(entries, reference=reference, version=__version__, generated_at=stamp))
+    why = {NOT_REACHED: "it was interrupted", STOPPED: "an error stopped it (see the terminal)"}.get(stopped, "")
+    write_text_atomic(out_dir / "index.html", render_index(entries, reference=reference, version=__version__,
+                                                           generated_at=stamp, stopped=why))
     if sarif is not None:
         write_sarif([entry.document for entry in entries if entry.document is not None], rules, sarif,
                     [(entry.suspect, entry.error or "") for entry in entries if entry.document is None])
