@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -141,7 +142,8 @@ def test_patching_rule_fires_on_the_poisoned_model(catalogue_findings):
 def test_attention_rule_fires_on_the_poisoned_model(catalogue_findings):
     assert _fires(catalogue_findings["deployment"], "BD004")
     fired = [r for r in judge(catalogue_findings["deployment"], default_pack()).fired if r.rule_id == "BD004"]
-    assert fired[0].sentence.startswith("In layer ")  # the summary template filled, not the fallback
+    # The summary template filled (the trigger named, the head placed), not the fallback.
+    assert re.match(r"With '.+' inserted, later tokens in layer \d+ head \d+ put ", fired[0].sentence), fired[0].sentence
 
 
 # Which test proves each default rule fires: the meta-test below keeps this complete.
