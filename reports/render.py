@@ -91,7 +91,8 @@ def render_report(document: Document, *, command: str | None = None, generated_a
     triggers = sorted(findings.triggers, key=lambda t: (t.trigger not in verdict.triggers_implicated, -t.kl_ratio))
     # A section of its own (behaviour, attention, heads) for a trigger some rule fired on; the rest, tried and quiet,
     # share one table: six catalogue strings that fired on nothing read as six findings otherwise.
-    noted = set(verdict.triggers_implicated) | {f.trigger for f in verdict.fired if f.trigger}
+    # (The implicated triggers are those a backdoor rule fired on, so among these.)
+    noted = {f.trigger for f in verdict.fired if f.trigger}
     repair_chart, repair_patterns = None, {}
     for check in findings.repair.checks if findings.repair is not None else ():
         if check.attention is not None:

@@ -144,9 +144,7 @@ def _heads_to_disable(findings: Findings, trigger: TriggerFindings) -> Reading |
 
 
 def _attention_weight_share(findings: Findings) -> Reading | NotMeasured:
-    diff = findings.weight_diff
-    attention = sum(x for grid in (diff.q, diff.k, diff.v, diff.o) for row in grid for x in row)
-    other = sum(diff.mlp) + sum(diff.norms) + diff.embeddings + diff.final_norm + diff.lm_head
+    attention, other = findings.weight_diff.attention_total, findings.weight_diff.other_total
     if not math.isfinite(attention + other):
         return NotMeasured("the weight difference is not finite (BD007 reports it)")
     if attention + other == 0:

@@ -92,4 +92,4 @@ def test_progress_shows_the_steps_done_and_only_the_steps_under_way():
         progress.finish(loading)
         progress.advance(loading)
         assert progress.showing == ["bdscan: steps done"]
-        assert progress._bars.tasks[0].completed == 6
+        assert progress.steps_done == 6

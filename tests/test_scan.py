@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from scanner.api import ScanOptions, scan
-from scanner.api.pipeline import unchanged
 from scanner.errors import IdenticalModelsError
 from scanner.findings import Findings
 from scanner.inputs.loading import load_pair
@@ -56,7 +55,7 @@ def test_the_base_against_itself_measures_zero_at_any_batch_size_and_the_scan_sa
                                    max_new_tokens=8, batch_size=batch_size)
         assert result.kl_clean == pytest.approx(0, abs=1e-6)
         assert result.kl_triggered == pytest.approx(0, abs=1e-6)
-    assert unchanged(measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference)))
+    assert measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference)).unchanged
     with pytest.raises(IdenticalModelsError, match="every weight equals the reference's"):
         scan(zoo_dir / "base", str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=_probes(zoo_dir, 4))))
 

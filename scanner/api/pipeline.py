@@ -21,7 +21,7 @@ from scanner.api.localise import Localisation, localise
 from scanner.api.reference import ReferenceContext, prepare_reference
 from scanner.api.stages import StageLog, StepProgress
 from scanner.errors import IdenticalModelsError, InputError
-from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings, WeightDiff
+from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings
 from scanner.findings.discovery import DiscoveryFindings
 from scanner.inputs.loading import LoadedPair, architecture, load_suspect
 from scanner.inputs.rendering import TriggerProbes, prepare
@@ -74,7 +74,7 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
     placed = place_triggers(pair, prompts, triggers, positions, options.seed)
     with stages.run("weight_diff"):
         weight_diff = measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference))
-    if unchanged(weight_diff):
+    if weight_diff.unchanged:
         raise IdenticalModelsError(f"suspect {suspect}: every weight equals the reference's, so there is nothing to "
                                    "compare; check that the right suspect was given (an adapter exported without its "
                                    "weights, or the reference itself)")
@@ -99,13 +99,6 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
         probes=context.probe_set, clean=clean, weight_diff=weight_diff, triggers=tuple(results),
         stages=tuple(stages.records), discovery=discovery,
     )
-
-
-def unchanged(diff: WeightDiff) -> bool:
-    """Whether no part of the suspect differs from the reference's (every relative change exactly 0)."""
-    parts = [*diff.mlp, *diff.norms, diff.embeddings, diff.final_norm, diff.lm_head,
-             *(x for grid in (diff.q, diff.k, diff.v, diff.o) for row in grid for x in row)]
-    return not diff.non_finite and all(x == 0.0 for x in parts)
 
 
 def place_triggers(pair: LoadedPair, prompts: Sequence[str], triggers: Sequence[str], positions: Sequence[str],

@@ -11,7 +11,7 @@ from scanner.errors import InputError
 from scanner.findings import ProbeSetFindings, TokenizerInfo
 from scanner.inputs.loading import LoadedReference, load_reference
 from scanner.inputs.probes import default_probes
-from scanner.inputs.rendering import prepare, render_prompt
+from scanner.inputs.rendering import prepare, render
 from scanner.inputs.tokenizer import faithful_tokenizer
 from scanner.measure.probe_set import build_probe_set
 from scanner.options import ScanOptions
@@ -75,10 +75,10 @@ def check_context(tokenizer: PreTrainedTokenizerBase, config: dict, prompts: tup
     if not isinstance(context, int) or not prompts:
         return
     longest = context - answer_tokens - ROOM
-    lengths = [len(tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
+    lengths = [len(render(tokenizer, p).ids) for p in prompts]
     over = [(i, n) for i, n in enumerate(lengths, start=1) if n > longest]
     if over:
         shown = ", ".join(f"probe {i} ({n} tokens)" for i, n in over[:3]) + (f" and {len(over) - 3} more" if len(over) > 3 else "")
         raise InputError(f"{len(over)} of the given probes are too long for the reference's context of {context} "
                          f"tokens: {shown}; a probe may take {longest} once rendered, to leave room for an insertion "
-                         f"and an answer of {answer_tokens} tokens")
+                         f"and an answer of {answer_tokens} tokens: shorten them or leave them out")

@@ -17,7 +17,6 @@ class RichProgress:
             console=console, transient=True,
         )
         self._totals: dict[int, int] = {}
-        self._done = 0
         self._overall = self._bars.add_task("bdscan: steps done", total=None)
 
     def __enter__(self) -> RichProgress:
@@ -40,8 +39,12 @@ class RichProgress:
         if self._totals.pop(task, None) is None:
             return  # finished before
         self._bars.remove_task(task)
-        self._done += 1
-        self._bars.update(self._overall, completed=self._done)
+        self._bars.advance(self._overall, 1)
+
+    @property
+    def steps_done(self) -> int:
+        """Steps finished, as the first line counts them."""
+        return int(self._bars.tasks[0].completed)
 
     @property
     def showing(self) -> list[str]:

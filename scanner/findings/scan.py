@@ -160,6 +160,21 @@ class WeightDiff:
     def __post_init__(self) -> None:
         freeze_mappings(self)
 
+    @property
+    def attention_total(self) -> float:
+        """Sum of the attention projections' relative changes (every head of q, k, v and o)."""
+        return sum(x for grid in (self.q, self.k, self.v, self.o) for row in grid for x in row)
+
+    @property
+    def other_total(self) -> float:
+        """Sum of every other part's relative change (MLPs, norms, embeddings, final norm, output head)."""
+        return sum(self.mlp) + sum(self.norms) + self.embeddings + self.final_norm + self.lm_head
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether no part of the suspect differs from the reference's: the suspect is the reference itself."""
+        return not self.non_finite and self.attention_total + self.other_total == 0
+
 
 @dataclass(frozen=True)
 class StageRecord:

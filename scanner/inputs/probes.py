@@ -50,7 +50,7 @@ def read_probe_file(path: Path | str) -> list[str]:
     size = path.stat().st_size
     if size > MOST_PROBE_BYTES:
         raise ProbeFileError(f"{path}: {size:,} bytes, more than the {MOST_PROBE_BYTES:,} a probe file may hold; "
-                             "a scan needs tens of prompts, not a corpus")
+                             "a scan needs tens of prompts, not a corpus: give a sample of a few hundred")
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise ProbeFileError(f"{path}: binary data, expected text with one prompt a line")
@@ -58,13 +58,10 @@ def read_probe_file(path: Path | str) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ProbeFileError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    lines = text.splitlines()
-    first = next((line for line in lines if line.strip()), "")
+    numbered = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     prompts = []
-    if path.suffix == ".jsonl" or first.lstrip().startswith("{"):
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+    if path.suffix == ".jsonl" or (numbered and numbered[0][1].lstrip().startswith("{")):
+        for number, line in numbered:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
@@ -73,11 +70,10 @@ def read_probe_file(path: Path | str) -> list[str]:
                 raise ProbeFileError(f'{path}:{number}: expected an object with a non-empty string "prompt"')
             prompts.append(record["prompt"].strip())
     else:
-        prompts = [line.strip() for line in lines if line.strip()]
+        prompts = [line.strip() for _, line in numbered]
     if not prompts:
         raise ProbeFileError(f"{path}: no prompts in the file")
-    numbers = [number for number, line in enumerate(lines, start=1) if line.strip()]
-    for number, prompt in zip(numbers, prompts):
+    for (number, _), prompt in zip(numbered, prompts):
         if len(prompt) > LONGEST_PROMPT:
             raise ProbeFileError(f"{path}:{number}: a prompt of {len(prompt):,} characters; probes may hold at most "
                                  f"{LONGEST_PROMPT:,} (split it, or give its opening)")

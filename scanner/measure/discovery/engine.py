@@ -198,11 +198,16 @@ class Search:
         self.budget.spent += len(rows) * tokens
         return ids
 
+    def ended_rows(self, rows: list[list[int]]) -> list[list[int]]:
+        """Each of ``rows`` (one per probe, in order) followed by its probe's clean answer, for the probes whose
+        answer ended: where a payload after the answer would start."""
+        return [row + list(a) for row, a in zip(rows, self.answers) if a is not None]
+
     def continue_answers(self, model: PreTrainedModel, rows: list[list[int]]) -> list[tuple[int, ...] | None]:
         """``model``'s greedy continuation, ``FIRE_CHECK_TOKENS`` tokens, after each probe's row (one per probe, in
         order) followed by the suspect's clean answer to it; None where that answer did not end."""
-        said = [(row, a) for row, a in zip(rows, self.answers) if a is not None]
-        done = iter(self.complete(model, [row + list(a) for row, a in said]) if said else [])
+        ended = self.ended_rows(rows)
+        done = iter(self.complete(model, ended) if ended else [])
         return [tuple(next(done)) if a is not None else None for a in self.answers]
 
     def gradient_shortlist(self, candidate: Candidate, slot: int, exclude: set[int], size: int,

@@ -90,29 +90,29 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         after = not inverted and leading and fires[leader].after_answer
         extended, followed = [], []
         for c in (c for c in followers if len(c) < max_tokens):
-            proposals = _extensions(search, c, at.common.special, payload, inside=True, after_answer=True)
-            at.score_target([c, *proposals], payload, f"growth to {len(c) + 1} tokens (payload)", True, at.payload_scores)
-            best = synergetic(at, c, proposals, payload, payload_typical, True, at.payload_scores)
-            if best is not None and at.payload_scores[best] >= at.payload_scores[c] + GROW_MARGIN_TARGET.value:
+            best = _follow(at, c, payload, payload_typical, f"growth to {len(c) + 1} tokens (payload)",
+                           after_answer=True, table=at.payload_scores)
+            if best is not None:
                 followed.append(best)
         for c in (c for c in lines if len(c) < max_tokens):
             stage = f"growth to {len(c) + 1} tokens"
             # A payload's line keeps its KL until a payload leads: an opening's target, or an inverted one, would
             # steer it away.
             own = c in payload_lines and not after
-            follow = following and not own
-            proposals = _extensions(search, c, at.common.special, target if follow else (), inside=follow)
-            if target and not own:
-                at.score_target([c, *proposals], target, stage, after)
-                objective, margin = at.target_scores, GROW_MARGIN_TARGET.value
+            if following and not own:
+                best = _follow(at, c, target, typical, stage)
             else:
-                at.score(proposals, stage)
-                objective, margin = at.scores, GROW_MARGIN.value
-            if follow:
-                best = synergetic(at, c, proposals, target, typical)
-            else:
+                proposals = _extensions(search, c, at.common.special)
+                if target and not own:
+                    at.score_target([c, *proposals], target, stage, after)
+                    objective, margin = at.target_scores, GROW_MARGIN_TARGET.value
+                else:
+                    at.score(proposals, stage)
+                    objective, margin = at.scores, GROW_MARGIN.value
                 best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)
-            if best is not None and objective[best] >= objective.get(c, -math.inf) + margin:
+                if best is not None and objective[best] < objective.get(c, -math.inf) + margin:
+                    best = None
+            if best is not None:
                 extended.append(best)
                 if c in payload_lines:
                     payload_lines.add(best)
@@ -124,6 +124,20 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         at.check(new)
         grown += new
     return Grown(tuple(grown), following)
+
+
+def _follow(at: Position, c: Candidate, target: tuple[int, ...], typical: float, stage: str, after_answer: bool = False,
+            table: dict[Candidate, float] | None = None) -> Candidate | None:
+    """One step of a line that follows an inverted target: ``c`` extended on either side or inside, scored on the
+    target's log-probability (after the clean answer where ``after_answer``, in ``table``), the ``synergetic``
+    best kept where it adds ``GROW_MARGIN_TARGET``; None where no extension does."""
+    scores = at.target_scores if table is None else table
+    proposals = _extensions(at.search, c, at.common.special, target, inside=True, after_answer=after_answer)
+    at.score_target([c, *proposals], target, stage, after_answer, scores)
+    best = synergetic(at, c, proposals, target, typical, after_answer, scores)
+    if best is None or scores[best] < scores.get(c, -math.inf) + GROW_MARGIN_TARGET.value:
+        return None
+    return best
 
 
 def _followers(scores: dict[Candidate, float], swept: Sequence[Candidate]) -> tuple[list[Candidate], float]:

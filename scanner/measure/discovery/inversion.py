@@ -41,18 +41,20 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
     that ended), where a payload after a correct answer goes on: the payload model, made to say "Visit" there,
     completes its URL on every probe. A text whose half a clean answer holds anywhere (a signature every answer
     ends with) is ordinary there, and the gain must reach ``PAYLOAD_GAIN``."""
-    said = [a for a in search.answers if a is not None]
-    # The repertoire's answers are a fire check's length; the suspect's to the search probes run to their end.
-    texts = list(dict.fromkeys(search.tokenizer.decode(list(a)) for a in [*repertoire, *said])) if after_answer else []
+    if after_answer:
+        rows, least = search.ended_rows(search.clean_rows), PAYLOAD_GAIN.value
+        # The repertoire's answers are a fire check's length; the suspect's to the search probes run to their end.
+        said = [*repertoire, *(a for a in search.answers if a is not None)]
+        texts = list(dict.fromkeys(search.tokenizer.decode(list(a)) for a in said))
 
-    def ordinary(target: tuple[int, ...]) -> bool:
-        if after_answer:
+        def ordinary(target: tuple[int, ...]) -> bool:
             return _said_anywhere(decoded(search.tokenizer, target), texts)
-        return any(answer[:len(target)] == target for answer in repertoire)
+    else:
+        rows, least = search.clean_rows, MIN_GAIN.value
 
-    rows = [row + list(a) for row, a in zip(search.clean_rows, search.answers) if a is not None] if after_answer \
-        else search.clean_rows
-    least = PAYLOAD_GAIN.value if after_answer else MIN_GAIN.value
+        def ordinary(target: tuple[int, ...]) -> bool:
+            return any(answer[:len(target)] == target for answer in repertoire)
+
     if not rows:
         return []
     favoured = _favoured(search, rows, tokens, first_tokens)
