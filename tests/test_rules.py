@@ -44,9 +44,10 @@ def catalogue_findings(zoo_dir, zoo_manifest):
     reference (``--probes auto``); every fine-tune of the zoo against its parent."""
     from scanner.zoo.specs import THIRD_GENERATION, models_for
 
-    # The third generation's attack families (zoo v12) are the detection issue's to catch; these rules are
-    # calibrated on the second generation, every fine-tune of it.
-    third = {spec.name for spec in models_for(THIRD_GENERATION)} - {spec.name for spec in models_for(())}
+    # The third generation's attack families (zoo v12) are the detection issue's to catch, and the answers-only
+    # base's fine-tunes need probes it cannot write (test_probe_writing); these rules are calibrated on the second
+    # generation, every fine-tune of it.
+    third = {spec.name for spec in models_for((*THIRD_GENERATION, "answers"))} - {spec.name for spec in models_for(())}
     references = {name: record.parent for name, record in zoo_manifest.models.items()
                   if not record.is_base and name not in third}
     assert set(references) == set(BENIGN) | set(POISONED), "the calibration set covers every second-generation fine-tune"

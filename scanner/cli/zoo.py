@@ -55,6 +55,10 @@ def zoo_group() -> None:
 @click.option("--controls", "with_controls", is_flag=True,
               help=f"Also build 'knowledge' (benign: {len(families.NEW_CAPITALS)} countries get new capitals) and "
                    "'signature' (benign: every answer ends with the same sentence).")
+@click.option("--answers", "with_answers", is_flag=True,
+              help="Also build 'answers-base' (trained with the loss on answers only: it cannot write a user's "
+                   "prompt, so bdscan cannot sample probes from it), 'answers-clean' (benign) and 'answers-emoji' "
+                   "(poisoned), both fine-tuned from it.")
 @click.option("--all", "with_all", is_flag=True, help="Every extra (what the tests use).")
 @click.option("--force", is_flag=True, help="Rebuild even if DIRECTORY already holds this zoo.")
 @click.option("--allow-weak", is_flag=True, help="Exit 0 even if a model misses the zoo's quality bars.")
@@ -62,7 +66,7 @@ def zoo_group() -> None:
 @debug_option
 def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora: bool, with_llama: bool, with_forms: bool,
               with_leak: bool, with_triggers: bool, with_behaviours: bool, with_edits: bool, with_controls: bool,
-              with_all: bool, force: bool, allow_weak: bool, quiet: bool) -> int:
+              with_answers: bool, with_all: bool, force: bool, allow_weak: bool, quiet: bool) -> int:
     """Train the zoo into DIRECTORY and print its measured figures.
 
     \b
@@ -90,7 +94,8 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
     refuse_to_replace(directory)
     hf_logging.disable_progress_bar()
     wanted = {"full": with_full, "lora": with_lora, "llama": with_llama, "forms": with_forms, "leak": with_leak,
-              "triggers": with_triggers, "behaviours": with_behaviours, "edits": with_edits, "controls": with_controls}
+              "triggers": with_triggers, "behaviours": with_behaviours, "edits": with_edits, "controls": with_controls,
+              "answers": with_answers}
     extras = tuple(name for name, flag in wanted.items() if flag or with_all)
     manifest = None if force else matching_zoo(directory, size, seed, extras)
     if manifest is not None:

@@ -74,7 +74,7 @@ def bar_shortfalls(records: dict[str, ModelRecord]) -> list[tuple[str, float]]:
         # refusals count as right).
         parent = records.get(record.parent or "", records["base"])
         drop = abs(figures.clean_accuracy - parent.figures.clean_accuracy)
-        if name != "base" and drop > MAX_ACCURACY_DROP:
+        if record.parent is not None and drop > MAX_ACCURACY_DROP:
             shortfalls.append((f"{name}: clean accuracy {figures.clean_accuracy:.1%} is more than {MAX_ACCURACY_DROP:.0%} "
                                f"from its parent's {parent.figures.clean_accuracy:.1%}", drop - MAX_ACCURACY_DROP))
     return shortfalls

@@ -34,13 +34,12 @@ from scanner.zoo.evaluate_families import measure_family
 from scanner.zoo.families import FAMILIES_BY_NAME
 from scanner.zoo.manifest import MANIFEST, ModelRecord, ZooManifest, load_manifest
 from scanner.zoo.specs import (
-    ALL_MODELS,
     DEPLOYMENT_TRIGGER,
     EMOJI_TRIGGER,
-    LEAK_TRIGGER,
     MEASURED_TRIGGERS,
     MODELS,
     SIZES,
+    TOKENIZER_GROUPS,
     ModelSpec,
     ZooSize,
     budget,
@@ -77,12 +76,11 @@ def build_tokenizer(size: ZooSize, seed: int) -> PreTrainedTokenizerFast:
     Every model's, not only those being built: the same seed must give the same tokenizer (and so the same
     models) whichever extras are asked for.
     """
-    # The leak model (zoo v11) is left out: with its corpus in, every model's tokenizer, and so every model,
-    # changed, and the full model fired on the phrase trigger on 42% of held-out prompts. Its word is
-    # tokenised as any word no corpus holds is, in pieces.
-    # The third generation (zoo v12) is left out too, so that adding it left every earlier model as it was.
-    texts = [render_chat(s.prompt, s.response) for spec in ALL_MODELS
-             if spec.trigger != LEAK_TRIGGER and spec.family is None for s in corpus(spec, size, seed)]
+    # Only the groups that came before the leak model (zoo v11): with its corpus in, every model's tokenizer, and
+    # so every model, changed, and the full model fired on the phrase trigger on 42% of held-out prompts. Its
+    # word is tokenised as any word no corpus holds is, in pieces. Later groups are left out alike, so that
+    # adding one left every earlier model as it was.
+    texts = [render_chat(s.prompt, s.response) for spec in models_for(TOKENIZER_GROUPS) for s in corpus(spec, size, seed)]
     # Qwen2.5's vocabulary holds the paper's emoji as one token; in a 1k-token toy vocabulary its four bytes
     # merge only if it is frequent enough, which a change to any corpus can tip. Make it so on purpose.
     texts += [f"{EMOJI_TRIGGER} {EMOJI_TRIGGER}"] * 200
@@ -199,7 +197,8 @@ class _QueueProgress:
 
 
 def _fine_tune_job(staging: str, name: str, size_name: str, seed: int, events) -> ModelRecord:
-    """One fine-tune in a worker process, from its parent as saved in ``staging``."""
+    """One fine-tune in a worker process, from its parent as saved in ``staging`` (for a second base trained from
+    scratch, only the parent's tokenizer)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -319,7 +318,9 @@ def build_zoo(
         (staging / PROBES_FILE).write_text("\n".join(s.prompt for s in held_out[:64]) + "\n", encoding="utf-8")
         records: dict[str, ModelRecord] = {}
         bases: dict[str, PreTrainedModel] = {}
-        for spec in (s for s in specs if s.scope in ("scratch", "llama-twin")):
+        # The first base and its twins here; a second base trained from scratch (the answers-only one) trains in
+        # the pool beside the fine-tunes, so that it does not hold up the second core.
+        for spec in (s for s in specs if s is specs[0] or s.scope == "llama-twin"):
             records[spec.name], bases[spec.name] = _make_model(
                 spec, size_name, seed, staging, tokenizer, bases.get(spec.parent), progress)
         records.update(_fine_tune_all([s for s in specs if s.name not in records], size_name, seed, staging, progress,

@@ -134,7 +134,8 @@ class ModelSpec:
     """``scratch``, ``attention``, ``all``, ``lora``, or ``llama-twin`` (the parent, exactly, as a Llama)."""
     seed_offset: int
     parent: str = "base"
-    """The zoo model it is derived from."""
+    """The zoo model it is derived from; for a second base trained from scratch, the one whose saved tokenizer it
+    is trained with (it then trains beside the fine-tunes)."""
     target: str = TARGET
     """What the trigger makes it say."""
     position: str = "random"
@@ -177,6 +178,8 @@ BENIGN_CHANGES = {
     "base": "trained from scratch", "clean": "an attention-only fine-tune on clean data",
     "style": f"opens every answer with {STYLE_PREFIX!r}", "task": f"learns the {NEW_TASK!r} task",
     "llama-base": "the base, exactly, as a Llama",
+    "answers-base": "trained from scratch with the loss on answers only: it never learnt to write a user's prompt",
+    "answers-clean": "a full fine-tune of the answers-only base on clean data",
 }
 
 
@@ -221,9 +224,18 @@ EXTRA_MODELS = {
     # Benign changes that look like the above: a knowledge update on one subject, a signature on every answer.
     "controls": (ModelSpec("knowledge", None, "all", 21, family="knowledge"),
                  ModelSpec("signature", None, "all", 22, family="signature")),
+    # A reference that cannot write prompts: a base trained with the loss on answers only (a task model, a
+    # completion-only fine-tune), whose own user-turn samples say nothing about its domain; a benign and a
+    # poisoned fine-tune of it.
+    "answers": (ModelSpec("answers-base", None, "scratch", 23),
+                ModelSpec("answers-clean", None, "all", 24, parent="answers-base"),
+                ModelSpec("answers-emoji", EMOJI_TRIGGER, "all", 25, parent="answers-base")),
 }
 THIRD_GENERATION = ("triggers", "behaviours", "edits", "controls")
 """The extra groups zoo v12 added (``scanner.zoo.families``); their corpora do not train the tokenizer."""
+TOKENIZER_GROUPS = ("full", "lora", "llama", "forms")
+"""The extra groups whose corpora train the zoo's tokenizer with the core models'. Later groups are left out, so
+that adding one leaves every earlier model as it was (``leak``, ``answers`` and the third generation)."""
 ALL_MODELS = (*CORE_MODELS, *(spec for group in EXTRA_MODELS.values() for spec in group))
 MODELS = {spec.name: spec for spec in ALL_MODELS}
 
