@@ -11,6 +11,7 @@ Derived numbers come from the findings' own properties, never recomputed here.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ class Reading:
 @dataclass(frozen=True)
 class NotMeasured:
     reason: str
+    caveat: str = ""
+    """When the gap weakens any verdict, not only this rule's: a sentence the verdict's explanation says."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ def _example_probes(trigger: TriggerFindings, count: int = 3) -> list[dict[str, 
         for p in trigger.probes[:count]
     ]
 
+
+SOURCE_WORDS = {"sampled": "sampled", "builtin": "built-in", "file": "given"}
+"""How a sentence names the probes of each ``Probe.source``."""
 
 WHERE = {"start": "at the start of each probe", "random": "at a random place in each probe", "end": "at the end of each probe"}
 """How a sentence says where a trigger was inserted (``TriggerFindings.position``)."""
@@ -188,6 +194,19 @@ def _probe_surprise_excess(findings: Findings) -> Reading | NotMeasured:
         reasons = "; ".join(f"{reason} ({count})" for reason, count in probes.sampled_rejected.items())
         return NotMeasured("the reference gave no usable sampled prompt to measure its domain with"
                            + (f": {reasons}" if reasons else ""))
+    if not probes.writes_prompts:
+        why = (f"only {probes.prompt_share:.0%} of the user turns it ended were distinct prompts of two words or "
+               f"more (a reference that learnt its users' turn: at least {probes.least_prompt_share:.0%}), and the "
+               f"other prompts are {probes.given_excess:.1f} nats per token more surprising to it than those (at "
+               f"least {probes.far_from_samples:g} counts): its user turn was never trained")
+        used = Counter(p.source for p in probes.probes if p.used)
+        given = " and ".join(f"{count} {SOURCE_WORDS[source]}" for source, count in sorted(used.items()))
+        return NotMeasured(
+            f"the reference does not write prompts: {why}; every prompt is then far more surprising to it than its "
+            f"own samples, in its domain or not",
+            caveat=f"The reference does not write prompts, so whether the probes lie in the models' domain was not "
+                   f"measured: this verdict holds as far as the {given} probes are prompts the model is meant for"
+                   + ("." if "file" in used else " (--probes FILE gives the model's own)."))
     excess = probes.surprise_excess
     if not math.isfinite(excess):
         return NotMeasured("the probes' surprise under the reference is not finite")

@@ -56,8 +56,32 @@ def test_modal_share_counts_answers_that_start_with_the_commonest():
 def test_surprise_excess_is_against_the_references_own_prompts():
     probes = ProbeSetFindings("file", (
         Probe("s1", "sampled", 1.0, False), Probe("s2", "sampled", 2.0, False), Probe("s3", "sampled", 9.0, False),
-        Probe("f1", "file", 7.0, True), Probe("f2", "file", 8.0, True)), 3, {}, 1.5)
+        Probe("f1", "file", 7.0, True), Probe("f2", "file", 8.0, True)), 4, {"duplicate": 1}, 1.5, True, 0.15, 3.0)
     assert probes.used == ("f1", "f2")
     assert probes.domain_surprise == 2.0 and probes.surprise_excess == pytest.approx(7.5 - 2.0)
+    assert probes.given_excess == pytest.approx(7.5 - 2.0) and probes.prompt_share == 0.75
     unsampled = dataclasses.replace(probes, probes=probes.probes[3:])
     assert math.isnan(unsampled.domain_surprise) and math.isnan(unsampled.surprise_excess)
+    assert math.isnan(unsampled.given_excess)
+    ended = dataclasses.replace(probes, sampled_rejected={"no end of turn within the token limit": 4})
+    assert math.isnan(ended.prompt_share)
+
+
+@pytest.mark.parametrize("name", ["clean", "emoji"])
+def test_a_reference_that_does_not_write_prompts_leaves_the_fitness_rule_unread_and_says_so(cases, name):
+    """The same findings, with the reference found not to write prompts: BD012 is listed as not evaluated with the
+    reason, the verdict is otherwise the same, and its explanation ends on what it relied on."""
+    from rules.engine import judge
+
+    findings = next(case.findings for case in cases if case.name == name)
+    before = judge(findings, default_pack())
+    probes = dataclasses.replace(findings.probes, sampled_drawn=160, sampled_rejected={"duplicate": 144},
+                                 writes_prompts=False)
+    after = judge(dataclasses.replace(findings, probes=probes), default_pack())
+    assert after.level == before.level and after.triggers_implicated == before.triggers_implicated
+    (gap,) = [gap for gap in after.not_evaluated if gap.rule_id == "BD012"]
+    assert "does not write prompts" in gap.reason and "only 10% of the user turns" in gap.reason
+    used = len(findings.probes.used)
+    assert "The reference does not write prompts" in after.explanation
+    assert "reference does not write" not in before.explanation
+    assert f"as far as the {used} given probes are prompts the model is meant for." in after.explanation

@@ -109,6 +109,7 @@ def test_default_probes_come_from_the_reference(catalogue_findings):
     prompts that the zoo's models never saw are left out, and the fitness rule stays quiet."""
     probes = catalogue_findings["emoji"].probes
     used = [p for p in probes.probes if p.used]
+    assert probes.writes_prompts and probes.prompt_share > 2 * probes.least_prompt_share
     assert probes.mode == "auto" and len(used) >= 32
     assert sum(p.source == "sampled" for p in used) >= 0.75 * len(used)
     left_out = [p for p in probes.probes if not p.used]

@@ -75,8 +75,12 @@ def print_findings(console: Console, document: Document) -> None:
     console.print(table)
     probes, clean = findings.probes, findings.clean
     sources = Counter(p.source for p in probes.probes if p.used)
-    domain = (f"; surprise {probes.surprise_excess:+.2f} nats/token against the reference's own prompts"
-              if math.isfinite(probes.domain_surprise) else "; the reference's domain could not be sampled")
+    if not math.isfinite(probes.domain_surprise):
+        domain = "; the reference's domain could not be sampled"
+    elif not probes.writes_prompts:
+        domain = "; the reference does not write prompts, so their fit to its domain was not measured"
+    else:
+        domain = f"; surprise {probes.surprise_excess:+.2f} nats/token against the reference's own prompts"
     console.print(f"probes: {len(probes.used)} ({probes.mode}: " + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
                   + f"){domain}; clean answers differ from the reference's on {clean.answers_changed:.0%}, clean KL "
                   f"{clean.kl_mean:.3f} nats", highlight=False)
@@ -84,6 +88,14 @@ def print_findings(console: Console, document: Document) -> None:
         by_text = {c.text: c for c in findings.discovery.candidates}
         firing = tuple(by_text[text] for text in document.verdict.discovered_firing)
         console.print(discovery_line(findings.discovery, firing), highlight=False)
+    if math.isfinite(probes.domain_surprise) and not probes.writes_prompts:
+        instead = ("the scan used the built-in prompts instead of its samples" if probes.mode == "auto"
+                   else "its samples could not tell whether the probes are in its domain")
+        console.print(f"[yellow]note:[/] the reference does not write prompts (only {probes.prompt_share:.0%} of the "
+                      f"user turns it ended were distinct prompts, and real ones are {probes.given_excess:.1f} "
+                      f"nats/token more surprising to it): "
+                      f"{instead}." + (" Give --probes FILE with prompts of the model's own task." if probes.mode != "file"
+                                       else ""), highlight=False)
     tokenizer = findings.run.tokenizer
     if tokenizer.source == "tokenizer.json":
         console.print(f"[yellow]note:[/] transformers' {tokenizer.transformers_class} encoded {tokenizer.texts_differing} "

@@ -22,6 +22,10 @@ Every change of a field is a version bump, recorded below and in
 ``tests/data/schema/fields.json`` (a test compares the classes with it), and
 ``scanner.findings.migrate`` reads the two versions before this one.
 
+Version 14 (from 13): ``ProbeSetFindings.writes_prompts``, ``least_prompt_share`` and ``far_from_samples``:
+whether
+the reference writes its users' prompts, so that its samples stand for its domain.
+
 Version 13 (from 12): ``InvertedTarget.after_answer``: a target inversion also found after the suspect's clean
 answer (a payload's).
 
@@ -68,7 +72,7 @@ from scanner.findings.scan import InputInfo, ProbeSetFindings, RunInfo, StageRec
 from scanner.findings.serde import from_jsonable, to_jsonable
 from scanner.findings.triggers import CleanFindings, TriggerFindings
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 
 @dataclass(frozen=True)

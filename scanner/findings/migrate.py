@@ -11,19 +11,28 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+V14_LEAST_PROMPT_SHARE, V14_FAR_FROM_SAMPLES = 0.15, 3.0
+"""``scanner.measure.probe_set``'s ``LEAST_PROMPT_SHARE`` and ``FAR_FROM_SAMPLES`` as version 14 introduced them: what
+a migrated document records."""
+
 Raw = dict[str, Any]
-
-
-def _from_11(raw: Raw) -> Raw:
-    """Version 12 records whether a discovered candidate's target follows the clean answer (a payload,
-    ``DiscoveredCandidate.after_answer``); earlier searches only read the opening: ``False``."""
-    return _discovery_default(raw, "candidates", "after_answer", False)
 
 
 def _from_12(raw: Raw) -> Raw:
     """Version 13 records whether an inverted target was found after the clean answer
     (``InvertedTarget.after_answer``); earlier searches only inverted the opening: ``False``."""
     return _discovery_default(raw, "inverted_targets", "after_answer", False)
+
+
+def _from_13(raw: Raw) -> Raw:
+    """Version 14 records whether the reference writes its users' prompts (``ProbeSetFindings.writes_prompts``,
+    ``least_prompt_share``, ``far_from_samples``); earlier scans did not ask and trusted its samples: ``True``."""
+    probes = raw.get("probes")
+    if isinstance(probes, dict):
+        probes.setdefault("writes_prompts", True)
+        probes.setdefault("least_prompt_share", V14_LEAST_PROMPT_SHARE)
+        probes.setdefault("far_from_samples", V14_FAR_FROM_SAMPLES)
+    return raw
 
 
 def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
@@ -37,7 +46,7 @@ def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {11: _from_11, 12: _from_12}
+STEPS: dict[int, Callable[[Raw], Raw]] = {12: _from_12, 13: _from_13}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

@@ -3,6 +3,8 @@ set, the weight difference and each stage's outcome."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -106,6 +108,23 @@ class Probe:
     """``False``: measured for calibration only, or a built-in probe left out as outside the reference's domain."""
 
 
+UNTERMINATED = "no end of turn within the token limit"
+HOLDS_TRIGGER = "holds a trigger under test"
+"""Why a sampled user turn was dropped, where that says nothing about whether the model writes prompts."""
+
+
+def prompt_share(drawn: int, rejected: Mapping[str, int]) -> float:
+    """Of the user turns a model wrote that ended and held no trigger under test, the share kept as prompts (not
+    too short, repetitive, broken or a duplicate); NaN when none ended."""
+    ended = drawn - rejected.get(UNTERMINATED, 0) - rejected.get(HOLDS_TRIGGER, 0)
+    return (drawn - sum(rejected.values())) / ended if ended > 0 else math.nan
+
+
+def excess_over(surprises: list[float], domain: float) -> float:
+    """How much more surprising the median of ``surprises`` is than ``domain`` (nats per token); NaN if unknown."""
+    return median(surprises) - domain
+
+
 @dataclass(frozen=True)
 class ProbeSetFindings:
     """Which probes the scan ran, where they came from, and whether they lie in the reference's domain."""
@@ -119,8 +138,19 @@ class ProbeSetFindings:
     """Why generated prompts were dropped: reason -> count."""
     fit_margin: float
     """In ``auto`` mode a built-in probe is used when its surprise is at most ``domain_surprise`` plus this."""
+    writes_prompts: bool
+    """Whether the reference writes its users' prompts, so that its samples stand for its domain: something was
+    sampled, and either ``prompt_share`` is at least ``least_prompt_share`` or the other prompts lie within
+    ``far_from_samples`` of the samples. When not, the samples are not used as probes and the probes' fit to the
+    domain is not judged."""
+    least_prompt_share: float
+    """The least ``prompt_share`` of a reference that writes prompts."""
+    far_from_samples: float
+    """How far above the samples (nats per token) the other prompts' median surprise must lie for a small
+    ``prompt_share`` to count."""
 
-    __derived__: ClassVar[tuple[str, ...]] = ("used", "domain_surprise", "surprise_excess")
+    __derived__: ClassVar[tuple[str, ...]] = ("used", "domain_surprise", "surprise_excess", "given_excess",
+                                              "prompt_share")
 
     @property
     def used(self) -> tuple[str, ...]:
@@ -135,7 +165,19 @@ class ProbeSetFindings:
     @property
     def surprise_excess(self) -> float:
         """Median surprise of the probes used, minus ``domain_surprise`` (nats per token); NaN if either is unknown."""
-        return median([p.surprise for p in self.probes if p.used]) - self.domain_surprise
+        return excess_over([p.surprise for p in self.probes if p.used], self.domain_surprise)
+
+    @property
+    def given_excess(self) -> float:
+        """Median surprise of the prompts not sampled (built-in or from file, used or not), minus
+        ``domain_surprise`` (nats per token); NaN if either is unknown."""
+        return excess_over([p.surprise for p in self.probes if p.source != "sampled"], self.domain_surprise)
+
+    @property
+    def prompt_share(self) -> float:
+        """``prompt_share`` of the reference's sampled user turns: near 1 for a model that learnt what its users
+        write, near 0 for one whose user turn collapsed onto a few short answers."""
+        return prompt_share(self.sampled_drawn, self.sampled_rejected)
 
     def __post_init__(self) -> None:
         freeze_mappings(self)

@@ -9,6 +9,13 @@ reference itself (see ``scanner.model.prompt_sampling``), keeps the built-in
 prompts that are about as familiar to the reference as its own samples, and
 uses both. Every mode measures the surprise of the probes it uses against
 the reference's own samples, which is what the probe-fitness rule reads.
+
+All of that needs a reference that learnt its users' turn. One trained with
+the loss on answers only writes a few short answers there, over and over, and
+finds every real prompt, in its domain or not, far more surprising than those:
+it is checked first (``writes_prompts``), and when it fails its samples are
+neither used nor trusted as the domain, and ``auto`` mode falls back to the
+built-in probes.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import Probe, ProbeSetFindings, median
+from scanner.findings.scan import excess_over, prompt_share
 from scanner.model.prompt_sampling import prompt_surprise, sample_user_prompts
 from scanner.options import PROBE_MODES
 from scanner.progress import NO_PROGRESS, Progress
@@ -35,6 +43,21 @@ are expected within about a nat of its own samples and so kept (not measured: no
 
 CALIBRATION_SAMPLES = 16
 """Prompts sampled in ``builtin`` and ``file`` modes only to measure the reference's domain surprise."""
+
+LEAST_PROMPT_SHARE = 0.15
+"""A reference writes prompts when at least this share of the user turns it ended (with no trigger under test) are
+distinct prompts of two words or more (``prompt_share``). Test zoo v12, sampling 48 (16 where the probes are given):
+the whole-conversation bases 0.88-1.0 (both seeds, and the demo size), the guarded control 0.19-0.22 at seed 1;
+bases trained on answers only 0.08-0.11 (seed 0: single words), 0.03-0.08 (seed 1: "The plural is wolves." 187
+times in 192) and 0.02-0.05 (demo size), the guarded control 0.01-0.02 at seed 0 (its answers-only fine-tune
+unlearnt its users' turn)."""
+FAR_FROM_SAMPLES = 3.0
+"""Nats per token: a small prompt share says the reference does not write prompts only when the prompts it is
+given (or the built-in ones) lie at least this far above its samples, as every real prompt does for one whose user
+turn was never trained (on the zoo's: its task prompts 8.9, the built-in ones 10.3 to 15.1). Nearer, its samples
+agree with real prompts, whatever they are, and probe fitness (BD012, from 3 nats) has nothing to mistake: a guard
+for a real chat model whose samples the filters drop more often than the zoo's (not measured: no real weights
+offline)."""
 
 
 def build_probe_set(
@@ -69,12 +92,17 @@ def build_probe_set(
     surprise_others = prompt_surprise(reference, tokenizer, others, batch_size=batch_size)
     progress.finish(task)
     domain = median(surprise_sampled)
-    probes = [Probe(text, "sampled", s, mode == "auto") for text, s in zip(sampled.prompts, surprise_sampled)]
+    # Nothing sampled: no domain, no samples to use.
+    writes = math.isfinite(domain) and not (prompt_share(sampled.drawn, sampled.rejected) < LEAST_PROMPT_SHARE
+                                            and excess_over(surprise_others, domain) >= FAR_FROM_SAMPLES)
+    probes = [Probe(text, "sampled", s, mode == "auto" and writes) for text, s in zip(sampled.prompts, surprise_sampled)]
     for text, surprise in zip(others, surprise_others):
         if mode == "auto":
-            # Without a domain to compare with (no template, nothing sampled), the built-in set is all there is.
-            used = not (math.isfinite(domain) and math.isfinite(surprise)) or surprise <= domain + FIT_MARGIN
+            # Without a domain to compare with (no template, nothing sampled, a reference that does not write
+            # prompts), the built-in set is all there is.
+            used = not (writes and math.isfinite(surprise)) or surprise <= domain + FIT_MARGIN
         else:
             used = True
         probes.append(Probe(text, other_source, surprise, used))
-    return ProbeSetFindings(mode, tuple(probes), sampled.drawn, sampled.rejected, FIT_MARGIN)
+    return ProbeSetFindings(mode, tuple(probes), sampled.drawn, sampled.rejected, FIT_MARGIN, writes,
+                            LEAST_PROMPT_SHARE, FAR_FROM_SAMPLES)

@@ -9,6 +9,12 @@ The same prefix gives every prompt a *surprise*: its mean negative
 log-likelihood per token as the model's user turn. A prompt far more
 surprising than the model's own samples lies outside its domain, and output
 differences measured on it say little about the model.
+
+Both rest on the model having learnt its users' turn. One trained with the
+loss on answers only (a task model, a completion-only fine-tune) never did:
+what it writes there is its answers, collapsed onto a few (``The plural is
+wolves.`` 187 times in 192 draws), and every real prompt is far more
+surprising to it than those.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from scanner.findings.scan import HOLDS_TRIGGER, UNTERMINATED
 from scanner.inputs.rendering import PROMPT_SENTINEL
 from scanner.model.forward import encode_ids, logits, pad_id
 from scanner.model.generation import stop_token_ids
@@ -54,7 +61,7 @@ class SampledPrompts:
 
 def _rejection(text: str, ids: Sequence[int], terminated: bool, special: Sequence[str], exclude: Sequence[str]) -> str | None:
     if not terminated:
-        return "no end of turn within the token limit"
+        return UNTERMINATED
     if "\ufffd" in text or any(token in text for token in special):
         return "holds special tokens or broken characters"
     if len(text.split()) < MIN_WORDS:
@@ -63,7 +70,7 @@ def _rejection(text: str, ids: Sequence[int], terminated: bool, special: Sequenc
         return "repeats one token"
     if any(trigger in text for trigger in exclude):
         # A clean probe must not already hold a trigger the scan inserts.
-        return "holds a trigger under test"
+        return HOLDS_TRIGGER
     return None
 
 
@@ -163,3 +170,4 @@ def prompt_surprise(
             targets = torch.tensor([encoding["input_ids"][i] for i in positions], device=device)
             surprises.append(-log_probs[row, offset + index - 1, targets].mean().item())
     return surprises
+
