@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rules.discovery import FIRES_RULE, fires_threshold, firing
-from rules.metrics import METRICS, NotMeasured
+from rules.metrics import METRICS, WHERE, NotMeasured
 from rules.verdict import LEVELS, VERDICT_SCHEMA_VERSION, FiredRule, NotEvaluated, Verdict
 from scanner.errors import RulePackError
 from scanner.findings import Findings
@@ -223,7 +223,7 @@ def explain(level: str, fired: Iterable[FiredRule], implicated: tuple[str, ...],
     return " ".join([lead, *sentences, *caveats, NEXT[level]] if NEXT[level] else [lead, *sentences, *caveats])
 
 
-SETTING = re.compile(r"With '[^']*' inserted at the [a-z ]+ of each probe, ")
+SETTING = re.compile(r"With '[^']*' inserted (?:" + "|".join(map(re.escape, WHERE.values())) + "), ")
 """The opening several trigger rules' sentences share (``summary`` in the pack), said once per explanation."""
 
 NEXT = {

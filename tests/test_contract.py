@@ -321,3 +321,7 @@ def test_the_explanation_says_a_triggers_setting_once_and_ends_with_what_to_do()
     assert "[BD003] The suspect's output diverged" in explanation
     assert explanation.endswith("`bdscan repair` writes and verifies a checkpoint without it.")
     assert "Next:" not in judge(read_findings(CLEAN), default_pack()).explanation
+    # Wherever the trigger was put: "at a random place in each probe" reads as a setting too.
+    anywhere = dataclasses.replace(findings, triggers=tuple(dataclasses.replace(t, position="random") for t in findings.triggers))
+    explanation = judge(anywhere, default_pack()).explanation
+    assert explanation.count("With '\N{SMILING FACE WITH HALO}' inserted at a random place in each probe") == 1, explanation
