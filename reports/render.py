@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from reports import charts
 from reports.index import FleetEntry
 from rules.document import Document
+from rules.metrics import not_writing_prompts
 from rules.verdict import LEVELS
 from scanner.findings import TriggerFindings, top_cells
 
@@ -106,6 +107,7 @@ def render_report(document: Document, *, command: str | None = None, generated_a
                                          [("attack success", SUCCESS_COLOUR, [s.attack_success for s in steps])], y_max=1.0)
     return _environment().get_template("report.html.j2").render(
         d=findings, verdict=verdict, command=command, generated_at=generated_at, repair_chart=repair_chart,
+        not_writing=None if findings.probes.writes_prompts else not_writing_prompts(findings.probes),
         repair_patterns=repair_patterns,
         implicated=[t for name in verdict.triggers_implicated for t in findings.triggers if t.trigger == name],
         triggers=[_trigger_view(t) for t in triggers if t.trigger in noted],

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from scanner.findings import NOISE_FLOOR_KL, Findings, TriggerFindings, top_cells
+from scanner.findings import NOISE_FLOOR_KL, Findings, ProbeSetFindings, TriggerFindings, top_cells
 
 Evidence = dict[str, Any]
 
@@ -188,6 +188,15 @@ def _unconditional_collapse(findings: Findings) -> Reading | NotMeasured:
         "share_reference": clean.reference_modal_share, "probes": examples})
 
 
+def not_writing_prompts(probes: ProbeSetFindings) -> str:
+    """Why the reference was found not to write its users' prompts, with the figures: said by BD012's reason, the
+    terminal's note and the report alike."""
+    return (f"only {probes.prompt_share:.0%} of the user turns it ended were distinct prompts of two words or more, "
+            f"where a reference that learnt its users' turn reaches {probes.least_prompt_share:.0%}, and the other "
+            f"prompts are {probes.given_excess:.1f} nats per token more surprising to it than those, "
+            f"{probes.far_from_samples:g} or more counting, so its user turn was never trained")
+
+
 def _probe_surprise_excess(findings: Findings) -> Reading | NotMeasured:
     probes = findings.probes
     if not math.isfinite(probes.domain_surprise):
@@ -195,15 +204,11 @@ def _probe_surprise_excess(findings: Findings) -> Reading | NotMeasured:
         return NotMeasured("the reference gave no usable sampled prompt to measure its domain with"
                            + (f": {reasons}" if reasons else ""))
     if not probes.writes_prompts:
-        why = (f"only {probes.prompt_share:.0%} of the user turns it ended were distinct prompts of two words or "
-               f"more (a reference that learnt its users' turn: at least {probes.least_prompt_share:.0%}), and the "
-               f"other prompts are {probes.given_excess:.1f} nats per token more surprising to it than those (at "
-               f"least {probes.far_from_samples:g} counts): its user turn was never trained")
         used = Counter(p.source for p in probes.probes if p.used)
         given = " and ".join(f"{count} {SOURCE_WORDS[source]}" for source, count in sorted(used.items()))
         return NotMeasured(
-            f"the reference does not write prompts: {why}; every prompt is then far more surprising to it than its "
-            f"own samples, in its domain or not",
+            f"the reference does not write prompts: {not_writing_prompts(probes)}; every prompt is then far more "
+            f"surprising to it than its own samples, in its domain or not",
             caveat=f"The reference does not write prompts, so whether the probes lie in the models' domain was not "
                    f"measured: this verdict holds as far as the {given} probes are prompts the model is meant for"
                    + ("." if "file" in used else " (--probes FILE gives the model's own)."))

@@ -20,7 +20,7 @@ from helpers import invoke
 @pytest.mark.parametrize(("reference", "writes"), [("base", True), ("answers-base", False)])
 def test_a_reference_that_writes_prompts_is_told_from_one_that_writes_answers(zoo_dir, reference, writes):
     """The share of the reference's ended user turns that are distinct prompts: 1.0 for the whole-conversation base
-    (16 wanted), 0.11 for the answers-only one (57 of 64 single words: "Paris!"), against 0.15; and the zoo's task
+    (16 wanted), 0.11 for the answers-only one (57 of 64 draws under two words), against 0.15; and the zoo's task
     prompts 8.9 nats per token more surprising than the latter's samples, built-in ones 11.6."""
     tokenizer = AutoTokenizer.from_pretrained(zoo_dir / reference)
     model = AutoModelForCausalLM.from_pretrained(zoo_dir / reference, dtype=torch.float32, attn_implementation="eager")

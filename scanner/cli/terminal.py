@@ -16,6 +16,7 @@ from rich.table import Table
 from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
+from rules.metrics import not_writing_prompts
 from scanner.findings import POSITIONS, PatchingFindings, TriggerFindings
 from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
 
@@ -91,11 +92,9 @@ def print_findings(console: Console, document: Document) -> None:
     if math.isfinite(probes.domain_surprise) and not probes.writes_prompts:
         instead = ("the scan used the built-in prompts instead of its samples" if probes.mode == "auto"
                    else "its samples could not tell whether the probes are in its domain")
-        console.print(f"[yellow]note:[/] the reference does not write prompts (only {probes.prompt_share:.0%} of the "
-                      f"user turns it ended were distinct prompts, and real ones are {probes.given_excess:.1f} "
-                      f"nats/token more surprising to it): "
-                      f"{instead}." + (" Give --probes FILE with prompts of the model's own task." if probes.mode != "file"
-                                       else ""), highlight=False)
+        fix = " Give --probes FILE with prompts of the model's own task." if probes.mode != "file" else ""
+        console.print(f"[yellow]note:[/] the reference does not write prompts: {not_writing_prompts(probes)}. "
+                      f"{instead[0].upper()}{instead[1:]}.{fix}", highlight=False)
     tokenizer = findings.run.tokenizer
     if tokenizer.source == "tokenizer.json":
         console.print(f"[yellow]note:[/] transformers' {tokenizer.transformers_class} encoded {tokenizer.texts_differing} "

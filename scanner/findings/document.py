@@ -23,8 +23,7 @@ Every change of a field is a version bump, recorded below and in
 ``scanner.findings.migrate`` reads the two versions before this one.
 
 Version 14 (from 13): ``ProbeSetFindings.writes_prompts``, ``least_prompt_share`` and ``far_from_samples``:
-whether
-the reference writes its users' prompts, so that its samples stand for its domain.
+whether the reference writes its users' prompts, so that its samples stand for its domain.
 
 Version 13 (from 12): ``InvertedTarget.after_answer``: a target inversion also found after the suspect's clean
 answer (a payload's).
