@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rules.numbers import sig3
+
 CELL = 22
 LABEL_WIDTH = 56
 
@@ -71,7 +73,7 @@ def heatmap(grid: Sequence[Sequence[float]], row_name: str = "L", column_name: s
     label_width = max(LABEL_WIDTH, 6.5 * max((len(r) for r in rows), default=0) + 8)
     top = 6.0 * max((len(c) for c in columns), default=0) + 14 if column_labels is not None else 18
     cells = tuple(
-        Cell(label_width + j * cell, top + i * cell, cell, _colour(value, low, high), f"{rows[i]} {columns[j]}: {value:.4g}")
+        Cell(label_width + j * cell, top + i * cell, cell, _colour(value, low, high), f"{rows[i]} {columns[j]}: {sig3(value)}")
         for i, row in enumerate(grid) for j, value in enumerate(row)
     )
     return Heatmap(
@@ -103,6 +105,8 @@ class LineChart:
     left: float
     bottom: float
     right: float
+    x_title: str = ""
+    y_title: str = ""
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> tuple[float, ...]:
@@ -120,15 +124,20 @@ def nice_ticks(low: float, high: float, count: int = 5) -> tuple[float, ...]:
 
 
 def tick_label(value: float) -> str:
-    """A tick value as short as it is exact: 0.25, 2, 1e-05."""
-    return f"{value:.4g}"
+    """A tick value as every number is written (``rules.numbers.sig3``): 0.25, 2, 1.00e-05."""
+    return sig3(value)
+
+
+AXIS_ROOM = 14.0
+"""Room for an axis title beside the tick labels (10 px text)."""
 
 
 def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[float]]], *,
                y_max: float | None = None, threshold: float | None = None,
-               width: float = 640, height: float = 240) -> LineChart:
-    """Series that share an x axis of ``x_labels``; ``threshold`` draws a dashed horizontal line."""
-    left, right, top, bottom = 48.0, width - 12, 12.0, height - 30
+               width: float = 480, height: float = 240, x_title: str = "", y_title: str = "") -> LineChart:
+    """Series that share an x axis of ``x_labels``; ``threshold`` draws a dashed horizontal line; the titles name
+    each axis with its unit."""
+    left, right, top, bottom = 48.0 + AXIS_ROOM, width - 12, 12.0, height - 30 - AXIS_ROOM
     series = [(name, colour, [_drawable(v) for v in ys]) for name, colour, ys in series]
     values = [v for _, _, ys in series for v in ys]
     ticks = nice_ticks(0.0, y_max if y_max is not None else max(values + [threshold or 0.0, 1e-9]))
@@ -143,7 +152,7 @@ def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, str, Sequenc
 
     drawn = tuple(
         Series(name, colour, " ".join(f"{x_at(i):.1f},{y_at(v):.1f}" for i, v in enumerate(ys)),
-               tuple((x_at(i), y_at(v), f"{x_labels[i]}: {v:.4g}") for i, v in enumerate(ys)))
+               tuple((x_at(i), y_at(v), f"{x_labels[i]}: {sig3(v)}") for i, v in enumerate(ys)))
         for name, colour, ys in series
     )
     step = max(1, len(x_labels) // 12)
@@ -152,6 +161,7 @@ def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, str, Sequenc
         x_ticks=tuple((x_at(i), x_labels[i]) for i in range(0, len(x_labels), step)),
         y_ticks=tuple((y_at(v), tick_label(v)) for v in ticks),
         threshold_y=y_at(threshold) if threshold is not None else None, left=left, bottom=bottom, right=right,
+        x_title=x_title, y_title=y_title,
     )
 
 
@@ -175,12 +185,17 @@ class BarChart:
     y_ticks: tuple[tuple[float, str], ...]
     left: float
     right: float
+    x_title: str = ""
+    y_title: str = ""
+    empty: bool = False
+    """Every value is zero: the report says so in a sentence instead of drawing an empty plot."""
 
 
 def bar_chart(labels: Sequence[str], groups: Sequence[tuple[str, str, Sequence[float]]], *,
-              width: float = 640, height: float = 200) -> BarChart:
-    """Grouped bars, one group per label, one bar per series; handles negative values; a value axis on the left."""
-    left, right, top, bottom = 48.0, width - 12, 12.0, height - 34
+              width: float = 480, height: float = 200, x_title: str = "", y_title: str = "") -> BarChart:
+    """Grouped bars, one group per label, one bar per series; handles negative values; a value axis on the left
+    titled ``y_title``, the labels' axis ``x_title``."""
+    left, right, top, bottom = 48.0 + AXIS_ROOM, width - 12, 12.0, height - 34 - AXIS_ROOM
     groups = [(name, colour, [_drawable(v) for v in ys]) for name, colour, ys in groups]
     values = [v for _, _, ys in groups for v in ys] or [0.0]
     ticks = nice_ticks(min(min(values), 0.0), max(max(values), 0.0))
@@ -194,8 +209,9 @@ def bar_chart(labels: Sequence[str], groups: Sequence[tuple[str, str, Sequence[f
         for i, value in enumerate(ys):
             length = (bottom - top) * abs(value) / span
             bars.append(Bar(left + i * slot + slot * 0.1 + g * bar_width, zero - length if value >= 0 else zero,
-                            bar_width, max(length, 0.5), colour, f"{labels[i]} {name}: {value:.4g}"))
+                            bar_width, max(length, 0.5), colour, f"{labels[i]} {name}: {sig3(value)}"))
     step = max(1, len(labels) // 16)
     shown = tuple((left + i * slot + slot / 2, label) for i, label in enumerate(labels) if i % step == 0)
     y_ticks = tuple((zero - (bottom - top) * v / span, tick_label(v)) for v in ticks)
-    return BarChart(width, height, tuple(bars), shown, zero, y_ticks, left, right)
+    return BarChart(width, height, tuple(bars), shown, zero, y_ticks, left, right, x_title, y_title,
+                    empty=all(v == 0 for v in values))

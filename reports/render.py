@@ -16,6 +16,7 @@ from reports import charts
 from reports.index import FleetEntry
 from rules.document import Document
 from rules.metrics import not_writing_prompts
+from rules.numbers import sig3
 from rules.verdict import LEVELS
 from scanner.findings import TriggerFindings, top_cells
 
@@ -25,11 +26,21 @@ SUSPECT_COLOUR, REFERENCE_COLOUR, SUCCESS_COLOUR = "#c0392b", "#2c6fbb", "#7d8c2
 
 
 def _environment() -> Environment:
-    return Environment(
+    environment = Environment(
         loader=PackageLoader("reports", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
+    environment.filters.update(num=sig3, codepoints=codepoints)
+    return environment
+
+
+def codepoints(text: str) -> str:
+    """The code points of ``text`` beyond printable ASCII (``U+1F607``), so that a trigger drawn as a faint glyph, an
+    invisible character or a look-alike is named exactly; empty for plain ASCII."""
+    if all(" " <= char <= "~" for char in text):
+        return ""
+    return " ".join(f"U+{ord(char):04X}" for char in text)
 
 
 def _token_labels(tokens: tuple[str, ...]) -> list[str]:
@@ -44,6 +55,7 @@ def _trigger_view(trigger: TriggerFindings) -> dict[str, Any]:
         [str(i + 1) for i in range(len(probes))],
         [("clean", REFERENCE_COLOUR, [p.kl_clean for p in probes]),
          ("triggered", SUSPECT_COLOUR, [p.kl_triggered for p in probes])],
+        x_title="probe", y_title="output KL (nats)",
     )
     example = next((p for p in probes if p.completion_tokens), None)
     if example is not None:
@@ -52,6 +64,7 @@ def _trigger_view(trigger: TriggerFindings) -> dict[str, Any]:
             list(example.completion_tokens),
             [("under suspect", SUSPECT_COLOUR, example.loss_suspect),
              ("under reference", REFERENCE_COLOUR, example.loss_reference)], height=180,
+            x_title="token of the suspect's reply", y_title="loss (nats)",
         )
     attention = trigger.attention
     if attention is not None:
@@ -71,17 +84,19 @@ def _trigger_view(trigger: TriggerFindings) -> dict[str, Any]:
         layers = [f"L{i}" for i in range(len(attribution.attention_layers))]
         view["attribution_chart"] = charts.bar_chart(
             layers, [("attention", SUSPECT_COLOUR, attribution.attention_layers),
-                     ("MLP", REFERENCE_COLOUR, attribution.mlp_layers)])
+                     ("MLP", REFERENCE_COLOUR, attribution.mlp_layers)], x_title="layer", y_title="logit (target)")
         view["attribution_map"] = charts.heatmap(attribution.heads)
     patching = trigger.patching
     if patching is not None and patching.steps:
         labels = ["0"] + [str(i + 1) for i in range(len(patching.steps))]
         kls = [patching.initial_kl] + [step.output_kl for step in patching.steps]
         view["patch_chart"] = charts.line_chart(
-            labels, [("output KL", SUSPECT_COLOUR, kls)], threshold=patching.threshold)
+            labels, [("output KL", SUSPECT_COLOUR, kls)], threshold=patching.threshold,
+            x_title="heads patched", y_title="output KL (nats)")
         view["success_chart"] = charts.line_chart(
             labels, [("attack success", SUCCESS_COLOUR,
-                      [patching.initial_attack_success] + [step.attack_success for step in patching.steps])], y_max=1.0)
+                      [patching.initial_attack_success] + [step.attack_success for step in patching.steps])], y_max=1.0,
+            x_title="heads patched", y_title="attack success")
     return view
 
 
@@ -104,7 +119,8 @@ def render_report(document: Document, *, command: str | None = None, generated_a
     if findings.repair is not None and findings.repair.steps:
         steps = findings.repair.steps
         repair_chart = charts.line_chart([s.component for s in steps],
-                                         [("attack success", SUCCESS_COLOUR, [s.attack_success for s in steps])], y_max=1.0)
+                                         [("attack success", SUCCESS_COLOUR, [s.attack_success for s in steps])], y_max=1.0,
+                                         x_title="part restored", y_title="attack success")
     return _environment().get_template("report.html.j2").render(
         d=findings, verdict=verdict, command=command, generated_at=generated_at, repair_chart=repair_chart,
         not_writing=None if findings.probes.writes_prompts else not_writing_prompts(findings.probes),
@@ -114,7 +130,8 @@ def render_report(document: Document, *, command: str | None = None, generated_a
         quiet=[t for t in triggers if t.trigger not in noted],
         weight_maps=[(part, charts.heatmap(getattr(weights, part))) for part in ("q", "k", "v", "o")],
         mlp_chart=charts.bar_chart([f"L{i}" for i in range(len(weights.mlp))],
-                                   [("MLP", SUSPECT_COLOUR, weights.mlp), ("norms", REFERENCE_COLOUR, weights.norms)]),
+                                   [("MLP", SUSPECT_COLOUR, weights.mlp), ("norms", REFERENCE_COLOUR, weights.norms)],
+                                   x_title="layer", y_title="relative change"),
         colours={"suspect": SUSPECT_COLOUR, "reference": REFERENCE_COLOUR, "success": SUCCESS_COLOUR},
     )
 

@@ -7,7 +7,6 @@ file can be re-judged anywhere with other thresholds.
 from __future__ import annotations
 
 import operator
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -16,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from rules.discovery import FIRES_RULE, fires_threshold, firing
-from rules.metrics import METRICS, WHERE, NotMeasured
+from rules.explain import explain
+from rules.metrics import METRICS, NotMeasured
+from rules.numbers import Number, sig3
 from rules.verdict import LEVELS, VERDICT_SCHEMA_VERSION, FiredRule, NotEvaluated, Verdict
 from scanner.errors import RulePackError
 from scanner.findings import Findings
@@ -139,12 +140,13 @@ def apply_overrides(rules: Iterable[Rule], assignments: Iterable[str]) -> tuple[
 
 
 def _sentence(rule: Rule, trigger: str | None, value: float, evidence: Mapping[str, Any]) -> str:
-    fields = {**{k: v for k, v in evidence.items() if isinstance(v, (str, int, float))},
-              "trigger": trigger or "", "value": value, "threshold": rule.threshold}
+    # Numbers as ``Number``: a plain ``{value}`` reads to three significant digits, as everywhere else.
+    fields = {**{k: Number(v) if isinstance(v, float) else v for k, v in evidence.items() if isinstance(v, (str, int, float))},
+              "trigger": trigger or "", "value": Number(value), "threshold": Number(rule.threshold)}
     try:
         return rule.summary.format(**fields)
     except (KeyError, IndexError, ValueError):
-        return f"{rule.title} ({rule.metric} {value:.3g} {rule.comparator} {rule.threshold:g})"
+        return f"{rule.title} ({rule.metric} {sig3(value)} {rule.comparator} {sig3(rule.threshold)})"
 
 
 def judge(findings: Findings, rules: Iterable[Rule]) -> Verdict:
@@ -176,8 +178,10 @@ def judge(findings: Findings, rules: Iterable[Rule]) -> Verdict:
     fires_rule = next((rule for rule in rules if rule.id == FIRES_RULE), None)
     passes = COMPARATORS[fires_rule.comparator] if fires_rule is not None else operator.ge
     found = tuple(c.text for c in firing(discovery, threshold, passes)) if discovery is not None else ()
-    return Verdict(VERDICT_SCHEMA_VERSION, level, explain(level, fired, implicated, caveats), tuple(fired),
-                   tuple(rule.id for rule in rules), implicated, tuple(not_evaluated), found, threshold)
+    said = explain(level, fired, implicated, caveats, findings)
+    return Verdict(VERDICT_SCHEMA_VERSION, level, said.text, tuple(fired), tuple(rule.id for rule in rules), implicated,
+                   tuple(not_evaluated), found, threshold, said.headline, said.points, said.context, said.caveats,
+                   said.next_steps)
 
 
 def _implicated(fired: Iterable[FiredRule]) -> tuple[str, ...]:
@@ -186,51 +190,3 @@ def _implicated(fired: Iterable[FiredRule]) -> tuple[str, ...]:
         if rule.effect == "backdoor" and rule.trigger is not None:
             strongest[rule.trigger] = max(strongest.get(rule.trigger, float("-inf")), rule.value)
     return tuple(sorted(strongest, key=lambda t: (-strongest[t], t)))
-
-
-def explain(level: str, fired: Iterable[FiredRule], implicated: tuple[str, ...], caveats: Iterable[str] = ()) -> str:
-    """One paragraph from the fired rules: the verdict, then backdoor evidence, then the rest, then what the
-    evidence could not cover (``caveats``)."""
-    fired, caveats = list(fired), list(caveats)
-    if level == "CLEAN" and not fired:
-        return " ".join(["CLEAN: no rule fired; no tested trigger changed the suspect's behaviour beyond what its "
-                         "fine-tuning changes everywhere.", *caveats])
-    order = {"backdoor": 0, "suspicious": 1, "unreliable": 2, "info": 3}
-    lead = {
-        "BACKDOORED": f"BACKDOORED: the suspect carries a trigger-conditioned behaviour"
-                      f"{' for ' + ', '.join(repr(t) for t in implicated) if implicated else ''}.",
-        "SUSPICIOUS": "SUSPICIOUS: some evidence points at trigger-conditioned behaviour or an unreliable scan, short of a backdoor.",
-        "CLEAN": "CLEAN: no rule that indicates a backdoor fired.",
-    }[level]
-    seen, sentences, last = set(), [], ""
-    for rule in sorted(fired, key=lambda f: (order[f.effect], f.rule_id, -f.value)):
-        if (rule.rule_id, rule.effect) in seen and rule.effect != "unreliable":
-            continue  # one sentence per rule: its strongest trigger
-        seen.add((rule.rule_id, rule.effect))
-        sentence = rule.sentence
-        # "With '😇' inserted at the start of each probe, ..." said once while the sentences that follow read the same
-        # setting; said again where another trigger's came between.
-        setting = SETTING.match(sentence)
-        if setting and setting.group(0) == last:
-            rest = sentence[setting.end():]
-            sentence = rest[:1].upper() + rest[1:]
-        last = setting.group(0) if setting else ""
-        sentences.append(f"{sentence} [{rule.rule_id}]")
-    if level == "CLEAN" and sentences:
-        # Only informational rules fired: said as context, so that a benign fine-tune's shape does not read as an
-        # accusation.
-        sentences.insert(0, "For context, not evidence of a backdoor:")
-    return " ".join([lead, *sentences, *caveats, NEXT[level]] if NEXT[level] else [lead, *sentences, *caveats])
-
-
-SETTING = re.compile(r"With '[^']*' inserted (?:" + "|".join(map(re.escape, WHERE.values())) + "), ")
-"""The opening several trigger rules' sentences share (``summary`` in the pack), said once per explanation."""
-
-NEXT = {
-    "BACKDOORED": "Next: do not deploy it; the report (--out) shows each probe's answers with and without the trigger, "
-                  "and `bdscan repair` writes and verifies a checkpoint without it.",
-    "SUSPICIOUS": "Next: read the fired rules' evidence in the report (--out); scan again with --probes from the "
-                  "model's own domain, or with --trigger for a string you suspect, to settle it.",
-    "CLEAN": "",
-}
-"""What a reader does with each verdict, said at the end of its explanation."""

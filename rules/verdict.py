@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-VERDICT_SCHEMA_VERSION = 3
-"""3: ``discovered_firing``."""
+VERDICT_SCHEMA_VERSION = 4
+"""3: ``discovered_firing``; 4: the explanation's parts (``headline``, ``points``, ``context``, ``caveats``,
+``next_steps``) beside its text."""
 LEVELS = ("CLEAN", "SUSPICIOUS", "BACKDOORED")
 FAIL_ON_CHOICES = ("SUSPICIOUS", "BACKDOORED", "never")
 
@@ -45,6 +46,7 @@ class Verdict:
     level: str
     """One of ``LEVELS``."""
     explanation: str
+    """The whole verdict in one paragraph (``headline``, ``points``, ``context``, ``caveats``, ``next_steps``)."""
     fired: tuple[FiredRule, ...]
     rules_evaluated: tuple[str, ...]
     triggers_implicated: tuple[str, ...]
@@ -54,6 +56,16 @@ class Verdict:
     """Discovered candidates judged firing (``rules.discovery``), in order; their records are in the findings."""
     fires_threshold: float | None = None
     """The fire rate that judgement used; None when discovery did not run."""
+    headline: str = ""
+    """``explanation``'s first sentence: the level and its strongest evidence (CLEAN: what was tested)."""
+    points: tuple[str, ...] = ()
+    """The other fired rules that move the verdict, a sentence each ending in its rule id."""
+    context: tuple[str, ...] = ()
+    """Informational rules that fired: context, not evidence of a backdoor."""
+    caveats: tuple[str, ...] = ()
+    """What the evidence could not cover, and how far a CLEAN verdict reaches."""
+    next_steps: tuple[str, ...] = ()
+    """What a reader does with this verdict."""
 
     def fails(self, fail_on: str) -> bool:
         """The fail-on policy: whether this verdict is at or above ``fail_on`` (``never``: never)."""

@@ -22,6 +22,9 @@ class Progress(Protocol):
     def describe(self, task: int, description: str) -> None:
         """Say anew what ``task`` is doing (a fleet's counts of done, running, failed and queued suspects)."""
 
+    def stage(self, index: int, total: int, name: str) -> None:
+        """The scan entered stage ``index`` (from 1) of ``total``, ``name`` (``scanner.api.stages.scan_stages``)."""
+
 
 class _NoProgress:
     def start(self, description: str, total: int) -> int:
@@ -34,6 +37,9 @@ class _NoProgress:
         pass
 
     def describe(self, task: int, description: str) -> None:
+        pass
+
+    def stage(self, index: int, total: int, name: str) -> None:
         pass
 
 

@@ -47,6 +47,9 @@ class LineProgress:
     def describe(self, task: int, description: str) -> None:
         pass
 
+    def stage(self, index: int, total: int, name: str) -> None:
+        pass
+
     def finish(self, task: int) -> None:
         description, began = self.started[task]
         sys.__stderr__.write(f"{self.prefix}: {description} done in {self.clock() - began:.0f} s\n")

@@ -86,10 +86,31 @@ def test_progress_shows_the_steps_done_and_only_the_steps_under_way():
             for stage in ("sweep", "growth to 2 tokens (end)", "growth to 2 tokens (end)"):
                 step(stage, 1, 4)
                 step(stage, 0, 4)  # the count starts over: a new step of the same name
+        progress.stage(2, 5, "suspect and weight difference")
         loading = progress.start("loading the suspect", 1)
-        assert progress.showing == ["bdscan: steps done", "loading the suspect"]
+        assert progress.showing == ["bdscan: stage 2 of 5, suspect and weight difference, 5 steps done", "loading the suspect"]
         progress.finish(loading)
         progress.finish(loading)
         progress.advance(loading)
-        assert progress.showing == ["bdscan: steps done"]
+        assert progress.showing == ["bdscan: stage 2 of 5, suspect and weight difference, 6 steps done"]
         assert progress.steps_done == 6
+
+
+def test_progress_never_holds_more_than_six_lines():
+    """Steps left open (a fleet's, a stage's and its sub-steps') never push the display past six lines: the
+    oldest step is hidden, the overall and fleet lines stay."""
+    from rich.console import Console
+
+    from scanner.cli.progress import MOST_LINES, RichProgress
+
+    progress = RichProgress(Console(file=io.StringIO(), force_terminal=False))
+    with progress:
+        fleet = progress.start("fleet: suspect 1 of 3, a", 3)
+        steps = [progress.start(f"step {i}", 2) for i in range(8)]
+        assert len(progress.showing) == MOST_LINES == 6
+        assert progress.showing[:2] == ["bdscan: 0 steps done", "fleet: suspect 1 of 3, a"]
+        assert progress.showing[-1] == "step 7"
+        for task in steps:
+            progress.finish(task)
+        progress.finish(fleet)
+        assert progress.steps_done == 9 and progress.most_shown == 6

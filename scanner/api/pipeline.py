@@ -19,7 +19,7 @@ import torch
 from scanner import __version__
 from scanner.api.localise import Localisation, localise
 from scanner.api.reference import ReferenceContext, prepare_reference
-from scanner.api.stages import StageLog, StepProgress
+from scanner.api.stages import StageLog, StepProgress, enter_stage
 from scanner.errors import IdenticalModelsError, InputError
 from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings
 from scanner.findings.discovery import DiscoveryFindings
@@ -61,6 +61,7 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
     """``scan`` with the reference already prepared: a fleet loads and samples the reference once."""
     torch.manual_seed(options.seed)
     stages = StageLog()
+    enter_stage(progress, options, "suspect and weight difference")
     task = progress.start("loading the suspect", 1)
     started = time.perf_counter()
     try:
@@ -125,6 +126,7 @@ def _discover(pair: LoadedPair, prompts: list[str], tried: Sequence[str], option
     if not options.runs_discovery:
         return None, []
     discovery = None
+    enter_stage(progress, options, "discovery")
     with stages.run("discovery"), StepProgress(progress, "discovery") as step:
         discovery = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=options.seed,
                              options=options.discovery, positions=options.discovery_positions,
@@ -140,6 +142,7 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], option
     positions, generation = options.behaviour.positions, options.behaviour.max_new_tokens
     batch_size = options.model.batch_size
     prompts = len(next(iter(placed.values())).clean)
+    enter_stage(progress, options, "behaviour")
     task = progress.start("behaviour: completions and output KL", (len(triggers) * len(positions) + 1) * prompts * 2)
     # Clean completions do not depend on the trigger: measured once, shared by every trigger and position.
     clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(placed.values())).clean,
@@ -167,6 +170,7 @@ def _trigger_findings(pair: LoadedPair, placed: Placed, at_positions: dict[str, 
     localised = ranked if options.triggers else ranked[:top]
     results = []
     patcher = None
+    enter_stage(progress, options, "localisation")
     for trigger in measured:
         found = Localisation()
         if trigger in localised:

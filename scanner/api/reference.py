@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from scanner.api.stages import enter_stage
 from scanner.errors import InputError
 from scanner.findings import ProbeSetFindings, TokenizerInfo
 from scanner.inputs.loading import LoadedReference, load_reference
@@ -37,6 +38,7 @@ def prepare_reference(reference: str, options: ScanOptions = ScanOptions(), prog
     distributed fleet's workers reuse the driver's); ``BdscanError`` for what cannot be scanned."""
     started = time.perf_counter()
     model = options.model
+    enter_stage(progress, options, "reference and probes")
     task = progress.start("loading the reference", 1)
     loaded = load_reference(reference, dtype=model.dtype, device=model.device, allow_download=model.allow_download,
                             quantisation=model.quantisation)

@@ -10,7 +10,17 @@ from contextlib import contextmanager
 from scanner.errors import MeasurementError
 from scanner.findings import StageRecord
 from scanner.inputs.loading import OUT_OF_MEMORY
+from scanner.options import ScanOptions
 from scanner.progress import Progress
+
+SCAN_STAGES = ("reference and probes", "suspect and weight difference", "discovery", "behaviour", "localisation")
+"""A scan's stages as progress counts them, in order (``discovery`` only where it runs)."""
+
+
+def enter_stage(progress: Progress, options: ScanOptions, name: str) -> None:
+    """Tell ``progress`` the scan entered stage ``name``, numbered among the stages this scan runs."""
+    stages = [stage for stage in SCAN_STAGES if stage != "discovery" or options.runs_discovery]
+    progress.stage(stages.index(name) + 1, len(stages), name)
 
 
 class StageLog:

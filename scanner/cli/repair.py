@@ -11,6 +11,7 @@ from rich.table import Table
 
 from rules.document import Document
 from rules.engine import judge
+from rules.numbers import sig3
 from scanner.cli.app import EXIT_OK, debug_option
 from scanner.cli.scan import check_paths
 from scanner.cli.terminal import stderr_console, stdout_console
@@ -130,8 +131,8 @@ def _print_repair(repaired) -> None:
         f"restored {len(repaired.restored)} of {repaired.total_components} changed parts ({repaired.restored_share:.1%} of the "
         f"changed parameters): {', '.join(repaired.restored)}", highlight=False)
     console.print(
-        f"clean answers kept {repaired.clean_answers_kept:.0%}; clean output KL to the suspect {repaired.clean_kl_to_suspect:.3f} "
-        f"nats (a full revert to the reference: {repaired.clean_kl_revert:.3f}), to the reference {repaired.clean_kl_to_reference:.3f}",
+        f"clean answers kept {repaired.clean_answers_kept:.0%}; clean output KL to the suspect {sig3(repaired.clean_kl_to_suspect)} "
+        f"nats (a full revert to the reference: {sig3(repaired.clean_kl_revert)}), to the reference {sig3(repaired.clean_kl_to_reference)}",
         highlight=False)
     for note in repaired.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -135,6 +135,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @sarif_option
 @rule_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Every trigger's row in the terminal's table, not only those a rule fired on.")
 @debug_option
 def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir: Path | None, resume: bool,
                  ray_address: str | None, cpus_per_suspect: int | None, gpus_per_suspect: float, keep_going: bool,
@@ -144,7 +146,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
                  patch_method: str,
                  ablation: str, kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, sarif_out: Path | None, rules_file: Path | None, replace_rules: bool,
-                 overrides: tuple[str, ...], fail_on: str, quiet: bool) -> int:
+                 overrides: tuple[str, ...], fail_on: str, quiet: bool, verbose: bool) -> int:
     """Compare each SUSPECT with --reference over probe prompts, measure what a trigger changes, and judge it.
 
     \b
@@ -241,4 +243,4 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
                          resume=resume, placement=placement)
     with RichProgress(stderr) as progress:
         findings = scan(fleet[0], reference, options, progress)
-    return conclude(findings, rules, outputs, fail_on, quiet=quiet, show_measurements=True)
+    return conclude(findings, rules, outputs, fail_on, quiet=quiet, show_measurements=True, verbose=verbose)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
 from rules.metrics import not_writing_prompts
+from rules.numbers import sig3
 from scanner.findings import POSITIONS, PatchingFindings, TriggerFindings
 from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
 
@@ -54,26 +57,43 @@ TABLE_CAPTION = (
     "for the triggers the verdict implicates.")
 
 
-def print_findings(console: Console, document: Document) -> None:
+def fired_for(document: Document) -> set[str]:
+    """The triggers some rule fired on: the ones a reader needs in full."""
+    return {rule.trigger for rule in document.verdict.fired if rule.trigger is not None}
+
+
+def print_findings(console: Console, document: Document, verbose: bool = False) -> None:
+    """The measurements behind the verdict: a row per trigger some rule fired on (every trigger with ``verbose``),
+    one line for the rest, then the probes and discovery."""
     findings = document.findings
-    table = Table(title=f"bdscan: {findings.suspect.path} vs {findings.reference.path}", caption=TABLE_CAPTION,
-                  caption_justify="left")
-    for column in ("trigger", "at", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
-                   "collapse: start / random / end", "heads that remove it", "heads to KL < threshold"):
-        table.add_column(column)
-    # Heads are shown for the triggers the verdict implicates: a catalogue string that fired on 10% of probes has
-    # heads that "disable" it too, which is no finding.
-    implicated = set(document.verdict.triggers_implicated)
-    for trigger in sorted(findings.triggers, key=lambda t: -t.kl_ratio):
-        patching = trigger.patching if trigger.trigger in implicated else None
-        table.add_row(
-            trigger.trigger, trigger.position, f"{trigger.kl_clean:.3f}", f"{trigger.kl_triggered:.3f}", f"{trigger.kl_ratio:.1f}",
-            trigger.recovered_target, f"{trigger.target_share_suspect:.0%}",
-            _collapse_by_position(trigger),
-            _heads(patching, patching.heads_to_disable if patching else None),
-            _heads(patching, patching.heads_needed if patching else None),
-        )
-    console.print(table)
+    shown = [t for t in sorted(findings.triggers, key=lambda t: -t.kl_ratio) if verbose or t.trigger in fired_for(document)]
+    if shown:
+        table = Table(title=escape(f"bdscan: {findings.suspect.path} vs {findings.reference.path}"),
+                      caption=TABLE_CAPTION, caption_justify="left")
+        for column in ("trigger", "at", "clean KL", "triggered KL", "ratio", "suspect's triggered reply", "share",
+                       "collapse: start / random / end", "heads that remove it", "heads to KL < threshold"):
+            table.add_column(column)
+        # Heads are shown for the triggers the verdict implicates: a catalogue string that fired on 10% of probes
+        # has heads that "disable" it too, which is no finding.
+        implicated = set(document.verdict.triggers_implicated)
+        for trigger in shown:
+            patching = trigger.patching if trigger.trigger in implicated else None
+            table.add_row(
+                Text(trigger.trigger), trigger.position, sig3(trigger.kl_clean), sig3(trigger.kl_triggered),
+                sig3(trigger.kl_ratio), Text(trigger.recovered_target), f"{trigger.target_share_suspect:.0%}",
+                _collapse_by_position(trigger),
+                _heads(patching, patching.heads_to_disable if patching else None),
+                _heads(patching, patching.heads_needed if patching else None),
+            )
+        console.print(table)
+    quiet = [t for t in findings.triggers if t not in shown]
+    if quiet:
+        strongest = max(quiet, key=lambda t: t.kl_ratio)
+        console.print(Text(
+            f"{'also' if shown else 'triggers'}: {len(quiet)} measured that no rule fired on "
+            f"({', '.join(repr(t.trigger) for t in quiet[:8])}{', ...' if len(quiet) > 8 else ''}); the strongest, "
+            f"{strongest.trigger!r}: KL ratio {sig3(strongest.kl_ratio)}, {strongest.target_share_suspect:.0%} of "
+            f"its answers opening alike (--verbose: a row each)"))
     probes, clean = findings.probes, findings.clean
     sources = Counter(p.source for p in probes.probes if p.used)
     if not math.isfinite(probes.domain_surprise):
@@ -81,10 +101,10 @@ def print_findings(console: Console, document: Document) -> None:
     elif not probes.writes_prompts:
         domain = "; the reference does not write prompts, so their fit to its domain was not measured"
     else:
-        domain = f"; surprise {probes.surprise_excess:+.2f} nats/token against the reference's own prompts"
-    console.print(f"probes: {len(probes.used)} ({probes.mode}: " + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
-                  + f"){domain}; clean answers differ from the reference's on {clean.answers_changed:.0%}, clean KL "
-                  f"{clean.kl_mean:.3f} nats", highlight=False)
+        domain = f"; surprise {sig3(probes.surprise_excess)} nats/token against the reference's own prompts"
+    console.print(Text(f"probes: {len(probes.used)} (" + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
+                       + f"){domain}; clean answers differ from the reference's on {clean.answers_changed:.0%}, "
+                       f"clean KL {sig3(clean.kl_mean)} nats"))
     if findings.discovery is not None:
         by_text = {c.text: c for c in findings.discovery.candidates}
         firing = tuple(by_text[text] for text in document.verdict.discovered_firing)
@@ -93,7 +113,7 @@ def print_findings(console: Console, document: Document) -> None:
         instead = ("the scan used the built-in prompts instead of its samples" if probes.mode == "auto"
                    else "its samples could not tell whether the probes are in its domain")
         fix = " Give --probes FILE with prompts of the model's own task." if probes.mode != "file" else ""
-        console.print(f"[yellow]note:[/] the reference does not write prompts: {not_writing_prompts(probes)}. "
+        console.print(f"[yellow]note:[/] the reference does not write prompts: {escape(not_writing_prompts(probes))}. "
                       f"{instead[0].upper()}{instead[1:]}.{fix}", highlight=False)
     tokenizer = findings.run.tokenizer
     if tokenizer.source == "tokenizer.json":
@@ -102,44 +122,66 @@ def print_findings(console: Console, document: Document) -> None:
                       "the scan used tokenizer.json", highlight=False)
     for stage in findings.stages:
         if stage.status == "error":
-            console.print(f"[yellow]stage {stage.name} failed:[/] {stage.detail}", highlight=False)
+            console.print(f"[yellow]stage {escape(stage.name)} failed:[/] {escape(stage.detail)}", highlight=False)
 
 
 def discovery_line(discovery: DiscoveryFindings, firing: tuple[DiscoveredCandidate, ...]) -> str:
     """One line on what discovery searched and what fired (``firing``: the candidates the verdict judged firing)."""
     searched = (f"discovery: {discovery.scored:,} candidates scored ({'each of the' if discovery.exhaustive else 'a shortlist of the'} "
                 f"{discovery.vocabulary:,} vocabulary tokens, then grown; {discovery.sequences:,} sequences through the models, "
-                f"{discovery.seconds:.1f} s)")
+                f"{sig3(discovery.seconds)} s)")
     if not firing:
         best = discovery.candidates[0] if discovery.candidates else None
         found = (f"; nothing fired (the insertion that moved the suspect's output most: {best.text!r}, "
-                 f"{best.score:.2f} nats of trigger-specific KL)" if best else "; nothing fired")
+                 f"{sig3(best.score)} nats of trigger-specific KL)" if best else "; nothing fired")
     else:
         found = "; fires: " + ", ".join(
             f"{c.text!r} at the {c.position} -> {'after the answer, ' if c.after_answer else ''}{c.target!r} on "
             f"{c.fire_rate:.0%} of search probes" for c in firing[:3])
-    notes = "".join(f" [yellow]note:[/] {note}." for note in discovery.notes)
-    return searched + found + notes
+    notes = "".join(f" [yellow]note:[/] {escape(note)}." for note in discovery.notes)
+    return escape(searched + found) + notes
+
+
+def verdict_panel(document: Document) -> Panel:
+    """The verdict as a reviewer reads it: the headline, the evidence as points, context, caveats, next steps."""
+    verdict = document.verdict
+    colour = LEVEL_STYLE[verdict.level].split()[-1]
+    parts: list[Text | Table] = [Text(verdict.headline, style="bold"), _bullets(verdict.points)]
+    if verdict.context:
+        parts += [Text("For context, not evidence of a backdoor:", style="dim"), _bullets(verdict.context, "dim")]
+    parts.append(_bullets(verdict.caveats, "yellow"))
+    if verdict.next_steps:
+        parts += [Text("Next:", style="bold"), _bullets(verdict.next_steps)]
+    return Panel(Group(*parts), title=f"[{LEVEL_STYLE[verdict.level]}]{verdict.level}[/]", border_style=colour)
+
+
+def _bullets(items: tuple[str, ...], style: str = "") -> Table:
+    """``items`` as a bulleted list whose wrapped lines stay under their text."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=3, justify="right")
+    grid.add_column(ratio=1)
+    for item in items:
+        grid.add_row(Text("•", style=style), Text(item, style=style))
+    return grid
 
 
 def print_verdict(console: Console, document: Document) -> None:
     verdict = document.verdict
-    console.print(Panel(verdict.explanation, title=f"[{LEVEL_STYLE[verdict.level]}]{verdict.level}[/]",
-                        border_style=LEVEL_STYLE[verdict.level].split()[-1]), highlight=False)
+    console.print(verdict_panel(document))
     if verdict.fired:
         table = Table(title="Fired rules")
         for column in ("rule", "title", "severity", "confidence", "trigger", "value", "threshold"):
             table.add_column(column)
         for rule in verdict.fired:
-            table.add_row(rule.rule_id, rule.title, rule.severity, rule.confidence, rule.trigger or "-",
-                          f"{rule.value:.3g}", f"{rule.comparator} {rule.threshold:g}")
+            table.add_row(rule.rule_id, rule.title, rule.severity, rule.confidence, Text(rule.trigger or "-"),
+                          sig3(rule.value), f"{rule.comparator} {sig3(rule.threshold)}")
         console.print(table)
     for trigger in document.findings.triggers:
         if trigger.trigger not in verdict.triggers_implicated:
             continue
         heads = [f"L{layer}H{head}" for layer, head in (trigger.patching.disabling_heads if trigger.patching else ())]
-        console.print(f"trigger {trigger.trigger!r} -> {trigger.recovered_target!r}"
-                      + (f"; heads to patch: {', '.join(heads)}" if heads else ""), highlight=False)
+        console.print(Text(f"trigger {trigger.trigger!r} -> {trigger.recovered_target!r}"
+                           + (f"; heads to patch: {', '.join(heads)}" if heads else "")))
 
 
 def print_rule_list(console: Console, rules: tuple[Rule, ...]) -> None:
@@ -148,17 +190,17 @@ def print_rule_list(console: Console, rules: tuple[Rule, ...]) -> None:
         table.add_column(column)
     for rule in rules:
         table.add_row(rule.id, rule.title, rule.effect, rule.severity, rule.confidence, rule.metric,
-                      f"{rule.comparator} {rule.threshold:g}")
+                      f"{rule.comparator} {sig3(rule.threshold)}")
     console.print(table)
 
 
 def print_rule(console: Console, rule: Rule) -> None:
-    console.print(f"[bold]{rule.id}: {rule.title}[/]", highlight=False)
-    console.print(f"effect {rule.effect}, severity {rule.severity}, confidence {rule.confidence}; "
-                  f"fires when {rule.metric} {rule.comparator} {rule.threshold:g}", highlight=False)
+    console.print(f"[bold]{escape(rule.id)}: {escape(rule.title)}[/]", highlight=False)
+    console.print(Text(f"effect {rule.effect}, severity {rule.severity}, confidence {rule.confidence}; "
+                       f"fires when {rule.metric} {rule.comparator} {sig3(rule.threshold)}"))
     for heading, text in (("What it detects", rule.description), ("Why", rule.why), ("Example", rule.example),
                           ("Why this threshold", rule.threshold_rationale)):
-        console.print(f"\n[bold]{heading}[/]\n{text}", highlight=False)
+        console.print(f"\n[bold]{heading}[/]\n{escape(text)}", highlight=False)
 
 
 def _zoo_change(figures) -> str:
@@ -202,7 +244,7 @@ def print_zoo(console: Console, manifest, directory) -> None:
 
 
 def _reading(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
+    return sig3(value)
 
 
 def print_calibration(console: Console, cases, verdicts, calibrations) -> None:
@@ -234,7 +276,7 @@ def print_calibration(console: Console, cases, verdicts, calibrations) -> None:
         table.add_column(column)
     for calibration in calibrations:
         rule = calibration.rule
-        table.add_row(rule.id, rule.title, f"{rule.metric} {rule.comparator} {rule.threshold:g}",
+        table.add_row(rule.id, rule.title, f"{rule.metric} {rule.comparator} {sig3(rule.threshold)}",
                       _reading(calibration.benign_worst), _reading(calibration.poisoned_weakest),
                       "n/a" if rule.effect == "info" else ", ".join(calibration.false_positives) or "none",
                       ", ".join(calibration.misses) or "none" if calibration.detects else "n/a")

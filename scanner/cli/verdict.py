@@ -95,7 +95,7 @@ def write_sarif(documents: list[Document], rules: tuple[Rule, ...], path: Path,
 
 
 def conclude(findings: Findings, rules: tuple[Rule, ...], outputs: Outputs, fail_on: str, *,
-             quiet: bool = False, show_measurements: bool = False) -> int:
+             quiet: bool = False, show_measurements: bool = False, verbose: bool = False) -> int:
     """Judge ``findings``, write and print the result; the exit code ``--fail-on`` asks for."""
     document = Document(findings, judge(findings, rules))
     stderr = stderr_console(quiet)
@@ -113,6 +113,6 @@ def conclude(findings: Findings, rules: tuple[Rule, ...], outputs: Outputs, fail
             stderr.print(f"findings written to {outputs.json}", highlight=False)
         console = stdout_console()
         if show_measurements:
-            print_findings(console, document)
+            print_findings(console, document, verbose)
         print_verdict(console, document)
     return EXIT_FINDING if document.verdict.fails(fail_on) else EXIT_OK

@@ -195,6 +195,9 @@ class _QueueProgress:
     def describe(self, task: int, description: str) -> None:
         pass  # a fine-tune's tasks keep the names they started with
 
+    def stage(self, index: int, total: int, name: str) -> None:
+        pass  # training has no scan stages
+
 
 def _fine_tune_job(staging: str, name: str, size_name: str, seed: int, events) -> ModelRecord:
     """One fine-tune in a worker process, from its parent as saved in ``staging`` (for a second base trained from
