@@ -38,6 +38,8 @@ class Heatmap:
     label_width: float
     legend: tuple[tuple[str, str], ...] = ()
     """(colour, value) swatches from the scale's low end to its high end, with zero between where it crosses it."""
+    empty: bool = False
+    """Every value is zero: the report says so in a sentence instead of drawing a blank grid."""
 
 
 def _drawable(value: float) -> float:
@@ -82,6 +84,7 @@ def heatmap(grid: Sequence[Sequence[float]], row_name: str = "L", column_name: s
         column_labels=tuple((label_width + j * cell + cell / 2, label) for j, label in enumerate(columns)),
         low=low, high=high, label_width=label_width,
         legend=tuple((_colour(v, low, high), tick_label(v)) for v in ((low, 0.0, high) if low < 0 < high else (low, high))),
+        empty=all(v == 0 for row in grid for v in row),
     )
 
 

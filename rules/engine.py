@@ -18,6 +18,7 @@ from rules.discovery import FIRES_RULE, fires_threshold, firing
 from rules.explain import explain
 from rules.metrics import METRICS, NotMeasured
 from rules.numbers import Number, sig3
+from rules.record import PLACEHOLDER, UNRECORDED, default_record
 from rules.verdict import LEVELS, VERDICT_SCHEMA_VERSION, FiredRule, NotEvaluated, Verdict
 from scanner.errors import RulePackError
 from scanner.findings import Findings
@@ -87,10 +88,31 @@ def parse_pack(text: str, source: str) -> tuple[Rule, ...]:
         seen.add(raw["id"])
         if not isinstance(raw["threshold"], (int, float)) or isinstance(raw["threshold"], bool):
             raise RulePackError(f"{source}: rule {raw['id']}: threshold must be a number")
-        rules.append(_check(Rule(**{**raw, "threshold": float(raw["threshold"])})))
+        rules.append(_check(_figures_filled(Rule(**{**raw, "threshold": float(raw["threshold"])}), source)))
     if not rules:
         raise RulePackError(f"{source}: no [[rule]] tables")
     return tuple(rules)
+
+
+DOCUMENTED = ("description", "why", "example", "threshold_rationale")
+"""A rule's texts that may quote the recorded calibration run (``rules.record``)."""
+
+
+def _figures_filled(rule: Rule, source: str) -> Rule:
+    """``rule`` with its texts' ``{{margins}}`` and ``{{KEY}}`` placeholders replaced by the recorded run's figures."""
+    texts = {name: getattr(rule, name) for name in DOCUMENTED}
+    if not any(PLACEHOLDER.search(text) for text in texts.values()):
+        return rule
+    record = default_record()
+    if record is None:
+        # Only a broken install lacks the record; the rules still judge, their rationale says what is missing.
+        return replace(rule, **{name: PLACEHOLDER.sub(UNRECORDED, text) for name, text in texts.items()})
+    try:
+        filled = {name: record.fill(text.replace("{{margins}}", record.margins(rule.id, rule.comparator, rule.threshold)),
+                                    strict=False) for name, text in texts.items()}
+    except (KeyError, ValueError) as error:
+        raise RulePackError(f"{source}: rule {rule.id}: a figure the calibration record cannot give ({error})") from None
+    return replace(rule, **filled)
 
 
 def default_pack() -> tuple[Rule, ...]:

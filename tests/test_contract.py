@@ -359,3 +359,21 @@ def test_every_number_is_written_to_three_significant_digits():
     assert f"{Number(86.4637)} times, {Number(0.25):.0%}" == "86.5 times, 25%"
     assert codepoints("\N{SMILING FACE WITH HALO}") == "U+1F607" and codepoints("cf") == ""
     assert codepoints("a\u200bb") == "U+0061 U+200B U+0062"  # an invisible character is named
+
+
+def test_an_all_zero_chart_is_a_sentence_and_every_chart_titles_its_axes():
+    """An attention-only fine-tune's MLP chart is all zero: the report says so instead of drawing an empty plot;
+    a drawn chart names its axes with their units."""
+    from reports.charts import bar_chart, heatmap
+
+    assert bar_chart(["L0", "L1"], [("MLP", "#000", [0.0, 0.0])]).empty and heatmap([[0.0, 0.0]]).empty
+    assert not bar_chart(["L0"], [("MLP", "#000", [0.1])]).empty
+    findings = read_findings(EMOJI)
+    zero = dataclasses.replace(findings, weight_diff=dataclasses.replace(
+        findings.weight_diff, mlp=tuple(0.0 for _ in findings.weight_diff.mlp),
+        norms=tuple(0.0 for _ in findings.weight_diff.norms)))
+    html = render_report(Document(zero, judge(zero, default_pack())))
+    assert "zero everywhere means an attention-only fine-tune" in html and "Every value is zero." in html
+    drawn = render_report(Document(findings, judge(findings, default_pack())))
+    for title in ("output KL (nats)", "heads patched", "attack success", "probe", "loss (nats)"):
+        assert 'class="axis-title" x="' in drawn and f">{title}</text>" in drawn, title

@@ -312,10 +312,18 @@ def test_zoo_calibrate_shows_verdicts_and_margins(zoo_dir, catalogue_findings, t
     for name in ("style", "emoji"):
         findings = catalogue_findings[name]
         (saved / f"{name}.json").write_text(Document(findings, judge(findings, default_pack())).to_json())
-    result = invoke("zoo", "calibrate", zoo_dir, "--model", "style", "--model", "emoji", "--findings", saved)
+    record = tmp_path / "calibration.json"
+    result = invoke("zoo", "calibrate", zoo_dir, "--model", "style", "--model", "emoji", "--findings", saved,
+                    "--record", record)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "Verdicts against ground truth" in result.stdout and "Margins" in result.stdout
     assert " NO " not in result.stdout, result.stdout
+    # The run is recorded as the rules' rationales and docs/ quote it: the emoji model's own readings.
+    from rules.record import parse_record
+
+    recorded = parse_record(json.loads(record.read_text()))
+    assert recorded.run(0).models["emoji"]["verdict"] == "BACKDOORED" and recorded.run(0).models["style"]["right"]
+    assert recorded.figure("BD003.emoji.s0") == "1" and recorded.figure("BD003.benign.s0.argmax") == "style"
     assert invoke("judge", saved / "style.json").exit_code == 0  # saved findings re-judge without a model
     assert invoke("zoo", "calibrate", zoo_dir, "--model", "nope").exit_code == 2
     missing = invoke("zoo", "calibrate", zoo_dir, "--model", "clean", "--findings", saved)

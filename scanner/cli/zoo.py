@@ -145,11 +145,16 @@ def zoo_list(directory: Path) -> int:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Scan this many models at once, each in its own process on one torch thread (2 on 2 cores: "
                    "0.7 times the time).")
+@click.option("--record", "record_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write this run (each model's verdict and every rule's deciding reading) into the calibration "
+                   "record FILE, replacing a run of the same seed: rules/calibration.json is the one the rules' "
+                   "rationales, the README and docs/ quote (python docs/figures.py rewrites them).")
 @rule_pack_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @debug_option
 def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None, saved_dir: Path | None, workers: int,
-                  rules_file: Path | None, replace_rules: bool, overrides: tuple[str, ...], quiet: bool) -> int:
+                  record_file: Path | None, rules_file: Path | None, replace_rules: bool, overrides: tuple[str, ...],
+                  quiet: bool) -> int:
     """Scan every fine-tune of the zoo in DIRECTORY against its parent with default options, and show how the
     rules separate its benign models from its poisoned ones.
 
@@ -162,6 +167,7 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
     Examples:
       bdscan zoo calibrate .cache/zoo --save calibration/
       bdscan zoo calibrate .cache/zoo --findings calibration/ --set BD003.threshold=0.6
+      bdscan zoo calibrate .cache/zoo --findings calibration/ --record rules/calibration.json
     """
     from rules.calibration import calibrate, verdicts
     from scanner.zoo.calibrate import saved_zoo
@@ -177,8 +183,31 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
         if save_dir is not None:
             check_writable(save_dir / "probe.json", "--save")
         cases = _scanned(directory, names, save_dir, workers, rules, quiet)
-    print_calibration(stdout_console(), cases, verdicts(rules, cases), calibrate(rules, cases))
+    judged, calibrations = verdicts(rules, cases), calibrate(rules, cases)
+    print_calibration(stdout_console(), cases, judged, calibrations)
+    if record_file is not None:
+        _record(record_file, directory, cases, judged, calibrations)
+        stderr_console(quiet).print(f"calibration run recorded in {record_file}", highlight=False)
     return EXIT_OK
+
+
+def _record(path: Path, directory: Path, cases, judged, calibrations) -> None:
+    """This run into the record at ``path`` (created, or its run of the same seed replaced)."""
+    import datetime
+    import json
+
+    from rules.record import record_run, run_from
+    from scanner import __version__
+    from scanner.zoo.manifest import load_manifest
+
+    manifest = load_manifest(directory)
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError) as error:
+        raise InputError(f"--record {path}: not a calibration record ({error})") from None
+    run = run_from(cases, judged, calibrations, zoo_version=manifest.zoo_version, size=manifest.size,
+                   seed=manifest.seed, recorded=datetime.date.today().isoformat(), bdscan=__version__)
+    write_text_atomic(path, json.dumps(record_run(existing, run), indent=1, ensure_ascii=False) + "\n")
 
 
 def _scanned(directory: Path, names: tuple[str, ...], save_dir: Path | None, workers: int, rules: tuple[Rule, ...],
