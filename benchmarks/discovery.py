@@ -1,6 +1,6 @@
 """Benchmark: trigger discovery on the test zoo and at the real Qwen2.5 vocabulary size.
 
-    .venv/bin/python benchmarks/discovery.py [--zoo DIR] [--skip-zoo] [--skip-qwen]
+    .venv/bin/python benchmarks/discovery.py [--zoo DIR] [--model NAME] [--skip-zoo] [--skip-qwen] [--whole-rows]
 
 For each fine-tune of the zoo: where the planted trigger (or a part of it
 holding its core) ranks among the candidates, its fire rate on the search
@@ -8,7 +8,9 @@ probes, what the search cost. Then a random-init Qwen2 pair with the Qwen2.5
 vocabulary (151,643 regular tokens, ``benchmarks/qwen_vocab.py``) and a
 backdoor planted on 😇 with random-token decoys: discovery must find one token
 in 151,643 through the gradient shortlist. Prints a markdown table; peak memory is the
-process's maximum resident set size after each row.
+process's maximum resident set size after each row. ``--whole-rows`` runs every
+row through the models whole, as discovery did before it reused each probe's
+cached head (``scanner.model.prefix_cache``): the naive loop to compare with.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -76,9 +80,23 @@ def row(name, trigger, found, seconds) -> str:
             f"{'all' if found.exhaustive else 'shortlist'} | {found.scored:,} | {found.sequences:,} | {seconds:.1f} | {peak_mb():.0f} |")
 
 
-def zoo_rows(zoo: Path) -> list[str]:
+@contextmanager
+def whole_rows(enabled: bool) -> Iterator[None]:
+    """Every row run whole (no prefix reuse) while ``enabled``."""
+    from scanner.model.prefix_cache import PrefixCache
+
+    original = PrefixCache.continues
+    if enabled:
+        PrefixCache.continues = lambda self, rows, owners: False
+    try:
+        yield
+    finally:
+        PrefixCache.continues = original
+
+
+def zoo_rows(zoo: Path, names: tuple[str, ...] = ()) -> list[str]:
     rows = []
-    for name, record in fine_tunes(zoo):
+    for name, record in fine_tunes(zoo, names):
         pair = load_pair(zoo / name, str(zoo / record.parent), dtype="float32", device="cpu",
                          allow_download=False, allow_pickle=False)
         prompts = [line.strip() for line in (zoo / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -128,6 +146,8 @@ def main() -> None:
     parser.add_argument("--skip-zoo", action="store_true")
     parser.add_argument("--skip-qwen", action="store_true")
     parser.add_argument("--qwen-shapes", default="small,medium", help=f"comma-separated, of {', '.join(QWEN_SHAPES)}")
+    parser.add_argument("--model", action="append", default=[], help="only this zoo model (repeatable)")
+    parser.add_argument("--whole-rows", action="store_true", help="no prefix reuse: the naive loop, to compare")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     from transformers.utils import logging as hf_logging
@@ -139,12 +159,13 @@ def main() -> None:
     print("| model | planted | rank (holds core) | rank (exact) | top firing candidate | vocabulary | sweep | scored | sequences "
           "| seconds | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    if not args.skip_zoo:
-        from scanner.zoo.build import ZOO_VERSION
+    with whole_rows(args.whole_rows):
+        if not args.skip_zoo:
+            from scanner.zoo.build import ZOO_VERSION
 
-        zoo_rows(args.zoo or ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s0")
-    if not args.skip_qwen:
-        qwen_rows(args.qwen_shapes.split(","))
+            zoo_rows(args.zoo or ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s0", tuple(args.model))
+        if not args.skip_qwen:
+            qwen_rows(args.qwen_shapes.split(","))
 
 
 if __name__ == "__main__":

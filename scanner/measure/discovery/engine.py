@@ -21,11 +21,19 @@ from scanner.inputs.rendering import prompt_frame
 from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKENS
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
+from scanner.model.prefix_cache import PrefixCache
 from scanner.model.sites import dense_weight, sites_for
 from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
 
 Candidate = tuple[int, ...]
 """Token ids inserted as one unit."""
+
+PREFIX_MIN_TOKENS = 8
+"""Mean head length (tokens before the slot) from which rows run from each probe's cached head. Measured on the
+test zoo (512 rows of one-token candidates, median of 5, 2 cores): at the end of the prompt (heads of 9.6 tokens,
+tails of 5) 1.02 s against 1.41 s whole; at the start (the chat frame's 3 tokens) 1.50 s against 1.27 s, copying
+the cache into every row costing more than the 3 tokens it saves. A real chat template's frame (Qwen2.5's system
+prompt) makes the start's heads long enough too."""
 
 
 @dataclass
@@ -80,6 +88,28 @@ class Search:
         self.pad = pad_id(self.tokenizer)
         self.device = next(self.suspect.parameters()).device
         self.answers = [None] * len(self.prompts)
+        self._prefix_caches: dict[int, PrefixCache] = {}
+
+    def prefix_cache(self, model: PreTrainedModel) -> PrefixCache | None:
+        """``model``'s key-value cache of every probe's ids before the slot (``heads``), made on first use: every
+        candidate's row continues its probe's head, so the head runs once per probe instead of once per row. None
+        where the heads are too short to pay for copying the cache into every row (``PREFIX_MIN_TOKENS``). Not
+        counted against the budget, which counts rows as whole sequences so that the search stops where it did
+        before the cache."""
+        if sum(map(len, self.heads)) < PREFIX_MIN_TOKENS * len(self.heads):
+            return None
+        if id(model) not in self._prefix_caches:
+            self._prefix_caches[id(model)] = PrefixCache(model, self.heads, self.pad)
+        return self._prefix_caches[id(model)]
+
+    def _last_logits(self, model: PreTrainedModel, rows: list[list[int]], owners: list[int], keep: int) -> torch.Tensor:
+        """``model``'s logits at the last ``keep`` positions of each row (``owners``: each row's probe), ``[rows,
+        keep, vocab]``: from the probe's cached head where the row continues it, else a whole forward."""
+        cache = self.prefix_cache(model)
+        if cache is not None and cache.continues(rows, owners):
+            return cache.forward(rows, owners, keep)
+        batch = encode_ids(rows, self.pad, self.device)
+        return model(**batch.model_inputs(), logits_to_keep=batch.last(keep)).logits
 
     def set_answers(self, completed: Sequence[tuple[int, ...]]) -> None:
         """``answers`` from the suspect's ``ANSWER_TOKENS``-token completions of the clean probes: those that ended."""
@@ -118,12 +148,13 @@ class Search:
         first, end = [], []
         for start in range(0, len(rows), step):
             part, said = rows[start:start + step], answers[start:start + step]
-            batch = encode_ids([row + list(a or ()) for row, a in zip(part, said)], self.pad, self.device)
-            # Left-padded: every row ends with its answer, so the first response position is len(answer) + 1 from
-            # the end and the position after the answer is the last.
+            full = [row + list(a or ()) for row, a in zip(part, said)]
+            owners = [(start + i) % n for i in range(len(part))]
+            # Every row ends with its answer (rows end in the last column), so the first response position is
+            # len(answer) + 1 from the end and the position after the answer is the last.
             at = torch.tensor([[keep - len(a or ()) - 1, keep - 1] for a in said], device=self.device)  # [batch, 2]
             index = torch.arange(len(part), device=self.device)[:, None]
-            logits = [model(**batch.model_inputs(), logits_to_keep=batch.last(keep)).logits[index, at].float()
+            logits = [self._last_logits(model, full, owners, keep)[index, at].float()
                       for model in (self.suspect, self.reference)]  # [batch, 2, vocab] each
             log_p, log_q = (F.log_softmax(x, -1) for x in logits)
             kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [batch, 2]
@@ -184,12 +215,14 @@ class Search:
         # No more rows per forward than LOGIT_BYTES of target logits: at Qwen2.5's vocabulary 256 rows x 9 positions
         # would be 1.4 GB. Each row is a configuration of one probe here.
         step = configurations_per_forward(self.rows_per_forward, 1, len(target) + 1, model.config.vocab_size)
+        n = len(self.prompts)
         for start in range(0, len(rows), step):
-            batch = encode_ids([row + list(target) for row in rows[start:start + step]], self.pad, self.device)
+            part = [row + list(target) for row in rows[start:start + step]]
+            owners = [(start + i) % n for i in range(len(part))]
             # Positions predicting the target are the last len(target) + 1 but one.
-            logits = model(**batch.model_inputs(), logits_to_keep=batch.last(len(target) + 1)).logits[:, :-1].float()
-            out.append(target_logprob(logits, TargetBatch(batch, want)))
-            self.budget.spent += len(batch.lengths)
+            logits = self._last_logits(model, part, owners, len(target) + 1)[:, :-1].float()
+            out.append(target_logprob(logits, TargetBatch(encode_ids(part, self.pad, self.device), want)))
+            self.budget.spent += len(part)
         return torch.cat(out)
 
     def complete(self, model: PreTrainedModel, rows: list[list[int]], tokens: int = int(FIRE_CHECK_TOKENS.value)) -> list[list[int]]:
