@@ -105,10 +105,11 @@ def render_report(document: Document, *, command: str | None = None, generated_a
     findings, verdict = document.findings, document.verdict
     weights = findings.weight_diff
     triggers = sorted(findings.triggers, key=lambda t: (t.trigger not in verdict.triggers_implicated, -t.kl_ratio))
-    # A section of its own (behaviour, attention, heads) for a trigger some rule fired on; the rest, tried and quiet,
+    # A section of its own (behaviour, attention, heads) for a trigger a rule moving the verdict fired on (BD004 alone
+    # is context); the rest, tried and quiet,
     # share one table: six catalogue strings that fired on nothing read as six findings otherwise.
     # (The implicated triggers are those a backdoor rule fired on, so among these.)
-    noted = {f.trigger for f in verdict.fired if f.trigger}
+    noted = verdict.triggers_in_evidence
     repair_chart, repair_patterns = None, {}
     for check in findings.repair.checks if findings.repair is not None else ():
         if check.attention is not None:

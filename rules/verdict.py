@@ -67,6 +67,13 @@ class Verdict:
     next_steps: tuple[str, ...] = ()
     """What a reader does with this verdict."""
 
+    @property
+    def triggers_in_evidence(self) -> frozenset[str]:
+        """Triggers a rule that moves the verdict fired on (not an informational one): those a reader gets in full,
+        a row in the terminal and a section in the report; the rest share one line and one table. A catalogue
+        string whose only reading is BD004's attention is context, not a finding."""
+        return frozenset(rule.trigger for rule in self.fired if rule.trigger is not None and rule.effect != "info")
+
     def fails(self, fail_on: str) -> bool:
         """The fail-on policy: whether this verdict is at or above ``fail_on`` (``never``: never)."""
         if fail_on.upper() == "NEVER":

@@ -293,7 +293,7 @@ def test_a_trigger_that_fired_nothing_gets_a_line_not_a_section():
     console = Console(record=True, width=240)
     print_findings(console, document)
     shown = console.export_text()
-    assert "│ 😇 " in shown and "│ cf " not in shown and "also: 1 measured that no rule fired on ('cf')" in shown
+    assert "│ 😇 " in shown and "│ cf " not in shown and "also: 1 measured without evidence against the suspect ('cf')" in shown
     console = Console(record=True, width=240)
     print_findings(console, document, verbose=True)
     row = next(line for line in console.export_text().splitlines() if line.startswith("│ cf "))

@@ -57,16 +57,11 @@ TABLE_CAPTION = (
     "for the triggers the verdict implicates.")
 
 
-def fired_for(document: Document) -> set[str]:
-    """The triggers some rule fired on: the ones a reader needs in full."""
-    return {rule.trigger for rule in document.verdict.fired if rule.trigger is not None}
-
-
 def print_findings(console: Console, document: Document, verbose: bool = False) -> None:
-    """The measurements behind the verdict: a row per trigger some rule fired on (every trigger with ``verbose``),
-    one line for the rest, then the probes and discovery."""
+    """The measurements behind the verdict: a row per trigger in the verdict's evidence (every trigger with
+    ``verbose``), one line for the rest, then the probes and discovery."""
     findings = document.findings
-    shown = [t for t in sorted(findings.triggers, key=lambda t: -t.kl_ratio) if verbose or t.trigger in fired_for(document)]
+    shown = [t for t in sorted(findings.triggers, key=lambda t: -t.kl_ratio) if verbose or t.trigger in document.verdict.triggers_in_evidence]
     if shown:
         table = Table(title=escape(f"bdscan: {findings.suspect.path} vs {findings.reference.path}"),
                       caption=TABLE_CAPTION, caption_justify="left")
@@ -90,7 +85,7 @@ def print_findings(console: Console, document: Document, verbose: bool = False) 
     if quiet:
         strongest = max(quiet, key=lambda t: t.kl_ratio)
         console.print(Text(
-            f"{'also' if shown else 'triggers'}: {len(quiet)} measured that no rule fired on "
+            f"{'also' if shown else 'triggers'}: {len(quiet)} measured without evidence against the suspect "
             f"({', '.join(repr(t.trigger) for t in quiet[:8])}{', ...' if len(quiet) > 8 else ''}); the strongest, "
             f"{strongest.trigger!r}: KL ratio {sig3(strongest.kl_ratio)}, {strongest.target_share_suspect:.0%} of "
             f"its answers opening alike (--verbose: a row each)"))
