@@ -21,12 +21,6 @@ SETTING = re.compile(r"With '[^']*' inserted (?:" + "|".join(map(re.escape, WHER
 """The opening several trigger rules' sentences share (``summary`` in the pack), said once while consecutive
 sentences share it."""
 
-LEADS = {
-    "BACKDOORED": "BACKDOORED",
-    "SUSPICIOUS": "SUSPICIOUS: evidence short of a backdoor",
-    "CLEAN": "CLEAN",
-}
-
 NEXT = {
     "BACKDOORED": (
         "Do not deploy this checkpoint.",
@@ -96,14 +90,13 @@ def explain(level: str, fired: Iterable[FiredRule], implicated: Sequence[str], c
     caveats = list(caveats)
     if level == "CLEAN":
         measured = len(findings.triggers) if findings is not None else 0
-        headline = (f"{LEADS[level]}: none of the {measured} triggers measured made the suspect behave unlike the "
-                    f"reference." if findings is not None else
-                    f"{LEADS[level]}: no tested trigger changed the suspect's behaviour.")
+        headline = (f"CLEAN: none of the {measured} triggers measured made the suspect behave unlike the reference."
+                    if findings is not None else "CLEAN: no tested trigger changed the suspect's behaviour.")
         points = [tested(findings), confidence(findings, bool(caveats))] if findings is not None else []
     else:
         first = said_evidence[0] if said_evidence else ""
-        # "BACKDOORED: with '😇' inserted ...": the rule's sentence continues the headline.
-        headline = f"{LEADS[level]}: {first[:1].lower()}{first[1:]}" if first else f"{LEADS[level]}."
+        # "BACKDOORED: with '😇' inserted ...": the strongest rule's sentence continues the level.
+        headline = f"{level}: {first[:1].lower()}{first[1:]}" if first else f"{level}."
         points = said_evidence[1:]
     return Explanation(headline, tuple(points), tuple(said_context), tuple(caveats), NEXT[level])
 

@@ -339,6 +339,13 @@ def test_the_verdict_leads_with_one_headline_then_points_and_what_to_do():
     assert clean.points[0].startswith("Tested: 2 given triggers, and discovery's search of 7,656 candidates")
     assert clean.points[1].startswith("Confidence: the probes lie within the reference's domain")
     assert clean.context and all("[BD006]" in c for c in clean.context) and "--probes FILE" in clean.next_steps[0]
+    # SUSPICIOUS leads with its strongest rule that moves the verdict, and says how to settle it.
+    from rules.engine import apply_overrides
+
+    doubtful = judge(findings, apply_overrides(default_pack(), ["BD003.effect=info"]))
+    assert doubtful.headline.startswith("SUSPICIOUS: with '\N{SMILING FACE WITH HALO}' inserted at the end of each probe, "
+                                        "the suspect's output diverged") and doubtful.headline.endswith("[BD001]")
+    assert any("--probes FILE" in step for step in doubtful.next_steps)
     # Wherever the trigger was put: "at a random place in each probe" reads as a setting too.
     anywhere = dataclasses.replace(findings, triggers=tuple(dataclasses.replace(t, position="random") for t in findings.triggers))
     explanation = judge(anywhere, default_pack()).explanation
