@@ -107,7 +107,7 @@ def test_repair_never_writes_over_anything(zoo_dir, tmp_path):
         check_output_directory(copy, copy)
 
 
-@pytest.mark.parametrize("width", [1280, 420])
+@pytest.mark.parametrize("width", [1280, 400])
 def test_the_repair_report_renders_in_headless_chromium(repaired_emoji, tmp_path, width):
     from test_report import render_in_chromium
 
