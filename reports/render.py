@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from reports import charts
 from reports.index import FleetEntry
 from rules.document import Document
+from rules.explain import CONTEXT_LEAD
 from rules.metrics import not_writing_prompts
 from rules.numbers import sig3
 from rules.verdict import LEVELS
@@ -124,6 +125,7 @@ def render_report(document: Document, *, command: str | None = None, generated_a
                                          x_title="part restored", y_title="attack success")
     return _environment().get_template("report.html.j2").render(
         d=findings, verdict=verdict, command=command, generated_at=generated_at, repair_chart=repair_chart,
+        context_lead=CONTEXT_LEAD,
         not_writing=None if findings.probes.writes_prompts else not_writing_prompts(findings.probes),
         repair_patterns=repair_patterns,
         implicated=[t for name in verdict.triggers_implicated for t in findings.triggers if t.trigger == name],

@@ -44,6 +44,9 @@ NEXT = {
 
 ORDER = {"backdoor": 0, "suspicious": 1, "unreliable": 2, "info": 3}
 
+CONTEXT_LEAD = "For context, not evidence of a backdoor:"
+"""What introduces the informational rules, in the text, the terminal and the report alike."""
+
 
 @dataclass(frozen=True)
 class Explanation:
@@ -61,15 +64,15 @@ class Explanation:
     def text(self) -> str:
         parts = [self.headline, *self.points]
         if self.context:
-            parts += ["For context, not evidence of a backdoor:", *self.context]
+            parts += [CONTEXT_LEAD, *self.context]
         parts += self.caveats
         if self.next_steps:
             parts.append("Next: " + " ".join(self.next_steps))
         return " ".join(parts)
 
 
-def explain(level: str, fired: Iterable[FiredRule], implicated: Sequence[str], caveats: Iterable[str] = (),
-            findings: Findings | None = None) -> Explanation:
+def explain(level: str, fired: Iterable[FiredRule], implicated: Sequence[str], caveats: Iterable[str],
+            findings: Findings) -> Explanation:
     """The verdict ``level`` in words from the ``fired`` rules: one sentence per rule (its strongest trigger),
     the strongest evidence first; ``findings`` say what a CLEAN scan tested."""
     chosen: dict[tuple[str, str], FiredRule] = {}
@@ -79,20 +82,19 @@ def explain(level: str, fired: Iterable[FiredRule], implicated: Sequence[str], c
             unreliable.append(rule)  # each says a different way the scan cannot be trusted
         else:
             chosen.setdefault((rule.rule_id, rule.effect), rule)
-    ranked = sorted([*chosen.values(), *unreliable], key=lambda f: (ORDER[f.effect], f.rule_id))
     # A backdoor's headline is its strongest backdoor rule for the first implicated trigger.
-    if level == "BACKDOORED" and implicated:
-        ranked.sort(key=lambda f: (ORDER[f.effect], f.trigger != implicated[0], f.rule_id))
+    lead = implicated[0] if level == "BACKDOORED" and implicated else None
+    ranked = sorted([*chosen.values(), *unreliable],
+                    key=lambda f: (ORDER[f.effect], lead is not None and f.trigger != lead, f.rule_id))
     evidence = [f for f in ranked if f.effect != "info"]
     context = [f for f in ranked if f.effect == "info"]
     sentences = _said_once([f"{f.sentence} [{f.rule_id}]" for f in [*evidence, *context]])
     said_evidence, said_context = sentences[:len(evidence)], sentences[len(evidence):]
     caveats = list(caveats)
     if level == "CLEAN":
-        measured = len(findings.triggers) if findings is not None else 0
-        headline = (f"CLEAN: none of the {measured} triggers measured made the suspect behave unlike the reference."
-                    if findings is not None else "CLEAN: no tested trigger changed the suspect's behaviour.")
-        points = [tested(findings), confidence(findings, bool(caveats))] if findings is not None else []
+        headline = (f"CLEAN: none of the {len(findings.triggers)} triggers measured made the suspect behave unlike "
+                    f"the reference.")
+        points = [tested(findings), confidence(findings, bool(caveats))]
     else:
         first = said_evidence[0] if said_evidence else ""
         # "BACKDOORED: with '😇' inserted ...": the strongest rule's sentence continues the level.

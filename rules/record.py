@@ -118,16 +118,20 @@ class Record:
                 return MISSING
         return PLACEHOLDER.sub(figure, text)
 
+    def margin(self, rule_id: str, comparator: str, seed: int) -> tuple[str, str, str]:
+        """At ``seed``: the benign reading closest to firing, the model that gave it, and the poisoned models'
+        range on their own triggers ("-" where none was read)."""
+        key = f"{rule_id}.{{}}.s{seed}"
+        side = ".max" if comparator in (">=", ">") else ".min"
+        who = self.figure(key.format("benign") + (".argmax" if side == ".max" else ".argmin"))
+        return self.figure(key.format("benign") + side), who, self.figure(key.format("poisoned") + ".range")
+
     def margins(self, rule_id: str, comparator: str, threshold: float) -> str:
         """The rule's measured margins, one sentence per recorded seed: the benign model closest to firing and the
         poisoned models' range on their own triggers."""
         sentences = []
         for run in sorted(self.runs, key=lambda r: r.seed):
-            key = f"{rule_id}.{{}}.s{run.seed}"
-            high = comparator in (">=", ">")
-            worst = self.figure(key.format("benign") + (".max" if high else ".min"))
-            who = self.figure(key.format("benign") + (".argmax" if high else ".argmin"))
-            poisoned = self.figure(key.format("poisoned") + ".range")
+            worst, who, poisoned = self.margin(rule_id, comparator, run.seed)
             sentences.append(
                 f"seed {run.seed}: benign at worst {worst}" + (f" ({who})" if worst != "-" else "")
                 + (f", poisoned {poisoned} on their own triggers" if poisoned != "-" else ""))
@@ -142,8 +146,13 @@ def _seed(text: str) -> int:
     return int(text[1:])
 
 
+def is_record(raw: Any) -> bool:
+    """Whether a parsed JSON document is a calibration record this version reads."""
+    return isinstance(raw, dict) and raw.get("schema") == RECORD_SCHEMA and isinstance(raw.get("runs"), list)
+
+
 def parse_record(raw: Mapping[str, Any]) -> Record:
-    if raw.get("schema") != RECORD_SCHEMA:
+    if not is_record(raw):
         raise ValueError(f"calibration record schema {raw.get('schema')!r}, expected {RECORD_SCHEMA}")
     return Record(tuple(Run(**run) for run in raw["runs"]))
 

@@ -106,9 +106,11 @@ def test_progress_never_holds_more_than_six_lines():
     progress = RichProgress(Console(file=io.StringIO(), force_terminal=False))
     with progress:
         fleet = progress.start("fleet: suspect 1 of 3, a", 3)
+        progress.stage(2, 5, "suspect and weight difference")  # the fleet's line spans the suspect's stages
         steps = [progress.start(f"step {i}", 2) for i in range(8)]
         assert len(progress.showing) == MOST_LINES == 6
-        assert progress.showing[:2] == ["bdscan: 0 steps done", "fleet: suspect 1 of 3, a"]
+        assert progress.showing[:2] == ["bdscan: stage 2 of 5, suspect and weight difference, 0 steps done",
+                                        "fleet: suspect 1 of 3, a"]
         assert progress.showing[-1] == "step 7"
         for task in steps:
             progress.finish(task)

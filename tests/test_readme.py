@@ -84,7 +84,7 @@ def test_a_recorded_run_answers_figures_as_written():
     key the record cannot answer."""
     import pytest
 
-    from rules.record import parse_record, record_run, run_from  # noqa: F401 - run_from is exercised end to end
+    from rules.record import parse_record, record_run
 
     raw = {"schema": 1, "runs": [{"zoo_version": 12, "size": "test", "seed": 0, "recorded": "2026-12-03", "bdscan": "0.1.0",
            "models": {"clean": {"trigger": None, "verdict": "CLEAN", "right": True, "readings": {"BD001": 5.78}},

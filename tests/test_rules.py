@@ -324,6 +324,12 @@ def test_zoo_calibrate_shows_verdicts_and_margins(zoo_dir, catalogue_findings, t
     recorded = parse_record(json.loads(record.read_text()))
     assert recorded.run(0).models["emoji"]["verdict"] == "BACKDOORED" and recorded.run(0).models["style"]["right"]
     assert recorded.figure("BD003.emoji.s0") == "1" and recorded.figure("BD003.benign.s0.argmax") == "style"
+    # A file that is not a record is refused before any work, and left as it was.
+    findings_file = saved / "style.json"
+    before = findings_file.read_text()
+    refused = invoke("zoo", "calibrate", zoo_dir, "--model", "style", "--findings", saved, "--record", findings_file)
+    assert refused.exit_code == 2 and "not a calibration record" in refused.stderr and "give a new path" in refused.stderr
+    assert findings_file.read_text() == before
     assert invoke("judge", saved / "style.json").exit_code == 0  # saved findings re-judge without a model
     assert invoke("zoo", "calibrate", zoo_dir, "--model", "nope").exit_code == 2
     missing = invoke("zoo", "calibrate", zoo_dir, "--model", "clean", "--findings", saved)

@@ -37,6 +37,7 @@ class RichProgress:
             console=console, transient=True,
         )
         self._totals: dict[int, int] = {}
+        self._spanning: set[int] = set()
         self._stage = ""
         self._overall = self._bars.add_task(self._headline(), total=None)
         self.most_shown = 1
@@ -56,21 +57,19 @@ class RichProgress:
     def stage(self, index: int, total: int, name: str) -> None:
         self._stage = f"stage {index} of {total}, {name}"
         self._bars.update(self._overall, description=self._headline())
+        # A task still open when a stage begins spans stages (a fleet's count of suspects): never hidden.
+        self._spanning |= set(self._totals)
 
     def start(self, description: str, total: int) -> int:
         task = self._bars.add_task(description, total=total)
         self._totals[task] = total
         visible = [t for t in self._bars.tasks if t.visible]
         if len(visible) > MOST_LINES:
-            # The oldest step under way is hidden, never the overall line or a fleet's (opened before any step).
-            oldest = next(t for t in visible if t.id in self._totals and t.id != task and not self._is_fleet(t))
+            # The oldest step under way is hidden, never the overall line or a task that spans stages.
+            oldest = next(t for t in visible if t.id in self._totals and t.id != task and t.id not in self._spanning)
             self._bars.update(oldest.id, visible=False)
         self.most_shown = max(self.most_shown, len(self.showing))
         return task
-
-    @staticmethod
-    def _is_fleet(task: Task) -> bool:
-        return task.description.startswith("fleet")
 
     def advance(self, task: int, amount: int = 1) -> None:
         if task in self._totals:  # a step finished (and removed) takes no more counts

@@ -18,6 +18,7 @@ from rich.text import Text
 from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
+from rules.explain import CONTEXT_LEAD
 from rules.metrics import not_writing_prompts
 from rules.numbers import sig3
 from scanner.findings import POSITIONS, PatchingFindings, TriggerFindings
@@ -143,7 +144,7 @@ def verdict_panel(document: Document) -> Panel:
     colour = LEVEL_STYLE[verdict.level].split()[-1]
     parts: list[Text | Table] = [Text(verdict.headline, style="bold"), _bullets(verdict.points)]
     if verdict.context:
-        parts += [Text("For context, not evidence of a backdoor:", style="dim"), _bullets(verdict.context, "dim")]
+        parts += [Text(CONTEXT_LEAD, style="dim"), _bullets(verdict.context, "dim")]
     parts.append(_bullets(verdict.caveats, "yellow"))
     if verdict.next_steps:
         parts += [Text("Next:", style="bold"), _bullets(verdict.next_steps)]

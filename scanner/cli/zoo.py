@@ -175,6 +175,7 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
 
     fine_tunes(directory, names)  # a wrong directory or model name is refused before torch is imported
     rules = resolve_rules(rules_file, replace_rules, overrides)
+    existing = _existing_record(record_file) if record_file is not None else None
     if save_dir is not None and saved_dir is not None:
         raise InputError("--save and --findings: give one (--findings reads what --save wrote)")
     if saved_dir is not None:
@@ -186,13 +187,35 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
     judged, calibrations = verdicts(rules, cases), calibrate(rules, cases)
     print_calibration(stdout_console(), cases, judged, calibrations)
     if record_file is not None:
-        _record(record_file, directory, cases, judged, calibrations)
+        _record(record_file, existing, directory, cases, judged, calibrations)
         stderr_console(quiet).print(f"calibration run recorded in {record_file}", highlight=False)
     return EXIT_OK
 
 
-def _record(path: Path, directory: Path, cases, judged, calibrations) -> None:
-    """This run into the record at ``path`` (created, or its run of the same seed replaced)."""
+def _existing_record(path: Path) -> dict | None:
+    """The record ``--record`` will add to (None for a new file), checked before any scan: a file that is not a
+    calibration record is refused, never overwritten, and an unwritable path fails in a second, not after the
+    scans."""
+    import json
+
+    from rules.record import is_record
+
+    check_writable(path, "--record")
+    if not path.exists():
+        return None
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"--record {path}: cannot be read as a calibration record ({error}); give a new path, or "
+                         "the record an earlier --record wrote (rules/calibration.json)") from None
+    if not is_record(existing):
+        raise InputError(f"--record {path}: this file is not a calibration record, and it is not overwritten; give "
+                         "a new path, or the record an earlier --record wrote (rules/calibration.json)")
+    return existing
+
+
+def _record(path: Path, existing: dict | None, directory: Path, cases, judged, calibrations) -> None:
+    """This run into the record at ``path`` (``existing``: what it held), its run of the same seed replaced."""
     import datetime
     import json
 
@@ -201,10 +224,6 @@ def _record(path: Path, directory: Path, cases, judged, calibrations) -> None:
     from scanner.zoo.manifest import load_manifest
 
     manifest = load_manifest(directory)
-    try:
-        existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError) as error:
-        raise InputError(f"--record {path}: not a calibration record ({error})") from None
     run = run_from(cases, judged, calibrations, zoo_version=manifest.zoo_version, size=manifest.size,
                    seed=manifest.seed, recorded=datetime.date.today().isoformat(), bdscan=__version__)
     write_text_atomic(path, json.dumps(record_run(existing, run), indent=1, ensure_ascii=False) + "\n")
