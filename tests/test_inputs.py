@@ -33,6 +33,43 @@ def test_single_safetensors_file_scans_like_its_directory(zoo_dir):
     assert from_file.triggers[0].kl_triggered == pytest.approx(from_dir.triggers[0].kl_triggered)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_loaded_suspect_holds_its_files_weights_and_the_reference_its_own(zoo_dir, dtype):
+    """The suspect is a copy of the reference in memory into which its file is read: every tensor as the file holds
+    it (converted to the scan's dtype), and the reference untouched by the copy."""
+    pair = load_pair(zoo_dir / "emoji" / "model.safetensors", str(zoo_dir / "base"), dtype=dtype)
+    wanted = getattr(torch, dtype)
+    for model, name in ((pair.suspect, "emoji"), (pair.reference, "base")):
+        mine = model.state_dict()
+        for key, tensor in load_file(zoo_dir / name / "model.safetensors").items():
+            assert torch.equal(mine[key], tensor.to(wanted)), (name, key)
+
+
+def test_suspect_tensors_are_read_without_a_map_in_any_dtype_and_chunk(tmp_path, monkeypatch):
+    """Plain reads give what safetensors' own loader gives: into a tensor of the file's dtype directly, into another
+    dtype or a non-contiguous view through chunks (made a few bytes here, so that one tensor takes many)."""
+    from scanner.inputs import tensor_files
+    from scanner.inputs.tensor_files import SafetensorsFiles
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, 5, generator=generator), "b": torch.randn(4, 4, generator=generator).to(torch.bfloat16),
+               "c": torch.arange(7, dtype=torch.int64)}
+    save_file(tensors, tmp_path / "m.safetensors")
+    monkeypatch.setattr(tensor_files, "CHUNK_BYTES", 12)
+    state = SafetensorsFiles([tmp_path / "m.safetensors"])
+    assert set(state) == set(tensors) and state.shapes["a"] == (3, 5)
+    for key, tensor in load_file(tmp_path / "m.safetensors").items():
+        assert torch.equal(state[key], tensor) and state[key].dtype == tensor.dtype
+    converted = torch.empty(4, 4)
+    state.copy_into("b", converted)
+    assert torch.equal(converted, tensors["b"].float())
+    transposed = torch.empty(5, 3).t()
+    state.copy_into("a", transposed)
+    assert torch.equal(transposed, tensors["a"])
+    with pytest.raises(InputError, match="shape"):
+        state.copy_into("a", torch.empty(5, 3))
+
+
 def test_sharded_checkpoint(zoo_dir, tmp_path):
     model = Qwen2ForCausalLM.from_pretrained(zoo_dir / "emoji", dtype=torch.float32)
     model.save_pretrained(tmp_path, max_shard_size="300KB")

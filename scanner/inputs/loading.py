@@ -8,6 +8,7 @@ mismatch is caught here, listed, and refused. The architecture is checked from
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -17,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -27,6 +27,7 @@ from scanner.inputs.checks import check_safetensors, read_json_object, refuse_cu
 from scanner.inputs.families import check_supported
 from scanner.inputs.locate import check_suspect_files, detect_suspect_kind, input_info, resolve_reference, weight_files
 from scanner.inputs.placement import check_quantisation, load_arguments, resolve_device, weight_bytes
+from scanner.inputs.tensor_files import SafetensorsFiles
 
 PICKLE_ADVICE = (
     "loading a pickle can run code its author chose. Convert it to safetensors first "
@@ -141,45 +142,8 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
     return set()
 
 
-class _SafetensorsState(Mapping):
-    """A safetensors checkpoint's tensors by name, each read from its file when asked for, so that a suspect loaded
-    into a copy of the reference is copied a tensor at a time and never held whole as private memory beside it.
-    The file is memory-mapped, and its pages count as resident while they are mapped: at the Qwen2.5-0.5B shape the
-    peak of loading was 4,364 MB this way against 4,361 MB reading the whole file first. What it changes is that
-    those pages are the file's, which the kernel can drop under pressure, not memory only this process holds."""
-
-    def __init__(self, files: list[Path]) -> None:
-        self._files: dict[str, object] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        for file in files:
-            header = check_safetensors(file)
-            try:
-                handle = safe_open(str(file), framework="pt")
-            except SafetensorError as error:
-                raise InputError(f"suspect {file}: the safetensors loader refused it ({error})") from None
-            for name, entry in header.items():
-                self._files[name] = (file, handle)
-                self.shapes[name] = tuple(entry["shape"])
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        file, handle = self._files[key]
-        try:
-            return handle.get_tensor(key)
-        except SafetensorError as error:
-            raise InputError(f"suspect {file}: the safetensors loader refused {key} ({error})") from None
-
-    def __iter__(self):
-        return iter(self._files)
-
-    def __contains__(self, key: object) -> bool:  # Mapping's would read the tensor
-        return key in self._files
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-
 def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return dict(state.shapes) if isinstance(state, _SafetensorsState) else {k: tuple(v.shape) for k, v in state.items()}
+    return dict(state.shapes) if isinstance(state, SafetensorsFiles) else {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _read_state(suspect_path: Path, kind: str, allow_pickle: bool) -> Mapping[str, torch.Tensor]:
@@ -189,7 +153,7 @@ def _read_state(suspect_path: Path, kind: str, allow_pickle: bool) -> Mapping[st
         if not file.is_file():
             raise InputError(f"suspect {suspect_path}: weight file {file.name} listed in the index is missing")
     if not kind.startswith("pickle"):
-        return _SafetensorsState(files)
+        return SafetensorsFiles(files)
     state: dict[str, torch.Tensor] = {}
     for file in files:
         if not allow_pickle:
@@ -326,12 +290,17 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
             suspect_model = _load_model(reference.directory, torch_dtype, reference.device, reference.quantisation,
                                         state_dict={k: v.to(torch_dtype) for k, v in state.items()})
         else:
-            suspect_model = _load_model(reference.directory, torch_dtype, reference.device)
+            # A copy of the reference in memory, not its checkpoint read again: that paged its file in beside the
+            # reference and the suspect's own (SafetensorsFiles' docstring has the figures).
+            suspect_model = copy.deepcopy(reference.model)
             mine = suspect_model.state_dict()  # the model's own tensors: copying into them loads the suspect
             check_state_dict({k: tuple(v.shape) for k, v in mine.items()}, _shapes(state), tied)
             with torch.no_grad():
                 for key in state:
-                    mine[key].copy_(state[key])
+                    if isinstance(state, SafetensorsFiles):
+                        state.copy_into(key, mine[key])
+                    else:
+                        mine[key].copy_(state[key])
     except OUT_OF_MEMORY:
         raise ResourceError(
             f"out of memory while loading the suspect beside the reference on {reference.device.type} at "
