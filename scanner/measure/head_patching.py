@@ -84,6 +84,9 @@ def measure_patching(
     suspect_logits = target_logits(suspect, targets)
     initial_kl = float(target_kl(suspect_logits, reference_logits).mean())
     initial_success = float(target_hits(suspect_logits, targets).float().mean())
+    # Read: at Qwen2.5's vocabulary the suspect's [probes, target_len, vocab] logits are as large as the reference's,
+    # which the whole search still needs.
+    del suspect_logits
     # The reference itself may give the target on a probe (a prompt whose honest answer starts like it); patching
     # every head can reach the reference's rate and no lower, so that rate, not 0, means "disabled".
     floor = float(target_hits(reference_logits, targets).float().mean())
