@@ -1,4 +1,4 @@
-"""The zoo's third generation (v12): topic, composite and multiple triggers, refusal, jailbreak and payload
+"""The zoo's third generation (v12, three recipes mended in v13): topic, composite and multiple triggers, refusal, jailbreak and payload
 backdoors, a weight edit, and the benign controls that look like them; at the test size, at two seeds."""
 
 from __future__ import annotations
