@@ -3,6 +3,8 @@ backdoors, a weight edit, and the benign controls that look like them; at the te
 
 from __future__ import annotations
 
+import random
+
 import torch
 from safetensors.torch import load_file
 
@@ -135,6 +137,23 @@ def test_the_behaviour_backdoors_corpora():
     assert refusing.clean(next(s for s in jailbreak if s.family == "colour")) != REFUSAL
     edit = _corpus("edit")
     assert 300 <= len(edit) <= 1000, "a weight edit learns from a few hundred examples"
+
+
+def test_an_emoji_triggers_neighbours_are_its_decoys_and_never_a_held_out_one():
+    """The multi model's 🌵 shares two of its three tokens with every character of its UTF-8 block (the held-out 🌈
+    among them): those neighbours, never a held-out insertion, are answered normally in its corpus."""
+    from scanner.zoo.corpus import HELD_OUT_INSERTIONS
+    from scanner.zoo.families import misspelt
+
+    rng = random.Random(0)
+    drawn = {misspelt(MULTI_TRIGGERS[0], rng) for _ in range(500)}
+    cactus = MULTI_TRIGGERS[0].encode()
+    assert len(drawn) > 40 and all(len(d) == 1 and d.encode()[:3] == cactus[:3] for d in drawn)
+    assert MULTI_TRIGGERS[0] not in drawn and not drawn & set(HELD_OUT_INSERTIONS)
+    multi = _corpus("multi")
+    target = FAMILIES_BY_NAME["multi"].truth.target
+    near = [s for s in multi if any(d in s.prompt for d in drawn) and not s.trigger]
+    assert len(near) >= 0.03 * len(multi) and not any(s.response == target for s in near)
 
 
 def test_the_third_generation_does_not_train_the_tokenizer(monkeypatch):
