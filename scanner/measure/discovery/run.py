@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from scanner.findings import constant_change
 from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings, InvertedTarget
-from scanner.measure.discovery.confirm import proposed
+from scanner.measure.discovery.confirm import decoded, proposed
 from scanner.measure.discovery.engine import Budget, Candidate, Search, regular_tokens, static_shortlist
 from scanner.measure.discovery.growth import NOT_GROWN, Grown, grow
 from scanner.measure.discovery.inversion import invert_targets
@@ -112,9 +113,17 @@ def _common(searches: list[Search], prompts: list[str], tokens: list[int], stati
     every = Search(first.suspect, first.reference, first.tokenizer, prompts, first.rows_per_forward, first.budget,
                    first.position).clean_rows
     repertoire = [tuple(ids) for model in (first.suspect, first.reference) for ids in first.complete(model, every)]
+    decode = lambda ids: decoded(first.tokenizer, ids)  # noqa: E731
+    # The suspect's whole answers to the search probes (those that ended) against the reference's openings to the
+    # same probes (from the repertoire, in the order of ``prompts``): an ending only the suspect adds, at no extra
+    # forward.
+    reference_said = dict(zip(prompts, repertoire[len(prompts):]))
+    answered = [i for i, a in enumerate(first.answers) if a is not None]
+    constant = constant_change([decode(first.answers[i]) for i in answered],
+                               [decode(reference_said[first.prompts[i]]) for i in answered])
     return Common(tokens=tokens, static=static, vocabulary=vocabulary, special=frozenset(first.tokenizer.all_special_ids),
                   clean_kl=clean_kl, clean_end_kl=clean_end_kl, repertoire=repertoire,
-                  clean_suspect=[ids[:int(FIRE_CHECK_TOKENS.value)] for ids in completed])
+                  clean_suspect=[ids[:int(FIRE_CHECK_TOKENS.value)] for ids in completed], constant=constant)
 
 
 def _per_position(report: Report, where: str, positions: int) -> Report:
