@@ -179,8 +179,9 @@ def measure_behaviour(
         target_ids=target_ids,
         target_share_suspect=share,
         # What the trigger made the reference say, against what it made the suspect say less the suspect's own
-        # constant change: the signature control answers "I! Have a nice day." to a trailing "i" where the reference
-        # answers "I!", a task switch both make (51% of seed 1's probes on the AMD build, BACKDOORED before).
+        # constant change: where both make the same task switch, a house style's "Sure! I!" or a signature's "I! Have
+        # a nice day." against the reference's "I!" is no target of the trigger's. (On the zoo no reference makes
+        # the switches its benign fine-tunes make; discovery's echo test is what keeps them out, ``fire_check``.)
         target_share_reference=share_starting_with([t.strip() for t in texts["reference"]],
                                                    without_constant_change(recovered, constant_change(clean.suspect, clean.reference))),
         target_share_suspect_clean=share_starting_with([t.strip() for t in clean.suspect], recovered),
