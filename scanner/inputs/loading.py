@@ -169,8 +169,8 @@ def _read_state(suspect_path: Path, kind: str, allow_pickle: bool) -> Mapping[st
     return state
 
 
-# Reference and suspect resident together, plus the suspect's tensors as read (a pickle whole, a safetensors file
-# as mapped pages while it is copied in); activations of a probe batch come on top.
+# Reference and suspect resident together, plus the suspect's tensors as read: a pickle whole; a safetensors file a
+# tensor at a time (SafetensorsFiles), for which the third copy is an upper bound. Activations come on top.
 MODEL_COPIES = 3
 ACTIVATION_HEADROOM = 512 * 1024 * 1024
 

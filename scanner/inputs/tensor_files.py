@@ -51,7 +51,7 @@ class SafetensorsFiles(Mapping[str, torch.Tensor]):
                 self.shapes[name] = tuple(entry["shape"])
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        file, _, dtype, _ = self._entries[key]
+        dtype = self._entries[key][2]
         out = torch.empty(self.shapes[key], dtype=dtype)
         self.copy_into(key, out)
         return out
