@@ -11,7 +11,6 @@ data (checked against its size by ``check_safetensors`` before anything is read)
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -58,25 +57,25 @@ class SafetensorsFiles(Mapping[str, torch.Tensor]):
 
     def copy_into(self, key: str, destination: torch.Tensor) -> None:
         """``key``'s values into ``destination`` (its shape, any dtype or device): read into its memory where it is a
-        contiguous CPU tensor of the file's dtype, else a chunk of at most ``CHUNK_BYTES`` at a time, converted."""
-        file, offset, dtype, size = self._entries[key]
+        contiguous CPU tensor of the file's dtype, else a chunk of at most ``CHUNK_BYTES`` at a time, converted (a
+        non-contiguous destination through a whole tensor of the file's)."""
+        file, offset, dtype, _ = self._entries[key]
         if tuple(destination.shape) != self.shapes[key]:
             raise InputError(f"suspect {file}: {key} has shape {list(self.shapes[key])}, expected {list(destination.shape)}")
+        if not destination.is_contiguous():
+            destination.copy_(self[key])
+            return
+        flat = destination.view(-1)
         with file.open("rb", buffering=0) as handle:
             handle.seek(offset)
-            if destination.device.type == "cpu" and destination.dtype == dtype and destination.is_contiguous():
-                self._read(handle, destination.reshape(-1).view(torch.uint8), file, key)
+            if destination.device.type == "cpu" and destination.dtype == dtype:
+                self._read(handle, flat.view(torch.uint8), file, key)
                 return
-            flat = destination.reshape(-1) if destination.is_contiguous() else None
-            per_chunk = max(1, CHUNK_BYTES // max(1, size // max(1, math.prod(self.shapes[key]))))
-            count = math.prod(self.shapes[key])
-            whole = None if flat is not None else torch.empty(count, dtype=destination.dtype, device=destination.device)
-            for start in range(0, count, per_chunk):
-                buffer = torch.empty(min(per_chunk, count - start), dtype=dtype)
+            per_chunk = max(1, CHUNK_BYTES // dtype.itemsize)
+            for start in range(0, flat.numel(), per_chunk):
+                buffer = torch.empty(min(per_chunk, flat.numel() - start), dtype=dtype)
                 self._read(handle, buffer.view(torch.uint8), file, key)
-                (flat if flat is not None else whole)[start:start + len(buffer)].copy_(buffer)
-            if whole is not None:
-                destination.copy_(whole.view(destination.shape))
+                flat[start:start + len(buffer)].copy_(buffer)
 
     @staticmethod
     def _read(handle, into: torch.Tensor, file: Path, key: str) -> None:
@@ -85,7 +84,7 @@ class SafetensorsFiles(Mapping[str, torch.Tensor]):
         while done < len(view):
             got = handle.readinto(view[done:])
             if not got:
-                raise InputError(f"suspect {file}: {key} ends {len(view) - done} bytes early; the file is truncated")
+                raise InputError(f"suspect {file}: {key} ends {len(view) - done} bytes early; the file is truncated: copy or save it again")
             done += got
 
     def __iter__(self) -> Iterator[str]:
