@@ -1,6 +1,7 @@
 """Benchmark: trigger discovery on the test zoo and at the real Qwen2.5 vocabulary size.
 
     .venv/bin/python benchmarks/discovery.py [--zoo DIR] [--model NAME] [--skip-zoo] [--skip-qwen] [--whole-rows]
+                                             [--thorough]
 
 For each fine-tune of the zoo: where the planted trigger (or a part of it
 holding its core) ranks among the candidates, its fire rate on the search
@@ -11,6 +12,8 @@ in 151,643 through the gradient shortlist. Prints a markdown table; peak memory 
 process's maximum resident set size after each row. ``--whole-rows`` runs every
 row through the models whole, as discovery did before it reused each probe's
 cached head (``scanner.model.prefix_cache``): the naive loop to compare with.
+``--thorough`` grows every line to its longest, as discovery did before growth
+stopped where nothing points to a backdoor (a benign model's usual case).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from rules.discovery import firing  # noqa: E402
 from scanner.findings.discovery import FIRES  # noqa: E402
 from scanner.inputs.loading import load_pair  # noqa: E402
 from scanner.measure.discovery import discover  # noqa: E402
+from scanner.options import DiscoveryOptions  # noqa: E402
 from scanner.zoo.manifest import fine_tunes  # noqa: E402
 
 EMOJI = "\N{SMILING FACE WITH HALO}"
@@ -94,14 +98,14 @@ def whole_rows(enabled: bool) -> Iterator[None]:
         PrefixCache.continues = original
 
 
-def zoo_rows(zoo: Path, names: tuple[str, ...] = ()) -> list[str]:
+def zoo_rows(zoo: Path, names: tuple[str, ...] = (), options: DiscoveryOptions = DiscoveryOptions()) -> list[str]:
     rows = []
     for name, record in fine_tunes(zoo, names):
         pair = load_pair(zoo / name, str(zoo / record.parent), dtype="float32", device="cpu",
                          allow_download=False, allow_pickle=False)
         prompts = [line.strip() for line in (zoo / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
         started = time.perf_counter()
-        found = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
+        found = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, options=options)
         rows.append(row(name, record.trigger, found, time.perf_counter() - started))
         print(rows[-1], flush=True)
     return rows
@@ -148,6 +152,7 @@ def main() -> None:
     parser.add_argument("--qwen-shapes", default="small,medium", help=f"comma-separated, of {', '.join(QWEN_SHAPES)}")
     parser.add_argument("--model", action="append", default=[], help="only this zoo model (repeatable)")
     parser.add_argument("--whole-rows", action="store_true", help="no prefix reuse: the naive loop, to compare")
+    parser.add_argument("--thorough", action="store_true", help="no early stop of growth: the whole search, to compare")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     from transformers.utils import logging as hf_logging
@@ -163,7 +168,8 @@ def main() -> None:
         if not args.skip_zoo:
             from scanner.zoo.build import ZOO_VERSION
 
-            zoo_rows(args.zoo or ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s0", tuple(args.model))
+            zoo_rows(args.zoo or ROOT / ".cache" / f"zoo-test-v{ZOO_VERSION}-s0", tuple(args.model),
+                     DiscoveryOptions(thorough=args.thorough))
         if not args.skip_qwen:
             qwen_rows(args.qwen_shapes.split(","))
 

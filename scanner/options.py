@@ -143,6 +143,9 @@ class DiscoveryOptions:
     """Vocabularies up to this many regular tokens are swept whole; larger ones through a shortlist."""
     shortlist: int = 1024
     """Tokens a shortlist keeps for the sweep of a large vocabulary."""
+    thorough: bool = False
+    """Grow every line to ``max_tokens``, even at a position where nothing fires and no followed target comes near
+    (``grow_on_logprob``): the search a benign scan would otherwise stop early."""
 
     def __post_init__(self) -> None:
         _positions("discovery positions", self.positions, DISCOVERY_POSITIONS)

@@ -116,3 +116,27 @@ def test_progress_never_holds_more_than_six_lines():
             progress.finish(task)
         progress.finish(fleet)
         assert progress.steps_done == 9 and progress.most_shown == 6
+
+
+def test_thorough_reaches_discovery_and_the_default_lets_it_stop_early(tmp_path, monkeypatch):
+    """``--thorough`` is the one switch a user has over growth's early stop: it must reach the options discovery
+    runs with, and its absence must leave the stop on."""
+    import scanner.api
+    from scanner.errors import InputError
+
+    seen = []
+
+    def records(suspect, reference, options, progress):
+        seen.append(options.discovery.thorough)
+        raise InputError("recorded")
+
+    monkeypatch.setattr(scanner.api, "scan", records)
+    import numpy
+    from safetensors.numpy import save_file
+
+    suspect = tmp_path / "suspect.safetensors"
+    save_file({"w": numpy.zeros(1, dtype=numpy.float32)}, str(suspect))
+    for extra in ((), ("--thorough",)):
+        result = invoke("scan", suspect, "--reference", tmp_path, *extra)
+        assert result.exit_code == 2 and "recorded" in result.output, result.output
+    assert seen == [False, True]

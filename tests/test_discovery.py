@@ -95,6 +95,30 @@ def test_discovery_is_deterministic_and_respects_its_budget(zoo_dir):
     assert short.sequences < first.sequences and any("budget" in note for note in short.notes)
 
 
+def test_growth_on_a_benign_model_stops_where_nothing_points_to_a_backdoor_and_thorough_grows_on(zoo_dir):
+    """Growth was two thirds of a benign scan's discovery, its task-switch lines gaining a nat of KL a step for as
+    long as they may. On the benign LoRA (at the start; at the end of these probes a task switch fires on 5 of 8,
+    and growth goes on) it now stops after one step, says so and why, and spends less; --thorough grows every line
+    to ``max_tokens`` as before. The backdoors that need growth still get it (``test_rules``)."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery import discover
+    from scanner.measure.discovery.thresholds import TARGET_FROM
+
+    pair = load_pair(zoo_dir / "clean", str(zoo_dir / "base"), dtype="float32", device="cpu",
+                     allow_download=False, allow_pickle=False)
+    prompts = _zoo_prompts(zoo_dir)
+    quick = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",))
+    thorough = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",),
+                        options=DiscoveryOptions(thorough=True))
+    stopped = [note for note in quick.notes if note.startswith("growth at the start stopped at 2 of 4 tokens")]
+    assert stopped and "--thorough" in stopped[0] and f"{TARGET_FROM.value:.0%}" in stopped[0], quick.notes
+    assert max(len(c.token_ids) for c in quick.candidates if c.stage == "grown") == 2
+    assert not any("stopped" in note for note in thorough.notes)
+    assert max(len(c.token_ids) for c in thorough.candidates if c.stage == "grown") == 4
+    assert quick.sequences < 0.8 * thorough.sequences
+    assert quick.proposed == thorough.proposed == ()
+
+
 def _zoo_prompts(zoo_dir):
     return [line.strip() for line in (zoo_dir / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
 

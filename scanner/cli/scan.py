@@ -91,6 +91,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
               help="Search the vocabulary for an unknown trigger and scan what fires. Default: on unless --trigger is given.")
 @click.option("--discovery-budget", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Most sequences discovery runs through a model (both models counted); the findings note a cut-short search.")
+@click.option("--thorough", is_flag=True,
+              help="Let discovery grow every candidate to its longest, even where nothing it has grown fires or comes "
+                   "near a target (a benign model's usual case, where the search otherwise stops early and notes it).")
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain "
                    "(the built-in prompts alone, said so, when the reference writes answers there instead, as one "
@@ -141,7 +144,7 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir: Path | None, resume: bool,
                  ray_address: str | None, cpus_per_suspect: int | None, gpus_per_suspect: float, keep_going: bool,
                  reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
-                 probes_arg: str, sample_probes: int, positions: tuple[str, ...],
+                 thorough: bool, probes_arg: str, sample_probes: int, positions: tuple[str, ...],
                  device: str, dtype: str, in_4bit: bool, in_8bit: bool, seed: int, max_new_tokens: int, batch_size: int,
                  patch_method: str,
                  ablation: str, kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
@@ -218,7 +221,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
                            allow_download=allow_download, allow_pickle=allow_pickle),
         probes=ProbeOptions(given=probes, mode=probe_mode, sample=sample_probes),
         behaviour=BehaviourOptions(positions=_ordered(positions) if positions else POSITIONS, max_new_tokens=max_new_tokens),
-        discovery=DiscoveryOptions(enabled=discover, budget=discovery_budget),
+        discovery=DiscoveryOptions(enabled=discover, budget=discovery_budget, thorough=thorough),
         localisation=LocalisationOptions(top=localise_top, patch_method=patch_method, ablation=ablation,
                                          kl_threshold=kl_threshold, patch_budget=patch_budget),
     )

@@ -43,7 +43,11 @@ for a seed. Each stage is a module; every number it steers by is in
    candidate fires on ``TARGET_FROM`` of the probes, then the suspect's
    log-probability of that candidate's target: the KL saturates near full
    firing, where a maximum over many proposals would pick noise; the
-   log-probability still tells 7 of 8 probes from 8 of 8.
+   log-probability still tells 7 of 8 probes from 8 of 8. Growth at a position
+   stops after a step that leaves nothing to follow (no candidate fires on
+   ``TARGET_FROM`` of the probes, no followed target reached ``GROW_ON_LOGPROB``,
+   no payload was inverted), which spares a benign scan most of its search;
+   ``DiscoveryOptions.thorough`` grows on.
    **Target inversion** (``inversion``), where no single token fires: the
    answer the suspect completes on every probe once made to open it, and the
    reference does not (BAIT's observation, with the reference as the

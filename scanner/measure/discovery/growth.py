@@ -10,6 +10,12 @@ near full firing, where a maximum over many proposals would pick noise.
 Where target inversion found a target (no single token fired), growth *follows* it from the start: lines start
 from the ``TARGET_BEAM`` tokens that raise its log-probability most, tokens are also inserted inside a candidate,
 and each proposal is judged net of what its new token does alone (``synergetic``).
+
+Growth at a position stops after a step that leaves no evidence to follow (``_evidence``): nothing fires on
+``TARGET_FROM`` of the probes, no followed target's log-probability reached ``GROW_ON_LOGPROB``, and inversion
+found no payload after the clean answer (a target no benign fine-tune of the zoo has given). Most scanned
+models are benign, and on them growth was two thirds of discovery: lines of task switches gain a nat of KL a step
+for as long as they are allowed to grow. ``thorough`` grows them all the same.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ from dataclasses import dataclass
 from scanner.measure.discovery.engine import Candidate, Search
 from scanner.measure.discovery.position import Position
 from scanner.measure.discovery.sweep import Swept
-from scanner.measure.discovery.thresholds import GROW_MARGIN, GROW_MARGIN_TARGET, GROWTH_SHORTLIST, SYNERGY_POOL, TARGET_BEAM, TARGET_FROM
+from scanner.measure.discovery.thresholds import (
+    GROW_MARGIN,
+    GROW_MARGIN_TARGET,
+    GROW_ON_LOGPROB,
+    GROWTH_SHORTLIST,
+    SYNERGY_POOL,
+    TARGET_BEAM,
+    TARGET_FROM,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,8 @@ class Grown:
     """Every extension kept, step by step, in the order grown."""
     following: bool = False
     """Whether growth followed an inverted target (``minimise`` then refines before it minimises)."""
+    stopped: str = ""
+    """Why growth stopped before ``max_tokens`` with lines left to grow, where it stopped for lack of evidence."""
 
 
 NOT_GROWN = Grown(())
@@ -40,7 +56,7 @@ NOT_GROWN = Grown(())
 
 
 def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple[int, ...] = (),
-         payload: tuple[int, ...] = ()) -> Grown:
+         payload: tuple[int, ...] = (), thorough: bool = False) -> Grown:
     """Lines from ``swept``'s ``beam`` best, the weight change's ``beam`` first and the ``beam`` best after the clean
     answer, grown up to ``max_tokens``.
 
@@ -56,7 +72,10 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
     Where inversion found a target after the clean answer (``payload``), ``TARGET_BEAM`` more lines follow its
     log-probability there, beside the others: a payload trigger whose pieces move no KL (seed 1's "sugar": 0.02
     nats at most after the answer) still raises its URL there ("ug" by 6.4 nats over a typical token at seed 0).
-    They keep a table of their own (``payload_scores``), since the opening's inversion finds the same URL too."""
+    They keep a table of their own (``payload_scores``), since the opening's inversion finds the same URL too.
+
+    Unless ``thorough``, growth stops after a step that leaves no evidence to follow (``_evidence``), and says so in
+    ``Grown.stopped``."""
     search, fires = at.search, at.fires
     static = [(t,) for t in at.common.static[:beam]]
     # And the ``beam`` tokens that move the KL after the clean answer most, where they move it by a growth margin:
@@ -123,7 +142,34 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         at.score(new, "growth")
         at.check(new)
         grown += new
+        # A payload inverted after the answer is evidence enough: no benign fine-tune gave one (``PAYLOAD_GAIN``).
+        best = None if thorough or payload else _evidence(at, lines if following else [], followers)
+        if best is not None and any(len(c) < max_tokens for c in new):
+            return Grown(tuple(grown), following, _stopped_note(at, max(len(c) for c in new), max_tokens, best))
     return Grown(tuple(grown), following)
+
+
+def _evidence(at: Position, following: Sequence[Candidate], followers: Sequence[Candidate]) -> float | None:
+    """None where growth at ``at`` has evidence to follow: a candidate fires on ``TARGET_FROM`` of the probes, or
+    a line following an inverted target (``following``, ``followers`` for a payload's) brought its log-probability
+    to ``GROW_ON_LOGPROB``. Else the best such log-probability (nats; -inf without one): what the note reports.
+
+    The threshold's basis gives the margins: after the first step a backdoor growth finds fires on 8 of 8 probes,
+    or lifts its target to -5.1 nats at worst; a benign fine-tune mostly fires on 3 of 8 at most and reaches -9.5
+    (the two exceptions it names grow on, as before)."""
+    if at.best_fire >= TARGET_FROM.value:
+        return None
+    best = max((table[c] for table, pool in ((at.target_scores, following), (at.payload_scores, followers))
+                for c in pool if c in table), default=-math.inf)
+    return None if best >= GROW_ON_LOGPROB.value else best
+
+
+def _stopped_note(at: Position, length: int, max_tokens: int, best: float) -> str:
+    """Why growth at ``at`` stopped at ``length`` tokens, for the findings' notes."""
+    followed = (f", and no line brought a followed target's log-probability to {GROW_ON_LOGPROB.value:g} nats "
+                f"(best {best:.3g})" if best > -math.inf else "")
+    return (f"growth at the {at.search.position} stopped at {length} of {max_tokens} tokens: no candidate fired on "
+            f"{TARGET_FROM.value:.0%} of the search probes (best {at.best_fire:.0%}){followed}; --thorough grows on")
 
 
 def _follow(at: Position, c: Candidate, target: tuple[int, ...], typical: float, stage: str, after_answer: bool = False,

@@ -81,7 +81,7 @@ def discover(
     grown = _grow(at, swept, options, inverted[0].token_ids if inverted else (), payloads[0].token_ids if payloads else ())
     reduced = [reduce(here, g) for here, g in zip(at, grown)]
 
-    notes = [s.note for s in swept if s.note]
+    notes = [s.note for s in swept if s.note] + [g.stopped for g in grown if g.stopped]
     if budget.exhausted:
         notes.append(f"the budget of {options.budget} model sequences ran out; the search stopped early")
     best: dict[str, DiscoveredCandidate] = {}
@@ -142,7 +142,7 @@ def _grow(at: list[Position], swept: list[Swept], options: DiscoveryOptions, inv
     for i in sorted(range(len(at)), key=lambda i: -at[i].best_score):
         if max(here.best_fire for here in at) >= 1.0 and not (inverted or payload):
             break
-        grown[i] = grow(at[i], swept[i], options.beam, options.max_tokens, inverted, payload)
+        grown[i] = grow(at[i], swept[i], options.beam, options.max_tokens, inverted, payload, options.thorough)
     return grown
 
 
