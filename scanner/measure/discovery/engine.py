@@ -231,6 +231,13 @@ class Search:
         self.budget.spent += len(rows) * tokens
         return ids
 
+    def complete_each(self, model: PreTrainedModel, candidates: Sequence[Candidate]) -> list[list[tuple[int, ...]]]:
+        """``complete`` of every candidate's rows (``rows``) in one pass, batched across candidates: each
+        candidate's answers, one per probe, in order."""
+        n = len(self.prompts)
+        done = self.complete(model, [row for c in candidates for row in self.rows(c)])
+        return [[tuple(ids) for ids in done[i * n:(i + 1) * n]] for i in range(len(candidates))]
+
     def ended_rows(self, rows: list[list[int]]) -> list[list[int]]:
         """Each of ``rows`` (one per probe, in order) followed by its probe's clean answer, for the probes whose
         answer ended: where a payload after the answer would start."""
