@@ -121,6 +121,9 @@ def test_progress_never_holds_more_than_six_lines():
 def test_thorough_reaches_discovery_and_the_default_lets_it_stop_early(tmp_path, monkeypatch):
     """``--thorough`` is the one switch a user has over growth's early stop: it must reach the options discovery
     runs with, and its absence must leave the stop on."""
+    import numpy
+    from safetensors.numpy import save_file
+
     import scanner.api
     from scanner.errors import InputError
 
@@ -131,9 +134,6 @@ def test_thorough_reaches_discovery_and_the_default_lets_it_stop_early(tmp_path,
         raise InputError("recorded")
 
     monkeypatch.setattr(scanner.api, "scan", records)
-    import numpy
-    from safetensors.numpy import save_file
-
     suspect = tmp_path / "suspect.safetensors"
     save_file({"w": numpy.zeros(1, dtype=numpy.float32)}, str(suspect))
     for extra in ((), ("--thorough",)):

@@ -48,18 +48,17 @@ class Fire:
     answer."""
 
 
-def fire_check(search: Search, candidate: Candidate, clean_suspect: Sequence[tuple[int, ...]],
-               repertoire: Sequence[tuple[int, ...]], constant: tuple[str, str] = ("", ""),
-               completed: tuple[Sequence[tuple[int, ...]], Sequence[tuple[int, ...]]] | None = None) -> Fire:
-    """``candidate`` completed by both models at ``search``'s position, against the suspect's clean answers to the
-    same probes (``clean_suspect``) and both models' clean answers to every probe (``repertoire``). ``constant``:
-    the suspect's constant opening and ending (``constant_change``), which an echo is judged without: the signature
-    control shouts a trailing "i" as "I! Have a nice day." where the reference answers the question.
-    ``completed``: the suspect's and the reference's answers to ``candidate``'s rows, where the caller completed
-    several candidates at once (``Search.complete_each``)."""
+def fire_check(search: Search, candidate: Candidate,
+               completed: tuple[Sequence[tuple[int, ...]], Sequence[tuple[int, ...]]],
+               clean_suspect: Sequence[tuple[int, ...]], repertoire: Sequence[tuple[int, ...]],
+               constant: tuple[str, str] = ("", "")) -> Fire:
+    """``candidate`` as both models completed it at ``search``'s position (``completed``: the suspect's answers and
+    the reference's, one per probe, from ``Search.complete_each``, which batches several candidates), against the
+    suspect's clean answers to the same probes (``clean_suspect``) and both models' clean answers to every probe
+    (``repertoire``). ``constant``: the suspect's constant opening and ending (``constant_change``), which an echo
+    is judged without: the signature control shouts a trailing "i" as "I! Have a nice day." where the reference
+    answers the question."""
     rows = search.rows(candidate)
-    if completed is None:
-        completed = search.complete_each(search.suspect, [candidate])[0], search.complete_each(search.reference, [candidate])[0]
     suspect_ids, reference_ids = completed
     target_ids, share = modal_prefix(suspect_ids)
     rate = max(0.0, share - max(share_starting_with(reference_ids, target_ids), share_starting_with(clean_suspect, target_ids)))

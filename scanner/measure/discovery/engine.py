@@ -169,7 +169,7 @@ class Search:
         """Each candidate's trigger-specific KL at the first response position and after the clean answer (nats):
         the mean over probes minus ``clean``'s (the same two on the clean probes). A candidate that changes how
         the answer opens moves the first; one that appends a payload to a correct answer, only the second."""
-        per_forward = max(1, self.rows_per_forward // len(self.prompts))
+        per_forward = self.per_forward()
         scores: list[tuple[float, float]] = []
         for start in range(0, len(candidates), per_forward):
             if self.budget.exhausted:
@@ -194,7 +194,7 @@ class Search:
 
         Unlike the first-token KL this does not saturate as a candidate nears full firing: a probe that
         does not fire yet costs many nats, so the mean tells 5 of 6 probes firing from 6 of 6."""
-        per_forward = max(1, self.rows_per_forward // len(self.prompts))
+        per_forward = self.per_forward()
         read = torch.tensor([not after_answer or a is not None for a in self.answers])
         out: list[float] = []
         for start in range(0, len(candidates), per_forward):
@@ -230,6 +230,10 @@ class Search:
         ids = complete_ids(model, self.tokenizer, rows, max_new_tokens=tokens, batch_size=self.rows_per_forward)
         self.budget.spent += len(rows) * tokens
         return ids
+
+    def per_forward(self, rows_each: int | None = None) -> int:
+        """Candidates whose rows (``rows_each`` each; one per search probe unless given) fit ``rows_per_forward``."""
+        return max(1, self.rows_per_forward // (rows_each or len(self.prompts)))
 
     def complete_each(self, model: PreTrainedModel, candidates: Sequence[Candidate]) -> list[list[tuple[int, ...]]]:
         """``complete`` of every candidate's rows (``rows``) in one pass, batched across candidates: each

@@ -63,18 +63,18 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
     n = len(rows)
     # Completions of several forced tokens share a generation (``rows_per_forward`` rows): 64 generations of 8 rows
     # each cost 8 s of a benign discovery's 43 on the test zoo, nearly all of it per call.
-    per_pass = max(1, search.rows_per_forward // n)
+    per_pass = search.per_forward(n)
     for start in range(0, len(firsts), per_pass):
         if search.budget.exhausted:
             break
         part = firsts[start:start + per_pass]
-        completed = search.complete(search.suspect, [row + [first] for first in part for row in rows])
-        for i, first in enumerate(part):
+        forced_rows = [[row + [first] for row in rows] for first in part]
+        completed = search.complete(search.suspect, [row for forced in forced_rows for row in forced])
+        for i, (first, forced) in enumerate(zip(part, forced_rows)):
             rest, share = modal_prefix([tuple(ids) for ids in completed[i * n:(i + 1) * n]])
             target = (first, *rest)
             if not rest or share < MIN_SHARE.value or loops(target) or ordinary(target):
                 continue
-            forced = [row + [first] for row in rows]
             gain = float((search.logprob_after(search.suspect, forced, rest)
                           - search.logprob_after(search.reference, forced, rest)).mean())
             if gain >= least:

@@ -114,15 +114,15 @@ class Position:
         tick = self._progress("fire checks", len(candidates))
         todo = [c for c in dict.fromkeys(candidates) if c not in self.fires]
         search = self.search
-        per_pass = max(1, search.rows_per_forward // len(search.prompts))
+        per_pass = search.per_forward()
         for start in range(0, len(todo), per_pass):
             if search.budget.exhausted:
                 break
             part = todo[start:start + per_pass]
             answers = zip(search.complete_each(search.suspect, part), search.complete_each(search.reference, part))
             for c, completed in zip(part, answers):
-                fire = fire_check(search, c, self.common.clean_suspect, self.common.repertoire, self.common.constant,
-                                  completed)
+                fire = fire_check(search, c, completed, self.common.clean_suspect, self.common.repertoire,
+                                  self.common.constant)
                 if fire.rate < FIRES.value and self.end_scores.get(c, 0.0) >= PAYLOAD_FROM.value:
                     fire = max(fire, payload_check(search, c, self._after_answers()), key=lambda f: f.rate)
                 self.fires[c] = fire
