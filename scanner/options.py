@@ -29,6 +29,19 @@ the probes would share no insertion slot for the gradient shortlist to rank toke
 every discovered candidate at every ``BehaviourOptions.positions``, ``random`` included."""
 DEFAULT_PATCH_BUDGET = 128
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3, "t": 1000 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size as a user writes it: ``512MB``, ``2GB``, ``1.5GiB``, ``800000000``."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise InputError(f"size {text!r} is not a number of bytes with an optional unit (512MB, 2GB, 1.5GiB)")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    binary = "i" in unit
+    scale = _UNITS[unit[:1]] if not binary else 1024 ** " kmgt".index(unit[0])
+    return int(number * scale)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -67,6 +80,12 @@ class ModelOptions:
     allow_download: bool = False
     allow_pickle: bool = False
     """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""
+    max_memory: int | None = None
+    """Bytes the two models' weights may hold on the device together (half each); what does not fit is offloaded
+    by accelerate to ``offload_dir`` and read from there layer by layer. None: both models whole on the device."""
+    offload_dir: str | None = None
+    """Where offloaded weights go (a folder on a disk with room for them); None: a temporary folder, removed after
+    the scan."""
 
     def __post_init__(self) -> None:
         _choice("dtype", self.dtype, DTYPE_NAMES)
@@ -74,6 +93,13 @@ class ModelOptions:
         if not _DEVICE.match(self.device):
             raise InputError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto")
         _whole(self, ("batch_size", "rows_per_forward"))
+        if self.max_memory is not None:
+            _whole(self, ("max_memory",))
+            if self.quantisation != "none":
+                raise InputError("--max-memory offloads full-precision weights; bitsandbytes' quantised layers are not "
+                                 "offloaded here: give one or the other")
+        elif self.offload_dir is not None:
+            raise InputError("--offload-dir says where weights beyond --max-memory go: give --max-memory too")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from scanner.measure.behaviour import BehaviourResult
 from scanner.measure.head_patching import measure_patching, reference_source
 from scanner.model.forward import pad_id
 from scanner.model.patching import HeadPatcher
-from scanner.model.sites import sites_for
+from scanner.model.sites import input_device, sites_for
 from scanner.model.teacher_forcing import target_batch
 from scanner.options import LocalisationOptions, ModelOptions
 from scanner.progress import Progress
@@ -44,7 +44,7 @@ def localise(pair: LoadedPair, patcher: HeadPatcher, probes: TriggerProbes, beha
     """Attention, attribution, ablation and patching for the trigger ``probes`` hold, at its strongest position."""
     trigger = probes.trigger
     pad = pad_id(pair.tokenizer)
-    device = next(pair.suspect.parameters()).device
+    device = input_device(pair.suspect)
     suspect_sites, reference_sites = sites_for(pair.suspect), sites_for(pair.reference)
     attention = attribution = ablation = patching = None
     with stages.run(f"attention[{trigger}]"):

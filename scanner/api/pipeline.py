@@ -30,7 +30,7 @@ from scanner.measure.discovery import discover
 from scanner.measure.weights import measure_weight_diff
 from scanner.model.forward import pad_id
 from scanner.model.patching import HeadPatcher
-from scanner.model.sites import sites_for
+from scanner.model.sites import input_device, sites_for
 from scanner.options import ScanOptions
 from scanner.progress import NO_PROGRESS, Progress
 
@@ -88,7 +88,7 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
     run = RunInfo(
         bdscan_version=__version__, library_versions=library_versions(),
         architecture=architecture(pair.reference, context.reference.shapes if quantised else None), seed=options.seed,
-        device=str(next(pair.suspect.parameters()).device),
+        device=str(input_device(pair.suspect)),
         dtype=options.model.dtype, quantisation=context.reference.quantisation,
         trigger_positions=positions, max_new_tokens=options.behaviour.max_new_tokens,
         triggers=tuple(triggers), triggers_from=("user" if options.triggers else "catalogue") + ("+discovery" if found else ""),

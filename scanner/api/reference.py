@@ -41,7 +41,7 @@ def prepare_reference(reference: str, options: ScanOptions = ScanOptions(), prog
     enter_stage(progress, options, "reference and probes")
     task = progress.start("loading the reference", 1)
     loaded = load_reference(reference, dtype=model.dtype, device=model.device, allow_download=model.allow_download,
-                            quantisation=model.quantisation)
+                            quantisation=model.quantisation, max_memory=model.max_memory, offload_dir=model.offload_dir)
     progress.finish(task)
     triggers = options.triggers_to_try
     # The tokenizer is checked on the prompts known before sampling; sampled ones are decoded by it.

@@ -30,7 +30,7 @@ from scanner.model.forward import pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prompt_sampling import sample_user_prompts
 from scanner.model.restore import Component, all_components, distinct, parameter_count
-from scanner.model.sites import sites_for
+from scanner.model.sites import input_device, sites_for
 from scanner.model.teacher_forcing import target_batch, target_logits
 from scanner.options import ScanOptions
 from scanner.progress import NO_PROGRESS, Progress
@@ -78,6 +78,9 @@ def repair(
     if isinstance(reference, LoadedReference) and reference.quantisation != "none":
         raise InputError(f"a repair copies weights from the reference into the suspect, and this reference was loaded "
                          f"{reference.quantisation}-quantised; load it unquantised to repair")
+    if options.model.max_memory is not None or (isinstance(reference, LoadedReference) and reference.offload is not None):
+        raise InputError("a repair edits the suspect's weights in memory, and --max-memory offloads them to disk; "
+                         "repair on a machine where both models fit, without --max-memory")
     loaded = reference if isinstance(reference, LoadedReference) else load_reference(
         reference, dtype=options.model.dtype, device=options.model.device, allow_download=options.model.allow_download)
     pair = load_suspect(loaded, suspect, allow_pickle=options.model.allow_pickle)
@@ -91,7 +94,7 @@ def repair(
     sampled = sample_user_prompts(pair.reference, pair.tokenizer, SELECTION_SAMPLES, options.seed + 7, exclude=triggers,
                                   batch_size=options.model.batch_size).prompts
     selection += [p for p in sampled if p not in held_out and p not in selection]
-    pad, device = pad_id(pair.tokenizer), next(pair.suspect.parameters()).device
+    pad, device = pad_id(pair.tokenizer), input_device(pair.suspect)
     objectives, targets = [], {}
     for trigger in triggers:
         # Chosen at every position, not only where the trigger acted most: a repair that holds at one position and

@@ -33,6 +33,7 @@ from scanner.options import (
     ModelOptions,
     ProbeOptions,
     ScanOptions,
+    parse_size,
 )
 
 
@@ -111,6 +112,13 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
                    "them; recorded in the findings.")
 @click.option("--load-in-8bit", "in_8bit", is_flag=True,
               help="Load both models quantised to 8 bits (bitsandbytes LLM.int8, CUDA only).")
+@click.option("--max-memory", "max_memory", default=None, metavar="SIZE",
+              help="Most memory the two models' weights may take on the device (512MB, 24GB, 1.5GiB; half each): "
+                   "what does not fit is offloaded by accelerate to --offload-dir and read from there layer by layer, "
+                   "for a pair larger than memory. Slower than a scan that fits; the findings are the same.")
+@click.option("--offload-dir", "offload_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where --max-memory offloads weights (a disk with room for both models). Default: a temporary "
+                   "folder, removed after the scan.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=BehaviourOptions().max_new_tokens, show_default=True,
               help="Tokens each model answers each probe with (a payload after the answer needs room).")
@@ -145,7 +153,8 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
                  ray_address: str | None, cpus_per_suspect: int | None, gpus_per_suspect: float, keep_going: bool,
                  reference: str, triggers: tuple[str, ...], discover: bool | None, discovery_budget: int,
                  thorough: bool, probes_arg: str, sample_probes: int, positions: tuple[str, ...],
-                 device: str, dtype: str, in_4bit: bool, in_8bit: bool, seed: int, max_new_tokens: int, batch_size: int,
+                 device: str, dtype: str, in_4bit: bool, in_8bit: bool, max_memory: str | None, offload_dir: Path | None,
+                 seed: int, max_new_tokens: int, batch_size: int,
                  patch_method: str,
                  ablation: str, kl_threshold: float | None, patch_budget: int, localise_top: int, allow_download: bool, allow_pickle: bool,
                  json_out: str | None, report_out: Path | None, sarif_out: Path | None, rules_file: Path | None, replace_rules: bool,
@@ -177,6 +186,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
       bdscan scan ./adapters/ --reference ./base --out-dir reports/ --resume --ray
       bdscan scan ./adapters/ --reference ./base --out-dir reports/ --ray HEAD:6379 --gpus-per-suspect 1
       bdscan scan ./model --reference ./base --device cuda --load-in-4bit
+      bdscan scan ./big-model --reference ./big-base --max-memory 16GB --offload-dir /scratch/offload
     """
     if ray_address is not None and Path(ray_address).expanduser().exists():
         raise InputError(f"--ray {ray_address}: that is a path, which --ray took as a cluster's address; put --ray "
@@ -218,7 +228,9 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
     options = ScanOptions(
         triggers=triggers, seed=seed,
         model=ModelOptions(device=device, dtype=dtype, quantisation=_quantisation(in_4bit, in_8bit), batch_size=batch_size,
-                           allow_download=allow_download, allow_pickle=allow_pickle),
+                           allow_download=allow_download, allow_pickle=allow_pickle,
+                           max_memory=None if max_memory is None else parse_size(max_memory),
+                           offload_dir=None if offload_dir is None else str(offload_dir)),
         probes=ProbeOptions(given=probes, mode=probe_mode, sample=sample_probes),
         behaviour=BehaviourOptions(positions=_ordered(positions) if positions else POSITIONS, max_new_tokens=max_new_tokens),
         discovery=DiscoveryOptions(enabled=discover, budget=discovery_budget, thorough=thorough),

@@ -26,6 +26,7 @@ from scanner.findings import Architecture, InputInfo
 from scanner.inputs.checks import check_safetensors, read_json_object, refuse_custom_code
 from scanner.inputs.families import check_supported
 from scanner.inputs.locate import check_suspect_files, detect_suspect_kind, input_info, resolve_reference, weight_files
+from scanner.inputs.offload import OffloadPlan, load_offloaded_checkpoint, load_offloaded_suspect, plan_offload
 from scanner.inputs.placement import check_quantisation, load_arguments, resolve_device, weight_bytes
 from scanner.inputs.tensor_files import SafetensorsFiles
 
@@ -54,6 +55,8 @@ class LoadedPair:
     reference_info: InputInfo
     suspect_info: InputInfo
     merge_route: str
+    offload: OffloadPlan | None = None
+    """Where the weights beyond ``--max-memory`` are: held here so that its folder lives as long as the models."""
 
     def with_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> LoadedPair:
         return replace(self, tokenizer=tokenizer)
@@ -75,10 +78,13 @@ def check_same_architecture(suspect_config: dict, reference_config: dict, suspec
 
 
 def _load_model(directory: Path, dtype: torch.dtype, device: torch.device, quantisation: str = "none",
-                state_dict: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
-    """``directory``'s architecture with its weights, or with ``state_dict``'s where given."""
+                state_dict: dict[str, torch.Tensor] | None = None, offload: OffloadPlan | None = None) -> PreTrainedModel:
+    """``directory``'s architecture with its weights, or with ``state_dict``'s where given; placed by accelerate
+    under ``offload``'s cap where given."""
     arguments = load_arguments(dtype, device, quantisation)
-    if state_dict is not None:
+    if offload is not None:
+        model = load_offloaded_checkpoint(directory, dtype, offload)
+    elif state_dict is not None:
         # transformers takes given tensors only without a checkpoint to read, from the checkpoint's config; its
         # generation settings (Qwen2.5-Instruct's repetition penalty) must then be read as the reference's are.
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
@@ -92,7 +98,7 @@ def _load_model(directory: Path, dtype: torch.dtype, device: torch.device, quant
     if getattr(model.config, "head_dim", None) is None:
         # transformers 5 may leave head_dim unset; pyvene's head sites need it.
         model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads
-    if quantisation == "none":
+    if quantisation == "none" and offload is None:
         model = model.to(device)
     return model.eval().requires_grad_(False)
 
@@ -188,12 +194,23 @@ def available_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(shapes: dict[str, list[int]], dtype: str, device: torch.device, quantisation: str = "none") -> None:
-    """Refuse before loading when both models cannot fit (``shapes``: the reference's tensor shapes); the message
-    says what to try instead."""
+def check_memory(shapes: dict[str, list[int]], dtype: str, device: torch.device, quantisation: str = "none",
+                 offload: OffloadPlan | None = None) -> None:
+    """Refuse before loading when both models cannot fit (``shapes``: the reference's tensor shapes), or, under
+    ``offload``, the part of them its cap keeps; the message says what to try instead."""
     parameters = sum(math.prod(shape) for shape in shapes.values())
-    needed = weight_bytes(shapes, DTYPES[dtype].itemsize, quantisation) * MODEL_COPIES + ACTIVATION_HEADROOM
+    one_model = weight_bytes(shapes, DTYPES[dtype].itemsize, quantisation)
+    if offload is None:
+        needed = one_model * MODEL_COPIES + ACTIVATION_HEADROOM
+    else:
+        # Both capped models and the suspect's largest tensor on its way to its place or to disk.
+        largest = max((math.prod(shape) for shape in shapes.values()), default=0) * DTYPES[dtype].itemsize
+        needed = 2 * min(one_model, offload.per_model) + largest + ACTIVATION_HEADROOM
     free = available_bytes(device)
+    if offload is not None and needed > free:
+        gib = 1024 ** 3
+        raise ResourceError(f"--max-memory keeps about {needed / gib:.1f} GiB on {device.type} (both models' resident "
+                            f"weights and working memory) but {free / gib:.1f} GiB is free; give a smaller --max-memory")
     if needed > free:
         gib = 1024 ** 3
         advice = "try --dtype bfloat16" if dtype == "float32" else "try a machine or device with more memory"
@@ -220,13 +237,16 @@ class LoadedReference:
     """Every tensor's shape in the reference's checkpoint: what a suspect's tensors must match."""
     quantisation: str = "none"
     """``none``, ``4bit`` or ``8bit`` (bitsandbytes); the suspect is loaded the same way."""
+    offload: OffloadPlan | None = None
+    """Where weights beyond ``--max-memory`` go; the suspect is placed on the reference's device map."""
 
 
 def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False,
-                   quantisation: str = "none") -> LoadedReference:
-    """Load the reference (eager attention, ``dtype``, on ``device``, quantised as ``quantisation`` says) and its
-    tokenizer, after checking that it and a suspect of its size fit in memory. Nothing here runs code from the
-    checkpoint."""
+                   quantisation: str = "none", max_memory: int | None = None,
+                   offload_dir: str | None = None) -> LoadedReference:
+    """Load the reference (eager attention, ``dtype``, on ``device``, quantised as ``quantisation`` says, its
+    weights beyond half of ``max_memory`` offloaded to ``offload_dir``) and its tokenizer, after checking that it
+    and a suspect of its size fit in memory. Nothing here runs code from the checkpoint."""
     torch_dtype = DTYPES[dtype]
     target = resolve_device(device)
     check_quantisation(quantisation, target)
@@ -241,9 +261,12 @@ def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu
             "convert it with safetensors.torch.save_file"
         )
     shapes = {name: entry["shape"] for file in reference_weights for name, entry in check_safetensors(file).items()}
-    check_memory(shapes, dtype, target, quantisation)
+    offload = None
+    if max_memory is not None:
+        offload = plan_offload(max_memory, offload_dir, target, weight_bytes(shapes, torch_dtype.itemsize, "none"))
+    check_memory(shapes, dtype, target, quantisation, offload)
     try:
-        model = _load_model(reference_dir, torch_dtype, target, quantisation)
+        model = _load_model(reference_dir, torch_dtype, target, quantisation, offload=offload)
     except OUT_OF_MEMORY:
         raise ResourceError(f"out of memory while loading the reference on {target.type} at {dtype}; "
                             "try --dtype bfloat16 or a device with more memory") from None
@@ -252,7 +275,8 @@ def load_reference(reference: str, *, dtype: str = "float32", device: str = "cpu
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     info = input_info(reference_dir, reference_kind if reference_kind == "hf-cache" else "hf-directory")
-    return LoadedReference(model, tokenizer, reference_dir, reference_config, info, dtype, target, shapes, quantisation)
+    return LoadedReference(model, tokenizer, reference_dir, reference_config, info, dtype, target, shapes, quantisation,
+                           offload)
 
 
 def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickle: bool = False) -> LoadedPair:
@@ -274,6 +298,15 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
         if not adapter_weights and not allow_pickle:
             raise InputError(f"suspect adapter {suspect_path} has no adapter_model.safetensors: {PICKLE_ADVICE}")
         check_suspect_files(suspect_path)
+    if reference.offload is not None and kind == "peft-adapter":
+        raise InputError(f"suspect {suspect_path} is a PEFT adapter, and peft re-places a model with offloaded layers "
+                         "as if nothing were offloaded (its adapter weights would load onto the meta device): scan it "
+                         "without --max-memory, or scan the merged model (peft's merge_and_unload, then "
+                         "save_pretrained) under --max-memory")
+    if reference.offload is not None and kind.startswith("pickle"):
+        raise InputError(f"suspect {suspect_path} is a pickle-based checkpoint, which is read whole: --max-memory "
+                         "offloads a suspect read a tensor at a time from safetensors. Convert it with "
+                         "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')")
     state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
     quantised = reference.quantisation != "none"
     tied = _tied_keys(reference.model)
@@ -289,6 +322,9 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
             check_state_dict(checkpoint_keys(reference.shapes, tied), _shapes(state), tied)
             suspect_model = _load_model(reference.directory, torch_dtype, reference.device, reference.quantisation,
                                         state_dict={k: v.to(torch_dtype) for k, v in state.items()})
+        elif reference.offload is not None:
+            check_state_dict(checkpoint_keys(reference.shapes, tied), _shapes(state), tied)
+            suspect_model = load_offloaded_suspect(reference.model, state, torch_dtype, reference.offload)
         else:
             # A copy of the reference in memory, not its checkpoint read again: that paged its file in beside the
             # reference and the suspect's own (SafetensorsFiles' docstring has the figures).
@@ -315,15 +351,18 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
         reference_info=reference.info,
         suspect_info=input_info(suspect_path, kind),
         merge_route=merge_route,
+        offload=reference.offload,
     )
 
 
 def load_pair(
     suspect: Path | str, reference: str, *, dtype: str = "float32", device: str = "cpu", allow_download: bool = False,
-    allow_pickle: bool = False,
+    allow_pickle: bool = False, max_memory: int | None = None, offload_dir: str | None = None,
 ) -> LoadedPair:
-    """Load both models (eager attention, ``dtype``, on ``device``) and the reference's tokenizer."""
-    loaded = load_reference(reference, dtype=dtype, device=device, allow_download=allow_download)
+    """Load both models (eager attention, ``dtype``, on ``device``, offloaded beyond ``max_memory``) and the
+    reference's tokenizer."""
+    loaded = load_reference(reference, dtype=dtype, device=device, allow_download=allow_download,
+                            max_memory=max_memory, offload_dir=offload_dir)
     return load_suspect(loaded, suspect, allow_pickle=allow_pickle)
 
 
@@ -374,6 +413,14 @@ def _merge_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel
     return merged.eval().requires_grad_(False)
 
 
+def _distinct_parameters(model: PreTrainedModel) -> int:
+    """Numbers in ``model``'s parameters, a tied head counted once: accelerate's offload gives a tied head a
+    parameter object of its own, so identity does not tell (the tied names do)."""
+    tied = _tied_keys(model)
+    return sum(p.numel() for name, p in model.named_parameters(remove_duplicate=False) if name not in tied) \
+        if tied else sum(p.numel() for p in model.parameters())
+
+
 def architecture(model: PreTrainedModel, shapes: dict[str, list[int]] | None = None) -> Architecture:
     """``shapes`` (the checkpoint's tensor shapes), where given, count the parameters: bitsandbytes packs two 4-bit
     weights into one stored number."""
@@ -386,5 +433,5 @@ def architecture(model: PreTrainedModel, shapes: dict[str, list[int]] | None = N
         head_dim=config.head_dim,
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
-        parameters=sum(math.prod(s) for s in shapes.values()) if shapes else sum(p.numel() for p in model.parameters()),
+        parameters=sum(math.prod(s) for s in shapes.values()) if shapes else _distinct_parameters(model),
     )

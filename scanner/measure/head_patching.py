@@ -21,7 +21,7 @@ from scanner.findings import HeadEstimate, PatchingFindings, PatchStep
 from scanner.measure.attribution_patching import CHECKED, atp_ranking
 from scanner.model.forward import capture
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
-from scanner.model.sites import Sites, dense_weight
+from scanner.model.sites import Sites, dense_weight, input_device
 from scanner.model.teacher_forcing import TargetBatch, at_target, configurations_per_forward, target_hits, target_kl, target_logits
 
 Head = tuple[int, int]
@@ -34,10 +34,11 @@ def reference_source(
     """The reference's ``o_proj`` inputs on ``targets`` (every position: patching replaces them all) with the
     ``o_proj`` weight difference, and its ``[probes, target_len, vocab]`` logits at the target."""
     layers = range(len(reference_sites.layers()))
-    with capture({str(i): reference_sites.o_proj(i) for i in layers}, inputs=True) as captured:
+    device = input_device(reference)
+    with capture({str(i): reference_sites.o_proj(i) for i in layers}, inputs=True, device=device) as captured:
         reference_logits = target_logits(reference, targets)
     deltas = tuple(
-        (dense_weight(reference_sites.o_proj(i)) - dense_weight(suspect_sites.o_proj(i))).to(captured[str(i)].dtype)
+        (dense_weight(reference_sites.o_proj(i)).to(device) - dense_weight(suspect_sites.o_proj(i)).to(device)).to(captured[str(i)].dtype)
         for i in layers
     )
     return PatchSource(tuple(captured[str(i)] for i in layers), deltas), reference_logits

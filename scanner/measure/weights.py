@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from scanner.findings import WeightDiff
-from scanner.model.sites import Sites, dense_weight
+from scanner.model.sites import Sites, dense_weight, module_tensor
 
 
 def _relative(suspect: torch.Tensor, reference: torch.Tensor) -> float:
-    suspect, reference = suspect.float(), reference.float()
+    suspect, reference = suspect.float().to(reference.device), reference.float()
     return float((suspect - reference).norm() / reference.norm().clamp_min(1e-12))
 
 
@@ -18,9 +18,9 @@ def _flat(modules) -> torch.Tensor:
     parts = []
     for module in modules:
         for owner in module.modules():
-            for name, parameter in owner.named_parameters(recurse=False):
+            for name, _ in owner.named_parameters(recurse=False):
                 parts.append((dense_weight(owner) if name == "weight" and isinstance(owner, torch.nn.Linear)
-                              else parameter.detach()).flatten().float())
+                              else module_tensor(owner, name)).flatten().float().cpu())
     return torch.cat(parts)
 
 
@@ -29,7 +29,7 @@ def _dense(sites: Sites, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tens
     out = {}
     for name in "qkvo":
         linear = sites.projection(layer, name)
-        out[name] = (dense_weight(linear), None if linear.bias is None else linear.bias.detach())
+        out[name] = (dense_weight(linear), None if linear.bias is None else module_tensor(linear, "bias"))
     return out
 
 
@@ -66,16 +66,18 @@ def measure_weight_diff(suspect: Sites, reference: Sites) -> WeightDiff:
             grids[name].append(rows[name])
         mlp.append(_relative(_flat([suspect.mlp(layer)]), _flat([reference.mlp(layer)])))
         norms.append(_relative(_flat(suspect.layer_norms(layer)), _flat(reference.layer_norms(layer))))
-    non_finite = {
-        key: int((~torch.isfinite(value)).sum()) for key, value in suspect.model.state_dict().items()
-        if value.is_floating_point() and not bool(torch.isfinite(value).all())
-    }
+    non_finite = {}
+    for prefix, owner in suspect.model.named_modules():
+        for name, _ in owner.named_parameters(recurse=False):
+            value = module_tensor(owner, name)
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                non_finite[f"{prefix}.{name}" if prefix else name] = int((~torch.isfinite(value)).sum())
     return WeightDiff(
         q=tuple(map(tuple, grids["q"])), k=tuple(map(tuple, grids["k"])),
         v=tuple(map(tuple, grids["v"])), o=tuple(map(tuple, grids["o"])),
         mlp=tuple(mlp), norms=tuple(norms),
-        embeddings=_relative(suspect.embedding().weight, reference.embedding().weight),
+        embeddings=_relative(module_tensor(suspect.embedding()), module_tensor(reference.embedding())),
         final_norm=_relative(_flat([suspect.final_norm()]), _flat([reference.final_norm()])),
-        lm_head=_relative(suspect.unembedding().weight, reference.unembedding().weight),
+        lm_head=_relative(module_tensor(suspect.unembedding()), module_tensor(reference.unembedding())),
         non_finite=non_finite,
     )

@@ -99,19 +99,21 @@ def attention_patterns(model: PreTrainedModel, batch: Batch) -> list[torch.Tenso
 
 
 @contextmanager
-def capture(modules: dict[str, nn.Module], *, inputs: bool) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each module's first input (``inputs=True``) or output during the block; hooks always removed."""
+def capture(modules: dict[str, nn.Module], *, inputs: bool, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each module's first input (``inputs=True``) or output during the block, on ``device`` (where the
+    caller computes with them: under accelerate's placement a module's input is captured before its hook moves it
+    to the module's device, and modules may run on several); hooks always removed."""
     captured: dict[str, torch.Tensor] = {}
     handles = []
     try:
         for name, module in modules.items():
             if inputs:
                 handles.append(module.register_forward_pre_hook(
-                    lambda _m, args, name=name: captured.__setitem__(name, args[0].detach())))
+                    lambda _m, args, name=name: captured.__setitem__(name, args[0].detach().to(device))))
             else:
                 handles.append(module.register_forward_hook(
                     lambda _m, _a, out, name=name: captured.__setitem__(
-                        name, (out[0] if isinstance(out, tuple) else out).detach())))
+                        name, (out[0] if isinstance(out, tuple) else out).detach().to(device))))
         yield captured
     finally:
         for handle in handles:

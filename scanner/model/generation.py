@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.inputs.rendering import render_prompt
 from scanner.model.forward import encode_ids, pad_id
+from scanner.model.sites import input_device
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -37,7 +38,7 @@ def complete_ids(
 
     ``on_batch(n)`` is called with the number of rows finished after each batch.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = []
     for start in range(0, len(rows), batch_size):

@@ -67,8 +67,10 @@ class _HeadSwap(pyvene.SourcelessIntervention):
             return base
         batch, seq, _ = base.shape
         value = base.view(batch, seq, self.heads, self.head_dim)
-        replacement = self.source.expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
-        mask = self.mask.view(batch, 1, self.heads, 1)
+        # .to(): pyvene hands over a module's input before accelerate's hook moves it to the module's device, and the
+        # source was captured where the scan computes; both are no-ops on one device.
+        replacement = self.source.to(base.device).expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
+        mask = self.mask.to(base.device).view(batch, 1, self.heads, 1)
         return torch.where(mask, replacement.to(value.dtype), value).reshape(batch, seq, -1)
 
 
@@ -86,9 +88,9 @@ class _OProjCorrection(pyvene.SourcelessIntervention):
         if self.mask is None or self.delta is None:
             return base
         batch, seq, _ = base.shape
-        value = self.source.expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
-        masked = (value * self.mask.view(batch, 1, self.heads, 1).to(value.dtype)).reshape(batch, seq, -1)
-        return base + (masked @ self.delta.T).to(base.dtype)
+        value = self.source.to(base.device).expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
+        masked = (value * self.mask.to(base.device).view(batch, 1, self.heads, 1).to(value.dtype)).reshape(batch, seq, -1)
+        return base + (masked @ self.delta.to(base.device).T).to(base.dtype)
 
 
 class HeadPatcher:

@@ -16,6 +16,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from scanner.model.forward import Batch, encode_ids
+from scanner.model.sites import input_device
 
 
 class PrefixCache:
@@ -28,7 +29,7 @@ class PrefixCache:
 
     def __init__(self, model: PreTrainedModel, prefixes: Sequence[Sequence[int]], pad_id: int) -> None:
         self.model, self.pad_id = model, pad_id
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         batch = encode_ids(prefixes, pad_id, self.device)
         with torch.inference_mode():
             output = model(**batch.model_inputs(), use_cache=True, logits_to_keep=1)

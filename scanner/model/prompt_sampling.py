@@ -32,6 +32,7 @@ from scanner.findings.scan import HOLDS_TRIGGER, UNTERMINATED
 from scanner.inputs.rendering import PROMPT_SENTINEL
 from scanner.model.forward import encode_ids, logits, pad_id
 from scanner.model.generation import stop_token_ids
+from scanner.model.sites import input_device
 
 # A private-use character pair: no tokenizer's chat template produces it.
 MIN_WORDS = 2
@@ -135,7 +136,7 @@ def sample_user_prompts(
         return SampledPrompts((), 0, {"the chat template renders no text before the user turn": 1})
     stops = set(stop_token_ids(tokenizer))
     special = [t for t in tokenizer.all_special_tokens if t]
-    device = next(model.parameters()).device
+    device = input_device(model)
     accepted: list[str] = []
     seen: set[str] = set()
     rejected: Counter[str] = Counter()
@@ -186,7 +187,7 @@ def prompt_surprise(
     prefix = user_turn_prefix(tokenizer)
     if prefix is None:
         return [math.nan] * len(prompts)
-    device = next(model.parameters()).device
+    device = input_device(model)
     surprises: list[float] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]

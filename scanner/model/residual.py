@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from scanner.model.forward import capture
-from scanner.model.sites import Sites
+from scanner.model.sites import Sites, input_device
 
 
 class ResidualCache:
@@ -39,7 +39,8 @@ class ResidualCache:
         if layer > self._layer:
             start_from = {k: v for k, v in self.inputs.items() if k != "input_ids"}
             with self.sites.running_layers(self._layer, layer), \
-                    capture({"residual": self.sites.final_norm()}, inputs=True) as captured:
+                    capture({"residual": self.sites.final_norm()}, inputs=True,
+                            device=input_device(self.sites.model)) as captured:
                 self.sites.model(inputs_embeds=self._residual, **start_from, logits_to_keep=1)
             self._layer, self._residual = layer, captured["residual"]
         return self._residual

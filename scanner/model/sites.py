@@ -57,7 +57,7 @@ class Sites:
         frozen at the value the full residual gives: the usual linearisation for attribution."""
         norm = self.final_norm()
         inverse_rms = (residual.pow(2).mean(-1, keepdim=True) + self.model.config.rms_norm_eps).rsqrt()
-        return inverse_rms * norm.weight.float()
+        return inverse_rms * module_tensor(norm).float().to(residual.device)
 
     def unembedding(self) -> nn.Linear:
         return self.model.lm_head
@@ -88,12 +88,39 @@ def is_quantised_weight(parameter: torch.Tensor) -> bool:
     return type(parameter).__name__ in ("Params4bit", "Int8Params")
 
 
+def module_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module``'s own parameter ``name`` as numbers, wherever it is: read from accelerate's offload folder for the
+    read when the module's weights are offloaded (their parameters then sit on the meta device, with no values)."""
+    if getattr(getattr(module, "_hf_hook", None), "offload", False):
+        from accelerate.utils import align_module_device
+
+        with align_module_device(module):
+            return getattr(module, name).detach()
+    return getattr(module, name).detach()
+
+
+def module_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    """Every parameter of ``module`` and its submodules, in ``named_parameters`` order, as ``module_tensor`` reads it."""
+    for owner in module.modules():
+        for name, _ in owner.named_parameters(recurse=False):
+            yield module_tensor(owner, name)
+
+
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where a forward's inputs go: the device the embedding runs on (under accelerate's placement its hook's, as
+    the first parameter may be offloaded to the meta device)."""
+    embedding = model.get_input_embeddings()
+    device = getattr(getattr(embedding, "_hf_hook", None), "execution_device", None)
+    return torch.device(device) if device is not None else embedding.weight.device
+
+
 def dense_weight(linear: torch.nn.Module) -> torch.Tensor:
     """``[out, in]`` a linear layer's weight as numbers, dequantised when bitsandbytes holds it packed (a packed
-    weight's bytes are not its values: differences and products of them mean nothing)."""
+    weight's bytes are not its values: differences and products of them mean nothing), read from the offload
+    folder where accelerate offloaded it."""
     weight = linear.weight
     if not is_quantised_weight(weight):
-        return weight.detach()
+        return module_tensor(linear)
     from transformers.integrations.bitsandbytes import dequantize_bnb_weight
 
     return dequantize_bnb_weight(weight, getattr(linear, "state", None)).detach()

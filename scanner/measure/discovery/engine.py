@@ -22,7 +22,7 @@ from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKEN
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prefix_cache import PrefixCache
-from scanner.model.sites import dense_weight, sites_for
+from scanner.model.sites import dense_weight, input_device, module_tensor, sites_for
 from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
 
 Candidate = tuple[int, ...]
@@ -86,7 +86,7 @@ class Search:
             self.tails = [encode(after)] * len(self.prompts)
         self.clean_rows = [encode(before + prompt + after) for prompt in self.prompts]
         self.pad = pad_id(self.tokenizer)
-        self.device = next(self.suspect.parameters()).device
+        self.device = input_device(self.suspect)
         self.answers = [None] * len(self.prompts)
         self._prefix_caches: dict[int, PrefixCache] = {}
 
@@ -273,7 +273,7 @@ class Search:
         gradients = []
         log = {}
         for name, model in models:
-            table = model.get_input_embeddings().weight
+            table = module_tensor(model.get_input_embeddings())
             embeds = table[batch.input_ids].detach().clone().requires_grad_(True)  # [rows, seq, hidden]
             with torch.enable_grad():
                 logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
@@ -314,7 +314,7 @@ def static_shortlist(suspect: PreTrainedModel, reference: PreTrainedModel, allow
     does. A trigger's embedding is what the first layer sees of it; other tokens' responses are untouched by an
     edit aimed at the trigger."""
     s, r = sites_for(suspect), sites_for(reference)
-    table_s, table_r = s.embedding().weight, r.embedding().weight
+    table_s, table_r = module_tensor(s.embedding()), module_tensor(r.embedding())
     norm = s.layer_norms(0)[0]
     pairs = [(dense_weight(s.projection(0, name)).float(), dense_weight(r.projection(0, name)).float()) for name in "qkv"]
     ids = torch.tensor(list(allowed), device=table_s.device)
