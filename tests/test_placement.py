@@ -101,3 +101,23 @@ def test_a_tied_checkpoints_head_is_a_key_a_suspect_may_hold():
     assert checkpoint_keys(shapes, {"lm_head.weight"}) == {
         "model.embed_tokens.weight": (100, 8), "model.norm.weight": (8,), "lm_head.weight": (100, 8)}
     assert checkpoint_keys(shapes, set()) == {"model.embed_tokens.weight": (100, 8), "model.norm.weight": (8,)}
+
+
+def test_a_pair_too_large_for_memory_is_refused_with_a_max_memory_under_which_it_fits(monkeypatch):
+    import re
+
+    import scanner.inputs.loading
+    from scanner.inputs.offload import plan_offload
+    from scanner.options import parse_size
+
+    # The Qwen2.5-0.5B shape's embedding and 24 layers' MLP-sized weights: 1.8 GB a model in float32.
+    shapes = {"model.embed_tokens.weight": [151_936, 896]}
+    shapes.update({f"model.layers.{i}.mlp.up_proj.weight": [4_864, 2_688] for i in range(24)})
+    monkeypatch.setattr(scanner.inputs.loading, "available_bytes", lambda device: 3 * 1024 ** 3)
+    with pytest.raises(ResourceError, match=r"needs about 5\.5 GiB .* or --max-memory \d+MB to offload") as refused:
+        check_memory(shapes, "float32", torch.device("cpu"))
+    suggested = parse_size(re.search(r"--max-memory (\d+MB)", str(refused.value)).group(1))
+    monkeypatch.setattr("shutil.disk_usage", lambda path: __import__("shutil")._ntuple_diskusage(10 ** 12, 0, 10 ** 12))
+    check_memory(shapes, "float32", torch.device("cpu"), offload=plan_offload(suggested, None, torch.device("cpu"), 1.8e9))
+    with pytest.raises(ResourceError, match="give a smaller --max-memory"):
+        check_memory(shapes, "float32", torch.device("cpu"), offload=plan_offload(2 * suggested, None, torch.device("cpu"), 1.8e9))

@@ -200,13 +200,13 @@ def check_memory(shapes: dict[str, list[int]], dtype: str, device: torch.device,
     ``offload``, the part of them its cap keeps; the message says what to try instead."""
     parameters = sum(math.prod(shape) for shape in shapes.values())
     one_model = weight_bytes(shapes, DTYPES[dtype].itemsize, quantisation)
-    if offload is None:
-        needed = one_model * MODEL_COPIES + ACTIVATION_HEADROOM
-    else:
-        # Both capped models and the suspect's largest tensor on its way to its place or to disk.
-        largest = max((math.prod(shape) for shape in shapes.values()), default=0) * DTYPES[dtype].itemsize
-        needed = 2 * min(one_model, offload.per_model) + largest + ACTIVATION_HEADROOM
+    largest = max((math.prod(shape) for shape in shapes.values()), default=0) * DTYPES[dtype].itemsize
+    # Under a cap: both capped models and the suspect's largest tensor on its way to its place or to disk.
+    needed = (one_model * MODEL_COPIES if offload is None else 2 * min(one_model, offload.per_model) + largest) \
+        + ACTIVATION_HEADROOM
     free = available_bytes(device)
+    # What --max-memory could give the weights here: the rest is the tensor on its way and the activations.
+    room = int(0.9 * (free - largest - ACTIVATION_HEADROOM)) if quantisation == "none" else 0
     if offload is not None and needed > free:
         gib = 1024 ** 3
         raise ResourceError(f"--max-memory keeps about {needed / gib:.1f} GiB on {device.type} (both models' resident "
@@ -219,6 +219,7 @@ def check_memory(shapes: dict[str, list[int]], dtype: str, device: torch.device,
             f"the scan needs about {needed / gib:.1f} GiB on {device.type} ({parameters:,} parameters at {form}, "
             f"two models loaded) but {free / gib:.1f} GiB is free; {advice}"
             + (", or --device cuda" if device.type != "cuda" else ", or --load-in-4bit (bitsandbytes)" if quantisation == "none" else "")
+            + (f", or --max-memory {room // 10 ** 6}MB to offload what does not fit to disk" if room > 0 else "")
         )
 
 
