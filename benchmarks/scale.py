@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/scale.py               # 49 probes, the default scan's count
     .venv/bin/python benchmarks/scale.py --probes 8    # a quicker run (ablation is then exact: under 4,096 rows)
+    .venv/bin/python benchmarks/scale.py --discovery-budget 4000   # discovery alone, cut at 4,000 sequences
+
+``--discovery-budget N`` measures what a *default* scan adds at this shape: discovery (no trigger given) on the
+same pair and prompts, cut at ``N`` sequences, its seconds per sequence, and the cost model's count of sequences
+for a benign suspect's whole search there (``predicted_discovery_sequences``), so the seconds of the whole search
+are predicted from a run of minutes.
 
 The pair: a random-init Qwen2 reference of the Qwen2.5-0.5B shape (hidden 896, 24 layers, 14 heads, 2 key-value
 heads, intermediate 4,864, tied embeddings) with Qwen2.5's real tokenizer rebuilt offline from the
@@ -79,6 +85,63 @@ def predicted_rows(layers: int, heads: int, probes: int, positions: int, steps: 
     }
 
 
+BENIGN_ZOO = (75_624, 877)
+"""The test zoo's ``clean`` at seed 0 (zoo v13, AMD build, default options): discovery's sequences, and the
+vocabulary it swept whole."""
+
+
+def predicted_discovery_sequences(vocabulary: int, positions: int = 2) -> dict[str, int]:
+    """Sequences of a benign suspect's whole search at the default options (both models counted), from the cost
+    model of discovery (``benchmarks/README.md``): per position, the sweep's first-token KL through both models and
+    inversion's log-probability of the target through the suspect, over every regular token up to 8,192 and over
+    the gradient shortlist's 2,048 above; the rest (growth's one step, inversion's completions, fire checks,
+    leakage) does not grow with the vocabulary and is taken as measured on the test zoo's benign ``clean``."""
+    from scanner.options import DiscoveryOptions
+
+    options = DiscoveryOptions()
+
+    def sweeps(size: int) -> int:
+        swept = size if size <= options.exhaustive_vocabulary else min(2 * options.shortlist, size)
+        return positions * swept * options.search_probes * 3
+
+    return {"sweeps": sweeps(vocabulary), "the rest": BENIGN_ZOO[0] - sweeps(BENIGN_ZOO[1])}
+
+
+def measure_discovery(base: Path, suspect: Path, budget: int, seed: int) -> None:
+    """Discovery alone on the pair, cut at ``budget`` sequences: seconds per sequence and the whole benign search
+    predicted from it."""
+    from scanner.inputs.loading import load_pair
+    from scanner.inputs.probes import default_probes
+    from scanner.measure.discovery import discover
+    from scanner.options import DiscoveryOptions
+
+    pair = load_pair(suspect, str(base))
+    marks: list[tuple[str, float]] = []
+    started = time.perf_counter()
+
+    def on_step(stage: str, done: int, total: int) -> None:
+        if not marks or marks[-1][0] != stage:
+            marks.append((stage, time.perf_counter() - started))
+
+    found = discover(pair.suspect, pair.reference, pair.tokenizer, default_probes(), seed=seed,
+                     options=DiscoveryOptions(budget=budget), on_step=on_step)
+    seconds = time.perf_counter() - started
+    print("| discovery step (first report) | at s |\n|---|---|")
+    for stage, at in marks:
+        print(f"| {stage} | {at:.1f} |")
+    per_sequence = seconds / max(found.sequences, 1)
+    print(f"\ndiscovery cut at {budget:,} sequences: {found.sequences:,} sequences in {seconds:.1f} s, "
+          f"{per_sequence:.3f} s a sequence; vocabulary {found.vocabulary:,}, "
+          f"{'exhaustive' if found.exhaustive else 'shortlist'} sweep; peak resident "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+    predicted = predicted_discovery_sequences(found.vocabulary)
+    total = sum(predicted.values())
+    print("cost model, a benign suspect's whole search: " + ", ".join(f"{k} {v:,}" for k, v in predicted.items())
+          + f"; {total:,} sequences, about {total * per_sequence / 60:,.0f} min at the rate measured")
+    for note in found.notes:
+        print(f"note: {note}")
+
+
 def naive_seconds_per_configuration(base: Path, suspect: Path, findings, seed: int, repeats: int = 3) -> float:
     """The naive loop's cost of one head configuration on the scan's own triggered probes: one forward of the whole
     model per configuration with a plain hook (a head's ``o_proj`` input replaced), full logits, the target's
@@ -118,6 +181,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probes", type=int, default=49, help="built-in prompts to scan with (the default scan uses 49)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--discovery-budget", type=int, default=None, metavar="N",
+                        help="measure discovery alone, cut at N sequences, instead of the known-trigger scan")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from transformers.utils import logging as hf_logging
@@ -138,6 +203,9 @@ def main() -> None:
           f"{platform.python_version()}, " + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "pyvene"))
           + f"; shape {SHAPE}, vocabulary 151,936; {args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; "
           f"pair built or read in {built:.0f} s")
+    if args.discovery_budget is not None:
+        measure_discovery(base, suspect, args.discovery_budget, args.seed)
+        return
     started = time.perf_counter()
     findings = scan(suspect, str(base), options)
     total = time.perf_counter() - started

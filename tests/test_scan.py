@@ -161,3 +161,18 @@ def test_true_greedy_patching_picks_the_best_head_each_step(zoo_dir):
     # Each greedy step takes the best single addition, so the KL never rises.
     assert all(later <= earlier + 1e-6 for earlier, later in zip(kls, kls[1:]))
     assert len({(step.layer, step.head) for step in patching.steps}) == len(patching.steps)
+
+
+@pytest.mark.unit
+def test_weight_differences_and_non_finite_counts_taken_in_chunks_equal_those_taken_whole(monkeypatch):
+    import math
+
+    from scanner.measure import weights
+
+    monkeypatch.setattr(weights, "CHUNK", 7)  # 130 numbers in 19 chunks, the last one short
+    generator = torch.Generator().manual_seed(0)
+    suspect, reference = torch.randn(10, 13, generator=generator), torch.randn(10, 13, generator=generator)
+    assert weights._relative(suspect, reference) == pytest.approx(float((suspect - reference).norm() / reference.norm()), rel=1e-6)
+    assert weights._relative(reference, reference) == 0.0
+    suspect[3, 4], suspect[9, 12], suspect[0, 0] = math.inf, math.nan, -math.inf
+    assert weights._non_finite(suspect) == 3 and weights._non_finite(reference) == 0

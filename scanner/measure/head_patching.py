@@ -61,10 +61,8 @@ class _Evaluator:
             chunk = configurations[start:start + self.per_forward]
             times = len(chunk)
             masks = masks_for(chunk, self.patcher.layers, self.patcher.heads, self.probes).to(device)
-            source = PatchSource(
-                tuple(values.repeat(times, 1, 1) for values in self.source.values), self.source.o_proj_delta)
             repeated = self.targets.repeat(times)
-            with self.patcher.patched(source, masks, self.residual) as run:
+            with self.patcher.patched(self.source, masks, self.residual) as run:
                 patched = at_target(run(repeated.inputs()))
             kl = target_kl(patched, self.reference_logits).view(times, self.probes)
             hits = target_hits(patched, repeated).float().view(times, self.probes)

@@ -43,8 +43,9 @@ with contextlib.redirect_stdout(io.StringIO()):
 class PatchSource:
     """What patched heads become, per layer.
 
-    ``values[layer]``: ``[batch, seq, heads * head_dim]`` replacement ``o_proj`` inputs
-    (broadcastable over batch and seq, e.g. ``[1, 1, heads * head_dim]`` for a mean).
+    ``values[layer]``: ``[rows, seq, heads * head_dim]`` replacement ``o_proj`` inputs, where the patched batch is
+    whole repeats of ``rows`` (configuration-major: several configurations of the same probes share one copy), or
+    ``[1, 1, heads * head_dim]`` for a mean.
     ``o_proj_delta[layer]``: ``[hidden, heads * head_dim]`` source minus suspect
     ``o_proj`` weight, or ``None`` when the source used the suspect's own ``o_proj``.
     """
@@ -66,11 +67,11 @@ class _HeadSwap(pyvene.SourcelessIntervention):
         if self.mask is None:
             return base
         batch, seq, _ = base.shape
-        value = base.view(batch, seq, self.heads, self.head_dim)
         # .to(): pyvene hands over a module's input before accelerate's hook moves it to the module's device, and the
         # source was captured where the scan computes; both are no-ops on one device.
-        replacement = self.source.to(base.device).expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
-        mask = self.mask.to(base.device).view(batch, 1, self.heads, 1)
+        replacement, times = _per_configuration(self.source.to(base.device), batch, self.heads, self.head_dim)
+        value = base.view(times, -1, seq, self.heads, self.head_dim)
+        mask = self.mask.to(base.device).view(times, -1, 1, self.heads, 1)
         return torch.where(mask, replacement.to(value.dtype), value).reshape(batch, seq, -1)
 
 
@@ -88,9 +89,22 @@ class _OProjCorrection(pyvene.SourcelessIntervention):
         if self.mask is None or self.delta is None:
             return base
         batch, seq, _ = base.shape
-        value = self.source.to(base.device).expand(batch, seq, -1).reshape(batch, seq, self.heads, self.head_dim)
-        masked = (value * self.mask.to(base.device).view(batch, 1, self.heads, 1).to(value.dtype)).reshape(batch, seq, -1)
+        value, times = _per_configuration(self.source.to(base.device), batch, self.heads, self.head_dim)
+        mask = self.mask.to(base.device).view(times, -1, 1, self.heads, 1).to(value.dtype)
+        masked = (value * mask).expand(times, batch // times, seq, -1, -1).reshape(batch, seq, -1)
         return base + (masked @ self.delta.to(base.device).T).to(base.dtype)
+
+
+def _per_configuration(source: torch.Tensor, batch: int, heads: int, head_dim: int) -> tuple[torch.Tensor, int]:
+    """``source`` ``[rows, seq or 1, heads * head_dim]`` as ``[1, rows, seq or 1, heads, head_dim]``, and how many
+    times its rows repeat in a batch of ``batch`` (configuration-major): a patched forward runs several head
+    configurations of the same probes, and broadcasting the probes' source over them, rather than repeating it,
+    keeps one copy of every layer's source instead of one per configuration (at the Qwen2.5-0.5B shape, 49 probes
+    and 5 configurations a forward, 1.5 GB less)."""
+    rows = source.shape[0]
+    if batch % rows:
+        raise ValueError(f"a patch source of {rows} rows does not divide a batch of {batch}")
+    return source.reshape(1, rows, source.shape[1], heads, head_dim), batch // rows
 
 
 class HeadPatcher:
