@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/scale.py               # 49 probes, the default scan's count
     .venv/bin/python benchmarks/scale.py --probes 8    # a quicker run (ablation is then exact: under 4,096 rows)
-    .venv/bin/python benchmarks/scale.py --discovery-budget 4000   # discovery alone, cut at 4,000 sequences
+    .venv/bin/python benchmarks/scale.py --discovery-candidates 32  # discovery's sweep rate instead, and its cost
 
-``--discovery-budget N`` measures what a *default* scan adds at this shape: discovery (no trigger given) on the
-same pair and prompts, cut at ``N`` sequences, its seconds per sequence, and the cost model's count of sequences
-for a benign suspect's whole search there (``predicted_discovery_sequences``), so the seconds of the whole search
-are predicted from a run of minutes.
+``--discovery-candidates N`` measures what a *default* scan adds at this shape: discovery's sweep (``N``
+one-token candidates on the 8 search probes at each position), its seconds per sequence, and from the cost
+model's count of sequences for a benign suspect's whole search (``predicted_discovery_sequences``) the minutes of
+that search, predicted from a run of two.
 
 The pair: a random-init Qwen2 reference of the Qwen2.5-0.5B shape (hidden 896, 24 layers, 14 heads, 2 key-value
 heads, intermediate 4,864, tied embeddings) with Qwen2.5's real tokenizer rebuilt offline from the
@@ -107,39 +107,38 @@ def predicted_discovery_sequences(vocabulary: int, positions: int = 2) -> dict[s
     return {"sweeps": sweeps(vocabulary), "the rest": BENIGN_ZOO[0] - sweeps(BENIGN_ZOO[1])}
 
 
-def measure_discovery(base: Path, suspect: Path, budget: int, seed: int) -> None:
-    """Discovery alone on the pair, cut at ``budget`` sequences: seconds per sequence and the whole benign search
-    predicted from it."""
+def measure_discovery(base: Path, suspect: Path, candidates: int) -> None:
+    """Discovery's sweep at this shape: ``candidates`` one-token candidates scored (first-token KL through both
+    models, each probe's head cached) on the 8 search probes at each position, its seconds per sequence, and a
+    benign suspect's whole search predicted from them. Leakage's sampling (2 x 256 user turns) is not in it: a
+    discovery of this pair cut at 2,000 sequences spent 567 s there (2026-12-04)."""
     from scanner.inputs.loading import load_pair
     from scanner.inputs.probes import default_probes
-    from scanner.measure.discovery import discover
+    from scanner.measure.discovery.engine import Budget, Search
     from scanner.options import DiscoveryOptions
 
     pair = load_pair(suspect, str(base))
-    marks: list[tuple[str, float]] = []
-    started = time.perf_counter()
-
-    def on_step(stage: str, done: int, total: int) -> None:
-        if not marks or marks[-1][0] != stage:
-            marks.append((stage, time.perf_counter() - started))
-
-    found = discover(pair.suspect, pair.reference, pair.tokenizer, default_probes(), seed=seed,
-                     options=DiscoveryOptions(budget=budget), on_step=on_step)
-    seconds = time.perf_counter() - started
-    print("| discovery step (first report) | at s |\n|---|---|")
-    for stage, at in marks:
-        print(f"| {stage} | {at:.1f} |")
-    per_sequence = seconds / max(found.sequences, 1)
-    print(f"\ndiscovery cut at {budget:,} sequences: {found.sequences:,} sequences in {seconds:.1f} s, "
-          f"{per_sequence:.3f} s a sequence; vocabulary {found.vocabulary:,}, "
-          f"{'exhaustive' if found.exhaustive else 'shortlist'} sweep; peak resident "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
-    predicted = predicted_discovery_sequences(found.vocabulary)
-    total = sum(predicted.values())
-    print("cost model, a benign suspect's whole search: " + ", ".join(f"{k} {v:,}" for k, v in predicted.items())
-          + f"; {total:,} sequences, about {total * per_sequence / 60:,.0f} min at the rate measured")
-    for note in found.notes:
-        print(f"note: {note}")
+    options = DiscoveryOptions()
+    prompts = default_probes()[:options.search_probes]
+    rates = {}
+    print("| position | head tokens (cached) | tail tokens | sequences | seconds | s a sequence |\n|---|---|---|---|---|---|")
+    for position in options.positions:
+        search = Search(pair.suspect, pair.reference, pair.tokenizer, prompts, 256, Budget(10**9), position)
+        search.set_answers([tuple(ids) for ids in search.complete(pair.suspect, search.clean_rows, 24)])
+        rows = [row for token in range(1000, 1000 + candidates) for row in search.rows((token,))]
+        spent, started = search.budget.spent, time.perf_counter()
+        search.kls(rows)
+        seconds, sequences = time.perf_counter() - started, search.budget.spent - spent
+        rates[position] = seconds / sequences
+        print(f"| {position} | {sum(map(len, search.heads)) / len(prompts):.1f} | {sum(map(len, search.tails)) / len(prompts):.1f} "
+              f"| {sequences:,} | {seconds:.1f} | {rates[position]:.3f} |", flush=True)
+    predicted = predicted_discovery_sequences(pair.suspect.config.vocab_size)
+    per_position = predicted["sweeps"] / len(rates)
+    mean_rate = sum(rates.values()) / len(rates)
+    total = sum(per_position * rate for rate in rates.values()) + predicted["the rest"] * mean_rate
+    print(f"\ncost model, a benign suspect's whole search: {predicted['sweeps']:,} sweep sequences at each "
+          f"position's rate and {predicted['the rest']:,} more at their mean: about {total / 60:,.0f} min, "
+          "leakage's sampling not counted")
 
 
 def naive_seconds_per_configuration(base: Path, suspect: Path, findings, seed: int, repeats: int = 3) -> float:
@@ -181,8 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probes", type=int, default=49, help="built-in prompts to scan with (the default scan uses 49)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--discovery-budget", type=int, default=None, metavar="N",
-                        help="measure discovery alone, cut at N sequences, instead of the known-trigger scan")
+    parser.add_argument("--discovery-candidates", type=int, default=None, metavar="N",
+                        help="measure discovery's sweep rate on N candidates, instead of the known-trigger scan")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from transformers.utils import logging as hf_logging
@@ -203,8 +202,8 @@ def main() -> None:
           f"{platform.python_version()}, " + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "pyvene"))
           + f"; shape {SHAPE}, vocabulary 151,936; {args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; "
           f"pair built or read in {built:.0f} s")
-    if args.discovery_budget is not None:
-        measure_discovery(base, suspect, args.discovery_budget, args.seed)
+    if args.discovery_candidates is not None:
+        measure_discovery(base, suspect, args.discovery_candidates)
         return
     started = time.perf_counter()
     findings = scan(suspect, str(base), options)
