@@ -7,7 +7,7 @@ import math
 import torch
 
 from scanner.findings import WeightDiff
-from scanner.model.sites import Sites, dense_weight, module_tensor
+from scanner.model.sites import Sites, dense_weight, module_tensor, module_tensors
 
 CHUNK = 1 << 22
 """Elements (16 MB of float32) a difference or a finiteness check holds at a time: taken whole, the Qwen2.5-0.5B
@@ -31,13 +31,7 @@ def _non_finite(value: torch.Tensor) -> int:
 
 def _flat(modules) -> torch.Tensor:
     """Every parameter of ``modules``, linear weights dequantised where bitsandbytes packed them."""
-    parts = []
-    for module in modules:
-        for owner in module.modules():
-            for name, _ in owner.named_parameters(recurse=False):
-                parts.append((dense_weight(owner) if name == "weight" and isinstance(owner, torch.nn.Linear)
-                              else module_tensor(owner, name)).flatten().float().cpu())
-    return torch.cat(parts)
+    return torch.cat([tensor.flatten().float().cpu() for module in modules for tensor in module_tensors(module)])
 
 
 def _dense(sites: Sites, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:

@@ -100,10 +100,11 @@ def module_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 
 def module_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
-    """Every parameter of ``module`` and its submodules, in ``named_parameters`` order, as ``module_tensor`` reads it."""
+    """Every parameter of ``module`` and its submodules, in ``named_parameters`` order, as numbers: read as
+    ``module_tensor`` reads them, a linear layer's weight dequantised as ``dense_weight`` reads it."""
     for owner in module.modules():
         for name, _ in owner.named_parameters(recurse=False):
-            yield module_tensor(owner, name)
+            yield dense_weight(owner) if name == "weight" and isinstance(owner, nn.Linear) else module_tensor(owner, name)
 
 
 def input_device(model: PreTrainedModel) -> torch.device:
