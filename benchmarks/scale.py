@@ -200,8 +200,10 @@ def main() -> None:
     options = ScanOptions(triggers=(TRIGGER,), probes=ProbeOptions(given=tuple(default_probes()[:args.probes])), seed=args.seed)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; Python "
           f"{platform.python_version()}, " + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "pyvene"))
-          + f"; shape {SHAPE}, vocabulary 151,936; {args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; "
-          f"pair built or read in {built:.0f} s")
+          + f"; shape {SHAPE}, vocabulary 151,936; "
+          + (f"discovery's sweep, {args.discovery_candidates} candidates; " if args.discovery_candidates is not None
+             else f"{args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; ")
+          + f"pair built or read in {built:.0f} s")
     if args.discovery_candidates is not None:
         measure_discovery(base, suspect, args.discovery_candidates)
         return
