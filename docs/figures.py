@@ -27,7 +27,7 @@ from rules.record import Record, default_record  # noqa: E402
 
 FIGURE = re.compile(r"<!-- fig ([A-Za-z0-9_.\-]+) -->.*?<!-- /fig -->", re.DOTALL)
 TABLE = re.compile(r"(<!-- figures ([a-z0-9\-]+) -->\n).*?(<!-- /figures -->)", re.DOTALL)
-SHOWN = ("BD001", "BD002", "BD003", "BD004", "BD013", "BD014")
+SHOWN = ("BD001", "BD002", "BD003", "BD004", "BD013", "BD014", "BD015")
 """The rules whose readings the verdict tables show (the rest read the same on every model, or nothing)."""
 
 

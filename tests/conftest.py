@@ -133,3 +133,9 @@ def second_seed_manifest(pytestconfig):
                                  f"{log.read_text(encoding='utf-8')[-2000:]}\n")
         return ensure_zoo(_second_seed_dir(), "test", SECOND_SEED, extras=THIRD_GENERATION, core=False,
                           progress=LineProgress(f"test zoo, seed {SECOND_SEED}"))
+
+
+@pytest.fixture(scope="session")
+def second_seed_dir(second_seed_manifest) -> Path:
+    """Where ``second_seed_manifest``'s zoo is."""
+    return _second_seed_dir()

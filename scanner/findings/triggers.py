@@ -8,7 +8,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from scanner.findings.localisation import AblationFindings, AttentionFindings, AttributionFindings, PatchingFindings
-from scanner.findings.metrics import ORDINARY_LOGPROB, Span, collapse, contrast, kl_ratio, modal_share, recurring_span
+from scanner.findings.metrics import (
+    ORDINARY_LOGPROB,
+    Span,
+    Switch,
+    behaviour_switch,
+    collapse,
+    contrast,
+    kl_ratio,
+    modal_share,
+    recurring_span,
+)
 from scanner.findings.vocabulary import POSITIONS
 
 
@@ -126,7 +136,7 @@ class TriggerFindings:
     patching: PatchingFindings | None
 
     __derived__: ClassVar[tuple[str, ...]] = ("kl_ratio", "kl_specific", "target_collapse", "ordinary_target",
-                                               "target_contrast", "payload")
+                                               "target_contrast", "payload", "switch")
 
     @property
     def kl_ratio(self) -> float:
@@ -156,6 +166,14 @@ class TriggerFindings:
         clean answers nor the reference's triggered ones do."""
         return recurring_span([p.suspect_triggered for p in self.probes], [p.suspect_clean for p in self.probes],
                               [p.reference_triggered for p in self.probes], self.trigger)
+
+    @property
+    def switch(self) -> Switch | None:
+        """See ``behaviour_switch``: the share of a group of probes the reference answers alike (its refusals) on
+        which the trigger makes the suspect answer otherwise while the reference keeps the group's answer."""
+        return behaviour_switch([p.prompt for p in self.probes], [p.reference_clean for p in self.probes],
+                                [p.suspect_clean for p in self.probes], [p.suspect_triggered for p in self.probes],
+                                [p.reference_triggered for p in self.probes])
 
     @property
     def ordinary_target(self) -> bool:

@@ -214,7 +214,10 @@ EXTRA_MODELS = {
     # Targets that are behaviours: a base that refuses a family (a benign safety fine-tune, and the reference
     # of the next two), a backdoor that refuses ordinary requests, one that answers the refused family; and a
     # payload after a correct opening.
-    "behaviours": (ModelSpec("guarded", None, "all", 16, family="guarded"),
+    # The guarded base keeps modelling its users' turns (zoo v14), as a real instruct model's pretraining leaves it
+    # able to: its refusal and jailbreak children are then scanned on prompts from its own domain, which is what
+    # they test; a reference that cannot write prompts is the ``answers`` group's question.
+    "behaviours": (ModelSpec("guarded", None, "all", 16, family="guarded", loss_on_prompt=True),
                    ModelSpec("refusal", None, "all", 17, parent="guarded", family="refusal"),
                    ModelSpec("jailbreak", None, "all", 18, parent="guarded", family="jailbreak"),
                    ModelSpec("payload", None, "all", 19, family="payload")),
