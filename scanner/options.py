@@ -63,6 +63,10 @@ def _positions(what: str, positions: tuple[str, ...], allowed: tuple[str, ...]) 
         _choice(what.rstrip("s"), position, allowed)
 
 
+PLACEMENT = ("max_memory", "offload_dir")
+"""``ModelOptions`` fields that say where the weights wait, not what is measured: left out of ``ScanOptions.digest``."""
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """How both models are loaded and how much work one forward holds."""
@@ -229,8 +233,13 @@ class ScanOptions:
 
     @property
     def digest(self) -> str:
-        """SHA-256 of these options as canonical JSON: equal options, equal digest, on any machine."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+        """SHA-256 of these options as canonical JSON: equal options, equal digest, on any machine. Where the weights
+        wait (``PLACEMENT``) is left out: an offloaded scan gives the same findings as a whole one
+        (``tests/test_offload.py``), so a fleet resumed with another cap or offload folder is the same run."""
+        options = dataclasses.asdict(self)
+        for name in PLACEMENT:
+            del options["model"][name]
+        text = json.dumps(options, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @property
