@@ -190,3 +190,20 @@ def test_what_offloading_cannot_take_is_refused_before_a_weight_is_read(zoo_dir,
     with pytest.raises(InputError, match="without --max-memory"):
         repair(zoo_dir / "emoji", reference, findings, [findings.triggers[0].trigger], tmp_path / "repaired",
                ScanOptions(model=ModelOptions(max_memory=CAP)))
+
+
+def test_the_cli_refuses_an_adapter_or_a_pickle_under_a_cap_before_the_reference_loads(zoo_dir, tmp_path, monkeypatch):
+    """At the sizes --max-memory is for the reference takes minutes to load: what offloading cannot take is refused
+    first, with what to do instead."""
+    from helpers import invoke
+
+    def never(*args, **kwargs):
+        raise AssertionError("the reference was loaded before the suspect was refused")
+
+    monkeypatch.setattr("scanner.api.reference.load_reference", never)
+    refused = invoke(zoo_dir / "lora", "--reference", zoo_dir / "base", "--max-memory", "1MB")
+    assert refused.exit_code == 2 and "is a PEFT adapter" in refused.output and "merge_and_unload" in refused.output
+    pickle = tmp_path / "suspect.pt"
+    torch.save({"x": torch.zeros(1)}, pickle)
+    refused = invoke(pickle, "--reference", zoo_dir / "base", "--max-memory", "1MB", "--allow-pickle")
+    assert refused.exit_code == 2 and "pickle-based checkpoint" in refused.output

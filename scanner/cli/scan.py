@@ -18,7 +18,7 @@ from scanner.cli.verdict import Outputs, conclude, resolve_rules, rule_options, 
 from scanner.errors import InputError
 from scanner.files import check_writable
 from scanner.findings import POSITIONS
-from scanner.inputs.locate import check_suspect_files
+from scanner.inputs.locate import check_suspect_files, detect_suspect_kind, refuse_offloaded
 from scanner.inputs.probes import read_probe_file
 from scanner.inputs.suspects import expand_suspects, is_fleet_directory, read_listing
 from scanner.options import (
@@ -237,6 +237,9 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
         localisation=LocalisationOptions(top=localise_top, patch_method=patch_method, ablation=ablation,
                                          kl_threshold=kl_threshold, patch_budget=patch_budget),
     )
+    if options.model.max_memory is not None and len(fleet) == 1:
+        # Before the reference loads, which takes minutes at the sizes --max-memory is for.
+        refuse_offloaded(fleet[0], detect_suspect_kind(fleet[0].expanduser()))
     stderr = stderr_console(quiet)
     with stderr.status("importing torch and transformers"):
         from transformers.utils import logging as hf_logging

@@ -25,7 +25,14 @@ from scanner.errors import IncompatibleModelsError, InputError, ResourceError
 from scanner.findings import Architecture, InputInfo
 from scanner.inputs.checks import check_safetensors, read_json_object, refuse_custom_code
 from scanner.inputs.families import check_supported
-from scanner.inputs.locate import check_suspect_files, detect_suspect_kind, input_info, resolve_reference, weight_files
+from scanner.inputs.locate import (
+    check_suspect_files,
+    detect_suspect_kind,
+    input_info,
+    refuse_offloaded,
+    resolve_reference,
+    weight_files,
+)
 from scanner.inputs.offload import OffloadPlan, load_offloaded_checkpoint, load_offloaded_suspect, plan_offload
 from scanner.inputs.placement import check_quantisation, load_arguments, resolve_device, weight_bytes
 from scanner.inputs.tensor_files import SafetensorsFiles
@@ -299,15 +306,8 @@ def load_suspect(reference: LoadedReference, suspect: Path | str, *, allow_pickl
         if not adapter_weights and not allow_pickle:
             raise InputError(f"suspect adapter {suspect_path} has no adapter_model.safetensors: {PICKLE_ADVICE}")
         check_suspect_files(suspect_path)
-    if reference.offload is not None and kind == "peft-adapter":
-        raise InputError(f"suspect {suspect_path} is a PEFT adapter, and peft re-places a model with offloaded layers "
-                         "as if nothing were offloaded (its adapter weights would load onto the meta device): scan it "
-                         "without --max-memory, or scan the merged model (peft's merge_and_unload, then "
-                         "save_pretrained) under --max-memory")
-    if reference.offload is not None and kind.startswith("pickle"):
-        raise InputError(f"suspect {suspect_path} is a pickle-based checkpoint, which is read whole: --max-memory "
-                         "offloads a suspect read a tensor at a time from safetensors. Convert it with "
-                         "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')")
+    if reference.offload is not None:
+        refuse_offloaded(suspect_path, kind)
     state = None if kind == "peft-adapter" else _read_state(suspect_path, kind, allow_pickle)
     quantised = reference.quantisation != "none"
     tied = _tied_keys(reference.model)

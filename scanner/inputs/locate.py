@@ -38,6 +38,20 @@ def resolve_reference(reference: str, allow_download: bool = False) -> tuple[Pat
     return Path(cached), "hf-cache"
 
 
+def refuse_offloaded(path: Path, kind: str) -> None:
+    """Refuse a suspect of ``kind`` that ``--max-memory`` cannot offload, with what to do instead: checked before
+    any model loads (the CLI) and again where the suspect loads (the library)."""
+    if kind == "peft-adapter":
+        raise InputError(f"suspect {path} is a PEFT adapter, and peft re-places a model with offloaded layers "
+                         "as if nothing were offloaded (its adapter weights would load onto the meta device): scan it "
+                         "without --max-memory, or scan the merged model (peft's merge_and_unload, then "
+                         "save_pretrained) under --max-memory")
+    if kind.startswith("pickle"):
+        raise InputError(f"suspect {path} is a pickle-based checkpoint, which is read whole: --max-memory "
+                         "offloads a suspect read a tensor at a time from safetensors. Convert it with "
+                         "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')")
+
+
 def detect_suspect_kind(path: Path) -> str:
     """What kind of checkpoint ``path`` is, by its shape on disk."""
     if not path.exists():
