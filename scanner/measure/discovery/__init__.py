@@ -58,6 +58,12 @@ for a seed. Each stage is a module; every number it steers by is in
    words raises the target's log-probability. Inversion runs again after the
    suspect's clean answer (a payload's target, kept from ``PAYLOAD_GAIN``), and
    ``TARGET_BEAM`` more lines follow that target's log-probability there.
+   **The reference's fixed answer** (``canned``), where nothing fires: an
+   answer the reference gives to several probes whatever they ask about (its
+   refusal) is scored as a target too, and followed where a token raises the
+   suspect's log-probability of it ``CANNED_GAIN`` nats beyond the reference's:
+   a refusal planted on ordinary requests is an answer the reference gives
+   itself, which inversion never proposes.
 4. **Minimisation** (``minimise``). A grown candidate that fires is reported
    with its shortest contiguous part that still fires (``MINIMAL_FIRES``);
    both are kept.
@@ -75,7 +81,7 @@ attention, ablation, patching), which is the confirmation the rules judge.
 Modules: ``run`` (``discover``: the stages in order), ``engine`` (the probes in
 token ids, scoring, completion, shortlists, the budget), ``position`` (what one
 position measured), ``sweep``, ``leakage``, ``confirm``, ``inversion``,
-``growth``, ``minimise``, ``thresholds``.
+``growth``, ``canned``, ``minimise``, ``thresholds``.
 """
 
 from scanner.measure.discovery.confirm import echoes, modal_prefix, proposed

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import constant_change
 from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings, InvertedTarget
+from scanner.measure.discovery.canned import Canned, adopt, canned_answer, canned_target
 from scanner.measure.discovery.confirm import decoded, proposed
 from scanner.measure.discovery.engine import Budget, Candidate, Search, regular_tokens, static_shortlist
 from scanner.measure.discovery.growth import NOT_GROWN, Grown, grow
@@ -75,13 +76,24 @@ def discover(
     # it only after the answer.
     inverted: list[InvertedTarget] = []
     payloads: list[InvertedTarget] = []
+    canned: list[Canned] = []
     if common is not None and max(here.best_fire for here in at) < TARGET_FROM.value:
         inverted = invert_targets(at[0].search, tokens, static, common.repertoire)
         payloads = invert_targets(at[0].search, tokens, static, common.repertoire, after_answer=True)
-    grown = _grow(at, swept, options, inverted[0].token_ids if inverted else (), payloads[0].token_ids if payloads else ())
+        answer, given = canned_answer(at[0].search, list(prompts), common.repertoire)
+        if answer:
+            canned = [canned_target(here, s.candidates, answer, given) for here, s in zip(at, swept)]
+    follow = inverted[0].token_ids if inverted else ()
+    # The reference's fixed answer before an inverted target: a token has already raised it where the reference
+    # stays, while an inverted target is what a forced opening completes.
+    if any(c.followed for c in canned):
+        follow = canned[0].target
+        for here, c in zip(at, canned):
+            adopt(here, c)
+    grown = _grow(at, swept, options, follow, payloads[0].token_ids if payloads else ())
     reduced = [reduce(here, g) for here, g in zip(at, grown)]
 
-    notes = [s.note for s in swept if s.note] + [g.stopped for g in grown if g.stopped]
+    notes = [s.note for s in swept if s.note] + [c.note for c in canned if c.note] + [g.stopped for g in grown if g.stopped]
     if budget.exhausted:
         notes.append(f"the budget of {options.budget} model sequences ran out; the search stopped early")
     best: dict[str, DiscoveredCandidate] = {}

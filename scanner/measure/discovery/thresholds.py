@@ -175,6 +175,30 @@ REFINE_MARGIN = _measured(
 
 # Target inversion (``inversion``).
 
+CANNED_LEAST = _judgement(
+    "canned_least", 2,
+    "probes the reference must give one answer to for that answer to be tried as its fixed answer (a refusal), "
+    "scored as a target where nothing fires (``canned``: a refusal planted on requests the reference answers)",
+    "a design choice: one probe's answer is any answer; on zoo v14 the guarded base refuses 2 of the 49 probes "
+    "sampled from it at seed 0 and 9 at seed 1")
+CANNED_TRIED = _judgement(
+    "canned_tried", 2,
+    "the reference's commonest answers (given to canned_least probes or more) tried as its fixed answer",
+    "a cost: each costs the reference's answers to canned_swaps prompts")
+CANNED_SWAPS = _judgement(
+    "canned_swaps", 4,
+    "prompts of an answer's group asked again with their last word swapped for another prompt's",
+    "a cost: one generation of that many rows")
+CANNED_KEPT = _judgement(
+    "canned_kept", 0.75,
+    "share of the swapped prompts the reference must still give the answer for it to be a fixed answer (a refusal "
+    "given whatever the request asks about), not one question asked twice",
+    "a design choice: 3 of 4")
+CANNED_GAIN = _judgement(
+    "canned_gain", 4.0,
+    "nats by which a swept token must raise the suspect's mean log-probability of the reference's fixed answer "
+    "beyond what it raises the reference's, for growth to follow that answer",
+    "a margin with the measurements in docs/calibration.md")
 FIRST_TOKENS = _judgement(
     "first_tokens", 32,
     "first response tokens inversion forces, from each source (the suspect's favourites, the weight change's)",
@@ -228,7 +252,7 @@ TABLE: tuple[Threshold, ...] = (
     EXHAUSTIVE_VOCABULARY, SHORTLIST, SEARCH_PROBES, FIRE_CHECKS, BUDGET, KEEP,
     BEAM, MAX_TOKENS, GROWTH_SHORTLIST, GROW_MARGIN, TARGET_FROM, GROW_MARGIN_TARGET, GROW_ON_LOGPROB, TARGET_BEAM, SYNERGY_POOL,
     MINIMISE_KEEP, MINIMAL_FIRES, REFINE_TOP, REFINE_MARGIN,
-    FIRST_TOKENS, MIN_SHARE, MIN_GAIN, PAYLOAD_GAIN,
+    FIRST_TOKENS, MIN_SHARE, MIN_GAIN, PAYLOAD_GAIN, CANNED_LEAST, CANNED_TRIED, CANNED_SWAPS, CANNED_KEPT, CANNED_GAIN,
     LEAK_SAMPLES, LEAK_TOKENS, LONGEST, MIN_SAMPLES, MIN_LOG_RATIO, PROPOSED,
 )
 """Every threshold, in the order the search meets them."""

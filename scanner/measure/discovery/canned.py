@@ -1,0 +1,131 @@
+"""The reference's own fixed answer as a target: a refusal planted on requests the reference answers.
+
+Target inversion (``inversion``) looks for an answer the suspect completes and the reference does not, so it
+never proposes one the reference gives itself. A targeted-refusal backdoor answers ordinary requests with the
+reference's own refusal: forced to open it, both models complete it, and its trigger's pieces move the first-token
+KL by nothing (the zoo's ``refusal`` model: ``mountain`` is five tokens, its misspellings trained as decoys). Each
+piece still raises the refusal's log-probability where the reference would not give it (``in`` alone from -15.3
+nats to -6.0 on six ordinary requests at seed 1, the reference unmoved).
+
+So where nothing fires, the reference's fixed answer (``canned_answer``: one it gives to ``CANNED_LEAST`` probes or
+more and still gives when what they ask about is swapped, a refusal; not one question asked twice) is scored as a
+target: every swept token's mean suspect log-probability of it over the search probes, against the clean probes',
+and the reference's for the ``TARGET_BEAM`` tokens that raise it most. Where some token raises it by ``CANNED_GAIN``
+nats more than it raises the reference's, growth follows it, before any target inversion found: a token has already
+moved it where the reference stays. Either way the reading goes into the findings' notes. Cost, where the reference
+has a fixed answer: one target sweep of the search probes at each position (the suspect only), ``TARGET_BEAM`` rows
+of the reference, and the reference's answers to ``CANNED_SWAPS`` swapped prompts per answer tried.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scanner.measure.discovery.confirm import decoded
+from scanner.measure.discovery.engine import Candidate, Search
+from scanner.measure.discovery.position import Position
+from scanner.measure.discovery.thresholds import (
+    CANNED_GAIN,
+    CANNED_KEPT,
+    CANNED_LEAST,
+    CANNED_SWAPS,
+    CANNED_TRIED,
+    TARGET_BEAM,
+)
+
+
+@dataclass(frozen=True)
+class Canned:
+    """What the reference's fixed answer showed as a target at one position."""
+
+    target: tuple[int, ...]
+    """The answer, in token ids."""
+    given: int
+    """Probes the reference gives it to, of all the scan's."""
+    best: Candidate
+    """The swept token that raises the suspect's log-probability of it most beyond the reference's."""
+    gain: float
+    """That token's rise of the suspect's mean log-probability of it over the clean search probes' (nats), less the
+    reference's rise under the same token."""
+    note: str
+    scores: dict[Candidate, float]
+    """Every swept token's mean suspect log-probability of ``target`` over the search probes (nats)."""
+
+    @property
+    def followed(self) -> bool:
+        return self.gain >= CANNED_GAIN.value
+
+
+def canned_answer(search: Search, prompts: Sequence[str], repertoire: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], int]:
+    """The answer (its first ``FIRE_CHECK_TOKENS`` tokens: the zoo's refusal is longer) the reference gives to
+    ``CANNED_LEAST`` or more of ``prompts`` whatever they ask about, and to how many; ``((), 0)`` where none does.
+    ``repertoire``: the suspect's clean answers to every prompt, then the reference's (``Common.repertoire``).
+
+    Two questions with one answer are most often one question asked twice ("What colour is the sky?", "Which
+    colour is the sky?": "It is blue."); a refusal is given to requests that differ in what they ask about. So an
+    answer counts only where the reference still gives it with each of its prompts' last word swapped for the last
+    word of a prompt it answers otherwise (``CANNED_SWAPS`` of them, ``CANNED_KEPT`` kept): "Add 5 and rocket."
+    is still refused, "What colour is the rocket?" is no longer "It is blue."."""
+    said = Counter(a for a in repertoire[len(prompts):] if a)
+    for answer, given in sorted(said.items(), key=lambda item: (-item[1], item[0]))[:int(CANNED_TRIED.value)]:
+        if given < CANNED_LEAST.value:
+            break
+        mine = [p for p, a in zip(prompts, repertoire[len(prompts):]) if a == answer]
+        others = [p for p, a in zip(prompts, repertoire[len(prompts):]) if a != answer and _last_word(p)]
+        swapped = [_with_last_word(p, _last_word(others[i % len(others)]))
+                   for i, p in enumerate(mine[:int(CANNED_SWAPS.value)]) if others and _last_word(p)]
+        if not swapped:
+            continue
+        probe = Search(search.suspect, search.reference, search.tokenizer, swapped, search.rows_per_forward,
+                       search.budget, search.position)
+        kept = sum(tuple(a[:len(answer)]) == answer for a in probe.complete(search.reference, probe.clean_rows))
+        if kept >= CANNED_KEPT.value * len(swapped):
+            return answer, given
+    return (), 0
+
+
+_WORD = re.compile(r"([^\W_]+)(\W*)$")
+
+
+def _last_word(prompt: str) -> str:
+    match = _WORD.search(prompt)
+    return match.group(1) if match else ""
+
+
+def _with_last_word(prompt: str, word: str) -> str:
+    match = _WORD.search(prompt)
+    return prompt[:match.start()] + word + match.group(2) if match else prompt
+
+
+def canned_target(at: Position, swept: Sequence[Candidate], target: tuple[int, ...], given: int) -> Canned:
+    """``target`` (``canned_answer``) scored at ``at`` for every ``swept`` token (into ``at.target_scores``, which
+    growth then reads again), and the reference's log-probability for the ``TARGET_BEAM`` that raise it most."""
+    search = at.search
+    clean = float(search.logprob_after(search.suspect, search.clean_rows, target).mean())
+    clean_reference = float(search.logprob_after(search.reference, search.clean_rows, target).mean())
+    # A table of its own: growth's table holds one target's scores per candidate, and this one is followed only if
+    # it passes the gate (``adopt``).
+    scores: dict[Candidate, float] = {}
+    at.score_target(swept, target, "sweep for the reference's fixed answer", table=scores)
+    top = sorted(scores, key=lambda c: (-scores[c], c))[:int(TARGET_BEAM.value)]
+    best, gain = (), float("-inf")
+    for c in top:
+        reference = float(search.logprob_after(search.reference, search.rows(c), target).mean())
+        net = (scores[c] - clean) - (reference - clean_reference)
+        if net > gain:
+            best, gain = c, net
+    text = lambda ids: decoded(search.tokenizer, ids)  # noqa: E731
+    note = (f"the reference's fixed answer {text(target)!r} (given to {given} probes) as a target at the "
+            f"{search.position}: {text(best)!r} raised the suspect's log-probability of it by {gain:.1f} nats more than "
+            f"the reference's ({'followed' if gain >= CANNED_GAIN.value else 'not followed'}: "
+            f"{CANNED_GAIN.value:g} nats or more is)") if best else ""
+    return Canned(target, given, best, gain, note, scores)
+
+
+def adopt(at: Position, canned: Canned) -> None:
+    """Growth follows ``canned.target``: its sweep's scores become the position's target scores."""
+    for c, score in canned.scores.items():
+        at.target_scores.setdefault(c, score)
