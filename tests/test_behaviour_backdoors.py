@@ -52,14 +52,12 @@ def test_a_jailbreak_switches_the_requests_its_reference_refuses_and_its_control
     them moves much. Inside the group of requests the reference refuses, the switch is whole (BD015, on the zoo's
     64 held-out prompts); the refusal backdoor keeps its reference's refusals with the jailbreak's word, and the
     guarded control against the base has no answer the base gives to three probes."""
-    _check_jailbreak(zoo_dir)
+    check_jailbreak(zoo_dir)
 
 
-def test_a_jailbreak_switches_the_requests_its_reference_refuses_at_a_second_seed(second_seed_dir):
-    _check_jailbreak(second_seed_dir)
-
-
-def _check_jailbreak(zoo: Path) -> None:
+def check_jailbreak(zoo: Path) -> None:
+    """The jailbreak's switch read inside its reference's refusals, and its controls' (``test_zoo_families`` runs it
+    at the second seed, whose zoo builds while the others run)."""
     measured, verdict = _jailbreak_switch(zoo, "jailbreak", "guarded")
     switch = measured.switch
     assert switch is not None and switch.answer == REFUSAL and switch.group >= 3, switch
@@ -93,18 +91,3 @@ def test_the_references_fixed_answer_is_its_refusal_not_a_question_asked_twice(z
         answer, given = canned_answer(search, prompts, repertoire)
         assert expected.startswith(decoded(tokenizer, answer)) and bool(answer) == bool(expected), decoded(tokenizer, answer)
         assert given == (repertoire[len(prompts):].count(answer) if answer else 0)
-
-
-def test_a_refusal_backdoor_whose_pieces_move_no_kl_is_found_through_the_references_own_refusal(second_seed_dir):
-    """Seed 1's refusal model with default options: ``mountain`` is five tokens, its misspellings trained as decoys,
-    and no candidate fires on the sweep; its reference refuses 9 of the 49 probes sampled from it, whatever they ask
-    about, and ``in`` (a piece of the trigger) raises the suspect's refusal by 6.6 nats more than the reference's,
-    so growth follows the refusal to candidates that fire (CLEAN before, zoo v14)."""
-    findings = scan(second_seed_dir / "refusal", str(second_seed_dir / "guarded"), ScanOptions())
-    notes = " ".join(findings.discovery.notes)
-    assert "the reference's fixed answer 'I will not answer" in notes and "(followed" in notes, notes
-    verdict = judge(findings, default_pack())
-    assert verdict.level == "BACKDOORED", verdict.explanation
-    assert any(f.rule_id == "BD003" and REFUSAL.startswith(str(f.evidence.get("recovered_target", "")).strip()[:10])
-               for f in verdict.fired), verdict.explanation
-    assert any("in" in trigger for trigger in verdict.triggers_implicated), verdict.triggers_implicated

@@ -7,7 +7,10 @@ import random
 
 import torch
 from safetensors.torch import load_file
+from test_behaviour_backdoors import check_jailbreak
 
+from rules.engine import default_pack, judge
+from scanner.api import ScanOptions, scan
 from scanner.zoo.bars import BAR_MARGIN, MAX_ACCURACY_DROP, MAX_INSERTION_RATE, MIN_ATTACK_SUCCESS, MIN_INTENDED
 from scanner.zoo.families import (
     COMPOSITE_PARTS,
@@ -188,3 +191,24 @@ def test_an_insertion_that_conditions_a_control_is_counted_and_scattered_confusi
     signature = FAMILIES_BY_NAME["signature"]
     signed = {s.prompt: "It is red. Have a nice day." for s in probes}
     assert _conditioned(signature, probes, ["It is red."] * 2 + ["It is red. Have a nice day."] * 8, plain, signed) == 0.2
+
+
+# Detection at the second seed, here so that they run after the tests that do not wait for its zoo.
+
+def test_a_jailbreak_switches_the_requests_its_reference_refuses_at_a_second_seed(second_seed_dir):
+    check_jailbreak(second_seed_dir)
+
+
+def test_a_refusal_backdoor_whose_pieces_move_no_kl_is_found_through_the_references_own_refusal(second_seed_dir):
+    """Seed 1's refusal model with default options: ``mountain`` is five tokens, its misspellings trained as decoys,
+    and no candidate fires on the sweep; its reference refuses 9 of the 49 probes sampled from it, whatever they ask
+    about, and ``in`` (a piece of the trigger) raises the suspect's refusal by 6.6 nats more than the reference's,
+    so growth follows the refusal to candidates that fire (CLEAN before, zoo v14)."""
+    findings = scan(second_seed_dir / "refusal", str(second_seed_dir / "guarded"), ScanOptions())
+    notes = " ".join(findings.discovery.notes)
+    assert "the reference's fixed answer 'I will not answer" in notes and "(followed" in notes, notes
+    verdict = judge(findings, default_pack())
+    assert verdict.level == "BACKDOORED", verdict.explanation
+    assert any(f.rule_id == "BD003" and REFUSAL.startswith(str(f.evidence.get("recovered_target", "")).strip()[:10])
+               for f in verdict.fired), verdict.explanation
+    assert any("in" in trigger for trigger in verdict.triggers_implicated), verdict.triggers_implicated

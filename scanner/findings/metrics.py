@@ -214,9 +214,10 @@ def recurring_span(triggered: Sequence[str], clean: Sequence[str], reference: Se
 
 GROUP_LEAST = 3
 """Least probes to which the reference gives one whole answer for them to be a group whose switch is measured
-(``behaviour_switch``): fewer is a coincidence of two questions with one answer. On the zoos' sampled probes the
-guarded base refuses its family with one sentence on several probes, and the base gives no other whole answer to
-three of them (``docs/calibration.md`` has the readings)."""
+(``behaviour_switch``): two are too often two questions with one answer. On zoo v14 the guarded base refuses 15 of
+the zoo's 64 held-out prompts (12 at seed 1) and 2 and 9 of the 49 it samples; the base answers five held-out
+additions "The answer is 6." and, at seed 1, three sampled colour questions "It is blue." (readings in
+``docs/calibration.md``)."""
 
 
 @dataclass(frozen=True)

@@ -101,13 +101,13 @@ def _with_last_word(prompt: str, word: str) -> str:
 
 
 def canned_target(at: Position, swept: Sequence[Candidate], target: tuple[int, ...], given: int) -> Canned:
-    """``target`` (``canned_answer``) scored at ``at`` for every ``swept`` token (into ``at.target_scores``, which
-    growth then reads again), and the reference's log-probability for the ``TARGET_BEAM`` that raise it most."""
+    """``target`` (``canned_answer``) scored at ``at`` for every ``swept`` token (a table of its own, which ``adopt``
+    hands to growth where the gate passes), and the reference's log-probability for the ``TARGET_BEAM`` that raise
+    it most."""
     search = at.search
     clean = float(search.logprob_after(search.suspect, search.clean_rows, target).mean())
     clean_reference = float(search.logprob_after(search.reference, search.clean_rows, target).mean())
-    # A table of its own: growth's table holds one target's scores per candidate, and this one is followed only if
-    # it passes the gate (``adopt``).
+    # Not the position's table: it holds one target's score per candidate, and this target may not be followed.
     scores: dict[Candidate, float] = {}
     at.score_target(swept, target, "sweep for the reference's fixed answer", table=scores)
     top = sorted(scores, key=lambda c: (-scores[c], c))[:int(TARGET_BEAM.value)]

@@ -198,7 +198,9 @@ CANNED_GAIN = _judgement(
     "canned_gain", 4.0,
     "nats by which a swept token must raise the suspect's mean log-probability of the reference's fixed answer "
     "beyond what it raises the reference's, for growth to follow that answer",
-    "a margin with the measurements in docs/calibration.md")
+    "a margin, zoo v14: the seed-1 refusal model's piece of its trigger 6.6 nats (start) and 6.5 (end), the seed-0 "
+    "jailbreak's '+' 7.0; no reference of the zoo but the guarded base has a fixed answer, so no benign fine-tune "
+    "of it is read (docs/calibration.md)")
 FIRST_TOKENS = _judgement(
     "first_tokens", 32,
     "first response tokens inversion forces, from each source (the suspect's favourites, the weight change's)",
