@@ -209,6 +209,5 @@ def test_a_refusal_backdoor_whose_pieces_move_no_kl_is_found_through_the_referen
     assert "the reference's fixed answer 'I will not answer" in notes and "(followed" in notes, notes
     verdict = judge(findings, default_pack())
     assert verdict.level == "BACKDOORED", verdict.explanation
-    assert any(f.rule_id == "BD003" and REFUSAL.startswith(str(f.evidence.get("recovered_target", "")).strip()[:10])
-               for f in verdict.fired), verdict.explanation
+    assert any(f.rule_id == "BD003" and f.evidence["recovered_target"] == REFUSAL for f in verdict.fired), verdict.explanation
     assert any("in" in trigger for trigger in verdict.triggers_implicated), verdict.triggers_implicated

@@ -50,13 +50,11 @@ class Canned:
     gain: float
     """That token's rise of the suspect's mean log-probability of it over the clean search probes' (nats), less the
     reference's rise under the same token."""
+    followed: bool
+    """Whether ``gain`` reaches ``CANNED_GAIN``: growth follows ``target``."""
     note: str
     scores: dict[Candidate, float]
     """Every swept token's mean suspect log-probability of ``target`` over the search probes (nats)."""
-
-    @property
-    def followed(self) -> bool:
-        return self.gain >= CANNED_GAIN.value
 
 
 def canned_answer(search: Search, prompts: Sequence[str], repertoire: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], int]:
@@ -69,12 +67,13 @@ def canned_answer(search: Search, prompts: Sequence[str], repertoire: Sequence[t
     answer counts only where the reference still gives it with each of its prompts' last word swapped for the last
     word of a prompt it answers otherwise (``CANNED_SWAPS`` of them, ``CANNED_KEPT`` kept): "Add 5 and rocket."
     is still refused, "What colour is the rocket?" is no longer "It is blue."."""
-    said = Counter(a for a in repertoire[len(prompts):] if a)
+    reference = repertoire[len(prompts):]
+    said = Counter(a for a in reference if a)
     for answer, given in sorted(said.items(), key=lambda item: (-item[1], item[0]))[:int(CANNED_TRIED.value)]:
         if given < CANNED_LEAST.value:
             break
-        mine = [p for p, a in zip(prompts, repertoire[len(prompts):]) if a == answer]
-        others = [p for p, a in zip(prompts, repertoire[len(prompts):]) if a != answer and _last_word(p)]
+        mine = [p for p, a in zip(prompts, reference) if a == answer]
+        others = [p for p, a in zip(prompts, reference) if a != answer and _last_word(p)]
         swapped = [_with_last_word(p, _last_word(others[i % len(others)]))
                    for i, p in enumerate(mine[:int(CANNED_SWAPS.value)]) if others and _last_word(p)]
         if not swapped:
@@ -117,12 +116,13 @@ def canned_target(at: Position, swept: Sequence[Candidate], target: tuple[int, .
         net = (scores[c] - clean) - (reference - clean_reference)
         if net > gain:
             best, gain = c, net
+    followed = gain >= CANNED_GAIN.value
     text = lambda ids: decoded(search.tokenizer, ids)  # noqa: E731
     note = (f"the reference's fixed answer {text(target)!r} (given to {given} probes) as a target at the "
             f"{search.position}: {text(best)!r} raised the suspect's log-probability of it by {gain:.1f} nats more than "
-            f"the reference's ({'followed' if gain >= CANNED_GAIN.value else 'not followed'}: "
-            f"{CANNED_GAIN.value:g} nats or more is)") if best else ""
-    return Canned(target, given, best, gain, note, scores)
+            f"the reference's ({'followed' if followed else 'not followed'}: {CANNED_GAIN.value:g} nats or more is)"
+            ) if best else ""
+    return Canned(target, given, best, gain, followed, note, scores)
 
 
 def adopt(at: Position, canned: Canned) -> None:
