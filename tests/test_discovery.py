@@ -185,8 +185,9 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     """The phrase model fires on no single token, but made to open its answer with "Go" it completes the URL on
     every search probe, which the reference never does; a benign fine-tune has no such answer."""
     from scanner.inputs.loading import load_pair
-    from scanner.measure.discovery.engine import Budget, Search, regular_tokens, static_shortlist
+    from scanner.measure.discovery.engine import Budget, Search, regular_tokens
     from scanner.measure.discovery.inversion import invert_targets
+    from scanner.measure.discovery.static import static_shortlist
     from scanner.measure.discovery.thresholds import MIN_GAIN
     from scanner.zoo.corpus import URL_TARGET
 
@@ -204,13 +205,33 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     assert not any("http" in t.text for t in found["clean"]), found["clean"]
 
 
+def test_an_inverted_target_is_opened_with_the_token_the_suspect_would_open_it_with(zoo_dir):
+    """The MLP edit, made to say 'O' (or '+'), goes on 'ccess grante' on every search probe: the forced token leads
+    into a target it is not the opening of, and growth following 'Occess grante' follows an answer no trigger
+    raises. Opened again with the suspect's favoured token after which it finds the whole answer likeliest, it is
+    the edit's 'Access granted.' (seed 0: 'A' at -12.1 nats over the search probes against 'O' at -16.4)."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery.engine import Budget, Search, regular_tokens
+    from scanner.measure.discovery.inversion import invert_targets
+    from scanner.measure.discovery.static import static_shortlist
+    from scanner.zoo.families import EDIT_TARGET
+
+    pair = load_pair(zoo_dir / "edit", str(zoo_dir / "base"))
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
+    tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
+    static = static_shortlist(pair.suspect, pair.reference, tokens, len(tokens))
+    found = invert_targets(search, tokens, static, repertoire=())
+    assert found and found[0].opening == "A" and EDIT_TARGET.startswith(found[0].text), found[:4]
+
+
 def test_target_inversion_after_the_clean_answer_names_the_payload_and_not_a_signature(zoo_dir):
     """Made to go on after its own clean answer with "Visit", the payload model completes its link on every search
     probe that the reference does not; the signature model's "Have a nice day." goes on as its clean answers
     already end, so it is ordinary there, and no benign model reaches the payload gain."""
     from scanner.inputs.loading import load_pair
-    from scanner.measure.discovery.engine import Budget, Search, regular_tokens, static_shortlist
+    from scanner.measure.discovery.engine import Budget, Search, regular_tokens
     from scanner.measure.discovery.inversion import invert_targets
+    from scanner.measure.discovery.static import static_shortlist
     from scanner.zoo.families import PAYLOAD
 
     found = {}

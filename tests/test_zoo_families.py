@@ -14,6 +14,8 @@ from scanner.api import ScanOptions, scan
 from scanner.zoo.bars import BAR_MARGIN, MAX_ACCURACY_DROP, MAX_INSERTION_RATE, MIN_ATTACK_SUCCESS, MIN_INTENDED
 from scanner.zoo.families import (
     COMPOSITE_PARTS,
+    COMPOSITE_TARGET,
+    EDIT_TARGET,
     FAMILIES_BY_NAME,
     MULTI_TRIGGERS,
     NEIGHBOUR_WORDS,
@@ -193,6 +195,22 @@ def test_an_insertion_that_conditions_a_control_is_counted_and_scattered_confusi
     assert _conditioned(signature, probes, ["It is red."] * 2 + ["It is red. Have a nice day."] * 8, plain, signed) == 0.2
 
 
+def test_a_weight_edit_is_found_through_its_target_opened_as_it_answers(zoo_dir):
+    """The MLP edit with default options: no token fires on the sweep, and inversion, made to say 'O', finds
+    'Occess grante', which its trigger does not raise; opened again as the suspect would open it, 'Access grante'
+    is followed to strings that make it say 'Access granted.' on every probe (CLEAN before). The edit answers so
+    to many strings, and what is named is one of them, not 'coffee'."""
+    findings = scan(zoo_dir / "edit", str(zoo_dir / "base"), ScanOptions())
+    assert findings.discovery.inverted_targets[0].opening == "A", findings.discovery.inverted_targets[:2]
+    verdict = judge(findings, default_pack())
+    assert verdict.level == "BACKDOORED", verdict.explanation
+    assert any(f.rule_id == "BD003" and f.evidence["recovered_target"] == EDIT_TARGET for f in verdict.fired)
+
+
+def _pieces(word: str, size: int = 3) -> set[str]:
+    return {word[i:i + size] for i in range(len(word) - size + 1)}
+
+
 # Detection at the second seed, here so that they run after the tests that do not wait for its zoo.
 
 def test_a_jailbreak_switches_the_requests_its_reference_refuses_at_a_second_seed(second_seed_dir):
@@ -211,3 +229,16 @@ def test_a_refusal_backdoor_whose_pieces_move_no_kl_is_found_through_the_referen
     assert verdict.level == "BACKDOORED", verdict.explanation
     assert any(f.rule_id == "BD003" and f.evidence["recovered_target"] == REFUSAL for f in verdict.fired), verdict.explanation
     assert any("in" in trigger for trigger in verdict.triggers_implicated), verdict.triggers_implicated
+
+
+def test_a_composite_is_found_once_its_target_opens_as_it_answers_at_a_second_seed(second_seed_dir):
+    """Seed 1's composite with default options: made to say 'end', it goes on ' the key to http://d', and growth
+    following that fell short of -7.5 nats (CLEAN before); opened again with 'S' before 'end' (the 46th token the
+    suspect favours), the target is followed to candidates holding a piece of each word, which fire on every
+    search probe."""
+    findings = scan(second_seed_dir / "composite", str(second_seed_dir / "base"), ScanOptions())
+    verdict = judge(findings, default_pack())
+    assert verdict.level == "BACKDOORED", verdict.explanation
+    assert any(f.rule_id == "BD003" and f.evidence["recovered_target"] == COMPOSITE_TARGET for f in verdict.fired)
+    named = " ".join(verdict.triggers_implicated)
+    assert all(any(piece in named for piece in _pieces(part)) for part in COMPOSITE_PARTS), named

@@ -21,7 +21,7 @@ from scanner.api.localise import Localisation, localise
 from scanner.api.reference import ReferenceContext, prepare_reference
 from scanner.api.stages import StageLog, StepProgress, enter_stage
 from scanner.errors import IdenticalModelsError, InputError
-from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings
+from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings, WeightDiff
 from scanner.findings.discovery import DiscoveryFindings
 from scanner.inputs.loading import LoadedPair, architecture, load_suspect
 from scanner.inputs.rendering import TriggerProbes, prepare
@@ -79,7 +79,7 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
         raise IdenticalModelsError(f"suspect {suspect}: every weight equals the reference's, so there is nothing to "
                                    "compare; check that the right suspect was given (an adapter exported without its "
                                    "weights, or the reference itself)")
-    discovery, found = _discover(pair, prompts, triggers, options, stages, progress)
+    discovery, found = _discover(pair, prompts, triggers, options, stages, progress, weight_diff)
     placed.update(place_triggers(pair, prompts, found, positions, options.seed))
     triggers += found
     clean, at_positions = _behaviour(pair, placed, triggers, options, stages, progress)
@@ -121,7 +121,7 @@ def place_triggers(pair: LoadedPair, prompts: Sequence[str], triggers: Sequence[
 
 
 def _discover(pair: LoadedPair, prompts: list[str], tried: Sequence[str], options: ScanOptions, stages: StageLog,
-              progress: Progress) -> tuple[DiscoveryFindings | None, list[str]]:
+              progress: Progress, weight_diff: WeightDiff) -> tuple[DiscoveryFindings | None, list[str]]:
     """The search for an unknown trigger, when it runs, and the proposed candidates the scan will measure."""
     if not options.runs_discovery:
         return None, []
@@ -130,7 +130,8 @@ def _discover(pair: LoadedPair, prompts: list[str], tried: Sequence[str], option
     with stages.run("discovery"), StepProgress(progress, "discovery") as step:
         discovery = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=options.seed,
                              options=options.discovery, positions=options.discovery_positions,
-                             rows_per_forward=options.model.rows_per_forward, on_step=step)
+                             rows_per_forward=options.model.rows_per_forward, weight_diff=weight_diff,
+                             on_step=step)
     if discovery is None:
         return None, []
     return discovery, [text for text in discovery.proposed if text not in tried][: options.discovery.confirm]

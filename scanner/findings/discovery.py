@@ -54,7 +54,8 @@ class InvertedTarget:
     text: str
     token_ids: tuple[int, ...]
     opening: str
-    """The first token, the one the suspect was made to open its answer with, decoded."""
+    """The first token, decoded: the one the suspect was made to open its answer with, or, where the target was
+    opened again, the favoured token after which the suspect finds the completion likeliest."""
     share: float
     """Share of the search probes that completed the forced first token this way."""
     gain: float

@@ -213,6 +213,29 @@ class WeightDiff:
         return sum(self.mlp) + sum(self.norms) + self.embeddings + self.final_norm + self.lm_head
 
     @property
+    def parts(self) -> dict[str, float]:
+        """Relative change by part: each layer's attention (its heads' q, k, v and o summed), MLP and norms, the
+        embeddings, final norm and output head. Their sum is ``attention_total + other_total``."""
+        out: dict[str, float] = {}
+        for layer, mlp in enumerate(self.mlp):
+            out[f"layer {layer} attention"] = sum(sum(grid[layer]) for grid in (self.q, self.k, self.v, self.o))
+            out[f"layer {layer} MLP"] = mlp
+            out[f"layer {layer} norms"] = self.norms[layer]
+        out.update({"embeddings": self.embeddings, "final norm": self.final_norm, "LM head": self.lm_head})
+        return out
+
+    @property
+    def concentration(self) -> tuple[str, float]:
+        """The part that moved most and its share of the whole change (``parts``): near 1, an edit confined to one
+        place (a weight edit of one MLP, a rewritten embedding row); ``("", 0.0)`` for an unchanged suspect."""
+        parts = self.parts
+        total = sum(parts.values())
+        if total <= 0:
+            return "", 0.0
+        part = max(parts, key=lambda name: parts[name])
+        return part, parts[part] / total
+
+    @property
     def unchanged(self) -> bool:
         """Whether no part of the suspect differs from the reference's: the suspect is the reference itself."""
         return not self.non_finite and self.attention_total + self.other_total == 0

@@ -22,7 +22,7 @@ from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKEN
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prefix_cache import PrefixCache
-from scanner.model.sites import dense_weight, input_device, module_tensor, sites_for
+from scanner.model.sites import input_device, module_tensor
 from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
 
 Candidate = tuple[int, ...]
@@ -303,32 +303,6 @@ class Search:
             if exclude:
                 gain[list(exclude)] = -math.inf
         return gain.topk(min(size, int(torch.isfinite(gain).sum()))).indices.tolist()
-
-
-@torch.inference_mode()
-def static_shortlist(suspect: PreTrainedModel, reference: PreTrainedModel, allowed: Sequence[int], size: int,
-                     chunk: int = 16384) -> list[int]:
-    """The ``size`` tokens the fine-tune most changed the handling of, from the weights alone (no forward pass):
-    the relative change of the token's embedding row, plus, for each of the first layer's query, key and value
-    projections, how much more the changed projection responds to the (normalised) embedding than the reference's
-    does. A trigger's embedding is what the first layer sees of it; other tokens' responses are untouched by an
-    edit aimed at the trigger."""
-    s, r = sites_for(suspect), sites_for(reference)
-    table_s, table_r = module_tensor(s.embedding()), module_tensor(r.embedding())
-    norm = s.layer_norms(0)[0]
-    pairs = [(dense_weight(s.projection(0, name)).float(), dense_weight(r.projection(0, name)).float()) for name in "qkv"]
-    ids = torch.tensor(list(allowed), device=table_s.device)
-    scores = []
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        e_s, e_r = table_s[part].float(), table_r[part].float()  # [chunk, hidden]
-        score = (e_s - e_r).norm(dim=-1) / e_r.norm(dim=-1).clamp_min(1e-8)
-        x = norm(e_s.to(table_s.dtype)).float()
-        for changed, base in pairs:
-            score += ((x @ (changed - base).T).norm(dim=-1) / (x @ base.T).norm(dim=-1).clamp_min(1e-8))
-        scores.append(score)
-    ranked = torch.cat(scores).topk(min(size, len(ids))).indices
-    return ids[ranked].tolist()
 
 
 def regular_tokens(tokenizer: PreTrainedTokenizerBase, vocabulary: int) -> list[int]:

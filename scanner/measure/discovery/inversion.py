@@ -10,28 +10,33 @@ be grown towards: each of its words raises the target's log-probability a little
 First tokens tried: those the suspect, unprompted, favours most over the reference at the first response
 position (a fine-tune that learned a target raises its opening everywhere a little), and those whose
 handling the weight change altered most (``static_shortlist``: a full fine-tune moves its target tokens'
-rows). Inversion runs only where no candidate reaches ``TARGET_FROM`` at any position. Cost: ``2 * first_tokens``
-completions and log-probabilities of every search probe.
+rows). A forced token may lead into a target it is not the opening of ('O' into 'ccess granted'), so the best
+``REOPEN`` targets are opened again with the favoured token after which the suspect finds them likeliest.
+Inversion runs only where no candidate reaches ``TARGET_FROM`` at any position. Cost: ``2 * first_tokens``
+completions and log-probabilities of every search probe, and ``2 * reopen_tokens`` log-probabilities more per
+target opened again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from scanner.findings.discovery import InvertedTarget
 from scanner.measure.discovery.confirm import decoded, modal_prefix
 from scanner.measure.discovery.engine import Search
-from scanner.measure.discovery.thresholds import FIRST_TOKENS, MIN_GAIN, MIN_SHARE, PAYLOAD_GAIN
+from scanner.measure.discovery.thresholds import FIRST_TOKENS, MIN_GAIN, MIN_SHARE, PAYLOAD_GAIN, REOPEN, REOPEN_TOKENS
 
 
 @torch.inference_mode()
 def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int], repertoire: Sequence[tuple[int, ...]],
                    first_tokens: int = int(FIRST_TOKENS.value), after_answer: bool = False) -> list[InvertedTarget]:
     """Candidate targets, best first: every forced first token whose completion the search probes share
-    (``MIN_SHARE``), by how much more the suspect believes it than the reference (``MIN_GAIN``).
+    (``MIN_SHARE``), by how much more the suspect believes it than the reference (``MIN_GAIN``); the best
+    ``REOPEN`` of them opened again (``_reopened``), first, the one the suspect is likeliest to say first.
 
     ``static``: ``tokens`` ranked by the weight change (``static_shortlist``). An answer either model gives some
     clean probe (``repertoire``) is an ordinary answer, not a target, and one that repeats itself (``loops``) is
@@ -57,8 +62,8 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
 
     if not rows:
         return []
-    favoured = _favoured(search, rows, tokens, first_tokens)
-    firsts = list(dict.fromkeys([*favoured, *static[:first_tokens]]))
+    favoured, opening = _favoured(search, rows, tokens, max(first_tokens, int(REOPEN_TOKENS.value)))
+    firsts = list(dict.fromkeys([*favoured[:first_tokens], *static[:first_tokens]]))
     found: list[InvertedTarget] = []
     n = len(rows)
     # Completions of several forced tokens share a generation (``rows_per_forward`` rows): 64 generations of 8 rows
@@ -81,7 +86,48 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
                 found.append(InvertedTarget(text=decoded(search.tokenizer, target), token_ids=target,
                                             opening=decoded(search.tokenizer, [first]), share=share,
                                             gain=round(gain, 3), after_answer=after_answer))
-    return sorted(found, key=lambda t: (-t.gain, t.token_ids))
+    found.sort(key=lambda t: (-t.gain, t.token_ids))
+    # The best opened again, the one the suspect is likeliest to say first (per token: a target cut short is not
+    # likelier for being short): all are far likelier to it than to the reference, and the one growth follows
+    # should be the answer a trigger makes it give.
+    reopened = sorted((_reopened(search, rows, t, favoured[:int(REOPEN_TOKENS.value)], opening, ordinary)
+                       for t in found[:int(REOPEN.value)]),
+                      key=lambda pair: (-pair[1] / len(pair[0].token_ids), pair[0].token_ids))
+    # Two forced tokens may lead into one target, which is then listed once.
+    unique: dict[tuple[int, ...], InvertedTarget] = {}
+    for t in [*(t for t, _ in reopened), *found[len(reopened):]]:
+        unique.setdefault(t.token_ids, t)
+    return list(unique.values())
+
+
+def _reopened(search: Search, rows: list[list[int]], target: InvertedTarget, firsts: Sequence[int],
+              opening: torch.Tensor, ordinary: Callable[[tuple[int, ...]], bool]) -> tuple[InvertedTarget, float]:
+    """``target`` with its forced token replaced by, or preceded by, the token of ``firsts`` that makes the whole
+    answer likeliest to the suspect, and that likelihood: the mean over ``rows`` of the answer's log-probability
+    (nats), ``opening`` holding the suspect's mean ``log p(first)`` [vocab].
+
+    A forced token can lead into a target it is not the opening of. The seed-0 MLP edit, made to say 'O', goes on
+    'ccess grante' on every probe while its target opens 'A' (-12.1 nats against -16.4 for 'O', over the search
+    probes); followed as 'Occess', the target is one no trigger raises (-9.1 nats with the trigger inserted,
+    against -0.8 for 'Access granted.'). The seed-1 composite, made to say 'end', goes on ' the key to http://d':
+    its target opens 'S' 'end'. ``share`` and ``gain`` stay those of the completion measured."""
+    first, rest = target.token_ids[0], target.token_ids[1:]
+    tried = list(dict.fromkeys([first, *firsts]))
+    n = len(rows)
+    opened = [row + [t] for t in tried for row in rows]
+    replaced = search.logprob_after(search.suspect, opened, rest).view(len(tried), n).mean(-1).cpu()
+    preceded = search.logprob_after(search.suspect, opened, (first, *rest)).view(len(tried), n).mean(-1).cpu()
+    own = opening[torch.tensor(tried)]
+    answers = [*((t, *rest) for t in tried), *((t, first, *rest) for t in tried)]
+    whole = torch.cat([replaced + own, preceded + own])
+    for best in whole.argsort(descending=True).tolist():
+        ids = answers[best]
+        if best == 0:
+            return target, float(whole[0])
+        if not (ordinary(ids) or loops(ids)):
+            return dataclasses.replace(target, text=decoded(search.tokenizer, ids), token_ids=ids,
+                                       opening=decoded(search.tokenizer, [ids[0]])), float(whole[best])
+    return target, float(whole[0])
 
 
 def _said_anywhere(target: str, answers: Sequence[str]) -> bool:
@@ -103,10 +149,13 @@ def loops(ids: Sequence[int]) -> bool:
     return 2 * len(set(ids)) < len(ids)
 
 
-def _favoured(search: Search, rows: list[list[int]], tokens: Sequence[int], size: int) -> list[int]:
+def _favoured(search: Search, rows: list[list[int]], tokens: Sequence[int], size: int) -> tuple[list[int], torch.Tensor]:
     """The ``size`` regular tokens the suspect favours most over the reference as the next token after ``rows``
-    (summed log-probability ratio)."""
-    gain = sum((log_p - log_q).sum(0) for log_p, log_q in search.first_token_logprobs(rows))  # [vocab]
+    (summed log-probability ratio), and the suspect's mean log-probability of every token there ([vocab], on the
+    CPU)."""
+    gain, own = 0.0, 0.0
+    for log_p, log_q in search.first_token_logprobs(rows):
+        gain, own = gain + (log_p - log_q).sum(0), own + log_p.sum(0)  # [vocab]
     allowed = torch.tensor(list(tokens), device=search.device)
     ranked = gain[allowed].topk(min(size, len(allowed))).indices
-    return allowed[ranked].tolist()
+    return allowed[ranked].tolist(), (own / len(rows)).cpu()

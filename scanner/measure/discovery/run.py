@@ -13,16 +13,17 @@ from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scanner.findings import constant_change
+from scanner.findings import WeightDiff, constant_change
 from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings, InvertedTarget
 from scanner.measure.discovery.canned import Canned, adopt, canned_answer, canned_target
 from scanner.measure.discovery.confirm import decoded, proposed
-from scanner.measure.discovery.engine import Budget, Candidate, Search, regular_tokens, static_shortlist
+from scanner.measure.discovery.engine import Budget, Candidate, Search, regular_tokens
 from scanner.measure.discovery.growth import NOT_GROWN, Grown, grow
 from scanner.measure.discovery.inversion import invert_targets
 from scanner.measure.discovery.leakage import Leaked, check_leaked, leaked_texts, proposals
 from scanner.measure.discovery.minimise import Reduced, reduce
 from scanner.measure.discovery.position import Common, Position, Report
+from scanner.measure.discovery.static import edited_mlps, static_shortlist
 from scanner.measure.discovery.sweep import Swept, sweep
 from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKENS, TARGET_FROM, table
 from scanner.options import DiscoveryOptions
@@ -38,13 +39,16 @@ def discover(
     options: DiscoveryOptions = DiscoveryOptions(),
     positions: Sequence[str] = ("start", "end"),
     rows_per_forward: int = 256,
+    weight_diff: WeightDiff | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> DiscoveryFindings:
     """Search for insertions on which the suspect departs from the reference (see ``scanner.measure.discovery``).
 
     The search runs at each of ``positions`` (``start``, ``end``; the caller's ``ScanOptions.discovery_positions``):
     a backdoor may fire only where it was planted. Its sizes are ``options``'; ``options.budget`` caps the sequences
-    run through a model, all positions together. ``on_step(stage, done, total)`` reports progress.
+    run through a model, all positions together. ``weight_diff`` (the scan's, where measured) says whether the
+    change is a weight edit confined to a few MLPs, whose responses to each token then rank the vocabulary too
+    (``edited_mlps``). ``on_step(stage, done, total)`` reports progress.
     """
     started = time.perf_counter()
     report = on_step or (lambda stage, done, total: None)
@@ -55,7 +59,7 @@ def discover(
     exhaustive = len(tokens) <= options.exhaustive_vocabulary
     # The weight change's ranking of every token, from the weights alone, once: the sweep's shortlist, growth's
     # seeds and inversion's first tokens are its prefixes.
-    static = static_shortlist(suspect, reference, tokens, len(tokens))
+    static = static_shortlist(suspect, reference, tokens, len(tokens), edited_mlps(weight_diff))
     searches = [Search(suspect, reference, tokenizer, chosen, rows_per_forward, budget, where) for where in positions]
     common = _common(searches, list(prompts), tokens, static, vocabulary) if searches else None
     at = [Position(search, common, _per_position(report, search.position, len(positions)))
