@@ -3,6 +3,7 @@ torch-free ordering of what discovery hands to the scan."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -206,14 +207,15 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
 
 
 def test_an_inverted_target_is_opened_with_the_token_the_suspect_would_open_it_with(zoo_dir):
-    """The MLP edit, made to say 'O' (or '+'), goes on 'ccess grante' on every search probe: the forced token leads
-    into a target it is not the opening of, and growth following 'Occess grante' follows an answer no trigger
-    raises. Opened again with the suspect's favoured token after which it finds the whole answer likeliest, it is
-    the edit's 'Access granted.' (seed 0: 'A' at -12.1 nats over the search probes against 'O' at -16.4)."""
+    """The MLP edit, made to say 'O' (on the scan's probes at seed 0), goes on 'ccess grante' on every search probe:
+    the forced token leads into a target it is not the opening of, and growth following 'Occess grante' follows an
+    answer no trigger raises. Opened again with the favoured token that makes the whole answer likeliest, it is
+    the edit's 'Access granted.' ('A' at -12.1 nats over those probes against 'O' at -16.4), the forced 'O' kept."""
     from scanner.inputs.loading import load_pair
     from scanner.measure.discovery.engine import Budget, Search, regular_tokens
-    from scanner.measure.discovery.inversion import invert_targets
+    from scanner.measure.discovery.inversion import _favoured, _reopened, invert_targets
     from scanner.measure.discovery.static import static_shortlist
+    from scanner.measure.discovery.thresholds import REOPEN_TOKENS
     from scanner.zoo.families import EDIT_TARGET
 
     pair = load_pair(zoo_dir / "edit", str(zoo_dir / "base"))
@@ -221,7 +223,15 @@ def test_an_inverted_target_is_opened_with_the_token_the_suspect_would_open_it_w
     tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
     static = static_shortlist(pair.suspect, pair.reference, tokens, len(tokens))
     found = invert_targets(search, tokens, static, repertoire=())
-    assert found and found[0].opening == "A" and EDIT_TARGET.startswith(found[0].text), found[:4]
+    assert found and EDIT_TARGET.startswith(found[0].text), found[:4]
+    rest = found[0].token_ids[1:]
+    (forced,) = pair.tokenizer("O", add_special_tokens=False)["input_ids"]
+    misopened = dataclasses.replace(found[0], text="O" + found[0].text[1:], token_ids=(forced, *rest), opening="O")
+    favoured, first_logp = _favoured(search, search.clean_rows, tokens, int(REOPEN_TOKENS.value))
+    reopened, likelihood = _reopened(search, search.clean_rows, misopened, favoured, first_logp, lambda ids: False)
+    assert reopened.opening == "A" and reopened.forced == "O" and reopened.text == found[0].text, reopened
+    assert reopened.share == misopened.share and reopened.gain == misopened.gain  # the completion measured
+    assert likelihood > -60
 
 
 def test_target_inversion_after_the_clean_answer_names_the_payload_and_not_a_signature(zoo_dir):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from scanner.findings import WeightDiff
@@ -15,15 +17,16 @@ def _diff(mlp=(0.0, 0.0), heads=0.0, embeddings=0.0) -> WeightDiff:
 
 
 @pytest.mark.unit
-def test_parts_add_up_to_the_totals_and_name_the_most_moved_part():
+def test_each_part_is_one_relative_change_and_the_most_moved_part_is_named():
     diff = _diff(mlp=(0.1, 0.6), heads=0.05, embeddings=0.1)
     parts = diff.parts
-    assert parts["layer 0 attention"] == pytest.approx(0.4)  # 2 heads x q, k, v, o at 0.05
-    assert parts["layer 1 MLP"] == 0.6 and parts["embeddings"] == 0.1
-    assert sum(parts.values()) == pytest.approx(diff.attention_total + diff.other_total)
+    assert parts["layer 0 attention"] == pytest.approx(0.05)  # the block's 8 head changes of 0.05, not their sum
+    assert parts["layer 1 MLP"] == 0.6 and parts["embeddings"] == 0.1 and parts["layer 1 norms"] == 0.0
+    assert diff.total == pytest.approx(0.9) == pytest.approx(sum(parts.values()))
     part, share = diff.concentration
-    assert part == "layer 1 MLP" and share == pytest.approx(0.6 / 1.6)
+    assert part == "layer 1 MLP" and share == pytest.approx(0.6 / 0.9)
     assert _diff().concentration == ("", 0.0)
+    assert _diff(mlp=(math.nan, 0.1)).concentration == ("", 0.0)
 
 
 @pytest.mark.unit
@@ -32,7 +35,8 @@ def test_only_an_edit_confined_to_few_mlps_is_read_through_them():
 
     assert edited_mlps(_diff(mlp=(1.43, 0.0))) == (0,)  # the zoo's edit: all of its change in layer 0's MLP
     assert edited_mlps(_diff(mlp=(0.3, 0.3), heads=0.01)) == (0, 1)  # both MLPs together carry most of it
-    assert edited_mlps(_diff(mlp=(0.1, 0.1), heads=0.05)) == ()  # a fine-tune spread over attention too
+    assert edited_mlps(_diff(mlp=(0.1, 0.1), heads=0.3)) == ()  # a fine-tune spread over attention too
+    assert edited_mlps(_diff(mlp=(math.nan, 0.1))) == ()  # a non-finite weight: no share to read
     assert edited_mlps(_diff(heads=0.05)) == ()  # attention only
     assert edited_mlps(_diff()) == () and edited_mlps(None) == ()
 

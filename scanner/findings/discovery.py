@@ -55,14 +55,19 @@ class InvertedTarget:
     token_ids: tuple[int, ...]
     opening: str
     """The first token, decoded: the one the suspect was made to open its answer with, or, where the target was
-    opened again, the favoured token after which the suspect finds the completion likeliest."""
+    opened again (``forced``), the favoured token that makes the whole answer likeliest to the suspect."""
     share: float
     """Share of the search probes that completed the forced first token this way."""
     gain: float
-    """Mean over the search probes of the suspect's log-probability of the completion minus the reference's (nats)."""
+    """Mean over the search probes of the suspect's log-probability of the completion after the forced token minus
+    the reference's (nats)."""
     after_answer: bool = False
     """Whether the suspect was made to go on with ``opening`` after its own clean answer rather than to open its
     answer with it: where a payload after a correct answer is found."""
+    forced: str = ""
+    """The token the suspect was made to say, decoded, where the target was opened again with another (``opening``,
+    which replaced or preceded it); ``share`` and ``gain`` are those of its completion. Empty where ``opening`` is
+    the token forced."""
 
 
 @dataclass(frozen=True)

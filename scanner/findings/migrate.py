@@ -18,12 +18,6 @@ a migrated document records."""
 Raw = dict[str, Any]
 
 
-def _from_12(raw: Raw) -> Raw:
-    """Version 13 records whether an inverted target was found after the clean answer
-    (``InvertedTarget.after_answer``); earlier searches only inverted the opening: ``False``."""
-    return _discovery_default(raw, "inverted_targets", "after_answer", False)
-
-
 def _from_13(raw: Raw) -> Raw:
     """Version 14 records whether the reference writes its users' prompts (``ProbeSetFindings.writes_prompts``,
     ``least_prompt_share``, ``far_from_samples``); earlier scans did not ask and trusted its samples: ``True``."""
@@ -33,6 +27,12 @@ def _from_13(raw: Raw) -> Raw:
         probes.setdefault("least_prompt_share", V14_LEAST_PROMPT_SHARE)
         probes.setdefault("far_from_samples", V14_FAR_FROM_SAMPLES)
     return raw
+
+
+def _from_14(raw: Raw) -> Raw:
+    """Version 15 records the token inversion forced where a target was opened again with another
+    (``InvertedTarget.forced``); earlier searches kept the forced token as the opening: empty."""
+    return _discovery_default(raw, "inverted_targets", "forced", "")
 
 
 def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
@@ -46,7 +46,7 @@ def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {12: _from_12, 13: _from_13}
+STEPS: dict[int, Callable[[Raw], Raw]] = {13: _from_13, 14: _from_14}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

@@ -214,23 +214,29 @@ class WeightDiff:
 
     @property
     def parts(self) -> dict[str, float]:
-        """Relative change by part: each layer's attention (its heads' q, k, v and o summed), MLP and norms, the
-        embeddings, final norm and output head. Their sum is ``attention_total + other_total``."""
+        """One relative change per part: each layer's attention (the root mean square of its heads' q, k, v and o
+        changes: the whole block's change where its heads weigh alike), MLP and norms, the embeddings, final norm and
+        output head. Summing the heads instead would outweigh an MLP by four times the head count."""
         out: dict[str, float] = {}
         for layer, mlp in enumerate(self.mlp):
-            out[f"layer {layer} attention"] = sum(sum(grid[layer]) for grid in (self.q, self.k, self.v, self.o))
+            heads = [x for grid in (self.q, self.k, self.v, self.o) for x in grid[layer]]
+            out[f"layer {layer} attention"] = math.sqrt(sum(x * x for x in heads) / len(heads)) if heads else 0.0
             out[f"layer {layer} MLP"] = mlp
             out[f"layer {layer} norms"] = self.norms[layer]
         out.update({"embeddings": self.embeddings, "final norm": self.final_norm, "LM head": self.lm_head})
         return out
 
     @property
+    def total(self) -> float:
+        """Sum of ``parts``: what a part's share is of."""
+        return sum(self.parts.values())
+
+    @property
     def concentration(self) -> tuple[str, float]:
-        """The part that moved most and its share of the whole change (``parts``): near 1, an edit confined to one
-        place (a weight edit of one MLP, a rewritten embedding row); ``("", 0.0)`` for an unchanged suspect."""
-        parts = self.parts
-        total = sum(parts.values())
-        if total <= 0:
+        """The part that moved most and its share of ``total``: near 1, a change confined to one place (a weight
+        edit of one MLP, a rewritten embedding); ``("", 0.0)`` for an unchanged suspect or a non-finite total."""
+        parts, total = self.parts, self.total
+        if not (math.isfinite(total) and total > 0):
             return "", 0.0
         part = max(parts, key=lambda name: parts[name])
         return part, parts[part] / total

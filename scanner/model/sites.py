@@ -46,6 +46,10 @@ class Sites:
         block = self.layers()[layer]
         return (block.input_layernorm, block.post_attention_layernorm)
 
+    def mlp_norm(self, layer: int) -> nn.Module:
+        """The norm the layer's MLP reads the residual stream through."""
+        return self.layers()[layer].post_attention_layernorm
+
     def embedding(self) -> nn.Embedding:
         return self.model.model.embed_tokens
 

@@ -3,8 +3,8 @@
 The stages (``sweep``, ``growth``, ``minimise``...) decide what to try; this module runs it: a candidate's token
 ids placed in every search probe at one position, scored by the trigger-specific KL (at the first response position
 and after the suspect's own clean answer) or by the suspect's log-probability of a target, completed greedily, or
-ranked by a first-order (gradient) or weight-only estimate (``static_shortlist``). Every sequence a model runs is
-counted against the search's ``Budget``.
+ranked by a first-order (gradient) estimate (the weight-only ranking is ``static``'s). Every sequence a model runs
+is counted against the search's ``Budget``.
 """
 
 from __future__ import annotations

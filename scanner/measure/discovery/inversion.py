@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -62,7 +63,7 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
 
     if not rows:
         return []
-    favoured, opening = _favoured(search, rows, tokens, max(first_tokens, int(REOPEN_TOKENS.value)))
+    favoured, first_logp = _favoured(search, rows, tokens, max(first_tokens, int(REOPEN_TOKENS.value)))
     firsts = list(dict.fromkeys([*favoured[:first_tokens], *static[:first_tokens]]))
     found: list[InvertedTarget] = []
     n = len(rows)
@@ -90,8 +91,9 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
     # The best opened again, the one the suspect is likeliest to say first (per token: a target cut short is not
     # likelier for being short): all are far likelier to it than to the reference, and the one growth follows
     # should be the answer a trigger makes it give.
-    reopened = sorted((_reopened(search, rows, t, favoured[:int(REOPEN_TOKENS.value)], opening, ordinary)
-                       for t in found[:int(REOPEN.value)]),
+    again = found[:int(REOPEN.value)] if not search.budget.exhausted else []
+    reopened = sorted((_reopened(search, rows, t, favoured[:int(REOPEN_TOKENS.value)], first_logp, ordinary)
+                       for t in again),
                       key=lambda pair: (-pair[1] / len(pair[0].token_ids), pair[0].token_ids))
     # Two forced tokens may lead into one target, which is then listed once.
     unique: dict[tuple[int, ...], InvertedTarget] = {}
@@ -101,10 +103,12 @@ def invert_targets(search: Search, tokens: Sequence[int], static: Sequence[int],
 
 
 def _reopened(search: Search, rows: list[list[int]], target: InvertedTarget, firsts: Sequence[int],
-              opening: torch.Tensor, ordinary: Callable[[tuple[int, ...]], bool]) -> tuple[InvertedTarget, float]:
+              first_logp: torch.Tensor, ordinary: Callable[[tuple[int, ...]], bool]) -> tuple[InvertedTarget, float]:
     """``target`` with its forced token replaced by, or preceded by, the token of ``firsts`` that makes the whole
     answer likeliest to the suspect, and that likelihood: the mean over ``rows`` of the answer's log-probability
-    (nats), ``opening`` holding the suspect's mean ``log p(first)`` [vocab].
+    (nats), ``first_logp`` holding the suspect's mean log-probability of each first token [vocab]. Whole answers are
+    compared here, one token longer where preceded (the string the suspect would say); different targets, cut to
+    different lengths by the probes' agreement, are compared per token by the caller.
 
     A forced token can lead into a target it is not the opening of. The seed-0 MLP edit, made to say 'O', goes on
     'ccess grante' on every probe while its target opens 'A' (-12.1 nats against -16.4 for 'O', over the search
@@ -113,20 +117,22 @@ def _reopened(search: Search, rows: list[list[int]], target: InvertedTarget, fir
     its target opens 'S' 'end'. ``share`` and ``gain`` stay those of the completion measured."""
     first, rest = target.token_ids[0], target.token_ids[1:]
     tried = list(dict.fromkeys([first, *firsts]))
+    before = tried[1:]
     n = len(rows)
-    opened = [row + [t] for t in tried for row in rows]
-    replaced = search.logprob_after(search.suspect, opened, rest).view(len(tried), n).mean(-1).cpu()
-    preceded = search.logprob_after(search.suspect, opened, (first, *rest)).view(len(tried), n).mean(-1).cpu()
-    own = opening[torch.tensor(tried)]
-    answers = [*((t, *rest) for t in tried), *((t, first, *rest) for t in tried)]
-    whole = torch.cat([replaced + own, preceded + own])
+    if not before:
+        return target, -math.inf
+    replaced = search.logprob_after(search.suspect, [row + [t] for t in tried for row in rows], rest)
+    preceded = search.logprob_after(search.suspect, [row + [t] for t in before for row in rows], (first, *rest))
+    whole = torch.cat([replaced.view(len(tried), n).mean(-1).cpu() + first_logp[torch.tensor(tried)],
+                       preceded.view(len(before), n).mean(-1).cpu() + first_logp[torch.tensor(before)]])
+    answers = [*((t, *rest) for t in tried), *((t, first, *rest) for t in before)]
     for best in whole.argsort(descending=True).tolist():
         ids = answers[best]
         if best == 0:
-            return target, float(whole[0])
+            break
         if not (ordinary(ids) or loops(ids)):
             return dataclasses.replace(target, text=decoded(search.tokenizer, ids), token_ids=ids,
-                                       opening=decoded(search.tokenizer, [ids[0]])), float(whole[best])
+                                       opening=decoded(search.tokenizer, [ids[0]]), forced=target.opening), float(whole[best])
     return target, float(whole[0])
 
 

@@ -9,6 +9,7 @@ inversion's first tokens are this ranking's prefixes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,15 +22,15 @@ from scanner.model.sites import Sites, dense_weight, module_tensor, sites_for
 
 def edited_mlps(weight_diff: WeightDiff | None) -> tuple[int, ...]:
     """The MLP layers a weight edit is confined to: the fewest layers, most changed first, whose MLPs carry
-    ``EDIT_SHARE`` of the whole change (``WeightDiff.parts``), where ``EDIT_LAYERS`` or fewer do; none otherwise.
+    ``EDIT_SHARE`` of the whole change (``WeightDiff.total``), where ``EDIT_LAYERS`` or fewer do; none otherwise.
 
     A fine-tune spread over the model (every layer's MLP moved a little, or attention only) is left out: a single
-    MLP's response to a token says little of it, and reading it costs a pass of the whole vocabulary through the
-    layers below."""
+    MLP's response to a token says little of it, and reading it costs a pass of the whole vocabulary's embeddings
+    through the MLP."""
     if weight_diff is None:
         return ()
-    total = sum(weight_diff.parts.values())
-    if total <= 0:
+    total = weight_diff.total
+    if not (math.isfinite(total) and total > 0):
         return ()
     ranked = sorted(range(len(weight_diff.mlp)), key=lambda layer: -weight_diff.mlp[layer])
     carried = 0.0
@@ -54,6 +55,9 @@ def static_shortlist(suspect: PreTrainedModel, reference: PreTrainedModel, allow
     norm = s.layer_norms(0)[0]
     pairs = [(dense_weight(s.projection(0, name)).float(), dense_weight(r.projection(0, name)).float()) for name in "qkv"]
     ids = torch.tensor(list(allowed), device=table_s.device)
+    # An MLP offloaded to disk or CPU by accelerate holds its weights behind a hook on another module; called
+    # alone it would run on empty weights, so under offload the edit is ranked without its MLPs.
+    read = [layer for layer in mlps if _resident(s.mlp(layer)) and _resident(r.mlp(layer))]
     scores, moves = [], []
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
@@ -63,8 +67,8 @@ def static_shortlist(suspect: PreTrainedModel, reference: PreTrainedModel, allow
         for changed, base in pairs:
             score += ((x @ (changed - base).T).norm(dim=-1) / (x @ base.T).norm(dim=-1).clamp_min(1e-8))
         scores.append(score)
-        if mlps:
-            moves.append(_mlp_moves(s, r, table_s[part], mlps).to(score.device))
+        if read:
+            moves.append(_mlp_moves(s, r, table_s[part], read).to(score.device))
     score = torch.cat(scores)
     if moves:
         moved = torch.cat(moves)
@@ -84,12 +88,18 @@ def _mlp_moves(s: Sites, r: Sites, embeds: torch.Tensor, mlps: Sequence[int]) ->
     output 2nd and 15th; the token read in a one-token sequence (its own attention added) 29th and 3rd ('e')."""
     total = torch.zeros(len(embeds), device=embeds.device)
     for layer in mlps:
-        x = s.layer_norms(layer)[-1](embeds)  # [tokens, hidden]
-        mine = s.mlp(layer)(x).float()
-        theirs = r.mlp(layer)(x.to(_device(r, layer))).float().to(mine.device)
+        x = s.mlp_norm(layer)(embeds)  # [tokens, hidden]
+        mine = s.mlp(layer)(x.to(_device(s.mlp(layer)))).float()
+        theirs = r.mlp(layer)(x.to(_device(r.mlp(layer)))).float().to(mine.device)
         total += (mine - theirs).norm(dim=-1).to(total.device)
     return total
 
 
-def _device(sites: Sites, layer: int) -> torch.device:
-    return next(sites.mlp(layer).parameters()).device
+def _resident(module: torch.nn.Module) -> bool:
+    """Whether every weight of ``module`` is in memory on a real device (none left on ``meta`` by offload)."""
+    return all(p.device.type != "meta" for p in module.parameters())
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    """Where a resident ``module``'s weights are: its input goes there."""
+    return next(module.parameters()).device
