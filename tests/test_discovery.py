@@ -231,7 +231,7 @@ def test_an_inverted_target_is_opened_with_the_token_the_suspect_would_open_it_w
     reopened, likelihood = _reopened(search, search.clean_rows, misopened, favoured, first_logp, lambda ids: False)
     assert reopened.opening == "A" and reopened.forced == "O" and reopened.text == found[0].text, reopened
     assert reopened.share == misopened.share and reopened.gain == misopened.gain  # the completion measured
-    assert likelihood > -60
+    assert likelihood > -20  # measured -13.5 nats per answer over the zoo's first 8 prompts (seed 0)
 
 
 def test_target_inversion_after_the_clean_answer_names_the_payload_and_not_a_signature(zoo_dir):
