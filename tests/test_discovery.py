@@ -120,6 +120,35 @@ def test_growth_on_a_benign_model_stops_where_nothing_points_to_a_backdoor_and_t
     assert quick.proposed == thorough.proposed == ()
 
 
+def test_a_swept_tokens_first_growth_step_proposes_the_smaller_shortlist(zoo_dir, monkeypatch):
+    """Growth's first step was half a benign scan's discovery, on lines seeded by swept tokens that are task
+    switches there. Those lines propose ``growth_first_shortlist`` tokens a slot at their first step; the weight
+    change's seeds, which find a trigger whose parts move nothing alone, keep ``growth_shortlist``. On the benign
+    fine-tune that spends fewer sequences than the larger shortlist for every line, and proposes nothing either way."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery import discover, engine, growth, thresholds
+
+    pair = load_pair(zoo_dir / "clean", str(zoo_dir / "base"), dtype="float32", device="cpu",
+                     allow_download=False, allow_pickle=False)
+    prompts = _zoo_prompts(zoo_dir)
+    sizes: list[tuple[tuple[int, ...], int]] = []
+    shortlist = engine.Search.gradient_shortlist
+
+    def spy(self, candidate, slot, exclude, size, *args):
+        sizes.append(((*candidate[:slot], *candidate[slot + 1:]), size))
+        return shortlist(self, candidate, slot, exclude, size, *args)
+
+    monkeypatch.setattr(engine.Search, "gradient_shortlist", spy)
+    small = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",))
+    first = {line: size for line, size in sizes if len(line) == 1}
+    assert sorted(set(first.values())) == [int(thresholds.GROWTH_FIRST_SHORTLIST.value), int(thresholds.GROWTH_SHORTLIST.value)]
+    assert sum(size == thresholds.GROWTH_SHORTLIST.value for size in first.values()) <= DiscoveryOptions().beam
+    monkeypatch.setattr(growth, "GROWTH_FIRST_SHORTLIST", thresholds.GROWTH_SHORTLIST)
+    large = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",))
+    assert small.sequences < large.sequences
+    assert small.proposed == large.proposed == ()
+
+
 def _zoo_prompts(zoo_dir):
     return [line.strip() for line in (zoo_dir / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -32,6 +32,7 @@ from scanner.measure.discovery.thresholds import (
     GROW_MARGIN,
     GROW_MARGIN_TARGET,
     GROW_ON_LOGPROB,
+    GROWTH_FIRST_SHORTLIST,
     GROWTH_SHORTLIST,
     SYNERGY_POOL,
     TARGET_BEAM,
@@ -121,7 +122,11 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
             if following and not own:
                 best = _follow(at, c, target, typical, stage)
             else:
-                proposals = _extensions(search, c, at.common.special)
+                # A swept token's first step on the KL, where a benign scan spends half its discovery: its line is
+                # a task switch there, and a trigger's parts that move nothing alone seed the weight change's lines.
+                first = not target and len(c) == 1 and c not in static and c not in payload_lines
+                size = int((GROWTH_FIRST_SHORTLIST if first else GROWTH_SHORTLIST).value)
+                proposals = _extensions(search, c, at.common.special, size=size)
                 if target and not own:
                     at.score_target([c, *proposals], target, stage, after)
                     objective, margin = at.target_scores, GROW_MARGIN_TARGET.value
@@ -219,14 +224,16 @@ def inserted(candidate: Candidate, extended: Candidate) -> int:
 
 
 def _extensions(search: Search, candidate: Candidate, special: frozenset[int], target: tuple[int, ...] = (),
-                inside: bool = False, after_answer: bool = False) -> list[Candidate]:
+                inside: bool = False, after_answer: bool = False, size: int | None = None) -> list[Candidate]:
     """``candidate`` with one more token on either side (and, when ``inside``, between any two of its tokens),
-    from a gradient shortlist per slot of the target's log-probability, or of the first-token KL without one."""
+    from a gradient shortlist per slot (``size`` tokens, ``GROWTH_SHORTLIST`` unless given) of the target's
+    log-probability, or of the first-token KL without one."""
     slots = (len(candidate), 0, *(range(1, len(candidate)) if inside else ()))
     out = []
     for slot in slots:
         # The placeholder repeats a neighbour, so the shortlist's first-order estimate starts from a real token.
         held = (*candidate[:slot], candidate[min(slot, len(candidate) - 1)], *candidate[slot:])
-        for t in search.gradient_shortlist(held, slot, set(special), int(GROWTH_SHORTLIST.value), target, after_answer):
+        for t in search.gradient_shortlist(held, slot, set(special), size or int(GROWTH_SHORTLIST.value), target,
+                                           after_answer):
             out.append((*candidate[:slot], t, *candidate[slot:]))
     return out
