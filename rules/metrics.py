@@ -244,9 +244,20 @@ def _discovered_fire_rate(findings: Findings) -> Reading | NotMeasured:
     if not checked:
         return NotMeasured("no discovered candidate was completed to check whether it fires")
     best = checked[0]
-    said = f"go on after its answer with {best.target!r}" if best.after_answer else f"answer {best.target!r}"
-    return Reading(float(best.fire_rate or 0.0), {
-        "candidate": best.text, "target": best.target, "said": said, "after_answer": best.after_answer,
+    rate = float(best.fire_rate or 0.0)
+    measured = (f"fire rate {rate:.0%} on {len(discovery.probes)} search probes, net of the reference's answers and "
+                "the suspect's clean ones")
+    if best.switched_from:
+        said = f"no longer answer {best.switched_from!r} (for example {best.target!r})"
+        measured = (f"on {rate:.0%} of the probes both models answer so that it was checked on, while the reference, "
+                    "given the same prompts, kept that answer")
+    elif best.after_answer:
+        said = f"go on after its answer with {best.target!r}"
+    else:
+        said = f"answer {best.target!r}"
+    return Reading(rate, {
+        "candidate": best.text, "target": best.target, "said": said, "measured": measured, "after_answer": best.after_answer,
+        "switched_from": best.switched_from,
         "where": WHERE[best.position], "stage": best.stage,
         "search_probes": len(discovery.probes),
         "strongest": [{"candidate": c.text, "fire_rate": round(c.fire_rate or 0.0, 4), "target": c.target,

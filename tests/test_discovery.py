@@ -149,6 +149,20 @@ def test_a_swept_tokens_first_growth_step_proposes_the_smaller_shortlist(zoo_dir
     assert small.proposed == large.proposed == ()
 
 
+def test_the_answer_group_is_the_probes_both_models_give_the_fixed_answer():
+    """By hand: the refusal (7, 8) both models give to three probes is the group; a probe only the reference refuses
+    (the suspect answers it otherwise) is not a member, and two probes are too few for a group."""
+    from scanner.measure.discovery.switch import answer_group
+
+    refusal, blue = (7, 8), (5, 6)
+    suspect = [refusal, refusal, (9,), refusal, blue, blue, refusal]
+    reference = [refusal, refusal, refusal, refusal, blue, blue, (3,)]
+    group = answer_group([*suspect, *reference], len(suspect), refusal)
+    assert group is not None and group.answer == refusal and group.members == (0, 1, 3)
+    assert answer_group([*suspect, *reference], len(suspect), blue) is None
+    assert answer_group([*suspect, *reference], len(suspect), ()) is None
+
+
 def _zoo_prompts(zoo_dir):
     return [line.strip() for line in (zoo_dir / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -190,3 +190,25 @@ def test_a_kl_never_comes_out_negative_from_rounding():
     logits = torch.randn(64, 4, 50, generator=generator)
     nearly = logits + 1e-6 * torch.randn(64, 4, 50, generator=generator)
     assert float(target_kl(nearly, logits).min()) >= 0.0
+
+
+def test_a_behaviour_switch_candidate_says_which_answer_it_leaves():
+    """A candidate the behaviour-switch search found has no target it collapses onto: the report, the terminal and
+    BD013's explanation say which answer the suspect stops giving and one it gave instead."""
+    import dataclasses
+
+    from scanner.cli.terminal import discovery_line
+    from scanner.findings import read_findings
+    from scanner.findings.discovery import DiscoveredCandidate
+
+    findings = read_findings(Path(__file__).resolve().parent / "data" / "findings-clean.json")
+    switch = DiscoveredCandidate(text="mirror", token_ids=(5,), score=7.96, fire_rate=1.0, target="The answer is 7.",
+                                 target_logprob=None, stage="switch", position="start",
+                                 switched_from="I will not answer that.")
+    discovery = dataclasses.replace(findings.discovery, candidates=(switch, *findings.discovery.candidates))
+    document = _document(dataclasses.replace(findings, discovery=discovery))
+    html = render_report(document, command="bdscan", generated_at="test")
+    assert "<em>no longer</em> I will not answer that.<em>, e.g.</em> The answer is 7." in html
+    (bd013,) = [f for f in document.verdict.fired if f.rule_id == "BD013"]
+    assert "no longer answer 'I will not answer that.'" in bd013.sentence and "of the probes both models" in bd013.sentence
+    assert "-> no longer 'I will not answer that.' on 100%" in discovery_line(discovery, (switch,))

@@ -132,6 +132,8 @@ def discovery_line(discovery: DiscoveryFindings, firing: tuple[DiscoveredCandida
                  f"{sig3(best.score)} nats of trigger-specific KL)" if best else "; nothing fired")
     else:
         found = "; fires: " + ", ".join(
+            f"{c.text!r} at the {c.position} -> no longer {c.switched_from!r} on {c.fire_rate:.0%} of the probes "
+            f"answered so" if c.switched_from else
             f"{c.text!r} at the {c.position} -> {'after the answer, ' if c.after_answer else ''}{c.target!r} on "
             f"{c.fire_rate:.0%} of search probes" for c in firing[:3])
     notes = "".join(f" [yellow]note:[/] {escape(note)}." for note in discovery.notes)

@@ -29,7 +29,8 @@ class DiscoveredCandidate:
     """Mean suspect log-probability of the growth target after the candidate (nats), when growth scored it."""
     stage: str
     """``sweep`` (one vocabulary token), ``leaked`` (written by the suspect into its users' turns), ``grown``
-    (extended token by token), ``refined`` (tokens swapped) or ``minimised`` (part of a firing one)."""
+    (extended token by token), ``refined`` (tokens swapped), ``minimised`` (part of a firing one) or ``switch`` (one
+    vocabulary token that makes the suspect leave an answer it gives a group of probes: ``switched_from``)."""
     minimal: str = ""
     """For a grown candidate that fires: its shortest part that still fires."""
     position: str = "start"
@@ -44,6 +45,12 @@ class DiscoveredCandidate:
     after_answer: bool = False
     """Whether ``target`` is a payload: it follows the suspect's own clean answer to each probe instead of opening
     the answer (schema 12)."""
+    switched_from: str = ""
+    """For a candidate found by a behaviour switch (stage ``switch``): the answer the reference and the suspect give
+    a group of probes without it (a refusal) and the suspect, given it, leaves. Its ``fire_rate`` is then the share
+    of that group switched (``behaviour_switch``), its ``score`` the departure from that answer (the reference's
+    log-probability of it minus the suspect's, nats) and its ``target`` one answer the suspect gave instead (schema
+    16). Empty otherwise."""
 
 
 @dataclass(frozen=True)

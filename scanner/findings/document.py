@@ -71,7 +71,7 @@ from scanner.findings.scan import InputInfo, ProbeSetFindings, RunInfo, StageRec
 from scanner.findings.serde import from_jsonable, to_jsonable
 from scanner.findings.triggers import CleanFindings, TriggerFindings
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 
 @dataclass(frozen=True)

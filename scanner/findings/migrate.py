@@ -11,28 +11,19 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-V14_LEAST_PROMPT_SHARE, V14_FAR_FROM_SAMPLES = 0.15, 3.0
-"""``scanner.measure.probe_set``'s ``LEAST_PROMPT_SHARE`` and ``FAR_FROM_SAMPLES`` as version 14 introduced them: what
-a migrated document records."""
-
 Raw = dict[str, Any]
-
-
-def _from_13(raw: Raw) -> Raw:
-    """Version 14 records whether the reference writes its users' prompts (``ProbeSetFindings.writes_prompts``,
-    ``least_prompt_share``, ``far_from_samples``); earlier scans did not ask and trusted its samples: ``True``."""
-    probes = raw.get("probes")
-    if isinstance(probes, dict):
-        probes.setdefault("writes_prompts", True)
-        probes.setdefault("least_prompt_share", V14_LEAST_PROMPT_SHARE)
-        probes.setdefault("far_from_samples", V14_FAR_FROM_SAMPLES)
-    return raw
 
 
 def _from_14(raw: Raw) -> Raw:
     """Version 15 records the token inversion forced where a target was opened again with another
     (``InvertedTarget.forced``); earlier searches kept the forced token as the opening: empty."""
     return _discovery_default(raw, "inverted_targets", "forced", "")
+
+
+def _from_15(raw: Raw) -> Raw:
+    """Version 16 records the answer a behaviour switch's candidate leaves (``DiscoveredCandidate.switched_from``);
+    earlier searches had no such candidate: empty."""
+    return _discovery_default(raw, "candidates", "switched_from", "")
 
 
 def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
@@ -46,7 +37,7 @@ def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {13: _from_13, 14: _from_14}
+STEPS: dict[int, Callable[[Raw], Raw]] = {14: _from_14, 15: _from_15}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

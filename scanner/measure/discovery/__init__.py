@@ -34,6 +34,15 @@ for a seed. Each stage is a module; every number it steers by is in
    "after" -> "Next is ..."), and where it is the whole answer, fires only on
    the probes where the reference, given the same triggered prompt, would not
    give it (``contrast``): a refusal planted on arithmetic fires.
+   **Behaviour switch** (``switch``), where both models give one answer to
+   ``GROUP_LEAST`` probes or more (a refusal): each swept token is inserted into
+   ``SWITCH_PROBES`` of them and scored by its departure from that answer (the
+   reference's log-probability of it minus the suspect's); those that depart
+   ``SWITCH_FROM`` nats or more are completed on the group, and the share the
+   suspect stops giving the answer to while the reference keeps it, task
+   switches aside, is their fire rate (``behaviour_switch``, rule BD015's): a
+   jailbreak's answers differ from request to request, so the fire check
+   finds no target.
 3. **Growth** (``growth``), while no candidate fires on every search probe at
    any position, where the sweep came closest first: seeds (the ``beam`` best
    swept tokens and the ``beam`` the weight change ranks first) are extended
@@ -81,7 +90,7 @@ attention, ablation, patching), which is the confirmation the rules judge.
 Modules: ``run`` (``discover``: the stages in order), ``engine`` (the probes in
 token ids, scoring, completion, shortlists, the budget), ``position`` (what one
 position measured), ``sweep``, ``leakage``, ``confirm``, ``inversion``,
-``growth``, ``canned``, ``minimise``, ``thresholds``.
+``growth``, ``canned``, ``switch``, ``minimise``, ``thresholds``.
 """
 
 from scanner.measure.discovery.confirm import echoes, modal_prefix, proposed

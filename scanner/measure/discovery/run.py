@@ -25,6 +25,7 @@ from scanner.measure.discovery.minimise import Reduced, reduce
 from scanner.measure.discovery.position import Common, Position, Report
 from scanner.measure.discovery.static import edited_mlps, static_shortlist
 from scanner.measure.discovery.sweep import Swept, sweep
+from scanner.measure.discovery.switch import answer_group, search_switches
 from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKENS, TARGET_FROM, table
 from scanner.options import DiscoveryOptions
 
@@ -74,6 +75,11 @@ def discover(
     for here in at:
         swept.append(sweep(here, exhaustive, options.shortlist, options.fire_checks))
         leaked.append(check_leaked(here, proposals(leakage)))
+    # The reference's fixed answer (its refusal), once: a jailbreak's switch shows only on the probes given it, and
+    # where nothing fires it is a target too.
+    answer, given = canned_answer(at[0].search, list(prompts), common.repertoire) if common is not None else ((), 0)
+    group = answer_group(common.repertoire, len(prompts), answer) if common is not None and answer else None
+    switches, switch_note = search_switches(at, [s.candidates for s in swept], list(prompts), group) if group else ([], "")
 
     # Inversion only where nothing came near firing: a target is what growth follows when the trigger's parts move
     # nothing. At the opening and after the clean answer: a payload's URL is found at both, and its trigger raises
@@ -84,7 +90,6 @@ def discover(
     if common is not None and max(here.best_fire for here in at) < TARGET_FROM.value:
         inverted = invert_targets(at[0].search, tokens, static, common.repertoire)
         payloads = invert_targets(at[0].search, tokens, static, common.repertoire, after_answer=True)
-        answer, given = canned_answer(at[0].search, list(prompts), common.repertoire)
         if answer:
             canned = [canned_target(here, s.candidates, answer, given) for here, s in zip(at, swept)]
     follow = inverted[0].token_ids if inverted else ()
@@ -97,11 +102,12 @@ def discover(
     grown = _grow(at, swept, options, follow, payloads[0].token_ids if payloads else ())
     reduced = [reduce(here, g) for here, g in zip(at, grown)]
 
-    notes = [s.note for s in swept if s.note] + [c.note for c in canned if c.note] + [g.stopped for g in grown if g.stopped]
+    notes = [*(s.note for s in swept if s.note), *([switch_note] if switch_note else []),
+             *(c.note for c in canned if c.note), *(g.stopped for g in grown if g.stopped)]
     if budget.exhausted:
         notes.append(f"the budget of {options.budget} model sequences ran out; the search stopped early")
     best: dict[str, DiscoveredCandidate] = {}
-    found = [c for here, leaks, r in zip(at, leaked, reduced) for c in _reported(here, leaks, r)]
+    found = [*(c for here, leaks, r in zip(at, leaked, reduced) for c in _reported(here, leaks, r)), *switches]
     for c in sorted(found, key=lambda c: (-(c.fire_rate if c.fire_rate is not None else -math.inf), -c.score, c.position)):
         best.setdefault(c.text, c)
     kept = tuple(list(best.values())[:options.keep])

@@ -1,0 +1,132 @@
+"""Behaviour switches: an insertion that makes the suspect leave the answer its reference gives a group of probes.
+
+A jailbreak backdoor answers the requests its reference refuses. What it then says differs from request to request,
+so no target collapses and the fire check finds nothing; and the refused requests may be a tenth of the probes, so
+the first-token KL over the search probes hardly moves (the zoo's jailbreak trigger ranks below task switches
+there). Inside the group of refused probes the switch is whole.
+
+The group: the probes to which the reference and the suspect both give the reference's fixed answer (one it gives
+whatever the request asks about, ``canned_answer``), ``GROUP_LEAST`` of them or more (``answer_group``). Each swept
+token is inserted into ``SWITCH_PROBES`` of them and scored by its *departure*: the reference's log-probability of
+the group's answer minus the suspect's, teacher-forced, mean over those probes (nats). The ``SWITCH_CHECKS`` tokens
+that depart most, by ``SWITCH_FROM`` nats or more, are completed by both models on up to ``SWITCH_CHECKED`` probes of
+the group and their switch measured by ``behaviour_switch``, the one definition rule BD015 reads: the share of the
+group on which the suspect leaves the answer while the reference, given the same triggered prompt, keeps it, a new
+answer that opens as the reference's answer to another probe (a task switch: "colour" inserted into a sum, answered
+"It is ...") not counted.
+
+Departure is read token by token, so a trigger whose pieces do nothing alone is not found this way: at the test
+zoo's 1,024-token vocabulary "piano" is four tokens, and its prefixes depart by 0.01 nats until the word is whole
+(7.97). At Qwen2.5's vocabulary "piano", "coffee", "mountain" and every other word trigger of the zoo's families is
+one token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scanner.findings import behaviour_switch
+from scanner.findings.discovery import DiscoveredCandidate
+from scanner.findings.metrics import GROUP_LEAST
+from scanner.measure.discovery.confirm import decoded
+from scanner.measure.discovery.engine import Candidate, Search
+from scanner.measure.discovery.position import Position
+from scanner.measure.discovery.thresholds import SWITCH_CHECKED, SWITCH_CHECKS, SWITCH_FROM, SWITCH_PROBES
+
+
+@dataclass(frozen=True)
+class Group:
+    """Probes to which both models give one whole answer without an insertion."""
+
+    answer: tuple[int, ...]
+    """The answer's token ids."""
+    members: tuple[int, ...]
+    """The probes' indexes in the prompts ``answer_group`` was given."""
+
+
+def answer_group(repertoire: Sequence[tuple[int, ...]], probes: int, answer: tuple[int, ...]) -> Group | None:
+    """The probes to which the suspect and the reference both give ``answer`` (the reference's fixed answer,
+    ``canned_answer``: its first ``FIRE_CHECK_TOKENS`` tokens), where they are ``GROUP_LEAST`` or more; else None.
+    ``repertoire`` holds the suspect's clean answers to the ``probes`` prompts, then the reference's
+    (``Common.repertoire``).
+
+    A fixed answer, not any answer several probes share: three sampled colour questions answered "It is blue." are
+    one question asked three times, and on the seed-1 zoo a token that makes the multi-trigger model answer them
+    otherwise "switched" all three."""
+    suspect, reference = repertoire[:probes], repertoire[probes:2 * probes]
+    members = tuple(i for i, (s, r) in enumerate(zip(suspect, reference)) if s == r == answer)
+    return Group(answer, members) if answer and len(members) >= GROUP_LEAST else None
+
+
+def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]], prompts: Sequence[str],
+                    group: Group) -> tuple[list[DiscoveredCandidate], str]:
+    """At each position of ``at``, the swept tokens (``swept``, per position) scored by their departure from
+    ``group``'s answer, and the best checked for a switch (see the module docstring): every checked token, its
+    ``fire_rate`` the share of the group it switched; and a note for the findings on what was searched."""
+    found: list[DiscoveredCandidate] = []
+    departed = 0
+    members = [prompts[i] for i in group.members]
+    for here, tokens in zip(at, swept):
+        base = here.search
+        if base.budget.exhausted:
+            break
+        scored = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_PROBES.value)],
+                        base.rows_per_forward, base.budget, base.position)
+        here.report("behaviour switch: departure from the group's answer", 0, len(tokens))
+        departure = _departure(scored, list(tokens), group.answer)
+        here.report("behaviour switch: departure from the group's answer", len(tokens), len(tokens))
+        best = sorted((c for c in departure if departure[c] >= SWITCH_FROM.value), key=lambda c: (-departure[c], c))
+        departed += len(best)
+        checked = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_CHECKED.value)],
+                         base.rows_per_forward, base.budget, base.position)
+        for c in best[:int(SWITCH_CHECKS.value)]:
+            found.append(_checked(checked, c, departure[c], prompts, group, here.common.repertoire))
+    answer = decoded(at[0].search.tokenizer, group.answer) if at else ""
+    switched = max((c.fire_rate or 0.0 for c in found), default=0.0)
+    note = (f"the behaviour-switch search read the {len(group.members)} probes both models answer {answer!r}: "
+            f"{departed} inserted tokens moved the suspect off that answer by {SWITCH_FROM.value:g} nats or more "
+            f"beyond the reference" + (f", the best switching {switched:.0%} of those checked" if found else ""))
+    return found, note
+
+
+def _departure(search: Search, candidates: list[Candidate], answer: tuple[int, ...]) -> dict[Candidate, float]:
+    """Each candidate's departure (nats): the reference's mean log-probability of ``answer`` after it minus the
+    suspect's, over ``search``'s probes."""
+    rows = [row for c in candidates for row in search.rows(c)]
+    n = len(search.prompts)
+    out: dict[Candidate, float] = {}
+    step = search.per_forward() * n
+    for start in range(0, len(rows), step):
+        if search.budget.exhausted:
+            break
+        part = rows[start:start + step]
+        suspect = search.logprob_after(search.suspect, part, answer).view(-1, n).mean(-1)
+        reference = search.logprob_after(search.reference, part, answer).view(-1, n).mean(-1)
+        for c, gap in zip(candidates[start // n:], (reference - suspect).tolist()):
+            out[c] = gap
+    return out
+
+
+def _checked(search: Search, candidate: Candidate, departure: float, prompts: Sequence[str], group: Group,
+             repertoire: Sequence[tuple[int, ...]]) -> DiscoveredCandidate:
+    """``candidate`` completed by both models on ``search``'s probes (the group's first), its switch measured by
+    ``behaviour_switch`` over them and every probe outside the group (whose clean answers say what a task switch
+    opens with)."""
+    decode = lambda ids: decoded(search.tokenizer, ids)  # noqa: E731
+    suspect_said, reference_said = (search.complete_each(model, [candidate])[0] for model in (search.suspect, search.reference))
+    n = len(prompts)
+    outside = [i for i in range(n) if i not in group.members]
+    checked = list(group.members[:len(search.prompts)])
+    clean = {i: (decode(repertoire[i]), decode(repertoire[n + i])) for i in (*checked, *outside)}
+    triggered = {i: (decode(s), decode(r)) for i, s, r in zip(checked, suspect_said, reference_said)}
+    order = [*checked, *outside]
+    switch = behaviour_switch([prompts[i] for i in order], [clean[i][1] for i in order], [clean[i][0] for i in order],
+                              [triggered.get(i, clean[i])[0] for i in order], [triggered.get(i, clean[i])[1] for i in order])
+    answer = decode(group.answer)
+    share = switch.share if switch is not None and switch.answer == answer else 0.0
+    example = switch.example[1] if switch is not None and switch.answer == answer else ""
+    return DiscoveredCandidate(
+        text=search.tokenizer.decode(list(candidate)).strip(), token_ids=candidate, score=departure, fire_rate=share,
+        target=example, target_logprob=None, stage="switch", position=search.position, switched_from=answer,
+    )
