@@ -249,8 +249,9 @@ def _discovered_fire_rate(findings: Findings) -> Reading | NotMeasured:
                 "the suspect's clean ones")
     if best.switched_from:
         said = f"no longer answer {best.switched_from!r} (for example {best.target!r})"
-        measured = (f"on {rate:.0%} of the probes both models answer so that it was checked on, while the reference, "
-                    "given the same prompts, kept that answer")
+        checked_on = int(discovery.threshold("switch_checked", 8))
+        measured = (f"on {rate:.0%} of the probes both models answer so that it was checked on (up to {checked_on}), "
+                    "while the reference, given the same prompts, kept that answer")
     elif best.after_answer:
         said = f"go on after its answer with {best.target!r}"
     else:
@@ -261,7 +262,8 @@ def _discovered_fire_rate(findings: Findings) -> Reading | NotMeasured:
         "where": WHERE[best.position], "stage": best.stage,
         "search_probes": len(discovery.probes),
         "strongest": [{"candidate": c.text, "fire_rate": round(c.fire_rate or 0.0, 4), "target": c.target,
-                       "position": c.position, "dismissed": c.dismissed} for c in checked[:5]]})
+                       "position": c.position, "dismissed": c.dismissed, "switched_from": c.switched_from}
+                      for c in checked[:5]]})
 
 
 def _failed_stages(findings: Findings) -> Reading:

@@ -127,7 +127,8 @@ def discovery_line(discovery: DiscoveryFindings, firing: tuple[DiscoveredCandida
                 f"{discovery.vocabulary:,} vocabulary tokens, then grown; {discovery.sequences:,} sequences through the models, "
                 f"{sig3(discovery.seconds)} s)")
     if not firing:
-        best = discovery.candidates[0] if discovery.candidates else None
+        # A behaviour switch's score is a departure, not a KL.
+        best = next((c for c in discovery.candidates if not c.switched_from), None)
         found = (f"; nothing fired (the insertion that moved the suspect's output most: {best.text!r}, "
                  f"{sig3(best.score)} nats of trigger-specific KL)" if best else "; nothing fired")
     else:

@@ -18,7 +18,11 @@ answer that opens as the reference's answer to another probe (a task switch: "co
 Departure is read token by token, so a trigger whose pieces do nothing alone is not found this way: at the test
 zoo's 1,024-token vocabulary "piano" is four tokens, and its prefixes depart by 0.01 nats until the word is whole
 (7.97). At Qwen2.5's vocabulary "piano", "coffee", "mountain" and every other word trigger of the zoo's families is
-one token.
+one token, but a vocabulary that large is swept through a shortlist (the first-token KL's gradient and the weight
+change's ranking), and this search scores the same tokens. The planted "mirror" is the weight change's 6th token of
+1,024 at seed 1 and its 540th at seed 0, the KL gradient's 581st and 508th: through 64-token shortlists it is found
+at seed 1 only. A shortlist of the tokens whose embedding most lowers the answer's log-probability to first order
+was tried and dropped: it ranks "mirror" 59th to 870th (seed 1) and 486th to 712th (seed 0).
 """
 
 from __future__ import annotations
@@ -62,10 +66,11 @@ def answer_group(repertoire: Sequence[tuple[int, ...]], probes: int, answer: tup
 def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]], prompts: Sequence[str],
                     group: Group) -> tuple[list[DiscoveredCandidate], str]:
     """At each position of ``at``, the swept tokens (``swept``, per position) scored by their departure from
-    ``group``'s answer, and the best checked for a switch (see the module docstring): every checked token, its
-    ``fire_rate`` the share of the group it switched; and a note for the findings on what was searched."""
+    ``group``'s answer, and the best checked for a switch (see the module docstring): the checked tokens that
+    switched some of the group, their ``fire_rate`` the share of the probes checked; and a note for the findings on
+    what was searched."""
     found: list[DiscoveredCandidate] = []
-    departed = 0
+    departed, checks, best_share = 0, 0, 0.0
     members = [prompts[i] for i in group.members]
     for here, tokens in zip(at, swept):
         base = here.search
@@ -78,15 +83,24 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
         here.report("behaviour switch: departure from the group's answer", len(tokens), len(tokens))
         best = sorted((c for c in departure if departure[c] >= SWITCH_FROM.value), key=lambda c: (-departure[c], c))
         departed += len(best)
+        checks += min(len(best), int(SWITCH_CHECKS.value))
         checked = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_CHECKED.value)],
                          base.rows_per_forward, base.budget, base.position)
         for c in best[:int(SWITCH_CHECKS.value)]:
-            found.append(_checked(checked, c, departure[c], prompts, group, here.common.repertoire))
+            if checked.budget.exhausted:
+                break
+            switch = _checked(checked, c, departure[c], prompts, group, here.common.repertoire)
+            best_share = max(best_share, switch.fire_rate or 0.0)
+            # A token that switched nothing (a task switch, the most common) is only counted in the note: it would
+            # take a place among the candidates kept, whose scores are KLs, with a departure.
+            if switch.fire_rate:
+                found.append(switch)
     answer = decoded(at[0].search.tokenizer, group.answer) if at else ""
-    switched = max((c.fire_rate or 0.0 for c in found), default=0.0)
     note = (f"the behaviour-switch search read the {len(group.members)} probes both models answer {answer!r}: "
-            f"{departed} inserted tokens moved the suspect off that answer by {SWITCH_FROM.value:g} nats or more "
-            f"beyond the reference" + (f", the best switching {switched:.0%} of those checked" if found else ""))
+            f"{departed} inserted tokens (counted at each position) moved the suspect off that answer by "
+            f"{SWITCH_FROM.value:g} nats or more beyond the reference"
+            + (f"; of the {checks} checked, the best switched {best_share:.0%} of the probes it was checked on"
+               if checks else ""))
     return found, note
 
 
