@@ -40,6 +40,8 @@ from rules.discovery import firing  # noqa: E402
 from scanner.findings.discovery import FIRES  # noqa: E402
 from scanner.inputs.loading import load_pair  # noqa: E402
 from scanner.measure.discovery import discover  # noqa: E402
+from scanner.measure.weights import measure_weight_diff  # noqa: E402
+from scanner.model.sites import sites_for  # noqa: E402
 from scanner.options import DiscoveryOptions  # noqa: E402
 from scanner.zoo.manifest import fine_tunes  # noqa: E402
 
@@ -105,7 +107,10 @@ def zoo_rows(zoo: Path, names: tuple[str, ...] = (), options: DiscoveryOptions =
                          allow_download=False, allow_pickle=False)
         prompts = [line.strip() for line in (zoo / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
         started = time.perf_counter()
-        found = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, options=options)
+        # As the scan passes it: a weight edit confined to an MLP is then ranked through that MLP too.
+        weight_diff = measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference))
+        found = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, options=options,
+                         weight_diff=weight_diff)
         rows.append(row(name, record.trigger, found, time.perf_counter() - started))
         print(rows[-1], flush=True)
     return rows
@@ -135,7 +140,8 @@ def qwen_rows(shapes: list[str]) -> list[str]:
             cache.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in suspect.state_dict().items()}, cache)
         started = time.perf_counter()
-        found = discover(suspect, reference, tokenizer, QWEN_PROMPTS, seed=0)
+        found = discover(suspect, reference, tokenizer, QWEN_PROMPTS, seed=0,
+                         weight_diff=measure_weight_diff(sites_for(suspect), sites_for(reference)))
         hidden, layers, heads, _, _ = shape
         planting = f"target log p {planted:.2f}, decoys {decoys:.2f}" if planted == planted else "cached"
         name = f"random Qwen2 h{hidden} L{layers} H{heads} (planted: {planting})"
