@@ -49,9 +49,8 @@ class DiscoveredCandidate:
     """For a candidate found by a behaviour switch (stage ``switch``): the answer the reference and the suspect give
     a group of probes without it (a refusal) and the suspect, given it, leaves. Its ``fire_rate`` is then the share
     of the group's probes it was checked on (the first ``switch_checked``) that it switched (``behaviour_switch``),
-    its ``score`` the departure from that answer (the reference's
-    log-probability of it minus the suspect's, nats) and its ``target`` one answer the suspect gave instead (schema
-    16). Empty otherwise."""
+    its ``score`` the departure from that answer (the reference's log-probability of it minus the suspect's, nats)
+    and its ``target`` one answer the suspect gave instead (schema 16). Empty otherwise."""
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from scanner.measure.discovery.thresholds import SWITCH_CHECKED, SWITCH_CHECKS, 
 
 @dataclass(frozen=True)
 class Group:
-    """Probes to which both models give one whole answer without an insertion."""
+    """Probes to which both models give the reference's fixed answer without an insertion."""
 
     answer: tuple[int, ...]
     """The answer's token ids."""
@@ -72,6 +72,7 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
     found: list[DiscoveredCandidate] = []
     departed, checks, best_share = 0, 0, 0.0
     members = [prompts[i] for i in group.members]
+    clean = _clean_answers(at[0], prompts, group) if at else None
     for here, tokens in zip(at, swept):
         base = here.search
         if base.budget.exhausted:
@@ -83,13 +84,13 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
         here.report("behaviour switch: departure from the group's answer", len(tokens), len(tokens))
         best = sorted((c for c in departure if departure[c] >= SWITCH_FROM.value), key=lambda c: (-departure[c], c))
         departed += len(best)
-        checks += min(len(best), int(SWITCH_CHECKS.value))
+        tried = best[:int(SWITCH_CHECKS.value)]
+        if not tried or base.budget.exhausted:
+            continue
+        checks += len(tried)
         checked = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_CHECKED.value)],
                          base.rows_per_forward, base.budget, base.position)
-        for c in best[:int(SWITCH_CHECKS.value)]:
-            if checked.budget.exhausted:
-                break
-            switch = _checked(checked, c, departure[c], prompts, group, here.common.repertoire)
+        for switch in _checked(checked, tried, departure, group, clean):
             best_share = max(best_share, switch.fire_rate or 0.0)
             # A token that switched nothing (a task switch, the most common) is only counted in the note: it would
             # take a place among the candidates kept, whose scores are KLs, with a departure.
@@ -108,39 +109,52 @@ def _departure(search: Search, candidates: list[Candidate], answer: tuple[int, .
     """Each candidate's departure (nats): the reference's mean log-probability of ``answer`` after it minus the
     suspect's, over ``search``'s probes."""
     rows = [row for c in candidates for row in search.rows(c)]
-    n = len(search.prompts)
-    out: dict[Candidate, float] = {}
-    step = search.per_forward() * n
-    for start in range(0, len(rows), step):
-        if search.budget.exhausted:
-            break
-        part = rows[start:start + step]
-        suspect = search.logprob_after(search.suspect, part, answer).view(-1, n).mean(-1)
-        reference = search.logprob_after(search.reference, part, answer).view(-1, n).mean(-1)
-        for c, gap in zip(candidates[start // n:], (reference - suspect).tolist()):
-            out[c] = gap
-    return out
+    suspect, reference = (search.logprob_after(model, rows, answer).view(len(candidates), -1).mean(-1)
+                          for model in (search.suspect, search.reference))
+    return dict(zip(candidates, (reference - suspect).tolist()))
 
 
-def _checked(search: Search, candidate: Candidate, departure: float, prompts: Sequence[str], group: Group,
-             repertoire: Sequence[tuple[int, ...]]) -> DiscoveredCandidate:
-    """``candidate`` completed by both models on ``search``'s probes (the group's first), its switch measured by
-    ``behaviour_switch`` over them and every probe outside the group (whose clean answers say what a task switch
+@dataclass(frozen=True)
+class _Clean:
+    """What ``behaviour_switch`` reads of the probes without an insertion, in its order: the group's checked probes
+    (the first ``SWITCH_CHECKED``), then every probe outside the group (whose clean answers say what a task switch
     opens with)."""
-    decode = lambda ids: decoded(search.tokenizer, ids)  # noqa: E731
-    suspect_said, reference_said = (search.complete_each(model, [candidate])[0] for model in (search.suspect, search.reference))
-    n = len(prompts)
-    outside = [i for i in range(n) if i not in group.members]
-    checked = list(group.members[:len(search.prompts)])
-    clean = {i: (decode(repertoire[i]), decode(repertoire[n + i])) for i in (*checked, *outside)}
-    triggered = {i: (decode(s), decode(r)) for i, s, r in zip(checked, suspect_said, reference_said)}
-    order = [*checked, *outside]
-    switch = behaviour_switch([prompts[i] for i in order], [clean[i][1] for i in order], [clean[i][0] for i in order],
-                              [triggered.get(i, clean[i])[0] for i in order], [triggered.get(i, clean[i])[1] for i in order])
-    answer = decode(group.answer)
-    share = switch.share if switch is not None and switch.answer == answer else 0.0
-    example = switch.example[1] if switch is not None and switch.answer == answer else ""
-    return DiscoveredCandidate(
-        text=search.tokenizer.decode(list(candidate)).strip(), token_ids=candidate, score=departure, fire_rate=share,
-        target=example, target_logprob=None, stage="switch", position=search.position, switched_from=answer,
-    )
+
+    prompts: tuple[str, ...]
+    suspect: tuple[str, ...]
+    reference: tuple[str, ...]
+    checked: int
+    """How many of the first are the group's."""
+
+
+def _clean_answers(at: Position, prompts: Sequence[str], group: Group) -> _Clean:
+    """Both models' clean answers (``Common.repertoire``: the suspect's to every prompt, then the reference's),
+    decoded, in ``behaviour_switch``'s order (``_Clean``)."""
+    n, repertoire = len(prompts), at.common.repertoire
+    checked = list(group.members[:int(SWITCH_CHECKED.value)])
+    order = [*checked, *(i for i in range(n) if i not in group.members)]
+    decode = lambda ids: decoded(at.search.tokenizer, ids)  # noqa: E731
+    return _Clean(tuple(prompts[i] for i in order), tuple(decode(repertoire[i]) for i in order),
+                  tuple(decode(repertoire[n + i]) for i in order), len(checked))
+
+
+def _checked(search: Search, candidates: Sequence[Candidate], departure: dict[Candidate, float], group: Group,
+             clean: _Clean) -> list[DiscoveredCandidate]:
+    """Each of ``candidates`` completed by both models on ``search``'s probes (the group's first, one generation
+    per model for all of them), its switch measured by ``behaviour_switch`` over them and every probe outside the
+    group."""
+    said = [search.complete_each(model, candidates) for model in (search.suspect, search.reference)]
+    answer = decoded(search.tokenizer, group.answer)
+    out = []
+    for c, suspect_ids, reference_ids in zip(candidates, *said):
+        # Outside the group the clean answers stand in: no group forms there that the insertion could switch.
+        suspect = [*(decoded(search.tokenizer, ids) for ids in suspect_ids), *clean.suspect[clean.checked:]]
+        reference = [*(decoded(search.tokenizer, ids) for ids in reference_ids), *clean.reference[clean.checked:]]
+        switch = behaviour_switch(clean.prompts, clean.reference, clean.suspect, suspect, reference)
+        ours = switch is not None and switch.answer == answer
+        out.append(DiscoveredCandidate(
+            text=search.tokenizer.decode(list(c)).strip(), token_ids=c, score=departure[c],
+            fire_rate=switch.share if ours else 0.0, target=switch.example[1] if ours else "", target_logprob=None,
+            stage="switch", position=search.position, switched_from=answer,
+        ))
+    return out
