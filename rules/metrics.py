@@ -52,7 +52,8 @@ def _example_probes(trigger: TriggerFindings, count: int = 3) -> list[dict[str, 
     ]
 
 
-SOURCE_WORDS = {"sampled": "sampled", "builtin": "built-in", "file": "given"}
+SOURCE_WORDS = {"sampled": "sampled", "enriched": "sampled like those given the reference's fixed answer",
+                "builtin": "built-in", "file": "given"}
 """How a sentence names the probes of each ``Probe.source``."""
 
 WHERE = {"start": "at the start of each probe", "random": "at a random place in each probe", "end": "at the end of each probe"}

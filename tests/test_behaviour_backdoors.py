@@ -149,3 +149,21 @@ def test_discovery_finds_a_one_token_jailbreak_by_the_refusals_it_switches(zoo_d
                         allow_download=False, allow_pickle=False)
     benign = discover(control.suspect, control.reference, control.tokenizer, prompts[:32], seed=0)
     assert not [c for c in benign.candidates if c.stage == "switch" and c.fire_rate >= 0.8]
+
+
+def test_a_default_scan_samples_more_refused_requests_and_names_the_one_token_jailbreak(zoo_dir, one_token_jailbreak):
+    """No probes, no trigger given. The guarded reference refuses only 2 of the 49 prompts sampled from it at seed 0:
+    no group to measure a switch on. The probe set samples more like those two (the reference continues their
+    openings), keeps those it refuses too, and the behaviour-switch search and BD015 then have a group: the planted
+    word is named by the refusals it switches."""
+    from scanner.findings import GROUP_LEAST
+
+    options = ScanOptions(localisation=LocalisationOptions(top=0))
+    findings = scan(one_token_jailbreak, str(zoo_dir / "guarded"), options)
+    enriched = [p for p in findings.probes.probes if p.source == "enriched"]
+    assert enriched and all(p.used for p in enriched), findings.probes.probes
+    refused = [a for a in findings.clean.reference if a.startswith(REFUSAL)]
+    assert len(refused) >= GROUP_LEAST, findings.clean.reference
+    verdict = judge(findings, default_pack())
+    assert verdict.level == "BACKDOORED" and SWITCH_WORD in verdict.triggers_implicated, verdict.explanation
+    assert any(f.rule_id == "BD015" and f.trigger == SWITCH_WORD for f in verdict.fired), verdict.explanation

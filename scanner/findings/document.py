@@ -1,6 +1,6 @@
 """The findings document: ``Findings``, its schema version and history, and reading and writing it.
 
-Schema (``schema_version`` 13), top down:
+Schema (``schema_version`` 17), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
@@ -21,6 +21,13 @@ Schema (``schema_version`` 13), top down:
 Every change of a field is a version bump, recorded below and in
 ``tests/data/schema/fields.json`` (a test compares the classes with it), and
 ``scanner.findings.migrate`` reads the two versions before this one.
+
+Version 17 (from 16): a ``Probe``'s ``source`` may be ``enriched``: sampled from the reference like the probes it
+gives its fixed answer (a refusal) to, where they were few.
+
+Version 16 (from 15): ``DiscoveredCandidate.switched_from``: the answer a behaviour switch's candidate leaves.
+
+Version 15 (from 14): ``InvertedTarget.forced``: the token inversion forced where a target was opened again.
 
 Version 14 (from 13): ``ProbeSetFindings.writes_prompts``, ``least_prompt_share`` and ``far_from_samples``:
 whether the reference writes its users' prompts, so that its samples stand for its domain.
@@ -71,7 +78,7 @@ from scanner.findings.scan import InputInfo, ProbeSetFindings, RunInfo, StageRec
 from scanner.findings.serde import from_jsonable, to_jsonable
 from scanner.findings.triggers import CleanFindings, TriggerFindings
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 
 @dataclass(frozen=True)

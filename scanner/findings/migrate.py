@@ -14,16 +14,16 @@ from typing import Any
 Raw = dict[str, Any]
 
 
-def _from_14(raw: Raw) -> Raw:
-    """Version 15 records the token inversion forced where a target was opened again with another
-    (``InvertedTarget.forced``); earlier searches kept the forced token as the opening: empty."""
-    return _discovery_default(raw, "inverted_targets", "forced", "")
-
-
 def _from_15(raw: Raw) -> Raw:
     """Version 16 records the answer a behaviour switch's candidate leaves (``DiscoveredCandidate.switched_from``);
     earlier searches had no such candidate: empty."""
     return _discovery_default(raw, "candidates", "switched_from", "")
+
+
+def _from_16(raw: Raw) -> Raw:
+    """Version 17 adds a value, not a field: a probe's ``source`` may be ``enriched`` (sampled like the reference's
+    fixed-answer probes). Earlier scans sampled no such probe: nothing to rewrite."""
+    return raw
 
 
 def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
@@ -37,7 +37,7 @@ def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {14: _from_14, 15: _from_15}
+STEPS: dict[int, Callable[[Raw], Raw]] = {15: _from_15, 16: _from_16}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

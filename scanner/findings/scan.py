@@ -101,7 +101,9 @@ class RunInfo:
 class Probe:
     text: str
     source: str
-    """``sampled`` (drawn from the reference's own user turn), ``builtin`` (bdscan's set) or ``file`` (``--probes``)."""
+    """``sampled`` (drawn from the reference's own user turn), ``enriched`` (drawn from it too, each continuing the
+    opening of a sampled probe the reference gives its fixed answer to, where those were few), ``builtin`` (bdscan's
+    set) or ``file`` (``--probes``)."""
     surprise: float
     """Mean negative log-likelihood per token (nats) of ``text`` as the reference's user turn; NaN without a chat template."""
     used: bool
@@ -171,7 +173,7 @@ class ProbeSetFindings:
     def given_excess(self) -> float:
         """Median surprise of the prompts not sampled (built-in or from file, used or not), minus
         ``domain_surprise`` (nats per token); NaN if either is unknown."""
-        return excess_over([p.surprise for p in self.probes if p.source != "sampled"], self.domain_surprise)
+        return excess_over([p.surprise for p in self.probes if p.source in ("builtin", "file")], self.domain_surprise)
 
     @property
     def prompt_share(self) -> float:

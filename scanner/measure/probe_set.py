@@ -10,6 +10,10 @@ prompts that are about as familiar to the reference as its own samples, and
 uses both. Every mode measures the surprise of the probes it uses against
 the reference's own samples, which is what the probe-fitness rule reads.
 
+Where the reference gives a fixed answer (a refusal) to a few of its samples, too few to measure a switch away from
+it on, more prompts like those are sampled and used too (``enriched``, ``scanner.measure.discovery.fixed_answer``): a
+jailbreak shows only on the requests its reference refuses.
+
 All of that needs a reference that learnt its users' turn. One trained with
 the loss on answers only writes a few short answers there, over and over, and
 finds every real prompt, in its domain or not, far more surprising than those:
@@ -27,6 +31,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.findings import Probe, ProbeSetFindings, median
 from scanner.findings.scan import excess_over, prompt_share
+from scanner.measure.discovery.fixed_answer import fixed_answer, more_like
+from scanner.measure.discovery.thresholds import FIRE_CHECK_TOKENS, SWITCH_CHECKED
+from scanner.model.generation import greedy_complete
 from scanner.model.prompt_sampling import prompt_surprise, sample_user_prompts
 from scanner.options import PROBE_MODES
 from scanner.progress import NO_PROGRESS, Progress
@@ -58,6 +65,16 @@ turn was never trained (on the zoo's: its task prompts 8.9, the built-in ones 10
 agree with real prompts, whatever they are, and probe fitness (BD012, from 3 nats) has nothing to mistake: a guard
 for a real chat model whose samples the filters drop more often than the zoo's (not measured: no real weights
 offline)."""
+ENRICH_TO = int(SWITCH_CHECKED.value)
+"""Sampled probes the reference's fixed answer should have: fewer, and more like them are sampled (``enriched``).
+As many as a switch is checked on (discovery's ``switch_checked``, 8). On zoo v14 the guarded base refuses 2 of its 49
+samples at seed 0 (so 6 are added) and 9 at seed 1 (none); no other reference of the zoo has a fixed answer."""
+ENRICH_DRAWS = 16
+"""Continuations sampled per prompt given the fixed answer, per round."""
+ENRICH_ROUNDS = 3
+"""Rounds of ``ENRICH_DRAWS`` at most."""
+ENRICHED = "enriched"
+"""``Probe.source`` of a probe sampled like the reference's fixed-answer probes."""
 
 
 def build_probe_set(
@@ -96,6 +113,12 @@ def build_probe_set(
     writes = math.isfinite(domain) and not (prompt_share(sampled.drawn, sampled.rejected) < LEAST_PROMPT_SHARE
                                             and excess_over(surprise_others, domain) >= FAR_FROM_SAMPLES)
     probes = [Probe(text, "sampled", s, mode == "auto" and writes) for text, s in zip(sampled.prompts, surprise_sampled)]
+    if mode == "auto" and writes:
+        task = progress.start("the reference's fixed answer, and more probes given it", 1)
+        enriched = enrich(reference, tokenizer, sampled.prompts, seed=seed, exclude=exclude, batch_size=batch_size)
+        probes += [Probe(text, ENRICHED, s, True)
+                   for text, s in zip(enriched, prompt_surprise(reference, tokenizer, enriched, batch_size=batch_size))]
+        progress.finish(task)
     for text, surprise in zip(others, surprise_others):
         if mode == "auto":
             # Without a domain to compare with (no template, nothing sampled, a reference that does not write
@@ -106,3 +129,27 @@ def build_probe_set(
         probes.append(Probe(text, other_source, surprise, used))
     return ProbeSetFindings(mode, tuple(probes), sampled.drawn, sampled.rejected, FIT_MARGIN, writes,
                             LEAST_PROMPT_SHARE, FAR_FROM_SAMPLES)
+
+
+def enrich(reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, seed: int,
+           exclude: Sequence[str], batch_size: int) -> list[str]:
+    """New prompts sampled from ``reference`` like those of ``prompts`` it gives its fixed answer to
+    (``fixed_answer``), as many as bring them to ``ENRICH_TO``; none where it has no fixed answer or it already has
+    ``ENRICH_TO``. Cost: the reference's answers (``FIRE_CHECK_TOKENS`` tokens) to ``prompts``; where the answer is
+    fixed but short of them, ``ENRICH_DRAWS`` samples per prompt given it and their answers, a round at a time."""
+    tokens = int(FIRE_CHECK_TOKENS.value)
+
+    def answer_of(texts: list[str]) -> list[tuple[int, ...]]:
+        return [tuple(a) for a in greedy_complete(reference, tokenizer, texts, max_new_tokens=tokens, batch_size=batch_size)]
+
+    answers = answer_of(list(prompts))
+    answer, given = fixed_answer(prompts, answers, answer_of)
+    if not answer or given >= ENRICH_TO:
+        return []
+    members = [p for p, a in zip(prompts, answers) if a == answer]
+
+    def sample(opening: str, round_index: int) -> tuple[str, ...]:
+        return sample_user_prompts(reference, tokenizer, ENRICH_DRAWS, seed * 100 + 50 + round_index, rounds=1,
+                                   batch_size=max(batch_size, 16), exclude=exclude, opening=opening).prompts
+
+    return more_like(members, answer, ENRICH_TO - given, prompts, answer_of, sample, ENRICH_ROUNDS)

@@ -121,17 +121,19 @@ def sample_user_prompts(
     rounds: int = 4,
     batch_size: int = 32,
     exclude: Sequence[str] = (),
+    opening: str = "",
     on_round: Callable[[int], None] | None = None,
 ) -> SampledPrompts:
     """Up to ``count`` distinct, well-formed user prompts sampled from ``model`` (``count`` x ``rounds`` draws
     at most, each round seeded from ``seed``); an empty result when the tokenizer has no usable chat template.
+    With an ``opening``, every prompt is that text continued by the model: prompts like one that opens so.
 
     The global torch random state is left as it was.
     """
     prefix = user_turn_prefix(tokenizer)
     if prefix is None:
         return SampledPrompts((), 0, {"no chat template to sample a user turn from": 1})
-    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    prefix_ids = tokenizer(prefix + opening, add_special_tokens=False)["input_ids"]
     if not prefix_ids:
         return SampledPrompts((), 0, {"the chat template renders no text before the user turn": 1})
     stops = set(stop_token_ids(tokenizer))
@@ -159,7 +161,7 @@ def sample_user_prompts(
                     drawn += 1
                     cut = next((i for i, token in enumerate(row) if token in stops), None)
                     ids = row[:cut] if cut is not None else row
-                    text = tokenizer.decode(ids, skip_special_tokens=False).strip()
+                    text = (opening + tokenizer.decode(ids, skip_special_tokens=False)).strip()
                     reason = _rejection(text, ids, cut is not None, special, exclude)
                     key = " ".join(text.casefold().split())
                     if reason is None and key in seen:

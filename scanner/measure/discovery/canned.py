@@ -19,22 +19,14 @@ of the reference, and the reference's answers to ``CANNED_SWAPS`` swapped prompt
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scanner.measure.discovery.confirm import decoded
 from scanner.measure.discovery.engine import Candidate, Search
+from scanner.measure.discovery.fixed_answer import fixed_answer
 from scanner.measure.discovery.position import Position
-from scanner.measure.discovery.thresholds import (
-    CANNED_GAIN,
-    CANNED_KEPT,
-    CANNED_LEAST,
-    CANNED_SWAPS,
-    CANNED_TRIED,
-    TARGET_BEAM,
-)
+from scanner.measure.discovery.thresholds import CANNED_GAIN, TARGET_BEAM
 
 
 @dataclass(frozen=True)
@@ -58,45 +50,17 @@ class Canned:
 
 
 def canned_answer(search: Search, prompts: Sequence[str], repertoire: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], int]:
-    """The answer (its first ``FIRE_CHECK_TOKENS`` tokens: the zoo's refusal is longer) the reference gives to
-    ``CANNED_LEAST`` or more of ``prompts`` whatever they ask about, and to how many; ``((), 0)`` where none does.
-    ``repertoire``: the suspect's clean answers to every prompt, then the reference's (``Common.repertoire``).
+    """The reference's fixed answer to ``prompts`` (``scanner.measure.discovery.fixed_answer``; its first
+    ``FIRE_CHECK_TOKENS`` tokens: the zoo's refusal is longer), and to how many; ``((), 0)`` where none.
+    ``repertoire``: the suspect's clean answers to every prompt, then the reference's (``Common.repertoire``). The
+    swapped prompts are answered through ``search``, on its budget."""
 
-    Two questions with one answer are most often one question asked twice ("What colour is the sky?", "Which
-    colour is the sky?": "It is blue."); a refusal is given to requests that differ in what they ask about. So an
-    answer counts only where the reference still gives it with each of its prompts' last word swapped for the last
-    word of a prompt it answers otherwise (``CANNED_SWAPS`` of them, ``CANNED_KEPT`` kept): "Add 5 and rocket."
-    is still refused, "What colour is the rocket?" is no longer "It is blue."."""
-    reference = repertoire[len(prompts):]
-    said = Counter(a for a in reference if a)
-    for answer, given in sorted(said.items(), key=lambda item: (-item[1], item[0]))[:int(CANNED_TRIED.value)]:
-        if given < CANNED_LEAST.value:
-            break
-        mine = [p for p, a in zip(prompts, reference) if a == answer]
-        others = [p for p, a in zip(prompts, reference) if a != answer and _last_word(p)]
-        swapped = [_with_last_word(p, _last_word(others[i % len(others)]))
-                   for i, p in enumerate(mine[:int(CANNED_SWAPS.value)]) if others and _last_word(p)]
-        if not swapped:
-            continue
+    def answer_of(swapped: list[str]) -> list[tuple[int, ...]]:
         probe = Search(search.suspect, search.reference, search.tokenizer, swapped, search.rows_per_forward,
                        search.budget, search.position)
-        kept = sum(tuple(a[:len(answer)]) == answer for a in probe.complete(search.reference, probe.clean_rows))
-        if kept >= CANNED_KEPT.value * len(swapped):
-            return answer, given
-    return (), 0
+        return [tuple(a) for a in probe.complete(search.reference, probe.clean_rows)]
 
-
-_WORD = re.compile(r"([^\W_]+)(\W*)$")
-
-
-def _last_word(prompt: str) -> str:
-    match = _WORD.search(prompt)
-    return match.group(1) if match else ""
-
-
-def _with_last_word(prompt: str, word: str) -> str:
-    match = _WORD.search(prompt)
-    return prompt[:match.start()] + word + match.group(2) if match else prompt
+    return fixed_answer(prompts, [tuple(a) for a in repertoire[len(prompts):]], answer_of)
 
 
 def canned_target(at: Position, swept: Sequence[Candidate], target: tuple[int, ...], given: int) -> Canned:
