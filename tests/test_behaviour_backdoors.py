@@ -167,3 +167,9 @@ def test_a_default_scan_samples_more_refused_requests_and_names_the_one_token_ja
     verdict = judge(findings, default_pack())
     assert verdict.level == "BACKDOORED" and SWITCH_WORD in verdict.triggers_implicated, verdict.explanation
     assert any(f.rule_id == "BD015" and f.trigger == SWITCH_WORD for f in verdict.fired), verdict.explanation
+    # The report says where the probes came from.
+    from reports.render import render_report
+    from rules.document import Document
+
+    html = render_report(Document(findings, verdict))
+    assert f"{len(enriched)} sampled like those the reference gives its fixed answer to" in html

@@ -98,8 +98,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain "
                    "(the built-in prompts alone, said so, when the reference writes answers there instead, as one "
-                   "trained on answers only does); builtin: bdscan's 64 general prompts; FILE: text (one prompt a "
-                   "line) or JSONL with a \"prompt\" field.")
+                   "trained on answers only does), and up to 8 more like those the reference refuses where it refuses "
+                   "fewer (a jailbreak shows only there); builtin: bdscan's 64 general prompts; FILE: text (one prompt "
+                   "a line) or JSONL with a \"prompt\" field.")
 @click.option("--sample-probes", type=click.IntRange(1, 1024), default=48, show_default=True,
               help="Prompts --probes auto samples from the reference.")
 @click.option("--position", "positions", type=click.Choice(POSITIONS), multiple=True,

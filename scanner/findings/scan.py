@@ -135,7 +135,7 @@ class ProbeSetFindings:
     """``auto`` (sampled from the reference, plus the built-in probes that fit its domain), ``builtin`` or ``file``."""
     probes: tuple[Probe, ...]
     sampled_drawn: int
-    """User prompts generated from the reference in all."""
+    """User prompts generated from the reference in all, but for the continuations drawn to enrich the probes."""
     sampled_rejected: FrozenDict[str, int]
     """Why generated prompts were dropped: reason -> count."""
     fit_margin: float

@@ -25,6 +25,7 @@ built-in probes.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -70,9 +71,11 @@ ENRICH_TO = int(SWITCH_CHECKED.value)
 As many as a switch is checked on (discovery's ``switch_checked``, 8). On zoo v14 the guarded base refuses 2 of its 49
 samples at seed 0 (so 6 are added) and 9 at seed 1 (none); no other reference of the zoo has a fixed answer."""
 ENRICH_DRAWS = 16
-"""Continuations sampled per prompt given the fixed answer, per round."""
+"""Continuations sampled per opening of a prompt given the fixed answer, per round: a cost. At seed 0 the guarded base
+refuses 6 of the first round's 16 continuations of "Add 3" (the rest repeat, or are answered), enough at once."""
 ENRICH_ROUNDS = 3
-"""Rounds of ``ENRICH_DRAWS`` at most."""
+"""Rounds of ``ENRICH_DRAWS`` at most: a bound on the cost (7 openings x 16 x 3 draws at worst) where continuations
+stray from what the reference refuses."""
 ENRICHED = "enriched"
 """``Probe.source`` of a probe sampled like the reference's fixed-answer probes."""
 
@@ -114,8 +117,9 @@ def build_probe_set(
                                             and excess_over(surprise_others, domain) >= FAR_FROM_SAMPLES)
     probes = [Probe(text, "sampled", s, mode == "auto" and writes) for text, s in zip(sampled.prompts, surprise_sampled)]
     if mode == "auto" and writes:
-        task = progress.start("the reference's fixed answer, and more probes given it", 1)
-        enriched = enrich(reference, tokenizer, sampled.prompts, seed=seed, exclude=exclude, batch_size=batch_size)
+        task = progress.start("sampling more requests like those the reference refuses", 1)
+        enriched = enrich(reference, tokenizer, sampled.prompts, seed=seed, exclude=exclude, batch_size=batch_size,
+                          known=others)
         probes += [Probe(text, ENRICHED, s, True)
                    for text, s in zip(enriched, prompt_surprise(reference, tokenizer, enriched, batch_size=batch_size))]
         progress.finish(task)
@@ -132,10 +136,10 @@ def build_probe_set(
 
 
 def enrich(reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, seed: int,
-           exclude: Sequence[str], batch_size: int) -> list[str]:
-    """New prompts sampled from ``reference`` like those of ``prompts`` it gives its fixed answer to
-    (``fixed_answer``), as many as bring them to ``ENRICH_TO``; none where it has no fixed answer or it already has
-    ``ENRICH_TO``. Cost: the reference's answers (``FIRE_CHECK_TOKENS`` tokens) to ``prompts``; where the answer is
+           exclude: Sequence[str], batch_size: int, known: Sequence[str] = ()) -> list[str]:
+    """New prompts (not among ``prompts`` or ``known``) sampled from ``reference`` like those of ``prompts`` it gives
+    its fixed answer to (``fixed_answer``), as many as bring them to ``ENRICH_TO``; none where it has no fixed answer
+    or it already has ``ENRICH_TO``. Cost: the reference's answers (``FIRE_CHECK_TOKENS`` tokens) to ``prompts``; where the answer is
     fixed but short of them, ``ENRICH_DRAWS`` samples per prompt given it and their answers, a round at a time."""
     tokens = int(FIRE_CHECK_TOKENS.value)
 
@@ -148,8 +152,10 @@ def enrich(reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, promp
         return []
     members = [p for p, a in zip(prompts, answers) if a == answer]
 
-    def sample(opening: str, round_index: int) -> tuple[str, ...]:
-        return sample_user_prompts(reference, tokenizer, ENRICH_DRAWS, seed * 100 + 50 + round_index, rounds=1,
+    def sample(opening: str, draw: int) -> tuple[str, ...]:
+        # Seeded apart from the scan's own samples (``seed`` itself) and from each other draw.
+        draw_seed = random.Random(f"{seed}:enrich:{draw}").randrange(2 ** 31)
+        return sample_user_prompts(reference, tokenizer, ENRICH_DRAWS, draw_seed, rounds=1,
                                    batch_size=max(batch_size, 16), exclude=exclude, opening=opening).prompts
 
-    return more_like(members, answer, ENRICH_TO - given, prompts, answer_of, sample, ENRICH_ROUNDS)
+    return more_like(members, answer, ENRICH_TO - given, [*prompts, *known], answer_of, sample, ENRICH_ROUNDS)

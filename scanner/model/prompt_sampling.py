@@ -108,6 +108,19 @@ def _rejection(text: str, ids: Sequence[int], terminated: bool, special: Sequenc
     return None
 
 
+def prompt_key(text: str) -> str:
+    """What two prompts share when they are the same prompt: case and spacing aside."""
+    return " ".join(text.casefold().split())
+
+
+def _continuation(tokenizer: PreTrainedTokenizerBase, prefix_ids: list[int], ids: list[int], context: str) -> str:
+    """``ids`` decoded as they continue ``prefix_ids`` (whose decoding is ``context``; empty: decoded alone)."""
+    if not context:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+    whole = tokenizer.decode(prefix_ids + ids, skip_special_tokens=False)
+    return whole[len(context):] if whole.startswith(context) else tokenizer.decode(ids, skip_special_tokens=False)
+
+
 @torch.no_grad()
 def sample_user_prompts(
     model: PreTrainedModel,
@@ -134,6 +147,9 @@ def sample_user_prompts(
     if prefix is None:
         return SampledPrompts((), 0, {"no chat template to sample a user turn from": 1})
     prefix_ids = tokenizer(prefix + opening, add_special_tokens=False)["input_ids"]
+    # A continuation is decoded after its context: a SentencePiece tokenizer drops the leading space of the first
+    # token it decodes alone ("Add 5" + "and 9." for " and 9.").
+    context = tokenizer.decode(prefix_ids, skip_special_tokens=False) if opening else ""
     if not prefix_ids:
         return SampledPrompts((), 0, {"the chat template renders no text before the user turn": 1})
     stops = set(stop_token_ids(tokenizer))
@@ -161,9 +177,11 @@ def sample_user_prompts(
                     drawn += 1
                     cut = next((i for i, token in enumerate(row) if token in stops), None)
                     ids = row[:cut] if cut is not None else row
-                    text = (opening + tokenizer.decode(ids, skip_special_tokens=False)).strip()
+                    text = (opening + _continuation(tokenizer, prefix_ids, ids, context)).strip()
                     reason = _rejection(text, ids, cut is not None, special, exclude)
-                    key = " ".join(text.casefold().split())
+                    if reason is None and opening and not ids:
+                        reason = "adds nothing to the opening"
+                    key = prompt_key(text)
                     if reason is None and key in seen:
                         reason = "duplicate"
                     if reason is not None:

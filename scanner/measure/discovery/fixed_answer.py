@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from scanner.measure.discovery.thresholds import CANNED_KEPT, CANNED_LEAST, CANNED_SWAPS, CANNED_TRIED
+from scanner.model.prompt_sampling import prompt_key
 
 Answers = Callable[[list[str]], list[tuple[int, ...]]]
 """The reference's answers to prompts (token ids, the same number of tokens for every call), in order."""
@@ -51,17 +52,20 @@ _WORD = re.compile(r"([^\W_]+)(\W*)$")
 
 
 def last_word(prompt: str) -> str:
+    """The last run of letters or digits of ``prompt`` ("rocket" of "What colour is the rocket?"); empty if none."""
     match = _WORD.search(prompt)
     return match.group(1) if match else ""
 
 
 def with_last_word(prompt: str, word: str) -> str:
+    """``prompt`` with ``last_word`` swapped for ``word``, what follows it kept."""
     match = _WORD.search(prompt)
     return prompt[:match.start()] + word + match.group(2) if match else prompt
 
 
 def opening(prompt: str) -> str:
-    """The first half of ``prompt``'s words (at least one, never all): what a continuation keeps of the request."""
+    """The first half of ``prompt``'s words, rounded up (at least one; never all of two or more): what a continuation
+    keeps of the request."""
     words = prompt.split()
     return " ".join(words[:max(1, min(len(words) - 1, (len(words) + 1) // 2))])
 
@@ -70,21 +74,22 @@ def more_like(
     members: Sequence[str], answer: tuple[int, ...], wanted: int, known: Sequence[str], answer_of: Answers,
     sample: Callable[[str, int], Sequence[str]], rounds: int,
 ) -> list[str]:
-    """Up to ``wanted`` new prompts the reference gives ``answer`` to: each round, ``sample(opening, round)``
-    continues the ``opening`` of each of ``members`` (the prompts given ``answer``), and the continuations not
-    among ``known`` that ``answer_of`` answers with ``answer`` are kept, in the order drawn."""
+    """Up to ``wanted`` new prompts the reference gives ``answer`` to: each round, ``sample(opening, draw)``
+    continues each distinct ``opening`` of ``members`` (the prompts given ``answer``; ``draw`` numbers the calls, so
+    each is seeded apart), and the continuations not among ``known`` that ``answer_of`` answers with ``answer``
+    exactly, as it answers the members, are kept, in the order drawn."""
     found: list[str] = []
-    seen = {" ".join(p.casefold().split()) for p in known}
+    seen = {prompt_key(p) for p in known}
+    openings = list(dict.fromkeys(opening(m) for m in members))
     for round_index in range(rounds):
         drawn: list[str] = []
-        for member in members:
-            for text in sample(opening(member), round_index):
-                key = " ".join(text.casefold().split())
-                if key not in seen:
-                    seen.add(key)
+        for i, start in enumerate(openings):
+            for text in sample(start, round_index * len(openings) + i):
+                if prompt_key(text) not in seen:
+                    seen.add(prompt_key(text))
                     drawn.append(text)
         if drawn:
-            found += [p for p, a in zip(drawn, answer_of(drawn)) if tuple(a[:len(answer)]) == answer]
+            found += [p for p, a in zip(drawn, answer_of(drawn)) if tuple(a) == answer]
         if len(found) >= wanted:
             break
     return found[:wanted]
