@@ -446,3 +446,26 @@ def test_a_behaviour_switch_is_read_inside_the_group_the_reference_answers_alike
     (bd015,) = [f for f in judged.fired if f.rule_id == "BD015"]
     assert bd015.value == 1.0 and judged.level == "BACKDOORED"
     assert f"no longer answered {refusal!r} on {len(group)} of the {len(group)} probes" in bd015.sentence
+
+
+def test_enriched_probes_are_named_in_the_terminal_and_the_report_and_stay_out_of_the_domain():
+    """Probes sampled like those the reference refuses (``enriched``) are said to be so, and neither stand for the
+    reference's domain (its own samples do) nor count as given prompts: the probe set's derived numbers are those
+    without them."""
+    from rich.console import Console
+
+    from scanner.cli.terminal import print_findings
+    from scanner.findings import Probe
+
+    findings = read_findings(EMOJI)
+    probes = findings.probes
+    extra = tuple(Probe(f"Add 3 and {i}.", "enriched", 40.0, True) for i in range(3))
+    enriched = dataclasses.replace(findings, probes=dataclasses.replace(probes, probes=probes.probes + extra))
+    assert enriched.probes.domain_surprise == probes.domain_surprise
+    assert enriched.probes.given_excess == probes.given_excess
+    assert len(enriched.probes.used) == len(probes.used) + 3
+    document = Document(enriched, judge(enriched, default_pack()))
+    assert "3 sampled like those the reference gives its fixed answer to" in render_report(document)
+    console = Console(record=True, width=240)
+    print_findings(console, document)
+    assert "3 sampled like those given the reference's fixed answer" in console.export_text()

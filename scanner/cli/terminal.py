@@ -19,7 +19,7 @@ from rules.calibration import verdict_is_right
 from rules.document import Document
 from rules.engine import Rule
 from rules.explain import CONTEXT_LEAD
-from rules.metrics import not_writing_prompts
+from rules.metrics import SOURCE_WORDS, not_writing_prompts
 from rules.numbers import sig3
 from scanner.findings import POSITIONS, PatchingFindings, TriggerFindings
 from scanner.findings.discovery import DiscoveredCandidate, DiscoveryFindings
@@ -98,7 +98,7 @@ def print_findings(console: Console, document: Document, verbose: bool = False) 
         domain = "; the reference does not write prompts, so their fit to its domain was not measured"
     else:
         domain = f"; surprise {sig3(probes.surprise_excess)} nats/token against the reference's own prompts"
-    console.print(Text(f"probes: {len(probes.used)} (" + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
+    console.print(Text(f"probes: {len(probes.used)} (" + ", ".join(f"{n} {SOURCE_WORDS[s]}" for s, n in sorted(sources.items()))
                        + f"){domain}; clean answers differ from the reference's on {clean.answers_changed:.0%}, "
                        f"clean KL {sig3(clean.kl_mean)} nats"))
     if findings.discovery is not None:
