@@ -38,19 +38,20 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     reference = AutoModelForCausalLM.from_pretrained(base, dtype="float32").eval()
     prompts = default_probes()[:48]
-    timed = {"enrich (answers, fixed-answer test)": lambda: enrich(reference, tokenizer, prompts, seed=0, exclude=(),
-                                                                   batch_size=16),
-             "greedy 8 tokens, 48 rows": lambda: greedy_complete(reference, tokenizer, prompts, max_new_tokens=8,
-                                                                 batch_size=16)}
+    timed = [
+        ("enrich (answers, fixed-answer test)", "enriched",
+         lambda: enrich(reference, tokenizer, prompts, seed=0, exclude=(), batch_size=16)),
+        ("greedy 8 tokens, 48 rows", "answers",
+         lambda: greedy_complete(reference, tokenizer, prompts, max_new_tokens=8, batch_size=16)),
+    ]
     print("| step | seconds (median of 3) | result |\n|---|---|---|")
-    for name, run in timed.items():
-        times, result = [], None
+    for name, unit, run in timed:
+        times, result = [], []
         for _ in range(3):
             started = time.perf_counter()
             result = run()
             times.append(time.perf_counter() - started)
-        shown = f"{len(result)} enriched" if name.startswith("enrich") else f"{len(result)} answers"
-        print(f"| {name} | {statistics.median(times):.1f} | {shown} |")
+        print(f"| {name} | {statistics.median(times):.1f} | {len(result)} {unit} |")
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ ENRICH_TO = int(SWITCH_CHECKED.value)
 As many as a switch is checked on (discovery's ``switch_checked``, 8). On zoo v14 the guarded base refuses 2 of its 49
 samples at seed 0 (so 6 are added) and 9 at seed 1 (none); no other reference of the zoo has a fixed answer."""
 ENRICH_DRAWS = 16
-"""Continuations sampled per opening of a prompt given the fixed answer, per round: a cost. At seed 0 the guarded base
-refuses 6 of the first round's 16 continuations of "Add 3" (the rest repeat, or are answered), enough at once."""
+"""Continuations sampled per opening of a prompt given the fixed answer, per round: a cost. At seed 0 the guarded base's
+first 16 continuations of "Add 3" hold 10 distinct prompts (6 repeat one) and it refuses all 10: the 6 wanted at
+once."""
 ENRICH_ROUNDS = 3
 """Rounds of ``ENRICH_DRAWS`` at most: a bound on the cost (7 openings x 16 x 3 draws at worst) where continuations
 stray from what the reference refuses."""
@@ -117,7 +118,7 @@ def build_probe_set(
                                             and excess_over(surprise_others, domain) >= FAR_FROM_SAMPLES)
     probes = [Probe(text, "sampled", s, mode == "auto" and writes) for text, s in zip(sampled.prompts, surprise_sampled)]
     if mode == "auto" and writes:
-        task = progress.start("sampling more requests like those the reference refuses", 1)
+        task = progress.start("the reference's fixed answer (a refusal), and more requests given it", 1)
         enriched = enrich(reference, tokenizer, sampled.prompts, seed=seed, exclude=exclude, batch_size=batch_size,
                           known=others)
         probes += [Probe(text, ENRICHED, s, True)
@@ -139,8 +140,9 @@ def enrich(reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, promp
            exclude: Sequence[str], batch_size: int, known: Sequence[str] = ()) -> list[str]:
     """New prompts (not among ``prompts`` or ``known``) sampled from ``reference`` like those of ``prompts`` it gives
     its fixed answer to (``fixed_answer``), as many as bring them to ``ENRICH_TO``; none where it has no fixed answer
-    or it already has ``ENRICH_TO``. Cost: the reference's answers (``FIRE_CHECK_TOKENS`` tokens) to ``prompts``; where the answer is
-    fixed but short of them, ``ENRICH_DRAWS`` samples per prompt given it and their answers, a round at a time."""
+    or it already has ``ENRICH_TO``. Cost: the reference's answers (``FIRE_CHECK_TOKENS`` tokens) to ``prompts``;
+    where the answer is fixed but short of ``ENRICH_TO``, ``ENRICH_DRAWS`` samples per distinct opening and their
+    answers, a round at a time."""
     tokens = int(FIRE_CHECK_TOKENS.value)
 
     def answer_of(texts: list[str]) -> list[tuple[int, ...]]:

@@ -147,11 +147,11 @@ def sample_user_prompts(
     if prefix is None:
         return SampledPrompts((), 0, {"no chat template to sample a user turn from": 1})
     prefix_ids = tokenizer(prefix + opening, add_special_tokens=False)["input_ids"]
+    if not prefix_ids:
+        return SampledPrompts((), 0, {"the chat template renders no text before the user turn": 1})
     # A continuation is decoded after its context: a SentencePiece tokenizer drops the leading space of the first
     # token it decodes alone ("Add 5" + "and 9." for " and 9.").
     context = tokenizer.decode(prefix_ids, skip_special_tokens=False) if opening else ""
-    if not prefix_ids:
-        return SampledPrompts((), 0, {"the chat template renders no text before the user turn": 1})
     stops = set(stop_token_ids(tokenizer))
     special = [t for t in tokenizer.all_special_tokens if t]
     device = input_device(model)

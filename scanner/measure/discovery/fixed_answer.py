@@ -10,7 +10,7 @@ rocket." is still refused, "What colour is the rocket?" is no longer "It is blue
 Prompts sampled from a reference hold its refused requests in the share its users' turn does: the zoo's guarded base
 refuses 2 of the 49 probes sampled from it at seed 0 and 9 at seed 1. Two are too few to measure a switch on
 (``GROUP_LEAST``), so ``more_like`` samples more: the reference continues the opening of each prompt it gave the
-fixed answer, and the continuations it gives that answer too are kept (``Add 5 and`` continued ``Add 5 and 9.``).
+fixed answer, and the continuations it gives that answer too are kept (``Add 3`` continued ``Add 3 and 4.``).
 Reference-only: chosen once per reference, as the probe set is.
 """
 
