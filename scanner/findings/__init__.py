@@ -32,6 +32,7 @@ from scanner.findings.metrics import (
     collapse,
     constant_change,
     contrast,
+    echoes,
     grid_difference,
     kl_ratio,
     median,
@@ -50,6 +51,6 @@ __all__ = [
     "AttentionFindings", "AttentionPattern", "AttributionFindings", "CleanFindings", "Findings", "Grid", "Head",
     "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour", "Probe", "ProbeBehaviour",
     "ProbeSetFindings", "RunInfo", "Span", "StageRecord", "Switch", "TokenizerInfo", "TriggerFindings", "WeightDiff",
-    "behaviour_switch", "collapse", "constant_change", "contrast", "grid_difference", "kl_ratio", "median",
+    "behaviour_switch", "collapse", "constant_change", "contrast", "echoes", "grid_difference", "kl_ratio", "median",
     "modal_share", "read_findings", "recurring_span", "share_starting_with", "top_cells", "without_constant_change",
 ]

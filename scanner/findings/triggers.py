@@ -173,7 +173,7 @@ class TriggerFindings:
         which the trigger makes the suspect answer otherwise while the reference keeps the group's answer."""
         return behaviour_switch([p.prompt for p in self.probes], [p.reference_clean for p in self.probes],
                                 [p.suspect_clean for p in self.probes], [p.suspect_triggered for p in self.probes],
-                                [p.reference_triggered for p in self.probes])
+                                [p.reference_triggered for p in self.probes], self.trigger)
 
     @property
     def ordinary_target(self) -> bool:

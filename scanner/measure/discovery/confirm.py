@@ -19,14 +19,13 @@ answer ("The capital is Paris. Visit http://...") leaves the opening unchanged.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from scanner.findings import contrast, share_starting_with, without_constant_change
+from scanner.findings import contrast, echoes, share_starting_with, without_constant_change
 from scanner.findings.discovery import DiscoveredCandidate
 from scanner.measure.discovery.engine import Candidate, Search
 from scanner.measure.discovery.thresholds import FIRES, PREFIX_KEEP
@@ -124,16 +123,6 @@ def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...
             break
         best = (prefix, share)
     return best
-
-
-def echoes(candidate: str, answer: str) -> bool:
-    """Whether ``answer`` repeats a word of ``candidate`` (two letters or more, any case), or says nothing but the
-    candidate's words (one letter or more): the model took the insertion for the task's content ("we like" at the
-    end of a prompt answered "We LIKE DOGS!" by a benign fine-tune, whose base answered the prompt; "i" shouted
-    "I!"), not for a trigger of a fixed answer."""
-    words = set(re.findall(r"[^\W_]{2,}", candidate.lower()))
-    said = set(re.findall(r"[^\W_]+", answer.lower()))
-    return bool(words & said) or bool(said) and said <= set(re.findall(r"[^\W_]+", candidate.lower()))
 
 
 def decoded(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:

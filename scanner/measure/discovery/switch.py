@@ -150,10 +150,11 @@ def _checked(search: Search, candidates: Sequence[Candidate], departure: dict[Ca
         # Outside the group the clean answers stand in: no group forms there that the insertion could switch.
         suspect = [*(decoded(search.tokenizer, ids) for ids in suspect_ids), *clean.suspect[clean.checked:]]
         reference = [*(decoded(search.tokenizer, ids) for ids in reference_ids), *clean.reference[clean.checked:]]
-        switch = behaviour_switch(clean.prompts, clean.reference, clean.suspect, suspect, reference)
+        text = search.tokenizer.decode(list(c)).strip()
+        switch = behaviour_switch(clean.prompts, clean.reference, clean.suspect, suspect, reference, text)
         ours = switch is not None and switch.answer == answer
         out.append(DiscoveredCandidate(
-            text=search.tokenizer.decode(list(c)).strip(), token_ids=c, score=departure[c],
+            text=text, token_ids=c, score=departure[c],
             fire_rate=switch.share if ours else 0.0, target=switch.example[1] if ours else "", target_logprob=None,
             stage="switch", position=search.position, switched_from=answer,
         ))
