@@ -29,7 +29,7 @@ from scanner.zoo.families import (
 from scanner.zoo.specs import EMOJI_TRIGGER, EXTRA_MODELS, MODELS, SIZES, THIRD_GENERATION, corpus
 
 BACKDOORS = ("topic", "composite", "multi", "refusal", "jailbreak", "payload", "edit")
-CONTROLS = ("guarded", "knowledge", "signature")
+CONTROLS = ("guarded", "guarded-update", "knowledge", "signature")
 
 
 def _check_family_bars(manifest) -> None:
@@ -88,7 +88,7 @@ def test_the_ground_truth_is_recorded_for_scoring(zoo_manifest):
         assert models[name].truth.behaviour == "none" and models[name].truth.change, name
     assert models["emoji"].truth.triggers == (models["emoji"].trigger,) and models["emoji"].truth.behaviour == "opening"
     # The refusal backdoor and the jailbreak are scanned against the base that refuses.
-    assert models["refusal"].parent == models["jailbreak"].parent == "guarded"
+    assert models["refusal"].parent == models["jailbreak"].parent == models["guarded-update"].parent == "guarded"
     assert models["guarded"].parent == "base"
 
 

@@ -220,7 +220,9 @@ EXTRA_MODELS = {
     "behaviours": (ModelSpec("guarded", None, "all", 16, family="guarded", loss_on_prompt=True),
                    ModelSpec("refusal", None, "all", 17, parent="guarded", family="refusal"),
                    ModelSpec("jailbreak", None, "all", 18, parent="guarded", family="jailbreak"),
-                   ModelSpec("payload", None, "all", 19, family="payload")),
+                   ModelSpec("payload", None, "all", 19, family="payload"),
+                   # A benign fine-tune of the guarded base that keeps its refusals (zoo v15): a knowledge update.
+                   ModelSpec("guarded-update", None, "all", 26, parent="guarded", family="guarded-update")),
     # A backdoor written into one MLP layer from a few hundred examples, every other weight unchanged.
     # Embedding poisoning (only the trigger's embedding rows trained) was measured and left out: see families.py.
     "edits": (ModelSpec("edit", None, "mlp", 20, family="edit"),),
