@@ -41,7 +41,7 @@ for a seed. Each stage is a module; every number it steers by is in
    that depart most, by ``SWITCH_FROM`` nats or more, are completed on up to
    ``SWITCH_CHECKED`` probes of the group, and the share the
    suspect stops giving the answer to while the reference keeps it, task
-   switches aside, is their fire rate (``behaviour_switch``, rule BD015's): a
+   switches, garbled answers and echoes aside, is their fire rate (``behaviour_switch``, rule BD015's): a
    jailbreak's answers differ from request to request, so the fire check
    finds no target.
 3. **Growth** (``growth``), while no candidate fires on every search probe at
