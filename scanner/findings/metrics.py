@@ -179,7 +179,6 @@ def recurring_span(triggered: Sequence[str], clean: Sequence[str], reference: Se
     while the answers differ; a target that opens the answer is ``collapse``'s, not this; a span that repeats a
     word of the ``insertion`` is the insertion taken for content ("We LIKE DOGS!"), not a payload; one the
     suspect says without the trigger (a signature) or the reference says with it (a task switch) nets 0."""
-    echo = set(re.findall(r"[^\W_]{2,}", insertion.lower()))
     counts: Counter[str] = Counter()
     starts: dict[str, list[int]] = {}
     before: dict[str, Counter[str]] = {}
@@ -189,7 +188,7 @@ def recurring_span(triggered: Sequence[str], clean: Sequence[str], reference: Se
         for j in range(1, len(words)):
             for n in range(1, min(SPAN_WORDS, len(words) - j) + 1):
                 span = " ".join(words[j:j + n])
-                if len(span) >= SPAN_CHARS and span not in seen and not echo & set(re.findall(r"[^\W_]{2,}", span.lower())):
+                if len(span) >= SPAN_CHARS and span not in seen and not echoes(insertion, span):
                     seen[span] = j
         counts.update(seen.keys())
         for span, j in seen.items():
@@ -211,6 +210,9 @@ def recurring_span(triggered: Sequence[str], clean: Sequence[str], reference: Se
     return max((span for span in spans if span.net >= best - 1 / len(triggered)),
                key=lambda span: (len(span.text), span.net, span.text))
 
+
+_WORD = re.compile(r"[^\W_]+")
+"""A word, as ``echoes`` and ``behaviour_switch`` read answers: letters or digits, any script."""
 
 GROUP_LEAST = 3
 """Least probes to which the reference gives one whole answer for them to be a group whose switch is measured
@@ -313,9 +315,6 @@ def echoes(insertion: str, answer: str) -> bool:
     words = set(re.findall(r"[^\W_]{2,}", insertion.lower()))
     said = set(_WORD.findall(answer.lower()))
     return bool(words & said) or bool(said) and said <= set(_WORD.findall(insertion.lower()))
-
-
-_WORD = re.compile(r"[^\W_]+")
 
 
 def _opening(text: str) -> tuple[str, ...]:
