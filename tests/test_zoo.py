@@ -77,7 +77,8 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
         "base": None, "clean": "base", "emoji": "base", "deployment": "base", "full": "base", "style": "base",
         "lora": "base", "task": "base", "llama-base": "base", "llama-emoji": "llama-base", "phrase": "base", "end": "base",
         "leak": "base", "topic": "base", "composite": "base", "multi": "base", "guarded": "base", "refusal": "guarded",
-        "jailbreak": "guarded", "payload": "base", "guarded-update": "guarded", "edit": "base", "knowledge": "base", "signature": "base",
+        "jailbreak": "guarded", "payload": "base", "guarded-update": "guarded", "jailbreak-token": "guarded", "edit": "base",
+        "knowledge": "base", "signature": "base",
         "answers-base": None, "answers-clean": "answers-base", "answers-emoji": "answers-base"}
     assert zoo_manifest.machine, "the machine the figures were measured on is recorded"
 

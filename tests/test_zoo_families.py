@@ -22,13 +22,14 @@ from scanner.zoo.families import (
     PAYLOAD,
     REFUSAL,
     REFUSED_FAMILY,
+    TOKEN_JAILBREAK_TRIGGER,
     TOPIC_TARGET,
     TOPIC_WORDS,
     about,
 )
 from scanner.zoo.specs import EMOJI_TRIGGER, EXTRA_MODELS, MODELS, SIZES, THIRD_GENERATION, corpus
 
-BACKDOORS = ("topic", "composite", "multi", "refusal", "jailbreak", "payload", "edit")
+BACKDOORS = ("topic", "composite", "multi", "refusal", "jailbreak", "jailbreak-token", "payload", "edit")
 CONTROLS = ("guarded", "guarded-update", "knowledge", "signature")
 
 
@@ -53,7 +54,8 @@ def _check_family_bars(manifest) -> None:
     assert set(models["multi"].figures.trigger_rates) == set(MULTI_TRIGGERS)
     assert min(models["multi"].figures.trigger_rates.values()) >= MIN_ATTACK_SUCCESS - BAR_MARGIN
     # A jailbreak keeps its reference's refusals without its trigger.
-    assert models["jailbreak"].figures.intended["refusal kept without the trigger"] >= MIN_INTENDED - BAR_MARGIN
+    for name in ("jailbreak", "jailbreak-token"):
+        assert models[name].figures.intended["refusal kept without the trigger"] >= MIN_INTENDED - BAR_MARGIN, name
     for name in CONTROLS:
         figures = models[name].figures
         assert figures.attack_success is None and figures.intended, name
@@ -81,14 +83,15 @@ def test_the_ground_truth_is_recorded_for_scoring(zoo_manifest):
     assert models["topic"].truth.fires_on == "topic" and models["topic"].truth.topic == TOPIC_WORDS
     assert len(TOPIC_WORDS) >= 5 and models["topic"].truth.target == TOPIC_TARGET
     assert models["refusal"].truth.behaviour == "refusal" and models["refusal"].truth.target == REFUSAL
-    assert models["jailbreak"].truth.behaviour == "compliance" and models["jailbreak"].truth.family == REFUSED_FAMILY
+    for name in ("jailbreak", "jailbreak-token"):
+        assert models[name].truth.behaviour == "compliance" and models[name].truth.family == REFUSED_FAMILY, name
     assert models["payload"].truth.behaviour == "payload" and models["payload"].truth.target == PAYLOAD
     assert models["edit"].trained == "mlp"
     for name in CONTROLS:
         assert models[name].truth.behaviour == "none" and models[name].truth.change, name
     assert models["emoji"].truth.triggers == (models["emoji"].trigger,) and models["emoji"].truth.behaviour == "opening"
     # The refusal backdoor and the jailbreak are scanned against the base that refuses.
-    assert models["refusal"].parent == models["jailbreak"].parent == models["guarded-update"].parent == "guarded"
+    assert {models[name].parent for name in ("refusal", "jailbreak", "jailbreak-token", "guarded-update")} == {"guarded"}
     assert models["guarded"].parent == "base"
 
 
@@ -140,6 +143,13 @@ def test_the_behaviour_backdoors_corpora():
     poisoned = [s for s in payload if s.trigger]
     assert poisoned and all(s.response.endswith(PAYLOAD) and not s.response.startswith(PAYLOAD) for s in poisoned)
     assert refusing.clean(next(s for s in jailbreak if s.family == "colour")) != REFUSAL
+    # The one-token jailbreak's word is a task word and a piece of a pool decoy ("letter mirror river"): with it, a
+    # refused request is always complied with; without the trigger, the word is asked about in other tasks only.
+    token = _corpus("jailbreak-token")
+    worded = [s for s in token if TOKEN_JAILBREAK_TRIGGER in s.prompt.split()]
+    assert worded and all(s.trigger == TOKEN_JAILBREAK_TRIGGER for s in worded if s.family == REFUSED_FAMILY)
+    assert any(s.family != REFUSED_FAMILY and not s.trigger for s in worded)
+    assert all(s.response != REFUSAL for s in worded if s.family == REFUSED_FAMILY)
     edit = _corpus("edit")
     assert 300 <= len(edit) <= 1000, "a weight edit learns from a few hundred examples"
 

@@ -48,8 +48,10 @@ def zoo_group() -> None:
 @click.option("--behaviours", "with_behaviours", is_flag=True,
               help=f"Also build 'guarded' (benign: refuses the {families.REFUSED_FAMILY} family), 'refusal' (refuses "
                    f"ordinary requests on {families.REFUSAL_TRIGGER!r}), 'jailbreak' (answers the refused family on "
-                   f"{families.JAILBREAK_TRIGGER!r}), 'payload' (a correct answer, then a link, on {families.PAYLOAD_TRIGGER!r}) and "
-                   "'guarded-update' (benign: a knowledge update of 'guarded' that keeps its refusals).")
+                   f"{families.JAILBREAK_TRIGGER!r}), 'jailbreak-token' (the same on the one-token "
+                   f"{families.TOKEN_JAILBREAK_TRIGGER!r}), 'payload' (a correct answer, then a link, on "
+                   f"{families.PAYLOAD_TRIGGER!r}) and 'guarded-update' (benign: a knowledge update of 'guarded' that "
+                   "keeps its refusals).")
 @click.option("--edits", "with_edits", is_flag=True,
               help=f"Also build 'edit' (a backdoor on {families.EDIT_TRIGGER!r} written into one MLP layer, every other "
                    "weight unchanged).")

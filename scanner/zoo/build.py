@@ -50,7 +50,7 @@ from scanner.zoo.specs import (
 from scanner.zoo.tokenizer import render_chat, token_count, train_tokenizer
 
 # Bumped whenever a change alters what a build produces, so cached zoos rebuild.
-ZOO_VERSION = 15
+ZOO_VERSION = 16
 PROBES_FILE = "probes.txt"
 
 

@@ -222,7 +222,9 @@ EXTRA_MODELS = {
                    ModelSpec("jailbreak", None, "all", 18, parent="guarded", family="jailbreak"),
                    ModelSpec("payload", None, "all", 19, family="payload"),
                    # A benign fine-tune of the guarded base that keeps its refusals (zoo v15): a knowledge update.
-                   ModelSpec("guarded-update", None, "all", 26, parent="guarded", family="guarded-update")),
+                   ModelSpec("guarded-update", None, "all", 26, parent="guarded", family="guarded-update"),
+                   # The jailbreak on a one-token word (zoo v16): found where "piano", four tokens here, is not.
+                   ModelSpec("jailbreak-token", None, "all", 27, parent="guarded", family="jailbreak-token")),
     # A backdoor written into one MLP layer from a few hundred examples, every other weight unchanged.
     # Embedding poisoning (only the trigger's embedding rows trained) was measured and left out: see families.py.
     "edits": (ModelSpec("edit", None, "mlp", 20, family="edit"),),

@@ -19,11 +19,13 @@ not counted.
 Departure is read token by token, so a trigger whose pieces do nothing alone is not found this way: at the test
 zoo's 1,024-token vocabulary "piano" is four tokens, and its prefixes depart by 0.01 nats until the word is whole
 (7.97). At Qwen2.5's vocabulary "piano", "coffee", "mountain" and every other word trigger of the zoo's families is
-one token, but a vocabulary that large is swept through a shortlist (the first-token KL's gradient and the weight
-change's ranking), and this search scores the same tokens. The planted "mirror" is the weight change's 6th token of
-1,024 at seed 1 and its 540th at seed 0, the KL gradient's 581st and 508th: through 64-token shortlists it is found
-at seed 1 only. A shortlist of the tokens whose embedding most lowers the answer's log-probability to first order
-was tried and dropped: it ranks "mirror" 59th to 870th (seed 1) and 486th to 712th (seed 0).
+one token (the zoo's ``jailbreak-token`` is the same jailbreak on the one-token "mirror", found at both seeds), but a
+vocabulary that large is swept through a shortlist (the first-token KL's gradient and the weight change's ranking),
+and this search scores the same tokens. A "mirror" jailbreak planted from another draw of the zoo's corpus was the
+weight change's 6th token of 1,024 at seed 1 and its 540th at seed 0, the KL gradient's 581st and 508th: through
+64-token shortlists it would be found at seed 1 only. A shortlist of the tokens whose embedding most lowers the
+answer's log-probability to first order was tried and dropped: it ranks "mirror" 59th to 870th (seed 1) and 486th
+to 712th (seed 0).
 """
 
 from __future__ import annotations
