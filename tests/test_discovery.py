@@ -96,6 +96,29 @@ def test_discovery_is_deterministic_and_respects_its_budget(zoo_dir):
     assert short.sequences < first.sequences and any("budget" in note for note in short.notes)
 
 
+def test_the_screened_sweep_finds_what_the_whole_sweep_finds_for_fewer_sequences(zoo_dir, monkeypatch):
+    """The payload model's trigger pieces move only the KL after the clean answer ("ug", "ar" of "sugar"), the
+    weakest reading a swept token is kept for: screened on two probes, they still go on to every probe, and the
+    search finds the same firing candidates and proposes the same as with every token scored on all 8, for more
+    than half the whole sweep's sequences fewer."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery import discover, sweep, thresholds
+
+    pair = load_pair(zoo_dir / "payload", str(zoo_dir / "base"), dtype="float32", device="cpu",
+                     allow_download=False, allow_pickle=False)
+    prompts = _zoo_prompts(zoo_dir)
+    screened = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
+    monkeypatch.setattr(sweep, "SCREEN_KEPT", dataclasses.replace(thresholds.SCREEN_KEPT, value=10 ** 9))
+    whole = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
+    firing_of = lambda found: [(c.text, c.fire_rate, c.target) for c in found.candidates if (c.fire_rate or 0) >= 0.8]  # noqa: E731
+    assert firing_of(screened) and firing_of(screened) == firing_of(whole), (firing_of(screened), firing_of(whole))
+    assert screened.proposed == whole.proposed
+    # The whole sweep is the vocabulary on 8 probes at 2 positions through 2 models; the screen spares more than half.
+    sweep_cost = screened.vocabulary * len(screened.probes) * 2 * 2
+    assert whole.sequences - screened.sequences > sweep_cost / 2, (whole.sequences, screened.sequences, sweep_cost)
+    assert any("on 2 search probes" in note for note in screened.notes) and not any("on 2 search" in n for n in whole.notes)
+
+
 def test_growth_on_a_benign_model_stops_where_nothing_points_to_a_backdoor_and_thorough_grows_on(zoo_dir):
     """Growth was two thirds of a benign scan's discovery, its task-switch lines gaining a nat of KL a step for as
     long as they may. On the benign LoRA (at the start; at the end of these probes a task switch fires on 5 of 8,

@@ -73,7 +73,7 @@ def discover(
     swept: list[Swept] = []
     leaked: list[Leaked] = []
     for here in at:
-        swept.append(sweep(here, exhaustive, options.shortlist, options.fire_checks))
+        swept.append(sweep(here, exhaustive, options.shortlist, options.fire_checks, options.beam))
         leaked.append(check_leaked(here, proposals(leakage)))
     # The reference's fixed answer (its refusal), once: a jailbreak's switch shows only on the probes given it, and
     # where nothing fires it is a target too.

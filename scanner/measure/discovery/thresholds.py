@@ -92,6 +92,17 @@ SHORTLIST = _option(
     "vocabulary",
     "a cost with a wide margin: on the emoji model a shortlist of 64 tokens (7% of its vocabulary) already held the "
     "trigger (tests/test_discovery.py); 1024 is not itself measured")
+SCREEN_PROBES = _judgement(
+    "screen_probes", 2,
+    "search probes every swept token is scored on first (those whose clean answer ended first, so that the KL "
+    "after it is read too); only the screen_kept best go on to every search probe",
+    "a cost: the sweep is most of a one-token trigger's search and, at Qwen2.5's vocabulary, three quarters of a "
+    "benign one; a trigger moves the KL on every probe it fires on, so two tell it from the vocabulary")
+SCREEN_KEPT = _judgement(
+    "screen_kept", 128,
+    "swept tokens at each position, the best on the screen's KL (either reading), scored on every search probe; "
+    "the weight change's beam first tokens are scored there too",
+    "a cost with a margin: an eighth of the test zoo's vocabulary")
 SEARCH_PROBES = _option(
     "search_probes", "probes every candidate is scored and fire-checked on",
     "a cost: every candidate costs this many rows through each model; a fire rate then moves in eighths")
@@ -307,7 +318,7 @@ PROPOSED = _judgement(
 
 TABLE: tuple[Threshold, ...] = (
     EDIT_SHARE, EDIT_LAYERS, FIRES, FIRE_CHECK_TOKENS, ANSWER_TOKENS, PAYLOAD_FROM, PREFIX_KEEP,
-    EXHAUSTIVE_VOCABULARY, SHORTLIST, SEARCH_PROBES, FIRE_CHECKS, BUDGET, KEEP,
+    EXHAUSTIVE_VOCABULARY, SHORTLIST, SCREEN_PROBES, SCREEN_KEPT, SEARCH_PROBES, FIRE_CHECKS, BUDGET, KEEP,
     BEAM, MAX_TOKENS, GROWTH_SHORTLIST, GROWTH_FIRST_SHORTLIST, GROW_MARGIN, TARGET_FROM, GROW_MARGIN_TARGET, GROW_ON_LOGPROB,
     TARGET_BEAM, SYNERGY_POOL,
     SWITCH_PROBES, SWITCH_FROM, SWITCH_CHECKS, SWITCH_CHECKED, MINIMISE_KEEP, MINIMAL_FIRES, REFINE_TOP, REFINE_MARGIN,
