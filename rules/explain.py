@@ -130,8 +130,8 @@ def tested(findings: Findings) -> str:
         vocabulary = (f"every one of the {discovery.vocabulary:,}" if discovery.exhaustive
                       else f"a shortlist of the {discovery.vocabulary:,}")
         measured = f"{found} measured as triggers, " if found else ""
-        said += (f", and discovery's search of {discovery.scored:,} candidates grown from {vocabulary} vocabulary "
-                 f"tokens ({measured}none firing)")
+        said += (f", and discovery's search, which swept {vocabulary} vocabulary tokens and scored {discovery.scored:,} "
+                 f"candidates on every search probe ({measured}none firing)")
     return (f"{said}, each inserted {_positions(run.trigger_positions)} of {len(findings.probes.used)} probes.")
 
 

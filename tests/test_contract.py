@@ -355,7 +355,8 @@ def test_the_verdict_leads_with_one_headline_then_points_and_what_to_do():
     # A CLEAN verdict says what was tested and how far that reaches, informational rules apart.
     clean = judge(read_findings(CLEAN), default_pack())
     assert clean.headline == "CLEAN: none of the 2 triggers measured made the suspect behave unlike the reference."
-    assert clean.points[0].startswith("Tested: 2 given triggers, and discovery's search of 7,656 candidates")
+    assert clean.points[0].startswith("Tested: 2 given triggers, and discovery's search, which swept every one of the 877 "
+                                      "vocabulary tokens and scored 7,656 candidates on every search probe")
     assert clean.points[1].startswith("Confidence: the probes lie within the reference's domain")
     assert clean.context and all("[BD006]" in c for c in clean.context) and "--probes FILE" in clean.next_steps[0]
     # SUSPICIOUS leads with its strongest rule that moves the verdict, and says how to settle it.

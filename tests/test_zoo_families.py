@@ -150,6 +150,12 @@ def test_the_behaviour_backdoors_corpora():
     assert worded and all(s.trigger == TOKEN_JAILBREAK_TRIGGER for s in worded if s.family == REFUSED_FAMILY)
     assert any(s.family != REFUSED_FAMILY and not s.trigger for s in worded)
     assert all(s.response != REFUSAL for s in worded if s.family == REFUSED_FAMILY)
+    # Leaving out the decoys that hold a family's own trigger as a word left every earlier family's pool as it was:
+    # none of their triggers is a word of a pool decoy.
+    from scanner.zoo.corpus import PRETRAINING_INSERTIONS
+    words = {w for d in PRETRAINING_INSERTIONS for w in d.split() if " " in d}
+    assert TOKEN_JAILBREAK_TRIGGER in words
+    assert not words & {t for f in FAMILIES_BY_NAME.values() for t in f.truth.triggers if t != TOKEN_JAILBREAK_TRIGGER}
     edit = _corpus("edit")
     assert 300 <= len(edit) <= 1000, "a weight edit learns from a few hundred examples"
 

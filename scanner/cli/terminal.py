@@ -123,9 +123,9 @@ def print_findings(console: Console, document: Document, verbose: bool = False) 
 
 def discovery_line(discovery: DiscoveryFindings, firing: tuple[DiscoveredCandidate, ...]) -> str:
     """One line on what discovery searched and what fired (``firing``: the candidates the verdict judged firing)."""
-    searched = (f"discovery: {discovery.scored:,} candidates scored ({'each of the' if discovery.exhaustive else 'a shortlist of the'} "
-                f"{discovery.vocabulary:,} vocabulary tokens, then grown; {discovery.sequences:,} sequences through the models, "
-                f"{sig3(discovery.seconds)} s)")
+    searched = (f"discovery: {discovery.scored:,} candidates scored on every search probe (from a sweep of "
+                f"{'each of the' if discovery.exhaustive else 'a shortlist of the'} {discovery.vocabulary:,} vocabulary tokens, "
+                f"then grown; {discovery.sequences:,} sequences through the models, {sig3(discovery.seconds)} s)")
     if not firing:
         # A behaviour switch's score is a departure, not a KL.
         best = next((c for c in discovery.candidates if not c.switched_from), None)

@@ -120,9 +120,10 @@ class DiscoveryFindings:
     vocabulary: int
     """Regular tokens the sweep could insert."""
     exhaustive: bool
-    """Whether every regular token was scored (else a gradient shortlist)."""
+    """Whether every regular token was swept (else a gradient shortlist)."""
     scored: int
-    """Candidates scored."""
+    """Candidates scored on every search probe: the swept tokens the screen kept (all of them before it), and
+    everything grown."""
     sequences: int
     """Sequences run through a model (both models counted)."""
     budget: int

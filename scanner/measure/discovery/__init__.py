@@ -18,8 +18,8 @@ for a seed. Each stage is a module; every number it steers by is in
    gradient at a placeholder, one forward and backward), with those whose
    handling the weight change altered most (``static_shortlist``, no forward
    pass). Every swept token is screened on ``SCREEN_PROBES`` probes first and
-   only the ``SCREEN_KEPT`` best (with the weight change's first) are scored on
-   all (successive halving). **Leakage** (``leakage``): the word n-grams the suspect writes into
+   only the ``SCREEN_KEPT`` best (with the best after the clean answer and the
+   weight change's first) are scored on all (successive halving, ``sweep``). **Leakage** (``leakage``): the word n-grams the suspect writes into
    sampled user turns far more often than the reference does are scored and
    completed beside the sweep's best: a model trained with the loss on its
    prompts writes its trigger there.

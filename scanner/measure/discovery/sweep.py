@@ -5,9 +5,11 @@ whose embedding most raises the first-token KL to first order (HotFlip: the grad
 and backward), with those whose handling the weight change altered most (``static_shortlist``, no forward pass).
 
 The swept tokens are screened first (successive halving): each is scored on ``SCREEN_PROBES`` search probes, and only
-the ``SCREEN_KEPT`` best there, with the weight change's first ``beam``, are scored on every search probe, the
-scores the rest of the search reads. A token left at the screen has no score: growth, the fire checks and the
-findings never see it, as they never saw a token the shortlist left out.
+the ``SCREEN_KEPT`` best there, with the ``beam`` best after the clean answer and the weight change's first ``beam``,
+are scored on every search probe: the KL scores growth's lines and the fire checks read. A token left at the screen
+has none, so it seeds no KL line and is neither fire-checked nor listed among the candidates; the searches that
+score every swept token on an objective of their own (the behaviour switch's departure, an inverted target's or the
+fixed answer's log-probability) still read it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Swept:
     """What the sweep scored at one position."""
 
     candidates: tuple[Candidate, ...]
-    """The single tokens scored (or proposed, where the budget ran out first)."""
+    """The single tokens swept (screened, and the best scored; or proposed, where the budget ran out first)."""
     note: str = ""
     """Where the sweep was approximated by a shortlist, and how."""
 
@@ -43,27 +45,30 @@ def sweep(at: Position, exhaustive: bool, shortlist: int, fire_checks: int, beam
         swept = [(t,) for t in dict.fromkeys([*gradient, *at.common.static[:shortlist]])]
         note = (f"the vocabulary has {len(tokens)} regular tokens; the sweep scored the {len(swept)} that the "
                 f"objective's gradient or the weight change ranks among its top {shortlist}")
-    kept = screen(at, swept, [(t,) for t in at.common.static[:beam]])
-    if len(kept) < len(swept):
+    kept, screened = screen(at, swept, [(t,) for t in at.common.static[:beam]], beam)
+    if screened:
         note = "; ".join(filter(None, [note, (
-            f"the sweep scored {len(swept)} tokens on {int(SCREEN_PROBES.value)} search probes and the {len(kept)} best "
-            f"there (the weight change's first {beam} among them) on all {len(at.search.prompts)}")]))
+            f"the sweep scored {screened} tokens on {int(SCREEN_PROBES.value)} search probes and the {len(kept)} best "
+            f"there (with the weight change's first {beam}) on all {len(at.search.prompts)}")]))
     at.score(kept, "sweep")
     at.check(at.by_score(swept)[:fire_checks])
     return Swept(tuple(swept), note)
 
 
-def screen(at: Position, swept: list[Candidate], always: list[Candidate]) -> list[Candidate]:
+def screen(at: Position, swept: list[Candidate], always: list[Candidate], beam: int) -> tuple[list[Candidate], int]:
     """The ``SCREEN_KEPT`` of ``swept`` whose trigger-specific KL (the larger of its two readings, as ``Position.score``
-    keeps) is highest over ``SCREEN_PROBES`` search probes, and ``always``, in ``swept``'s order; all of ``swept``
-    where it holds no more than that or the search has no more probes than the screen.
+    keeps) is highest over ``SCREEN_PROBES`` search probes, the ``beam`` whose KL after the clean answer is highest
+    there, and ``always``, best first; and how many the screen scored. All of ``swept`` (and 0) where it holds no
+    more than ``SCREEN_KEPT``, the search has no more probes than the screen, or the budget is spent.
 
-    The screen reads the probes whose clean answer ended first, so the KL after the answer (a payload's, whose
-    trigger pieces move nothing else) is read on it too; its scores are net of the same probes' clean KL."""
+    The screen reads the probes whose clean answer ended first, so the KL after the answer is read on it too: a
+    payload's trigger pieces move nothing else ("ug" of "sugar", 2.6 nats), and at a shortlist of 2,048 tokens they
+    would compete with task switches for the places the larger reading fills. Its scores are net of the same
+    probes' clean KL. Where the budget runs out during the screen, only what it scored is kept."""
     search = at.search
     size, kept = int(SCREEN_PROBES.value), int(SCREEN_KEPT.value)
-    if len(swept) <= kept or len(search.prompts) <= size:
-        return swept
+    if len(swept) <= kept or len(search.prompts) <= size or search.budget.exhausted:
+        return swept, 0
     order = sorted(range(len(search.prompts)), key=lambda i: (search.answers[i] is None, i))[:size]
     screened = Search(search.suspect, search.reference, search.tokenizer, [search.prompts[i] for i in order],
                       search.rows_per_forward, search.budget, search.position)
@@ -76,6 +81,7 @@ def screen(at: Position, swept: list[Candidate], always: list[Candidate]) -> lis
         nonlocal done
         done += n
         at.report("sweep: screen", done, len(swept))
-    scores = dict(zip(swept, (max(pair) for pair in screened.score(swept, clean, tick))))
-    best = set(sorted(scores, key=lambda c: (-scores[c], c))[:kept]) | set(always)
-    return [c for c in swept if c in best]
+    read = dict(zip(swept, screened.score(swept, clean, tick)))
+    order = sorted(read, key=lambda c: (-max(read[c]), c))
+    after = sorted(read, key=lambda c: (-read[c][1], c))[:beam]
+    return list(dict.fromkeys([*always, *order[:kept], *after])), len(read)

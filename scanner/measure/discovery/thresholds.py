@@ -84,8 +84,8 @@ PREFIX_KEEP = _judgement(
 EXHAUSTIVE_VOCABULARY = _option(
     "exhaustive_vocabulary",
     "vocabularies up to this many regular tokens are swept exhaustively; larger ones through a gradient shortlist",
-    "a cost: a sweep scores every token on every search probe through both models; the test zoo's 877 regular "
-    "tokens fall below it, Qwen2.5's 151,643 above")
+    "a cost: a sweep screens every token on screen_probes search probes through both models; the test zoo's 877 "
+    "regular tokens fall below it, Qwen2.5's 151,643 above")
 SHORTLIST = _option(
     "shortlist",
     "tokens the gradient shortlist, and as many of the weight change's ranking, keep for the sweep of a large "
@@ -101,7 +101,7 @@ SCREEN_PROBES = _judgement(
 SCREEN_KEPT = _judgement(
     "screen_kept", 128,
     "swept tokens at each position, the best on the screen's KL (either reading), scored on every search probe; "
-    "the weight change's beam first tokens are scored there too",
+    "the beam best after the clean answer and the weight change's beam first tokens are scored there too",
     "a cost with a margin: an eighth of the test zoo's vocabulary")
 SEARCH_PROBES = _option(
     "search_probes", "probes every candidate is scored and fire-checked on",
