@@ -362,7 +362,9 @@ def test_discovery_finds_each_planted_trigger_without_being_told(catalogue_findi
     trigger, target = POISONED[model], TARGETS.get(model, TARGET)
     findings = catalogue_findings[model]
     discovery = findings.discovery
-    assert discovery is not None and discovery.exhaustive and not discovery.notes
+    # Exhaustive and not cut short: the only note is the screen's (the sweep's every token on 2 probes, the best on all).
+    assert discovery is not None and discovery.exhaustive, discovery
+    assert [note for note in discovery.notes if "search probes and the" not in note] == [], discovery.notes
     fired = firing(discovery, FIRES)
     assert any(part_of_trigger(c.text, trigger) for c in fired), fired
     assert all(c.target.startswith(target[:8]) for c in fired), fired

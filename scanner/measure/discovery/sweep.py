@@ -49,7 +49,8 @@ def sweep(at: Position, exhaustive: bool, shortlist: int, fire_checks: int, beam
     if screened:
         note = "; ".join(filter(None, [note, (
             f"the sweep scored {screened} tokens on {int(SCREEN_PROBES.value)} search probes and the {len(kept)} best "
-            f"there (with the weight change's first {beam}) on all {len(at.search.prompts)}")]))
+            f"there (with the {beam} best after the clean answer and the weight change's first {beam}) on all "
+            f"{len(at.search.prompts)}")]))
     at.score(kept, "sweep")
     at.check(at.by_score(swept)[:fire_checks])
     return Swept(tuple(swept), note)
