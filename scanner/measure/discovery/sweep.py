@@ -48,9 +48,10 @@ def sweep(at: Position, exhaustive: bool, shortlist: int, fire_checks: int, beam
     kept, screened = screen(at, swept, [(t,) for t in at.common.static[:beam]], beam)
     if screened:
         note = "; ".join(filter(None, [note, (
-            f"the sweep scored {screened} tokens on {int(SCREEN_PROBES.value)} search probes and the {len(kept)} best "
-            f"there (with the {beam} best after the clean answer and the weight change's first {beam}) on all "
-            f"{len(at.search.prompts)}")]))
+            # Worded alike at every position, so the findings hold it once.
+            f"the sweep scored {screened:,} tokens on {int(SCREEN_PROBES.value)} search probes and the "
+            f"{int(SCREEN_KEPT.value)} best there (with the {beam} best after the clean answer and the weight change's "
+            f"first {beam}) on all {len(at.search.prompts)}")]))
     at.score(kept, "sweep")
     at.check(at.by_score(swept)[:fire_checks])
     return Swept(tuple(swept), note)
