@@ -71,19 +71,13 @@ def screen(at: Position, swept: list[Candidate], always: list[Candidate], beam: 
     size, kept = int(SCREEN_PROBES.value), int(SCREEN_KEPT.value)
     if len(swept) <= kept or len(search.prompts) <= size or search.budget.exhausted:
         return swept, 0
-    order = sorted(range(len(search.prompts)), key=lambda i: (search.answers[i] is None, i))[:size]
-    screened = Search(search.suspect, search.reference, search.tokenizer, [search.prompts[i] for i in order],
+    probes = sorted(range(len(search.prompts)), key=lambda i: (search.answers[i] is None, i))[:size]
+    screened = Search(search.suspect, search.reference, search.tokenizer, [search.prompts[i] for i in probes],
                       search.rows_per_forward, search.budget, search.position)
-    screened.answers = [search.answers[i] for i in order]
+    screened.answers = [search.answers[i] for i in probes]
     first, end = screened.kls(screened.clean_rows)
     clean = (float(first.mean()), float(end.nanmean()) if not end.isnan().all() else 0.0)
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        at.report("sweep: screen", done, len(swept))
-    read = dict(zip(swept, screened.score(swept, clean, tick)))
-    order = sorted(read, key=lambda c: (-max(read[c]), c))
+    read = dict(zip(swept, screened.score(swept, clean, at._progress("sweep: screen", len(swept)))))
+    best = sorted(read, key=lambda c: (-max(read[c]), c))
     after = sorted(read, key=lambda c: (-read[c][1], c))[:beam]
-    return list(dict.fromkeys([*always, *order[:kept], *after])), len(read)
+    return list(dict.fromkeys([*always, *best[:kept], *after])), len(read)
