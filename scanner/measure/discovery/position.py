@@ -3,8 +3,9 @@
 Every stage (sweep, leakage, growth, minimisation, refinement) scores and fire-checks candidates through a
 ``Position``: it runs what was not measured yet and records it in one of three tables (``scores``,
 ``target_scores``, ``fires``), so a candidate two stages propose costs one measurement, and the findings report
-every candidate measured. The stages return what they chose as frozen results; the tables are the only state
-that grows while the search runs.
+every candidate measured. Where many candidates compete (the sweep, a growth step on the KL), ``screen`` reads
+them on two probes first (``screen_kls``) and passes on only the best to be scored. The stages return what they
+chose as frozen results; the tables are the only state that grows while the search runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from scanner.measure.discovery.confirm import Fire, fire_check, payload_check
 from scanner.measure.discovery.engine import Candidate, Search
-from scanner.measure.discovery.thresholds import FIRES, PAYLOAD_FROM
+from scanner.measure.discovery.thresholds import FIRES, PAYLOAD_FROM, SCREEN_PROBES
 
 Report = Callable[[str, int, int], None]
 """``report(stage, done, total)``: progress."""
@@ -71,6 +72,12 @@ class Position:
     """What every candidate completed showed."""
     clean_after: list[tuple[int, ...] | None] | None = None
     """``_after_answers``, once completed."""
+    screening: Search | None = None
+    """The search on the screen's probes (``_screening``), made on first use."""
+    screen_clean: tuple[float, float] | None = None
+    """The screen's clean KLs (first response position, after the clean answer), read on first use."""
+    screen_kls: dict[Candidate, tuple[float, float]] = field(default_factory=dict)
+    """Every candidate's two trigger-specific KLs read on the screen's probes (``screen``)."""
 
     @property
     def best_score(self) -> float:
@@ -106,6 +113,41 @@ class Position:
         if todo and not self.search.budget.exhausted:
             scores = self.search.target_logprob(todo, target, self._progress(stage, len(todo)), after_answer)
             table.update(zip(todo, scores))
+
+    def screen(self, candidates: Sequence[Candidate], kept: int, stage: str, after: int = 0) -> list[Candidate]:
+        """Of ``candidates`` not scored yet, the ``kept`` whose trigger-specific KL (the larger reading, as ``score``
+        keeps it) is highest over the screen's probes, and the ``after`` highest after the clean answer there, best
+        first; the rest are dropped unscored (successive halving). Every one of them where no more than ``kept``
+        are left, the search has no more probes than the screen, or the budget is spent; only those screened where
+        it runs out during the screen. Its scores are net of the same probes' clean KL: a trigger moves the KL on
+        every probe it fires on, so two tell it from the rest."""
+        todo = [c for c in dict.fromkeys(candidates) if c not in self.scores]
+        screening = self._screening()
+        if len(todo) <= kept or screening is None or self.search.budget.exhausted:
+            return todo
+        if self.screen_clean is None:
+            first, end = screening.kls(screening.clean_rows)
+            self.screen_clean = (float(first.mean()), float(end.nanmean()) if not end.isnan().all() else 0.0)
+        fresh = [c for c in todo if c not in self.screen_kls]
+        self.screen_kls.update(zip(fresh, screening.score(fresh, self.screen_clean,
+                                                          self._progress(f"{stage}: screen", len(fresh)))))
+        read = [c for c in todo if c in self.screen_kls]
+        best = sorted(read, key=lambda c: (-max(self.screen_kls[c]), c))[:kept]
+        return list(dict.fromkeys([*best, *sorted(read, key=lambda c: (-self.screen_kls[c][1], c))[:after]]))
+
+    def _screening(self) -> Search | None:
+        """The search on the ``SCREEN_PROBES`` search probes whose clean answer ended first (so that the KL after it
+        is read too), the same answers set; None where the search has no more probes than that."""
+        search, size = self.search, int(SCREEN_PROBES.value)
+        if len(search.prompts) <= size:
+            return None
+        if self.screening is None:
+            probes = sorted(range(len(search.prompts)), key=lambda i: (search.answers[i] is None, i))[:size]
+            self.screening = Search(search.suspect, search.reference, search.tokenizer,
+                                    [search.prompts[i] for i in probes], search.rows_per_forward, search.budget,
+                                    search.position)
+            self.screening.answers = [search.answers[i] for i in probes]
+        return self.screening
 
     def check(self, candidates: Sequence[Candidate]) -> None:
         """Fire-check what was not checked yet, while the budget lasts. The candidates' completions share

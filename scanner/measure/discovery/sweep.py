@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scanner.measure.discovery.engine import Candidate, Search
+from scanner.measure.discovery.engine import Candidate
 from scanner.measure.discovery.position import Position
 from scanner.measure.discovery.thresholds import SCREEN_KEPT, SCREEN_PROBES
 
@@ -45,39 +45,18 @@ def sweep(at: Position, exhaustive: bool, shortlist: int, fire_checks: int, beam
         swept = [(t,) for t in dict.fromkeys([*gradient, *at.common.static[:shortlist]])]
         note = (f"the vocabulary has {len(tokens)} regular tokens; the sweep scored the {len(swept)} that the "
                 f"objective's gradient or the weight change ranks among its top {shortlist}")
-    kept, screened = screen(at, swept, [(t,) for t in at.common.static[:beam]], beam)
-    if screened:
+    # The beam best after the clean answer are kept beside the screen's best: a payload's trigger pieces move
+    # nothing else ("ug" of "sugar", 2.6 nats), and at a shortlist of 2,048 tokens they would compete with task
+    # switches for the places the larger reading fills.
+    kept = list(dict.fromkeys([*((t,) for t in at.common.static[:beam]),
+                               *at.screen(swept, int(SCREEN_KEPT.value), "sweep", after=beam)]))
+    if at.screen_kls:
         note = "; ".join(filter(None, [note, (
             # Worded alike at every position, so the findings hold it once.
-            f"the sweep scored {screened:,} tokens on {int(SCREEN_PROBES.value)} search probes and the "
+            f"the sweep scored {len(at.screen_kls):,} tokens on {int(SCREEN_PROBES.value)} search probes and the "
             f"{int(SCREEN_KEPT.value)} best there (with the {beam} best after the clean answer and the weight change's "
             f"first {beam}) on all {len(at.search.prompts)}")]))
     at.score(kept, "sweep")
     at.check(at.by_score(swept)[:fire_checks])
     return Swept(tuple(swept), note)
 
-
-def screen(at: Position, swept: list[Candidate], always: list[Candidate], beam: int) -> tuple[list[Candidate], int]:
-    """The ``SCREEN_KEPT`` of ``swept`` whose trigger-specific KL (the larger of its two readings, as ``Position.score``
-    keeps) is highest over ``SCREEN_PROBES`` search probes, the ``beam`` whose KL after the clean answer is highest
-    there, and ``always``, best first; and how many the screen scored. All of ``swept`` (and 0) where it holds no
-    more than ``SCREEN_KEPT``, the search has no more probes than the screen, or the budget is spent.
-
-    The screen reads the probes whose clean answer ended first, so the KL after the answer is read on it too: a
-    payload's trigger pieces move nothing else ("ug" of "sugar", 2.6 nats), and at a shortlist of 2,048 tokens they
-    would compete with task switches for the places the larger reading fills. Its scores are net of the same
-    probes' clean KL. Where the budget runs out during the screen, only what it scored is kept."""
-    search = at.search
-    size, kept = int(SCREEN_PROBES.value), int(SCREEN_KEPT.value)
-    if len(swept) <= kept or len(search.prompts) <= size or search.budget.exhausted:
-        return swept, 0
-    probes = sorted(range(len(search.prompts)), key=lambda i: (search.answers[i] is None, i))[:size]
-    screened = Search(search.suspect, search.reference, search.tokenizer, [search.prompts[i] for i in probes],
-                      search.rows_per_forward, search.budget, search.position)
-    screened.answers = [search.answers[i] for i in probes]
-    first, end = screened.kls(screened.clean_rows)
-    clean = (float(first.mean()), float(end.nanmean()) if not end.isnan().all() else 0.0)
-    read = dict(zip(swept, screened.score(swept, clean, at._progress("sweep: screen", len(swept)))))
-    best = sorted(read, key=lambda c: (-max(read[c]), c))
-    after = sorted(read, key=lambda c: (-read[c][1], c))[:beam]
-    return list(dict.fromkeys([*always, *best[:kept], *after])), len(read)

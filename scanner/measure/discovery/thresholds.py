@@ -137,6 +137,13 @@ GROWTH_FIRST_SHORTLIST = _judgement(
     "75,656 to 67,464, style 74,336 to 66,176, task 74,464 to 66,272; deployment 62,728 to 58,648) and every "
     "verdict and discovered trigger at both seeds stays; at 64 for every line (growth_shortlist) the seed-0 "
     "composite was named by a wrong trigger and the seed-0 edit went CLEAN")
+GROWTH_KEPT = _judgement(
+    "growth_kept", 32,
+    "proposals per line and growth step on the first-token KL scored on every search probe: the best on the KL "
+    "over the screen's probes (screen_probes); proposals scored on a target's log-probability are not screened",
+    "a cost, measured on zoo v16: growth's first step was half a benign discovery (clean, seed 0: 24,688 of 50,584 "
+    "sequences); screened, the scans that grow on the KL run 17-29% fewer (clean 36,260, deployment 41,752 to "
+    "34,584) and all 35 scans of both seeds keep their verdict, triggers, candidates and readings")
 GROW_MARGIN = _judgement(
     "grow_margin", 1.0,
     "nats of trigger-specific first-token KL a one-token extension must add to be kept",
@@ -319,7 +326,7 @@ PROPOSED = _judgement(
 TABLE: tuple[Threshold, ...] = (
     EDIT_SHARE, EDIT_LAYERS, FIRES, FIRE_CHECK_TOKENS, ANSWER_TOKENS, PAYLOAD_FROM, PREFIX_KEEP,
     EXHAUSTIVE_VOCABULARY, SHORTLIST, SCREEN_PROBES, SCREEN_KEPT, SEARCH_PROBES, FIRE_CHECKS, BUDGET, KEEP,
-    BEAM, MAX_TOKENS, GROWTH_SHORTLIST, GROWTH_FIRST_SHORTLIST, GROW_MARGIN, TARGET_FROM, GROW_MARGIN_TARGET, GROW_ON_LOGPROB,
+    BEAM, MAX_TOKENS, GROWTH_SHORTLIST, GROWTH_FIRST_SHORTLIST, GROWTH_KEPT, GROW_MARGIN, TARGET_FROM, GROW_MARGIN_TARGET, GROW_ON_LOGPROB,
     TARGET_BEAM, SYNERGY_POOL,
     SWITCH_PROBES, SWITCH_FROM, SWITCH_CHECKS, SWITCH_CHECKED, MINIMISE_KEEP, MINIMAL_FIRES, REFINE_TOP, REFINE_MARGIN,
     FIRST_TOKENS, MIN_SHARE, MIN_GAIN, REOPEN, REOPEN_TOKENS, PAYLOAD_GAIN, CANNED_LEAST, CANNED_TRIED, CANNED_SWAPS, CANNED_KEPT, CANNED_GAIN,
