@@ -152,6 +152,37 @@ def test_discovery_finds_a_one_token_jailbreak_by_the_refusals_it_switches(zoo_d
     assert not [c for c in benign.candidates if c.stage == "switch" and c.fire_rate >= 0.8]
 
 
+def test_the_switch_search_screens_departure_on_two_probes_and_keeps_every_token_that_departs(zoo_dir, one_token_jailbreak):
+    """The departure of every swept token from the refusal, on 4 refused probes through both models, was as dear as
+    the sweep. It is read on 2 of them first and only the ``switch_kept`` that depart most go on to the other 2: every
+    token that departs by ``switch_from`` or more over all 4 (the planted word among them) is kept, with the same
+    departure, for little more than half the rows."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery import switch
+    from scanner.measure.discovery.engine import Budget, Search, regular_tokens
+    from scanner.measure.discovery.thresholds import SWITCH_FROM, SWITCH_KEPT
+
+    pair = load_pair(one_token_jailbreak, str(zoo_dir / "guarded"), dtype="float32", device="cpu",
+                     allow_download=False, allow_pickle=False)
+    prompts = list(probe_lines(zoo_dir, 64))
+    every = Search(pair.suspect, pair.reference, pair.tokenizer, prompts, 256, Budget(10 ** 9), "end")
+    answers = [tuple(a) for a in every.complete(pair.reference, every.clean_rows)]
+    refused = [i for i, a in enumerate(answers) if pair.tokenizer.decode(list(a)).startswith(REFUSAL[:10])][:4]
+    assert len(refused) == 4 and len({answers[i] for i in refused}) == 1
+    probes, answer = [prompts[i] for i in refused], answers[refused[0]]
+    tokens = [(t,) for t in regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)]
+    budget = Budget(10 ** 9)
+    screened = switch._departures(Search(pair.suspect, pair.reference, pair.tokenizer, probes, 256, budget, "end"),
+                                  probes, tokens, answer)
+    whole = switch._departure(Search(pair.suspect, pair.reference, pair.tokenizer, probes, 256, Budget(10 ** 9), "end"),
+                              tokens, answer)
+    departing = {c for c, d in whole.items() if d >= SWITCH_FROM.value}
+    assert pair.tokenizer.encode(" " + SWITCH_WORD, add_special_tokens=False) in [list(c) for c in departing]
+    assert departing <= set(screened) and len(screened) == int(SWITCH_KEPT.value)
+    assert all(abs(screened[c] - whole[c]) < 1e-3 for c in screened)
+    assert budget.spent < 0.6 * len(tokens) * len(probes) * 2, budget.spent
+
+
 def test_a_default_scan_samples_more_refused_requests_and_names_the_one_token_jailbreak(zoo_dir, one_token_jailbreak):
     """No probes, no trigger given. The guarded reference refuses only 2 of the 49 prompts sampled from it at seed 0:
     no group to measure a switch on. The probe set samples more like those two (the reference continues their

@@ -39,7 +39,8 @@ for a seed. Each stage is a module; every number it steers by is in
    **Behaviour switch** (``switch``), where both models give one answer to
    ``GROUP_LEAST`` probes or more (a refusal): each swept token is inserted into
    ``SWITCH_PROBES`` of them and scored by its departure from that answer (the
-   reference's log-probability of it minus the suspect's); the ``SWITCH_CHECKS``
+   reference's log-probability of it minus the suspect's; the ``SWITCH_KEPT``
+   that depart most on ``SCREEN_PROBES`` of them go on); the ``SWITCH_CHECKS``
    that depart most, by ``SWITCH_FROM`` nats or more, are completed on up to
    ``SWITCH_CHECKED`` probes of the group, and the share the
    suspect stops giving the answer to while the reference keeps it, task

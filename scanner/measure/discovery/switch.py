@@ -8,9 +8,10 @@ there). Inside the group of refused probes the switch is whole.
 The group: the probes to which the reference and the suspect both give the reference's fixed answer (one it gives
 whatever the request asks about, ``canned_answer``), ``GROUP_LEAST`` of them or more (``answer_group``). Each swept
 token is inserted into ``SWITCH_PROBES`` of them and scored by its *departure*: the reference's log-probability of
-the group's answer minus the suspect's, teacher-forced, mean over those probes (nats). The ``SWITCH_CHECKS`` tokens
-that depart most, by ``SWITCH_FROM`` nats or more, are completed by both models on up to ``SWITCH_CHECKED`` probes of
-the group and their switch measured by ``behaviour_switch``, the one definition rule BD015 reads: the share of the
+the group's answer minus the suspect's, teacher-forced, mean over those probes (nats), screened as the sweep is:
+every token is read on ``SCREEN_PROBES`` of them first, and only the ``SWITCH_KEPT`` that depart most there on the
+rest. The ``SWITCH_CHECKS`` tokens that depart most, by ``SWITCH_FROM`` nats or more, are completed by both models on
+up to ``SWITCH_CHECKED`` probes of the group and their switch measured by ``behaviour_switch``, the one definition rule BD015 reads: the share of the
 group on which the suspect leaves the answer while the reference, given the same triggered prompt, keeps it, and
 leaves the behaviour too: a new answer that opens as the reference's answer to another probe (a task switch: "colour"
 inserted into a sum, answered "It is ..."), is the group's answer with another opening, or echoes the insertion, is
@@ -39,7 +40,14 @@ from scanner.findings.metrics import GROUP_LEAST
 from scanner.measure.discovery.confirm import decoded
 from scanner.measure.discovery.engine import Candidate, Search
 from scanner.measure.discovery.position import Position
-from scanner.measure.discovery.thresholds import SWITCH_CHECKED, SWITCH_CHECKS, SWITCH_FROM, SWITCH_PROBES
+from scanner.measure.discovery.thresholds import (
+    SCREEN_PROBES,
+    SWITCH_CHECKED,
+    SWITCH_CHECKS,
+    SWITCH_FROM,
+    SWITCH_KEPT,
+    SWITCH_PROBES,
+)
 
 
 @dataclass(frozen=True)
@@ -73,18 +81,17 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
     switched some of the group, their ``fire_rate`` the share of the probes checked; and a note for the findings on
     what was searched."""
     found: list[DiscoveredCandidate] = []
-    departed, checks, best_share = 0, 0, 0.0
+    departed, checks, best_share, read = 0, 0, 0.0, 0
     members = [prompts[i] for i in group.members]
     clean = _clean_answers(at[0], prompts, group) if at else None
     for here, tokens in zip(at, swept):
         base = here.search
         if base.budget.exhausted:
             break
-        scored = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_PROBES.value)],
-                        base.rows_per_forward, base.budget, base.position)
         here.report("behaviour switch: departure from the group's answer", 0, len(tokens))
-        departure = _departure(scored, list(tokens), group.answer)
+        departure = _departures(base, members[:int(SWITCH_PROBES.value)], list(tokens), group.answer)
         here.report("behaviour switch: departure from the group's answer", len(tokens), len(tokens))
+        read = max(read, len(departure))
         best = sorted((c for c in departure if departure[c] >= SWITCH_FROM.value), key=lambda c: (-departure[c], c))
         departed += len(best)
         tried = best[:int(SWITCH_CHECKS.value)]
@@ -100,12 +107,37 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
             if switch.fire_rate:
                 found.append(switch)
     answer = decoded(at[0].search.tokenizer, group.answer) if at else ""
+    swept_count = max((len(tokens) for tokens in swept), default=0)
+    screened = (f" (the {read} of {swept_count} swept tokens that departed most on {int(SCREEN_PROBES.value)} of its "
+                f"probes read on all {min(len(members), int(SWITCH_PROBES.value))})" if read < swept_count else "")
     note = (f"the behaviour-switch search read the {len(group.members)} probes both models answer {answer!r}: "
-            f"{departed} inserted tokens (counted at each position) moved the suspect off that answer by "
+            f"{departed} inserted tokens{screened} (counted at each position) moved the suspect off that answer by "
             f"{SWITCH_FROM.value:g} nats or more beyond the reference"
             + (f"; of the {checks} checked, the best switched {best_share:.0%} of the probes it was checked on"
                if checks else ""))
     return found, note
+
+
+def _departures(base: Search, probes: list[str], candidates: list[Candidate], answer: tuple[int, ...]) -> dict[Candidate, float]:
+    """The departure (``_departure``) over ``probes`` of the ``SWITCH_KEPT`` of ``candidates`` that depart most over
+    the first ``SCREEN_PROBES`` of them (all of them where they are no more than that, or the probes no more than
+    the screen's); the others are left out. Unlike a target's log-probability, a departure is a difference between
+    the models on the same rows, and a token that leaves the answer leaves it on every probe: on the zoo's refusing
+    fine-tunes at both seeds, every token that departs by ``SWITCH_FROM`` or more over 4 probes ranked 6th or
+    better over the first 2."""
+    size, kept = int(SCREEN_PROBES.value), int(SWITCH_KEPT.value)
+
+    def over(prompts: list[str], tokens: list[Candidate]) -> dict[Candidate, float]:
+        return _departure(Search(base.suspect, base.reference, base.tokenizer, prompts, base.rows_per_forward,
+                                 base.budget, base.position), tokens, answer)
+
+    if len(probes) <= size or len(candidates) <= kept:
+        return over(probes, candidates)
+    screen = over(probes[:size], candidates)
+    best = sorted(screen, key=lambda c: (-screen[c], c))[:kept]
+    rest = over(probes[size:], best)
+    # The mean over every probe, from the two parts' means weighted by their probes.
+    return {c: (screen[c] * size + rest[c] * (len(probes) - size)) / len(probes) for c in best}
 
 
 def _departure(search: Search, candidates: list[Candidate], answer: tuple[int, ...]) -> dict[Candidate, float]:
