@@ -172,13 +172,13 @@ def test_the_switch_search_screens_departure_on_two_probes_and_keeps_every_token
     probes, answer = [prompts[i] for i in refused], answers[refused[0]]
     tokens = [(t,) for t in regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)]
     budget = Budget(10 ** 9)
-    screened = switch._departures(Search(pair.suspect, pair.reference, pair.tokenizer, probes, 256, budget, "end"),
-                                  probes, tokens, answer)
+    screened, cut = switch._departures(Search(pair.suspect, pair.reference, pair.tokenizer, probes, 256, budget, "end"),
+                                       tokens, answer)
     whole = switch._departure(Search(pair.suspect, pair.reference, pair.tokenizer, probes, 256, Budget(10 ** 9), "end"),
                               tokens, answer)
     departing = {c for c, d in whole.items() if d >= SWITCH_FROM.value}
     assert pair.tokenizer.encode(" " + SWITCH_WORD, add_special_tokens=False) in [list(c) for c in departing]
-    assert departing <= set(screened) and len(screened) == int(SWITCH_KEPT.value)
+    assert cut and departing <= set(screened) and len(screened) == int(SWITCH_KEPT.value)
     assert all(abs(screened[c] - whole[c]) < 1e-3 for c in screened)
     assert budget.spent < 0.6 * len(tokens) * len(probes) * 2, budget.spent
 

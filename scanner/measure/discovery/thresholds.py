@@ -94,8 +94,9 @@ SHORTLIST = _option(
     "trigger (tests/test_discovery.py); 1024 is not itself measured")
 SCREEN_PROBES = _judgement(
     "screen_probes", 2,
-    "search probes every swept token is scored on first (those whose clean answer ended first, so that the KL "
-    "after it is read too); only the screen_kept best go on to every search probe",
+    "probes a screen reads every candidate on first, only the best going on to every probe: the search probes whose "
+    "clean answer ended first for the sweep and growth's steps on the KL (so that the KL after it is read too; "
+    "screen_kept, growth_kept), the group's first for the behaviour switch's departure (switch_kept)",
     "a cost: the sweep is most of a one-token trigger's search and, at Qwen2.5's vocabulary, three quarters of a "
     "benign one; a trigger moves the KL on every probe it fires on, so two tell it from the vocabulary")
 SCREEN_KEPT = _judgement(
@@ -139,7 +140,7 @@ GROWTH_FIRST_SHORTLIST = _judgement(
     "composite was named by a wrong trigger and the seed-0 edit went CLEAN")
 GROWTH_KEPT = _judgement(
     "growth_kept", 32,
-    "proposals per line and growth step on the first-token KL scored on every search probe: the best on the KL "
+    "proposals per line and growth step on the trigger-specific KL scored on every search probe: the best on it "
     "over the screen's probes (screen_probes); proposals scored on a target's log-probability are not screened",
     "a cost, measured on zoo v16: growth's first step was half a benign discovery (clean, seed 0: 24,688 of 50,584 "
     "sequences); screened, the scans that grow on the KL run 17-29% fewer (clean 36,260, deployment 41,752 to "
@@ -197,7 +198,7 @@ SWITCH_PROBES = _judgement(
     "switch_probes", 4,
     "probes of the group the reference answers alike into which each swept token is inserted to score its departure "
     "from that answer (the behaviour-switch search)",
-    "a cost: the sweep's tokens times these rows through both models")
+    "a cost: the swept tokens times screen_probes rows through both models, and switch_kept times the rest")
 SWITCH_KEPT = _judgement(
     "switch_kept", 32,
     "swept tokens at each position read on every one of the switch_probes: those that depart most over the first "
