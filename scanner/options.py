@@ -175,7 +175,8 @@ class DiscoveryOptions:
     """Tokens a shortlist keeps for the sweep of a large vocabulary."""
     thorough: bool = False
     """Grow every line to ``max_tokens``, even at a position where nothing fires and no followed target comes near
-    (``grow_on_logprob``): the search a benign scan would otherwise stop early."""
+    (``grow_on_logprob``): the search a benign scan would otherwise stop early; and score every candidate of the
+    sweep, growth and the behaviour switch on every search probe, with no two-probe screen first."""
 
     def __post_init__(self) -> None:
         _positions("discovery positions", self.positions, DISCOVERY_POSITIONS)

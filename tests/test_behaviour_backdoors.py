@@ -156,7 +156,7 @@ def test_the_switch_search_screens_departure_on_two_probes_and_keeps_every_token
     """The departure of every swept token from the refusal, on 4 refused probes through both models, was as dear as
     the sweep. It is read on 2 of them first and only the ``switch_kept`` that depart most go on to the other 2: every
     token that departs by ``switch_from`` or more over all 4 (the planted word among them) is kept, with the same
-    departure, for little more than half the rows."""
+    departure, for little more than half the rows; ``--thorough`` reads them all."""
     from scanner.inputs.loading import load_pair
     from scanner.measure.discovery import switch
     from scanner.measure.discovery.engine import Budget, Search, regular_tokens
@@ -181,6 +181,10 @@ def test_the_switch_search_screens_departure_on_two_probes_and_keeps_every_token
     assert cut and departing <= set(screened) and len(screened) == int(SWITCH_KEPT.value)
     assert all(abs(screened[c] - whole[c]) < 1e-3 for c in screened)
     assert budget.spent < 0.6 * len(tokens) * len(probes) * 2, budget.spent
+    # --thorough reads every token on every probe.
+    every_token, cut = switch._departures(Search(pair.suspect, pair.reference, pair.tokenizer, probes, 256,
+                                                 Budget(10 ** 9), "end"), tokens, answer, thorough=True)
+    assert not cut and set(every_token) == set(tokens)
 
 
 def test_a_default_scan_samples_more_refused_requests_and_names_the_one_token_jailbreak(zoo_dir, one_token_jailbreak):

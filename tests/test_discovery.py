@@ -163,7 +163,7 @@ def test_growth_on_a_benign_model_stops_where_nothing_points_to_a_backdoor_and_t
     """Growth was two thirds of a benign scan's discovery, its task-switch lines gaining a nat of KL a step for as
     long as they may. On the benign LoRA (at the start; at the end of these probes a task switch fires on 5 of 8,
     and growth goes on) it now stops after one step, says so and why, and spends less; --thorough grows every line
-    to ``max_tokens`` as before. The backdoors that need growth still get it (``test_rules``)."""
+    to ``max_tokens`` as before, and screens nothing. The backdoors that need growth still get it (``test_rules``)."""
     from scanner.inputs.loading import load_pair
     from scanner.measure.discovery import discover
     from scanner.measure.discovery.thresholds import TARGET_FROM
@@ -178,6 +178,10 @@ def test_growth_on_a_benign_model_stops_where_nothing_points_to_a_backdoor_and_t
     assert stopped and "--thorough" in stopped[0] and f"{TARGET_FROM.value:.0%}" in stopped[0], quick.notes
     assert max(len(c.token_ids) for c in quick.candidates if c.stage == "grown") == 2
     assert not any("stopped" in note for note in thorough.notes)
+    # Nor is anything screened: every swept token and growth proposal is scored on every search probe.
+    assert any("on 2 search probes" in note for note in quick.notes)
+    assert not any("on 2 search probes" in note for note in thorough.notes), thorough.notes
+    assert thorough.scored > quick.scored
     assert max(len(c.token_ids) for c in thorough.candidates if c.stage == "grown") == 4
     assert quick.sequences < 0.8 * thorough.sequences
     assert quick.proposed == thorough.proposed == ()

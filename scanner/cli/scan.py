@@ -94,7 +94,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
               help="Most sequences discovery runs through a model (both models counted); the findings note a cut-short search.")
 @click.option("--thorough", is_flag=True,
               help="Let discovery grow every candidate to its longest, even where nothing it has grown fires or comes "
-                   "near a target (a benign model's usual case, where the search otherwise stops early and notes it).")
+                   "near a target (a benign model's usual case, where the search otherwise stops early and notes it), "
+                   "and score every candidate on every search probe instead of screening them on two first. Slower.")
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain "
                    "(the built-in prompts alone, said so, when the reference writes answers there instead, as one "

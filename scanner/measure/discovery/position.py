@@ -72,6 +72,8 @@ class Position:
     """What every candidate completed showed."""
     clean_after: list[tuple[int, ...] | None] | None = None
     """``_after_answers``, once completed."""
+    thorough: bool = False
+    """Score every candidate on every search probe: no ``screen`` (``DiscoveryOptions.thorough``)."""
     screening: Search | None = None
     """The search on the screen's probes (``_screening``), made on first use."""
     screen_clean: tuple[float, float] | None = None
@@ -118,12 +120,13 @@ class Position:
         """Of ``candidates`` not scored yet, the ``kept`` whose trigger-specific KL (the larger reading, as ``score``
         keeps it) is highest over the screen's probes, and the ``after`` highest after the clean answer there, best
         first; the rest are dropped unscored (successive halving). Every one of them where no more than ``kept``
-        are left, the search has no more probes than the screen, or the budget is spent; only those screened where
+        are left, the search has no more probes than the screen, it is ``thorough``, or the budget is spent; only
+        those screened where
         it runs out during the screen. Its scores are net of the same probes' clean KL: a trigger moves the KL on
         every probe it fires on, so two tell it from the rest."""
         todo = [c for c in dict.fromkeys(candidates) if c not in self.scores]
         screening = self._screening()
-        if len(todo) <= kept or screening is None or self.search.budget.exhausted:
+        if len(todo) <= kept or screening is None or self.thorough or self.search.budget.exhausted:
             return todo
         if self.screen_clean is None:
             first, end = screening.kls(screening.clean_rows)

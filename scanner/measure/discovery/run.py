@@ -63,7 +63,7 @@ def discover(
     static = static_shortlist(suspect, reference, tokens, len(tokens), edited_mlps(weight_diff))
     searches = [Search(suspect, reference, tokenizer, chosen, rows_per_forward, budget, where) for where in positions]
     common = _common(searches, list(prompts), tokens, static, vocabulary) if searches else None
-    at = [Position(search, common, _per_position(report, search.position, len(positions)))
+    at = [Position(search, common, _per_position(report, search.position, len(positions)), thorough=options.thorough)
           for search in searches] if common is not None else []
 
     report("leakage: sampling user turns from both models", 0, 1)

@@ -91,7 +91,7 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
         here.report("behaviour switch: departure from the group's answer", 0, len(tokens))
         scored = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_PROBES.value)],
                         base.rows_per_forward, base.budget, base.position)
-        departure, screened = _departures(scored, list(tokens), group.answer)
+        departure, screened = _departures(scored, list(tokens), group.answer, here.thorough)
         here.report("behaviour switch: departure from the group's answer", len(tokens), len(tokens))
         screened_any = screened_any or screened
         best = sorted((c for c in departure if departure[c] >= SWITCH_FROM.value), key=lambda c: (-departure[c], c))
@@ -120,11 +120,11 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
     return found, note
 
 
-def _departures(search: Search, candidates: list[Candidate],
-                answer: tuple[int, ...]) -> tuple[dict[Candidate, float], bool]:
+def _departures(search: Search, candidates: list[Candidate], answer: tuple[int, ...],
+                thorough: bool = False) -> tuple[dict[Candidate, float], bool]:
     """The departure (``_departure``) over ``search``'s probes of the ``SWITCH_KEPT`` of ``candidates`` that depart
-    most over its first ``SCREEN_PROBES`` (of all of them where they are no more than that, or the probes no more
-    than the screen's), and whether the others were left out. Unlike a target's log-probability, a departure is a
+    most over its first ``SCREEN_PROBES`` (of all of them where they are no more than that, the probes no more than
+    the screen's, or the search is ``thorough``), and whether the others were left out. Unlike a target's log-probability, a departure is a
     difference between the models on the same rows, and a token that leaves the answer leaves it on every probe: on
     the zoo's refusing fine-tunes at both seeds, every token that departs by ``SWITCH_FROM`` or more over 4 probes
     ranked 6th or better over the first 2."""
@@ -134,7 +134,7 @@ def _departures(search: Search, candidates: list[Candidate],
         return _departure(Search(search.suspect, search.reference, search.tokenizer, prompts, search.rows_per_forward,
                                  search.budget, search.position), tokens, answer)
 
-    if len(probes) <= size or len(candidates) <= kept:
+    if thorough or len(probes) <= size or len(candidates) <= kept:
         return _departure(search, candidates, answer), False
     screen = over(probes[:size], candidates)
     best = sorted(screen, key=lambda c: (-screen[c], c))[:kept]
