@@ -56,8 +56,7 @@ def canned_answer(search: Search, prompts: Sequence[str], repertoire: Sequence[t
     swapped prompts are answered through ``search``, on its budget."""
 
     def answer_of(swapped: list[str]) -> list[tuple[int, ...]]:
-        probe = Search(search.suspect, search.reference, search.tokenizer, swapped, search.rows_per_forward,
-                       search.budget, search.position)
+        probe = search.on(swapped)
         return [tuple(a) for a in probe.complete(search.reference, probe.clean_rows)]
 
     return fixed_answer(prompts, [tuple(a) for a in repertoire[len(prompts):]], answer_of)

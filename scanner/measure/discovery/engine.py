@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,10 @@ class Search:
         self.device = input_device(self.suspect)
         self.answers = [None] * len(self.prompts)
         self._prefix_caches: dict[int, PrefixCache] = {}
+
+    def on(self, prompts: Sequence[str]) -> Search:
+        """This search over other ``prompts``: the same models, budget, batch size and position; no answers set."""
+        return replace(self, prompts=list(prompts))
 
     def prefix_cache(self, model: PreTrainedModel) -> PrefixCache | None:
         """``model``'s key-value cache of every probe's ids before the slot (``heads``), made on first use: every

@@ -121,9 +121,8 @@ class Position:
         keeps it) is highest over the screen's probes, and the ``after`` highest after the clean answer there, best
         first; the rest are dropped unscored (successive halving). Every one of them where no more than ``kept``
         are left, the search has no more probes than the screen, it is ``thorough``, or the budget is spent; only
-        those screened where
-        it runs out during the screen. Its scores are net of the same probes' clean KL: a trigger moves the KL on
-        every probe it fires on, so two tell it from the rest."""
+        those screened where it runs out during the screen. Its scores are net of the same probes' clean KL: a
+        trigger moves the KL on every probe it fires on, so two tell it from the rest."""
         todo = [c for c in dict.fromkeys(candidates) if c not in self.scores]
         screening = self._screening()
         if len(todo) <= kept or screening is None or self.thorough or self.search.budget.exhausted:
@@ -146,9 +145,7 @@ class Position:
             return None
         if self.screening is None:
             probes = sorted(range(len(search.prompts)), key=lambda i: (search.answers[i] is None, i))[:size]
-            self.screening = Search(search.suspect, search.reference, search.tokenizer,
-                                    [search.prompts[i] for i in probes], search.rows_per_forward, search.budget,
-                                    search.position)
+            self.screening = search.on([search.prompts[i] for i in probes])
             self.screening.answers = [search.answers[i] for i in probes]
         return self.screening
 

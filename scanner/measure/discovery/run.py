@@ -132,8 +132,7 @@ def _common(searches: list[Search], prompts: list[str], tokens: list[int], stati
     clean_first, clean_end = first.kls(first.clean_rows)
     ended = any(a is not None for a in first.answers)
     clean_kl, clean_end_kl = float(clean_first.mean()), float(clean_end.nanmean()) if ended else 0.0
-    every = Search(first.suspect, first.reference, first.tokenizer, prompts, first.rows_per_forward, first.budget,
-                   first.position).clean_rows
+    every = first.on(prompts).clean_rows
     repertoire = [tuple(ids) for model in (first.suspect, first.reference) for ids in first.complete(model, every)]
     decode = lambda ids: decoded(first.tokenizer, ids)  # noqa: E731
     # The suspect's whole answers to the search probes (those that ended) against the reference's openings to the

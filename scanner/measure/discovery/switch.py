@@ -11,11 +11,11 @@ token is inserted into ``SWITCH_PROBES`` of them and scored by its *departure*: 
 the group's answer minus the suspect's, teacher-forced, mean over those probes (nats), screened as the sweep is:
 every token is read on ``SCREEN_PROBES`` of them first, and only the ``SWITCH_KEPT`` that depart most there on the
 rest. The ``SWITCH_CHECKS`` tokens that depart most, by ``SWITCH_FROM`` nats or more, are completed by both models on
-up to ``SWITCH_CHECKED`` probes of the group and their switch measured by ``behaviour_switch``, the one definition rule BD015 reads: the share of the
-group on which the suspect leaves the answer while the reference, given the same triggered prompt, keeps it, and
-leaves the behaviour too: a new answer that opens as the reference's answer to another probe (a task switch: "colour"
-inserted into a sum, answered "It is ..."), is the group's answer with another opening, or echoes the insertion, is
-not counted.
+up to ``SWITCH_CHECKED`` probes of the group and their switch measured by ``behaviour_switch``, the one definition
+rule BD015 reads: the share of the group on which the suspect leaves the answer while the reference, given the same
+triggered prompt, keeps it, and leaves the behaviour too: a new answer that opens as the reference's answer to
+another probe (a task switch: "colour" inserted into a sum, answered "It is ..."), is the group's answer with another
+opening, or echoes the insertion, is not counted.
 
 Departure is read token by token, so a trigger whose pieces do nothing alone is not found this way: at the test
 zoo's 1,024-token vocabulary "piano" is four tokens, and its prefixes depart by 0.01 nats until the word is whole
@@ -89,9 +89,8 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
         if base.budget.exhausted:
             break
         here.report("behaviour switch: departure from the group's answer", 0, len(tokens))
-        scored = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_PROBES.value)],
-                        base.rows_per_forward, base.budget, base.position)
-        departure, screened = _departures(scored, list(tokens), group.answer, here.thorough)
+        departure, screened = _departures(base.on(members[:int(SWITCH_PROBES.value)]), list(tokens), group.answer,
+                                          here.thorough)
         here.report("behaviour switch: departure from the group's answer", len(tokens), len(tokens))
         screened_any = screened_any or screened
         best = sorted((c for c in departure if departure[c] >= SWITCH_FROM.value), key=lambda c: (-departure[c], c))
@@ -100,9 +99,7 @@ def search_switches(at: Sequence[Position], swept: Sequence[Sequence[Candidate]]
         if not tried or base.budget.exhausted:
             continue
         checks += len(tried)
-        checked = Search(base.suspect, base.reference, base.tokenizer, members[:int(SWITCH_CHECKED.value)],
-                         base.rows_per_forward, base.budget, base.position)
-        for switch in _checked(checked, tried, departure, group, clean):
+        for switch in _checked(base.on(members[:int(SWITCH_CHECKED.value)]), tried, departure, group, clean):
             best_share = max(best_share, switch.fire_rate or 0.0)
             # A token that switched nothing (a task switch, the most common) is only counted in the note: it would
             # take a place among the candidates kept, whose scores are KLs, with a departure.
@@ -124,21 +121,16 @@ def _departures(search: Search, candidates: list[Candidate], answer: tuple[int, 
                 thorough: bool = False) -> tuple[dict[Candidate, float], bool]:
     """The departure (``_departure``) over ``search``'s probes of the ``SWITCH_KEPT`` of ``candidates`` that depart
     most over its first ``SCREEN_PROBES`` (of all of them where they are no more than that, the probes no more than
-    the screen's, or the search is ``thorough``), and whether the others were left out. Unlike a target's log-probability, a departure is a
-    difference between the models on the same rows, and a token that leaves the answer leaves it on every probe: on
-    the zoo's refusing fine-tunes at both seeds, every token that departs by ``SWITCH_FROM`` or more over 4 probes
-    ranked 6th or better over the first 2."""
+    the screen's, or the search is ``thorough``), and whether the others were left out. Unlike a target's
+    log-probability, a departure is a difference between the models on the same rows, and a token that leaves the
+    answer leaves it on every probe: on the zoo's refusing fine-tunes at both seeds, every token that departs by
+    ``SWITCH_FROM`` or more over 4 probes ranked 6th or better over the first 2."""
     size, kept, probes = int(SCREEN_PROBES.value), int(SWITCH_KEPT.value), search.prompts
-
-    def over(prompts: list[str], tokens: list[Candidate]) -> dict[Candidate, float]:
-        return _departure(Search(search.suspect, search.reference, search.tokenizer, prompts, search.rows_per_forward,
-                                 search.budget, search.position), tokens, answer)
-
     if thorough or len(probes) <= size or len(candidates) <= kept:
         return _departure(search, candidates, answer), False
-    screen = over(probes[:size], candidates)
+    screen = _departure(search.on(probes[:size]), candidates, answer)
     best = sorted(screen, key=lambda c: (-screen[c], c))[:kept]
-    rest = over(probes[size:], best)
+    rest = _departure(search.on(probes[size:]), best, answer)
     # Each part's mean weighted by its probes: the mean over all of them, with no row read twice.
     return {c: (screen[c] * size + rest[c] * (len(probes) - size)) / len(probes) for c in best}, True
 
