@@ -193,7 +193,8 @@ class LocalisationOptions:
     """Attention, attribution, mean ablation and head patching for the triggers that matter most."""
 
     top: int = 2
-    """Catalogue triggers localised: the top N by KL ratio (every given trigger is)."""
+    """Triggers localised: the top N by KL ratio of those discovery found and of the catalogue's that change enough
+    to localise (``scanner.api.localise.skipped_localisation``); every given trigger is."""
     patch_method: str = "ranked"
     ablation: str = "auto"
     """``exact``: every head ablated (``layers x heads x probes`` rows); ``screened``: every layer's heads together,
@@ -202,6 +203,9 @@ class LocalisationOptions:
     kl_threshold: float | None = None
     """None: twice the suspect's clean output KL, at least ``MIN_THRESHOLD``."""
     patch_budget: int = DEFAULT_PATCH_BUDGET
+    thorough: bool = False
+    """Localise the top catalogue triggers even where they change too little to localise
+    (``scanner.api.localise.LOCALISE_FROM``): ``--thorough``."""
 
     def __post_init__(self) -> None:
         _choice("patch method", self.patch_method, PATCH_METHODS)

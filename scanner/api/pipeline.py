@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from scanner import __version__
-from scanner.api.localise import Localisation, localise
+from scanner.api.localise import Localisation, localise, skipped_localisation
 from scanner.api.reference import ReferenceContext, prepare_reference
 from scanner.api.stages import StageLog, StepProgress, enter_stage
 from scanner.errors import IdenticalModelsError, InputError
@@ -83,7 +83,7 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
     placed.update(place_triggers(pair, prompts, found, positions, options.seed))
     triggers += found
     clean, at_positions = _behaviour(pair, placed, triggers, options, stages, progress)
-    results = _trigger_findings(pair, placed, at_positions, options, stages, progress)
+    results = _trigger_findings(pair, placed, at_positions, found, options, stages, progress)
     quantised = context.reference.quantisation != "none"
     run = RunInfo(
         bdscan_version=__version__, library_versions=library_versions(),
@@ -160,27 +160,30 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], option
 
 
 def _trigger_findings(pair: LoadedPair, placed: Placed, at_positions: dict[str, dict[str, BehaviourResult]],
-                      options: ScanOptions, stages: StageLog, progress: Progress) -> list[TriggerFindings]:
-    """Each measured trigger at the position it acted most, localised when it ranks among those that matter."""
+                      discovered: Sequence[str], options: ScanOptions, stages: StageLog,
+                      progress: Progress) -> list[TriggerFindings]:
+    """Each measured trigger at the position it acted most, localised when it ranks among those that matter
+    (``skipped_localisation``; every one the user gave)."""
     measured = list(at_positions)
     where_strongest = {t: strongest_position(at_positions[t]) for t in measured}
     behaviours = {t: at_positions[t][where_strongest[t]] for t in measured}
     prepared = {t: placed[(t, where_strongest[t])] for t in measured}
     ranked = sorted(measured, key=lambda t: -behaviours[t].kl_ratio)
-    top = options.localisation.top
-    localised = ranked if options.triggers else ranked[:top]
+    skipped = {} if options.triggers else skipped_localisation(
+        ranked, {t: behaviours[t].kl_specific for t in measured}, set(discovered), options.localisation.top,
+        options.localisation.thorough)
     results = []
     patcher = None
     enter_stage(progress, options, "localisation")
     for trigger in measured:
         found = Localisation()
-        if trigger in localised:
+        if trigger not in skipped:
             patcher = patcher or HeadPatcher(pair.suspect, sites_for(pair.suspect))
             found = localise(pair, patcher, prepared[trigger], behaviours[trigger], options.localisation, options.model,
                              stages, progress)
         else:
             for name in ("attention", "attribution", "ablation", "patching"):
-                stages.skip(f"{name}[{trigger}]", f"KL ratio ranks below the top {top} catalogue triggers")
+                stages.skip(f"{name}[{trigger}]", skipped[trigger])
         b = behaviours[trigger]
         results.append(TriggerFindings(
             trigger=trigger, trigger_tokens=len(prepared[trigger].triggered[0].trigger_positions),

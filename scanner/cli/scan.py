@@ -95,7 +95,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--thorough", is_flag=True,
               help="Let discovery grow every candidate to its longest, even where nothing it has grown fires or comes "
                    "near a target (a benign model's usual case, where the search otherwise stops early and notes it), "
-                   "and score every candidate on every search probe instead of screening them on two first. Slower.")
+                   "and score every candidate on every search probe instead of screening them on two first; and "
+                   "localise the top catalogue triggers even where they change too little to localise. Slower.")
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain "
                    "(the built-in prompts alone, said so, when the reference writes answers there instead, as one "
@@ -138,7 +139,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--patch-budget", type=click.IntRange(1), default=DEFAULT_PATCH_BUDGET, show_default=True,
               help="Most heads to patch.")
 @click.option("--localise-top", type=click.IntRange(0), default=2, show_default=True,
-              help="Catalogue triggers to localise (attention, ablation, attribution, patching), by KL ratio.")
+              help="Triggers to localise (attention, ablation, attribution, patching), by KL ratio: of those discovery "
+                   "found and of the catalogue's that change the output enough (every --trigger is localised).")
 @click.option("--allow-download", is_flag=True, help="Let a hub id reference be downloaded (never by default).")
 @click.option("--allow-pickle", is_flag=True,
               help="Load a pickle-based suspect (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True) only.")
@@ -236,7 +238,7 @@ def scan_command(suspects: tuple[Path, ...], suspects_from: Path | None, out_dir
         probes=ProbeOptions(given=probes, mode=probe_mode, sample=sample_probes),
         behaviour=BehaviourOptions(positions=_ordered(positions) if positions else POSITIONS, max_new_tokens=max_new_tokens),
         discovery=DiscoveryOptions(enabled=discover, budget=discovery_budget, thorough=thorough),
-        localisation=LocalisationOptions(top=localise_top, patch_method=patch_method, ablation=ablation,
+        localisation=LocalisationOptions(top=localise_top, patch_method=patch_method, ablation=ablation, thorough=thorough,
                                          kl_threshold=kl_threshold, patch_budget=patch_budget),
     )
     if options.model.max_memory is not None and len(fleet) == 1:

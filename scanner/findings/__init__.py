@@ -35,6 +35,7 @@ from scanner.findings.metrics import (
     echoes,
     grid_difference,
     kl_ratio,
+    kl_specific,
     median,
     modal_share,
     recurring_span,
@@ -51,6 +52,7 @@ __all__ = [
     "AttentionFindings", "AttentionPattern", "AttributionFindings", "CleanFindings", "Findings", "Grid", "Head",
     "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour", "Probe", "ProbeBehaviour",
     "ProbeSetFindings", "RunInfo", "Span", "StageRecord", "Switch", "TokenizerInfo", "TriggerFindings", "WeightDiff",
-    "behaviour_switch", "collapse", "constant_change", "contrast", "echoes", "grid_difference", "kl_ratio", "median",
-    "modal_share", "read_findings", "recurring_span", "share_starting_with", "top_cells", "without_constant_change",
+    "behaviour_switch", "collapse", "constant_change", "contrast", "echoes", "grid_difference", "kl_ratio", "kl_specific",
+    "median", "modal_share", "read_findings", "recurring_span", "share_starting_with", "top_cells",
+    "without_constant_change",
 ]

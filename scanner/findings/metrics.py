@@ -31,6 +31,11 @@ def kl_ratio(kl_triggered: float, kl_clean: float) -> float:
     return kl_triggered / max(kl_clean, NOISE_FLOOR_KL)
 
 
+def kl_specific(kl_triggered: float, kl_clean: float) -> float:
+    """Trigger-specific output divergence: ``kl_triggered - kl_clean``, in nats. The one definition."""
+    return kl_triggered - kl_clean
+
+
 def collapse(share_suspect: float, share_reference: float, share_suspect_clean: float) -> float:
     """Target collapse: the suspect's share answering the recovered target under the trigger, minus the larger of
     the reference's share under the same trigger and the suspect's share without it. The one definition."""

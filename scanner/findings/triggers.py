@@ -16,6 +16,7 @@ from scanner.findings.metrics import (
     collapse,
     contrast,
     kl_ratio,
+    kl_specific,
     modal_share,
     recurring_span,
 )
@@ -145,8 +146,8 @@ class TriggerFindings:
 
     @property
     def kl_specific(self) -> float:
-        """Trigger-specific output divergence: triggered minus clean KL, in nats."""
-        return self.kl_triggered - self.kl_clean
+        """See ``kl_specific``."""
+        return kl_specific(self.kl_triggered, self.kl_clean)
 
     @property
     def target_collapse(self) -> float:

@@ -23,6 +23,7 @@ from scanner.findings import (
     collapse,
     constant_change,
     kl_ratio,
+    kl_specific,
     modal_share,
     share_starting_with,
     without_constant_change,
@@ -49,6 +50,10 @@ class BehaviourResult:
     @property
     def kl_ratio(self) -> float:
         return kl_ratio(self.kl_triggered, self.kl_clean)
+
+    @property
+    def kl_specific(self) -> float:
+        return kl_specific(self.kl_triggered, self.kl_clean)
 
     def summary(self, position: str) -> PositionBehaviour:
         return PositionBehaviour(position, self.kl_triggered, self.recovered_target, self.target_share_suspect,
