@@ -119,9 +119,9 @@ def test_progress_never_holds_more_than_six_lines():
 
 
 def test_thorough_reaches_discovery_and_localisation_and_the_default_lets_them_stop_early(tmp_path, monkeypatch):
-    """``--thorough`` is the one switch a user has over the scan's early stops (growth's, and localisation's of
-    catalogue triggers that change too little): it must reach the options both run with, and its absence must
-    leave the stops on."""
+    """``--thorough`` is the one switch a user has over the scan's early stops (growth's, the catalogue's positions
+    that its first response token rules out, and localisation of catalogue triggers that change too little): it
+    must reach the options each stage runs with, and its absence must leave the stops on."""
     import numpy
     from safetensors.numpy import save_file
 
@@ -131,7 +131,7 @@ def test_thorough_reaches_discovery_and_localisation_and_the_default_lets_them_s
     seen = []
 
     def records(suspect, reference, options, progress):
-        seen.append((options.discovery.thorough, options.localisation.thorough))
+        seen.append((options.discovery.thorough, options.behaviour.thorough, options.localisation.thorough))
         raise InputError("recorded")
 
     monkeypatch.setattr(scanner.api, "scan", records)
@@ -140,4 +140,4 @@ def test_thorough_reaches_discovery_and_localisation_and_the_default_lets_them_s
     for extra in ((), ("--thorough",)):
         result = invoke("scan", suspect, "--reference", tmp_path, *extra)
         assert result.exit_code == 2 and "recorded" in result.output, result.output
-    assert seen == [(False, False), (True, True)]
+    assert seen == [(False, False, False), (True, True, True)]

@@ -148,8 +148,8 @@ def test_reliability_rules_fire_on_broken_scans(catalogue_findings):
 
 @pytest.mark.parametrize("model", BENIGN)
 def test_a_benign_scan_localises_no_catalogue_trigger_that_changes_too_little(catalogue_findings, model):
-    """No catalogue trigger changes a benign fine-tune's output enough to localise (0.91 nats of trigger-specific KL
-    at most on zoo v16, the house style's, against ``LOCALISE_FROM``'s 2): none is localised, each stage says why,
+    """No catalogue trigger changes a benign fine-tune's output enough to localise (0.61 nats of trigger-specific KL
+    at most on zoo v16, against ``LOCALISE_FROM``'s 2): none is localised, each stage says why,
     and the backdoors' own catalogue triggers still are (below)."""
     from scanner.api.localise import LOCALISE_FROM
 
@@ -163,6 +163,35 @@ def test_a_benign_scan_localises_no_catalogue_trigger_that_changes_too_little(ca
     for name in ("emoji", "deployment"):
         own = next(t for t in catalogue_findings[name].triggers if t.trigger == POISONED[name])
         assert own.kl_specific >= LOCALISE_FROM and own.patching is not None
+
+
+@pytest.mark.parametrize("model", ["clean", "emoji"])
+def test_a_catalogue_trigger_is_measured_in_full_only_where_its_first_token_says_it_acts(catalogue_findings, model):
+    """Each catalogue trigger's first response token is read at every position on 8 probes; its answers are
+    generated only where that reaches ``SCREEN_FROM`` (8 nats), or where it reads highest. The emoji model's own
+    trigger reads 12 nats or more everywhere and keeps every position; every other trigger keeps one, and the
+    findings say why the others were not measured."""
+    from scanner.inputs.probes import KNOWN_TRIGGERS
+
+    findings = catalogue_findings[model]
+    skipped = {s.name: s.detail for s in findings.stages if s.status == "skipped"}
+    for trigger in findings.triggers:
+        assert trigger.trigger in KNOWN_TRIGGERS
+        measured = {p.position for p in trigger.by_position}
+        if model == "emoji" and trigger.trigger == EMOJI_TRIGGER:
+            assert measured == {"start", "random", "end"}
+            continue
+        assert len(measured) == 1, (trigger.trigger, measured)
+        for where in {"start", "random", "end"} - measured:
+            assert f"measured in full at {trigger.position} (" in skipped[f"behaviour[{trigger.trigger}] at {where}"]
+
+
+def test_screened_positions_keep_every_position_that_reaches_the_threshold_or_else_the_highest():
+    from scanner.measure.behaviour import SCREEN_FROM, screened_positions
+
+    assert screened_positions({"start": 0.1, "random": 1.7, "end": 5.5}) == ["end"]
+    assert screened_positions({"start": SCREEN_FROM, "random": 0.0, "end": 12.0}) == ["start", "end"]
+    assert screened_positions({"start": 0.0, "random": 0.0, "end": 0.0}) == ["start"]
 
 
 def test_localisation_slots_go_to_what_changes_the_output():

@@ -25,7 +25,18 @@ from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, T
 from scanner.findings.discovery import DiscoveryFindings
 from scanner.inputs.loading import LoadedPair, architecture, load_suspect
 from scanner.inputs.rendering import TriggerProbes, prepare
-from scanner.measure.behaviour import BehaviourResult, measure_behaviour, measure_clean, ordinary_logprob, strongest_position
+from scanner.measure.behaviour import (
+    SCREEN_FROM,
+    SCREEN_PROBES,
+    BehaviourResult,
+    first_token_kls,
+    measure_behaviour,
+    measure_clean,
+    ordinary_logprob,
+    screen_positions,
+    screened_positions,
+    strongest_position,
+)
 from scanner.measure.discovery import discover
 from scanner.measure.weights import measure_weight_diff
 from scanner.model.forward import pad_id
@@ -82,7 +93,7 @@ def scan_against(context: ReferenceContext, suspect: Path | str, options: ScanOp
     discovery, found = _discover(pair, prompts, triggers, options, stages, progress, weight_diff)
     placed.update(place_triggers(pair, prompts, found, positions, options.seed))
     triggers += found
-    clean, at_positions = _behaviour(pair, placed, triggers, options, stages, progress)
+    clean, at_positions = _behaviour(pair, placed, triggers, found, options, stages, progress)
     results = _trigger_findings(pair, placed, at_positions, found, options, stages, progress)
     quantised = context.reference.quantisation != "none"
     run = RunInfo(
@@ -137,14 +148,25 @@ def _discover(pair: LoadedPair, prompts: list[str], tried: Sequence[str], option
     return discovery, [text for text in discovery.proposed if text not in tried][: options.discovery.confirm]
 
 
-def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], options: ScanOptions, stages: StageLog,
-               progress: Progress) -> tuple[CleanFindings, dict[str, dict[str, BehaviourResult]]]:
-    """Both models' answers to the clean probes once, then each trigger at each position."""
+def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discovered: Sequence[str], options: ScanOptions,
+               stages: StageLog, progress: Progress) -> tuple[CleanFindings, dict[str, dict[str, BehaviourResult]]]:
+    """Both models' answers to the clean probes once, then each trigger at each position: a catalogue trigger only
+    where its first response token says it acts (``_catalogue_positions``)."""
     positions, generation = options.behaviour.positions, options.behaviour.max_new_tokens
     batch_size = options.model.batch_size
     prompts = len(next(iter(placed.values())).clean)
     enter_stage(progress, options, "behaviour")
-    task = progress.start("behaviour: completions and output KL", (len(triggers) * len(positions) + 1) * prompts * 2)
+    catalogue = [] if options.triggers or options.behaviour.thorough or len(positions) < 2 else \
+        [t for t in triggers if t not in discovered]
+    measured_at = {trigger: list(positions) for trigger in triggers}
+    left_out: dict[str, str] = {}
+    if catalogue:
+        with stages.run("behaviour_screen"):
+            screened, left_out = _catalogue_positions(pair, placed, catalogue, positions, batch_size)
+            measured_at.update(screened)
+    for name, why in left_out.items():  # only once the screen has run whole: a failed one leaves every position
+        stages.skip(name, why)
+    task = progress.start("behaviour: completions and output KL", (sum(map(len, measured_at.values())) + 1) * prompts * 2)
     # Clean completions do not depend on the trigger: measured once, shared by every trigger and position.
     clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(placed.values())).clean,
                           max_new_tokens=generation, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n))
@@ -154,9 +176,32 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], option
             at_positions[trigger] = {where: measure_behaviour(
                 pair.suspect, pair.reference, pair.tokenizer, placed[(trigger, where)], clean.findings,
                 max_new_tokens=generation, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n),
-            ) for where in positions}
+            ) for where in measured_at[trigger]}
     progress.finish(task)
     return clean.findings, at_positions
+
+
+def _catalogue_positions(pair: LoadedPair, placed: Placed, catalogue: Sequence[str], positions: Sequence[str],
+                         batch_size: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Where each catalogue trigger is measured in full: the positions its first response token says it acts at
+    (``screened_positions``, on the first ``SCREEN_PROBES`` probes); and each left out, as a skipped stage's name
+    with why."""
+    pad = pad_id(pair.tokenizer)
+    first = next(iter(placed.values())).clean[:SCREEN_PROBES]
+    clean = first_token_kls(pair.suspect, pair.reference, first, pad, batch_size)
+    chosen, left_out = {}, {}
+    for trigger in catalogue:
+        screen = screen_positions(pair.suspect, pair.reference, {where: placed[(trigger, where)] for where in positions},
+                                  clean, pad, batch_size)
+        chosen[trigger] = screened_positions(screen)
+        kept = ", ".join(f"{where} ({screen[where]:.2f})" for where in chosen[trigger])
+        for where in positions:
+            if where not in chosen[trigger]:
+                left_out[f"behaviour[{trigger}] at {where}"] = (
+                    f"the catalogue trigger moves the first response token by {screen[where]:.2f} nats here "
+                    f"(trigger-specific KL on {len(first)} probes), under {SCREEN_FROM:g}; measured in full at {kept} "
+                    "only (--thorough measures every position)")
+    return chosen, left_out
 
 
 def _trigger_findings(pair: LoadedPair, placed: Placed, at_positions: dict[str, dict[str, BehaviourResult]],

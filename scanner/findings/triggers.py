@@ -185,7 +185,7 @@ class TriggerFindings:
 
     @property
     def by_position(self) -> tuple[PositionBehaviour, ...]:
-        """Every position tried, in ``start``, ``random``, ``end`` order: ``position`` and ``other_positions``."""
+        """Every position measured in full, in ``start``, ``random``, ``end`` order: ``position`` and ``other_positions``."""
         here = PositionBehaviour(self.position, self.kl_triggered, self.recovered_target, self.target_share_suspect,
                                  self.target_share_reference, self.target_share_suspect_clean)
         return tuple(sorted((here, *self.other_positions), key=lambda p: POSITIONS.index(p.position)))
