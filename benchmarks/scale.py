@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/scale.py               # 49 probes, the default scan's count
     .venv/bin/python benchmarks/scale.py --probes 8    # a quicker run (ablation is then exact: under 4,096 rows)
     .venv/bin/python benchmarks/scale.py --discovery-candidates 32  # discovery's sweep rate instead, and its cost
+    .venv/bin/python benchmarks/scale.py --catalogue   # one catalogue trigger's behaviour against its position screen
 
 ``--discovery-candidates N`` measures what a *default* scan adds at this shape: discovery's sweep (``N``
 one-token candidates on the 8 search probes at each position), its seconds per sequence, and from the cost
@@ -141,6 +142,45 @@ def measure_discovery(base: Path, suspect: Path, candidates: int) -> None:
           "leakage's sampling not counted")
 
 
+def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
+    """What the trigger catalogue costs a default scan at this shape: one catalogue trigger's behaviour at one
+    position (``probes`` probes: both models' answers, ``max_new_tokens`` each, and the output KL along the
+    suspect's) against the screen that decides where it is measured (its first response token at every position on
+    ``SCREEN_PROBES`` probes, the clean side once for the whole catalogue), and a benign scan's whole catalogue
+    before the screen (every trigger at every position) and after (each at one)."""
+    from scanner.inputs.loading import load_pair
+    from scanner.inputs.probes import KNOWN_TRIGGERS, default_probes
+    from scanner.inputs.rendering import prepare
+    from scanner.measure.behaviour import SCREEN_PROBES, first_token_kls, measure_behaviour, measure_clean, screen_positions
+    from scanner.model.forward import pad_id
+    from scanner.options import BehaviourOptions, ModelOptions
+
+    pair = load_pair(suspect, str(base))
+    behaviour, batch = BehaviourOptions(), ModelOptions().batch_size
+    positions, pad = behaviour.positions, pad_id(pair.tokenizer)
+    placed = {where: prepare(pair.tokenizer, default_probes()[:probes], "cf", where, 0) for where in positions}
+    started = time.perf_counter()
+    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, placed["end"].clean,
+                          max_new_tokens=behaviour.max_new_tokens, batch_size=batch)
+    clean_s, started = time.perf_counter() - started, time.perf_counter()
+    measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, placed["end"], clean.findings,
+                      max_new_tokens=behaviour.max_new_tokens, batch_size=batch)
+    run_s, started = time.perf_counter() - started, time.perf_counter()
+    first = first_token_kls(pair.suspect, pair.reference, placed["end"].clean[:SCREEN_PROBES], pad, batch)
+    clean_screen_s, started = time.perf_counter() - started, time.perf_counter()
+    screen_positions(pair.suspect, pair.reference, placed, first, pad, batch)
+    screen_s = time.perf_counter() - started
+    count = len(KNOWN_TRIGGERS)
+    before = count * len(positions) * run_s
+    after = clean_screen_s + count * (screen_s + run_s)
+    print(f"| {probes} probes | clean answers (once) | one trigger at one position | its screen at {len(positions)} "
+          f"positions | the screen's clean side (once) |\n|---|---|---|---|---|\n"
+          f"| seconds | {clean_s:.1f} | {run_s:.1f} | {screen_s:.1f} | {clean_screen_s:.1f} |")
+    print(f"\na benign scan's {count} catalogue triggers: {count} x {len(positions)} positions, {before:,.0f} s, before the "
+          f"screen; {count} screens and {count} positions, {after:,.0f} s, after ({before / after:.1f}x); the clean "
+          f"answers, {clean_s:.0f} s, in both")
+
+
 def naive_seconds_per_configuration(base: Path, suspect: Path, findings, seed: int, repeats: int = 3) -> float:
     """The naive loop's cost of one head configuration on the scan's own triggered probes: one forward of the whole
     model per configuration with a plain hook (a head's ``o_proj`` input replaced), full logits, the target's
@@ -182,6 +222,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--discovery-candidates", type=int, default=None, metavar="N",
                         help="measure discovery's sweep rate on N candidates, instead of the known-trigger scan")
+    parser.add_argument("--catalogue", action="store_true",
+                        help="measure one catalogue trigger's behaviour and its position screen, instead of the scan")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from transformers.utils import logging as hf_logging
@@ -202,10 +244,14 @@ def main() -> None:
           f"{platform.python_version()}, " + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "pyvene"))
           + f"; shape {SHAPE}, vocabulary 151,936; "
           + (f"discovery's sweep, {args.discovery_candidates} candidates; " if args.discovery_candidates is not None
+             else f"{args.probes} probes, catalogue trigger 'cf'; " if args.catalogue
              else f"{args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; ")
           + f"pair built or read in {built:.0f} s")
     if args.discovery_candidates is not None:
         measure_discovery(base, suspect, args.discovery_candidates)
+        return
+    if args.catalogue:
+        measure_catalogue(base, suspect, args.probes)
         return
     started = time.perf_counter()
     findings = scan(suspect, str(base), options)
