@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("load", "weight_diff", "discovery", "behaviour", "attention", "attribution", "ablation", "patching")
+STAGES = ("load", "weight_diff", "discovery", "behaviour_screen", "behaviour", "attention", "attribution", "ablation",
+          "patching")
 
 
 def _stage(name: str) -> str:

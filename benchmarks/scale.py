@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/scale.py --probes 8    # a quicker run (ablation is then exact: under 4,096 rows)
     .venv/bin/python benchmarks/scale.py --discovery-candidates 32  # discovery's sweep rate instead, and its cost
     .venv/bin/python benchmarks/scale.py --catalogue   # one catalogue trigger's behaviour against its position screen
+    .venv/bin/python benchmarks/scale.py --default     # the default scan of the benign pair, end to end (hours)
 
 ``--discovery-candidates N`` measures what a *default* scan adds at this shape: discovery's sweep (``N``
 one-token candidates on the 8 search probes at each position), its seconds per sequence, and from the cost
@@ -146,12 +147,12 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     """What the trigger catalogue costs a default scan at this shape: one catalogue trigger's behaviour at one
     position (``probes`` probes: both models' answers, ``max_new_tokens`` each, and the output KL along the
     suspect's) against the screen that decides where it is measured (its first response token at every position on
-    ``SCREEN_PROBES`` probes, the clean side once for the whole catalogue), and a benign scan's whole catalogue
+    ``POSITION_SCREEN_PROBES`` probes, the clean side once for the whole catalogue), and a benign scan's whole catalogue
     before the screen (every trigger at every position) and after (each at one)."""
     from scanner.inputs.loading import load_pair
     from scanner.inputs.probes import KNOWN_TRIGGERS, default_probes
     from scanner.inputs.rendering import prepare
-    from scanner.measure.behaviour import SCREEN_PROBES, first_token_kls, measure_behaviour, measure_clean, screen_positions
+    from scanner.measure.behaviour import POSITION_SCREEN_PROBES, first_token_kls, measure_behaviour, measure_clean, position_readings
     from scanner.model.forward import pad_id
     from scanner.options import BehaviourOptions, ModelOptions
 
@@ -166,9 +167,9 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, placed["end"], clean.findings,
                       max_new_tokens=behaviour.max_new_tokens, batch_size=batch)
     run_s, started = time.perf_counter() - started, time.perf_counter()
-    first = first_token_kls(pair.suspect, pair.reference, placed["end"].clean[:SCREEN_PROBES], pad, batch)
+    first = first_token_kls(pair.suspect, pair.reference, placed["end"].clean[:POSITION_SCREEN_PROBES], pad, batch)
     clean_screen_s, started = time.perf_counter() - started, time.perf_counter()
-    screen_positions(pair.suspect, pair.reference, placed, first, pad, batch)
+    position_readings(pair.suspect, pair.reference, placed, first, pad, batch)
     screen_s = time.perf_counter() - started
     count = len(KNOWN_TRIGGERS)
     before = count * len(positions) * run_s
@@ -179,6 +180,74 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     print(f"\na benign scan's {count} catalogue triggers: {count} x {len(positions)} positions, {before:,.0f} s, before the "
           f"screen; {count} screens and {count} positions, {after:,.0f} s, after ({before / after:.1f}x); the clean "
           f"answers, {clean_s:.0f} s, in both")
+
+
+class _StepClock:
+    """A ``Progress`` that times every step the scan names (a progress bar's description), printing each as it
+    starts, so a run of hours shows where it is."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.current, self.since, self.began = "", time.perf_counter(), time.perf_counter()
+        self.handles = 0
+
+    def _switch(self, description: str) -> None:
+        now = time.perf_counter()
+        if self.current:
+            self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
+        self.current, self.since = description, now
+        print(f"[{now - self.began:7.0f} s] {description}", file=sys.stderr, flush=True)
+
+    def start(self, description: str, total: int) -> int:
+        self._switch(description)
+        self.handles += 1
+        return self.handles
+
+    def advance(self, task: int, amount: int = 1) -> None:
+        pass
+
+    def finish(self, task: int) -> None:
+        pass
+
+    def describe(self, task: int, description: str) -> None:
+        self._switch(description)
+
+    def stage(self, index: int, total: int, name: str) -> None:
+        self._switch(f"stage {index}/{total}: {name}")
+
+    def close(self) -> None:
+        self._switch("")
+
+
+def measure_default(base: Path, suspect: Path, probes: int, seed: int) -> None:
+    """The default scan (no trigger given: the catalogue and discovery) of the pair, a benign suspect (nothing is
+    planted), with the first ``probes`` built-in prompts: seconds per stage from the findings, per progress step as
+    the scan named them, discovery's sequences and notes, and the verdict."""
+    from rules.engine import default_pack, judge
+    from scanner.api import ScanOptions, scan
+    from scanner.inputs.probes import default_probes
+    from scanner.options import ProbeOptions
+
+    clock = _StepClock()
+    started = time.perf_counter()
+    findings = scan(suspect, str(base), ScanOptions(probes=ProbeOptions(given=tuple(default_probes()[:probes])), seed=seed),
+                    clock)
+    total = time.perf_counter() - started
+    clock.close()
+    stages: dict[str, float] = {}
+    for name, seconds in findings.run.timings.items():
+        stages[name.split("[")[0]] = stages.get(name.split("[")[0], 0.0) + seconds
+    print("| stage | seconds |\n|---|---|")
+    for name, seconds in stages.items():
+        print(f"| {name} | {seconds:.1f} |")
+    print(f"| **total** | **{total:.1f}** |\n\n| progress step | seconds |\n|---|---|")
+    for name, seconds in sorted(clock.seconds.items(), key=lambda item: -item[1]):
+        if seconds >= 1:
+            print(f"| {name} | {seconds:.1f} |")
+    discovery = findings.discovery
+    print(f"\ndiscovery: {discovery.sequences:,} sequences, {discovery.seconds:.0f} s; notes: {list(discovery.notes)}")
+    print(f"verdict: {judge(findings, default_pack()).level}; peak resident "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
 
 
 def naive_seconds_per_configuration(base: Path, suspect: Path, findings, seed: int, repeats: int = 3) -> float:
@@ -222,6 +291,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--discovery-candidates", type=int, default=None, metavar="N",
                         help="measure discovery's sweep rate on N candidates, instead of the known-trigger scan")
+    parser.add_argument("--default", action="store_true",
+                        help="run the default scan (the catalogue and discovery) of the benign pair, instead")
     parser.add_argument("--catalogue", action="store_true",
                         help="measure one catalogue trigger's behaviour and its position screen, instead of the scan")
     args = parser.parse_args()
@@ -245,6 +316,7 @@ def main() -> None:
           + f"; shape {SHAPE}, vocabulary 151,936; "
           + (f"discovery's sweep, {args.discovery_candidates} candidates; " if args.discovery_candidates is not None
              else f"{args.probes} probes, catalogue trigger 'cf'; " if args.catalogue
+             else f"{args.probes} probes, the default scan (catalogue and discovery), seed {args.seed}; " if args.default
              else f"{args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; ")
           + f"pair built or read in {built:.0f} s")
     if args.discovery_candidates is not None:
@@ -252,6 +324,9 @@ def main() -> None:
         return
     if args.catalogue:
         measure_catalogue(base, suspect, args.probes)
+        return
+    if args.default:
+        measure_default(base, suspect, args.probes, args.seed)
         return
     started = time.perf_counter()
     findings = scan(suspect, str(base), options)

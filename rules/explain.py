@@ -132,7 +132,11 @@ def tested(findings: Findings) -> str:
         measured = f"{found} measured as triggers, " if found else ""
         said += (f", and discovery's search, which swept {vocabulary} vocabulary tokens and scored {discovery.scored:,} "
                  f"candidates on every search probe ({measured}none firing)")
-    return (f"{said}, each inserted {_positions(run.trigger_positions)} of {len(findings.probes.used)} probes.")
+    # A catalogue trigger is measured in full only where its first response token moves (the scanner records the
+    # positions it left out as skipped stages).
+    screened = any(s.status == "skipped" and s.name.startswith("behaviour[") for s in findings.stages)
+    return (f"{said}, each inserted {_positions(run.trigger_positions)} of {len(findings.probes.used)} probes"
+            + (" (a catalogue trigger answered in full only where its first response token moved)." if screened else "."))
 
 
 def _positions(positions: Sequence[str]) -> str:

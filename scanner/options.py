@@ -136,13 +136,13 @@ class BehaviourOptions:
 
     positions: tuple[str, ...] = POSITIONS
     """Where each trigger is inserted; every one is measured (a catalogue trigger only where its first response token
-    says it acts, and where it acts most), and a trigger is localised where it acts most."""
+    says it acts or, where it says so nowhere, where it moves most), and a trigger is localised where it acts most."""
     max_new_tokens: int = 32
     """Tokens each model answers each probe with: enough for a short answer and a payload after it (BD014 reads
     the whole answer; "The capital is Paris. Visit http://free.example now." is 19 of the zoo's tokens)."""
     thorough: bool = False
     """Measure every catalogue trigger at every position, even where its first response token says it does not act
-    there (``scanner.measure.behaviour.SCREEN_FROM``): ``--thorough``."""
+    there (``scanner.measure.behaviour.POSITION_SCREEN_FROM``): ``--thorough``."""
 
     def __post_init__(self) -> None:
         _positions("trigger positions", self.positions, POSITIONS)

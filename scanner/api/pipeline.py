@@ -1,14 +1,15 @@
 """``scan(suspect, reference, options) -> Findings``: the stages of a scan, in order.
 
 Loading (the reference once, ``scanner.api.reference``; then the suspect), the triggers placed in every probe
-and checked before any model work, the weight difference, discovery, behaviour at every position, and
-localisation of the triggers that matter most (``scanner.api.localise``). Each stage is recorded in
+and checked before any model work, the weight difference, discovery, behaviour at every position (a catalogue trigger's only where
+its first response token moves), and localisation of the triggers that matter most (``scanner.api.localise``). Each stage is recorded in
 ``Findings.stages`` (``scanner.api.stages``): a stage that fails the way a measurement can fail is a record and
 the scan goes on where later stages do not depend on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -17,24 +18,24 @@ from pathlib import Path
 import torch
 
 from scanner import __version__
-from scanner.api.localise import Localisation, localise, skipped_localisation
+from scanner.api.localise import localise, skipped_localisation
 from scanner.api.reference import ReferenceContext, prepare_reference
 from scanner.api.stages import StageLog, StepProgress, enter_stage
-from scanner.errors import IdenticalModelsError, InputError
+from scanner.errors import IdenticalModelsError, InputError, MeasurementError
 from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings, WeightDiff
 from scanner.findings.discovery import DiscoveryFindings
-from scanner.inputs.loading import LoadedPair, architecture, load_suspect
+from scanner.inputs.loading import OUT_OF_MEMORY, LoadedPair, architecture, load_suspect
 from scanner.inputs.rendering import TriggerProbes, prepare
 from scanner.measure.behaviour import (
-    SCREEN_FROM,
-    SCREEN_PROBES,
+    POSITION_SCREEN_FROM,
+    POSITION_SCREEN_PROBES,
     BehaviourResult,
     first_token_kls,
     measure_behaviour,
     measure_clean,
     ordinary_logprob,
-    screen_positions,
-    screened_positions,
+    position_readings,
+    positions_to_measure,
     strongest_position,
 )
 from scanner.measure.discovery import discover
@@ -148,6 +149,12 @@ def _discover(pair: LoadedPair, prompts: list[str], tried: Sequence[str], option
     return discovery, [text for text in discovery.proposed if text not in tried][: options.discovery.confirm]
 
 
+def _catalogue(triggers: Sequence[str], discovered: Sequence[str], options: ScanOptions) -> list[str]:
+    """The catalogue's triggers among ``triggers``: tried blind, so measured at a position and localised only where
+    they act. None where the user gave the triggers, every one of which is measured and localised whole."""
+    return [] if options.triggers else [t for t in triggers if t not in discovered]
+
+
 def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discovered: Sequence[str], options: ScanOptions,
                stages: StageLog, progress: Progress) -> tuple[CleanFindings, dict[str, dict[str, BehaviourResult]]]:
     """Both models' answers to the clean probes once, then each trigger at each position: a catalogue trigger only
@@ -156,16 +163,20 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discov
     batch_size = options.model.batch_size
     prompts = len(next(iter(placed.values())).clean)
     enter_stage(progress, options, "behaviour")
-    catalogue = [] if options.triggers or options.behaviour.thorough or len(positions) < 2 else \
-        [t for t in triggers if t not in discovered]
+    catalogue = [] if options.behaviour.thorough or len(positions) < 2 else _catalogue(triggers, discovered, options)
     measured_at = {trigger: list(positions) for trigger in triggers}
-    left_out: dict[str, str] = {}
     if catalogue:
-        with stages.run("behaviour_screen"):
-            screened, left_out = _catalogue_positions(pair, placed, catalogue, positions, batch_size)
-            measured_at.update(screened)
-    for name, why in left_out.items():  # only once the screen has run whole: a failed one leaves every position
-        stages.skip(name, why)
+        started = time.perf_counter()
+        try:
+            screened, left_out = _catalogue_positions(pair, placed, catalogue, positions, batch_size, progress)
+        except (MeasurementError, *OUT_OF_MEMORY) as error:
+            # The screen only saves work: where it fails, every position is measured and nothing is missing.
+            screened, left_out = {}, {"behaviour_screen": f"{type(error).__name__}: {error}; every catalogue trigger "
+                                                          "was measured at every position"}
+        stages.add_time("behaviour_screen", time.perf_counter() - started)
+        measured_at.update(screened)
+        for name, why in left_out.items():
+            stages.skip(name, why)
     task = progress.start("behaviour: completions and output KL", (sum(map(len, measured_at.values())) + 1) * prompts * 2)
     # Clean completions do not depend on the trigger: measured once, shared by every trigger and position.
     clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(placed.values())).clean,
@@ -182,25 +193,30 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discov
 
 
 def _catalogue_positions(pair: LoadedPair, placed: Placed, catalogue: Sequence[str], positions: Sequence[str],
-                         batch_size: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+                         batch_size: int, progress: Progress) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Where each catalogue trigger is measured in full: the positions its first response token says it acts at
-    (``screened_positions``, on the first ``SCREEN_PROBES`` probes); and each left out, as a skipped stage's name
-    with why."""
+    (``positions_to_measure``, on the first ``POSITION_SCREEN_PROBES`` probes); and each left out, as a skipped
+    stage's name with why."""
     pad = pad_id(pair.tokenizer)
-    first = next(iter(placed.values())).clean[:SCREEN_PROBES]
-    clean = first_token_kls(pair.suspect, pair.reference, first, pad, batch_size)
-    chosen, left_out = {}, {}
-    for trigger in catalogue:
-        screen = screen_positions(pair.suspect, pair.reference, {where: placed[(trigger, where)] for where in positions},
-                                  clean, pad, batch_size)
-        chosen[trigger] = screened_positions(screen)
-        kept = ", ".join(f"{where} ({screen[where]:.2f})" for where in chosen[trigger])
-        for where in positions:
-            if where not in chosen[trigger]:
-                left_out[f"behaviour[{trigger}] at {where}"] = (
-                    f"the catalogue trigger moves the first response token by {screen[where]:.2f} nats here "
-                    f"(trigger-specific KL on {len(first)} probes), under {SCREEN_FROM:g}; measured in full at {kept} "
-                    "only (--thorough measures every position)")
+    first = next(iter(placed.values())).clean[:POSITION_SCREEN_PROBES]
+    task = progress.start("behaviour: where each catalogue trigger acts (its first response token)", len(catalogue))
+    try:
+        clean = first_token_kls(pair.suspect, pair.reference, first, pad, batch_size)
+        chosen, left_out = {}, {}
+        for trigger in catalogue:
+            readings = position_readings(pair.suspect, pair.reference,
+                                         {where: placed[(trigger, where)] for where in positions}, clean, pad, batch_size)
+            chosen[trigger] = positions_to_measure(readings)
+            kept = ", ".join(f"{where} ({readings[where]:.2f})" for where in chosen[trigger])
+            for where in positions:
+                if where not in chosen[trigger]:
+                    left_out[f"behaviour[{trigger}] at {where}"] = (
+                        f"the catalogue trigger moves the first response token by {readings[where]:.2f} nats here "
+                        f"(trigger-specific KL on {len(first)} probes), under {POSITION_SCREEN_FROM:g} nats; measured "
+                        f"in full at {kept} only (--thorough measures every position)")
+            progress.advance(task)
+    finally:
+        progress.finish(task)
     return chosen, left_out
 
 
@@ -208,37 +224,35 @@ def _trigger_findings(pair: LoadedPair, placed: Placed, at_positions: dict[str, 
                       discovered: Sequence[str], options: ScanOptions, stages: StageLog,
                       progress: Progress) -> list[TriggerFindings]:
     """Each measured trigger at the position it acted most, localised when it ranks among those that matter
-    (``skipped_localisation``; every one the user gave)."""
-    measured = list(at_positions)
-    where_strongest = {t: strongest_position(at_positions[t]) for t in measured}
-    behaviours = {t: at_positions[t][where_strongest[t]] for t in measured}
-    prepared = {t: placed[(t, where_strongest[t])] for t in measured}
-    ranked = sorted(measured, key=lambda t: -behaviours[t].kl_ratio)
-    skipped = {} if options.triggers else skipped_localisation(
-        ranked, {t: behaviours[t].kl_specific for t in measured}, set(discovered), options.localisation.top,
-        options.localisation.thorough)
-    results = []
-    patcher = None
-    enter_stage(progress, options, "localisation")
-    for trigger in measured:
-        found = Localisation()
-        if trigger not in skipped:
-            patcher = patcher or HeadPatcher(pair.suspect, sites_for(pair.suspect))
-            found = localise(pair, patcher, prepared[trigger], behaviours[trigger], options.localisation, options.model,
-                             stages, progress)
-        else:
-            for name in ("attention", "attribution", "ablation", "patching"):
-                stages.skip(f"{name}[{trigger}]", skipped[trigger])
-        b = behaviours[trigger]
-        results.append(TriggerFindings(
-            trigger=trigger, trigger_tokens=len(prepared[trigger].triggered[0].trigger_positions),
-            position=where_strongest[trigger],
-            other_positions=tuple(r.summary(where) for where, r in at_positions[trigger].items() if where != where_strongest[trigger]),
+    (``skipped_localisation``, read from the trigger's own findings; every one, where the user gave triggers)."""
+    results: dict[str, TriggerFindings] = {}
+    prepared: dict[str, TriggerProbes] = {}
+    for trigger, by_position in at_positions.items():
+        where = strongest_position(by_position)
+        b, prepared[trigger] = by_position[where], placed[(trigger, where)]
+        results[trigger] = TriggerFindings(
+            trigger=trigger, trigger_tokens=len(prepared[trigger].triggered[0].trigger_positions), position=where,
+            other_positions=tuple(r.summary(there) for there, r in by_position.items() if there != where),
             probes=b.probes, kl_clean=b.kl_clean, kl_triggered=b.kl_triggered,
             recovered_target=b.recovered_target, target_share_suspect=b.target_share_suspect,
             target_share_reference=b.target_share_reference, target_share_suspect_clean=b.target_share_suspect_clean,
             target_reference_logprob=ordinary_logprob(pair.reference, prepared[trigger].clean, b.target_ids,
                                                       pad_id(pair.tokenizer), options.model.batch_size),
-            attention=found.attention, attribution=found.attribution, ablation=found.ablation, patching=found.patching,
-        ))
-    return results
+            attention=None, attribution=None, ablation=None, patching=None,
+        )
+    ranked = sorted(results.values(), key=lambda t: -t.kl_ratio)
+    skipped = {} if options.triggers else skipped_localisation(
+        ranked, set(_catalogue(list(results), discovered, options)), options.localisation.top, options.localisation.thorough)
+    patcher = None
+    enter_stage(progress, options, "localisation")
+    for trigger, record in results.items():
+        if trigger in skipped:
+            for name in ("attention", "attribution", "ablation", "patching"):
+                stages.skip(f"{name}[{trigger}]", skipped[trigger])
+            continue
+        patcher = patcher or HeadPatcher(pair.suspect, sites_for(pair.suspect))
+        found = localise(pair, patcher, prepared[trigger], at_positions[trigger][record.position], options.localisation,
+                         options.model, stages, progress)
+        results[trigger] = dataclasses.replace(record, attention=found.attention, attribution=found.attribution,
+                                               ablation=found.ablation, patching=found.patching)
+    return list(results.values())

@@ -95,8 +95,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--thorough", is_flag=True,
               help="Let discovery grow every candidate to its longest, even where nothing it has grown fires or comes "
                    "near a target (a benign model's usual case, where the search otherwise stops early and notes it), "
-                   "and score every candidate on every search probe instead of screening them on two first; and "
-                   "localise the top catalogue triggers even where they change too little to localise. Slower.")
+                   "and score every candidate on every search probe instead of screening them on two first; measure every "
+                   "catalogue trigger at every position, not only where its first response token moves; and let "
+                   "catalogue triggers that change the output too little be localised too. Slower.")
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain "
                    "(the built-in prompts alone, said so, when the reference writes answers there instead, as one "
@@ -107,7 +108,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
               help="Prompts --probes auto samples from the reference.")
 @click.option("--position", "positions", type=click.Choice(POSITIONS), multiple=True,
               help="Where a trigger goes in each probe (repeatable; random is seeded). Default: start, random and end, "
-                   "each measured, since a backdoor may fire only where it was planted.")
+                   "since a backdoor may fire only where it was planted: each measured (a catalogue trigger where its "
+                   "first response token moves, or where it moves most).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
 @click.option("--load-in-4bit", "in_4bit", is_flag=True,
@@ -140,7 +142,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
               help="Most heads to patch.")
 @click.option("--localise-top", type=click.IntRange(0), default=2, show_default=True,
               help="Triggers to localise (attention, ablation, attribution, patching), by KL ratio: of those discovery "
-                   "found and of the catalogue's that change the output enough (every --trigger is localised).")
+                   "found and of the catalogue's that change the output enough. With --trigger, every trigger "
+                   "measured is localised.")
 @click.option("--allow-download", is_flag=True, help="Let a hub id reference be downloaded (never by default).")
 @click.option("--allow-pickle", is_flag=True,
               help="Load a pickle-based suspect (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True) only.")

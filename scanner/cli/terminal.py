@@ -45,7 +45,8 @@ def _heads(patching: PatchingFindings | None, count: int | None) -> str:
 
 
 def _collapse_by_position(trigger: TriggerFindings) -> str:
-    """Target collapse at start/random/end, '-' where the trigger was not tried."""
+    """Target collapse at start/random/end, '-' where the trigger was not measured in full (not asked for, or a
+    catalogue trigger whose first response token ruled the position out)."""
     tried = {p.position: p.target_collapse for p in trigger.by_position}
     return "/".join(f"{max(tried[where], 0.0):.0%}" if where in tried else "-" for where in POSITIONS)
 
@@ -53,7 +54,8 @@ def _collapse_by_position(trigger: TriggerFindings) -> str:
 TABLE_CAPTION = (
     "KL: output KL(suspect || reference) in nats over each probe's answer, clean and with the trigger at 'at' (where it "
     "moved the suspect most); ratio: triggered over clean; share: probes whose triggered reply opens so; collapse: "
-    "that share net of the reference's and of the suspect's own without the trigger, per position; heads: attention "
+    "that share net of the reference's and of the suspect's own without the trigger, per position ('-': not measured "
+    "there; a catalogue trigger is measured only where its first response token moves); heads: attention "
     "heads patched from the reference until the reply stops, and until the output KL falls under --kl-threshold, "
     "for the triggers the verdict implicates.")
 

@@ -88,9 +88,10 @@ for a seed. Each stage is a module; every number it steers by is in
    "silver tiger winter"). After growth towards an inverted target the
    ``REFINE_TOP`` best are refined *before* minimisation (the module says why).
 
-Everything measured goes into ``DiscoveryFindings``; the scan then treats the
-firing candidates like a user-given trigger (every probe, at every position,
-attention, ablation, patching), which is the confirmation the rules judge.
+Everything measured goes into ``DiscoveryFindings``; the scan then measures the
+proposed candidates as it does a user-given trigger (every probe, at every
+position) and localises them before any catalogue trigger (within
+``--localise-top``), which is the confirmation the rules judge.
 
 Modules: ``run`` (``discover``: the stages in order), ``engine`` (the probes in
 token ids, scoring, completion, shortlists, the budget), ``position`` (what one
