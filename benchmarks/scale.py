@@ -182,6 +182,18 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
           f"answers, {clean_s:.0f} s, in both")
 
 
+def _print_stages(findings) -> dict[str, float]:
+    """The findings' seconds per stage, a trigger's stages summed (``ablation[😇]`` under ``ablation``), printed as
+    a table's rows; returned."""
+    stages: dict[str, float] = {}
+    for name, seconds in findings.run.timings.items():
+        stages[name.split("[")[0]] = stages.get(name.split("[")[0], 0.0) + seconds
+    print("| stage | seconds |\n|---|---|")
+    for name, seconds in stages.items():
+        print(f"| {name} | {seconds:.1f} |")
+    return stages
+
+
 class _StepClock:
     """A ``Progress`` that times every step the scan names (a progress bar's description), printing each as it
     starts, so a run of hours shows where it is."""
@@ -234,12 +246,7 @@ def measure_default(base: Path, suspect: Path, probes: int, seed: int) -> None:
                     clock)
     total = time.perf_counter() - started
     clock.close()
-    stages: dict[str, float] = {}
-    for name, seconds in findings.run.timings.items():
-        stages[name.split("[")[0]] = stages.get(name.split("[")[0], 0.0) + seconds
-    print("| stage | seconds |\n|---|---|")
-    for name, seconds in stages.items():
-        print(f"| {name} | {seconds:.1f} |")
+    _print_stages(findings)
     print(f"| **total** | **{total:.1f}** |\n\n| progress step | seconds |\n|---|---|")
     for name, seconds in sorted(clock.seconds.items(), key=lambda item: -item[1]):
         if seconds >= 1:
@@ -333,12 +340,7 @@ def main() -> None:
     total = time.perf_counter() - started
     weights_mb = 2 * sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    stages: dict[str, float] = {}
-    for name, seconds in findings.run.timings.items():
-        stages[name.split("[")[0]] = stages.get(name.split("[")[0], 0.0) + seconds
-    print("| stage | seconds |\n|---|---|")
-    for name, seconds in stages.items():
-        print(f"| {name} | {seconds:.1f} |")
+    stages = _print_stages(findings)
     print(f"| other (clean completions, probe preparation, assembly) | {total - sum(stages.values()):.1f} |")
     print(f"| **total** | **{total:.1f}** |")
     print(f"\npeak resident {peak:,.0f} MB; the two models' float32 weights {weights_mb:,.0f} MB "
