@@ -299,3 +299,25 @@ def test_hub_ids_are_not_mistaken_for_missing_paths(tmp_path):
     for path in ("./missing-model", "/no/such/model", "a/b/c"):
         with pytest.raises(InputError, match="no such directory"):
             check_paths(suspect, path)
+
+
+def test_a_failed_position_screen_is_a_skipped_stage_and_every_position_is_measured(zoo_dir, monkeypatch):
+    """The catalogue's position screen only saves work: where it fails, the scan measures every catalogue trigger at
+    every position and records the screen as skipped with why, not as an error (BD009 would call the evidence
+    incomplete, and nothing is missing)."""
+    import scanner.api.pipeline
+    from scanner.errors import MeasurementError
+
+    def broken(*args, **kwargs):
+        raise MeasurementError("the first-token forward failed")
+
+    monkeypatch.setattr(scanner.api.pipeline, "first_token_kls", broken)
+    findings = scan(zoo_dir / "emoji", str(zoo_dir / "base"),
+                    ScanOptions(probes=ProbeOptions(given=tuple(probe_lines(zoo_dir, 8))),
+                                discovery=DiscoveryOptions(enabled=False), localisation=LocalisationOptions(top=0)))
+    screen = next(s for s in findings.stages if s.name == "behaviour_screen")
+    assert screen.status == "skipped" and "the first-token forward failed" in screen.detail
+    assert "every catalogue trigger was measured at every position" in screen.detail
+    assert all(len(t.by_position) == 3 for t in findings.triggers) and len(findings.triggers) == 7
+    assert not any(s.status == "error" for s in findings.stages)
+    assert "BD009" not in {r.rule_id for r in judge(findings, default_pack()).fired}

@@ -21,10 +21,10 @@ from scanner import __version__
 from scanner.api.localise import localise, skipped_localisation
 from scanner.api.reference import ReferenceContext, prepare_reference
 from scanner.api.stages import StageLog, StepProgress, enter_stage
-from scanner.errors import IdenticalModelsError, InputError, MeasurementError
+from scanner.errors import IdenticalModelsError, InputError
 from scanner.findings import SCHEMA_VERSION, CleanFindings, Findings, RunInfo, TriggerFindings, WeightDiff
 from scanner.findings.discovery import DiscoveryFindings
-from scanner.inputs.loading import OUT_OF_MEMORY, LoadedPair, architecture, load_suspect
+from scanner.inputs.loading import LoadedPair, architecture, load_suspect
 from scanner.inputs.rendering import TriggerProbes, prepare
 from scanner.measure.behaviour import (
     POSITION_SCREEN_FROM,
@@ -165,15 +165,11 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discov
     enter_stage(progress, options, "behaviour")
     catalogue = [] if options.behaviour.thorough or len(positions) < 2 else _catalogue(triggers, discovered, options)
     measured_at = {trigger: list(positions) for trigger in triggers}
+    screened: dict[str, list[str]] = {}
+    left_out: dict[str, str] = {}
     if catalogue:
-        started = time.perf_counter()
-        try:
+        with stages.run("behaviour_screen", fallback="every catalogue trigger was measured at every position"):
             screened, left_out = _catalogue_positions(pair, placed, catalogue, positions, batch_size, progress)
-        except (MeasurementError, *OUT_OF_MEMORY) as error:
-            # The screen only saves work: where it fails, every position is measured and nothing is missing.
-            screened, left_out = {}, {"behaviour_screen": f"{type(error).__name__}: {error}; every catalogue trigger "
-                                                          "was measured at every position"}
-        stages.add_time("behaviour_screen", time.perf_counter() - started)
         measured_at.update(screened)
         for name, why in left_out.items():
             stages.skip(name, why)

@@ -33,12 +33,17 @@ class StageLog:
         self.timings: dict[str, float] = {}
 
     @contextmanager
-    def run(self, name: str) -> Iterator[None]:
+    def run(self, name: str, fallback: str = "") -> Iterator[None]:
+        """Time the block as stage ``name`` and record how it ended. A stage that only saves work (a screen) gives
+        the ``fallback`` the scan takes when it fails: its failure is then a skipped stage saying so, not an error,
+        since no evidence is missing."""
         started = time.perf_counter()
         try:
             yield
         except (MeasurementError, *OUT_OF_MEMORY) as error:
-            self.records.append(StageRecord(name, "error", f"{type(error).__name__}: {error}"))
+            failed = f"{type(error).__name__}: {error}"
+            self.records.append(StageRecord(name, "skipped", f"{failed}; {fallback}") if fallback
+                                else StageRecord(name, "error", failed))
         else:
             self.records.append(StageRecord(name, "ok"))
         finally:
