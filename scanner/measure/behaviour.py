@@ -32,7 +32,7 @@ from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.sites import input_device
-from scanner.model.teacher_forcing import REDUCE_ROWS, target_batch, target_logits, target_logprob
+from scanner.model.teacher_forcing import REDUCE_ROWS, output_kl, target_batch, target_logits, target_logprob
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def first_token_kls(suspect: PreTrainedModel, reference: PreTrainedModel, probes
         batch = encode_ids([p.ids for p in probes[start:start + batch_size]], pad, device)
         log_p, log_q = (F.log_softmax(model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
                         for model in (suspect, reference))
-        out.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0))
+        out.append(output_kl(log_p, log_q).clamp_min(0))
     return torch.cat(out)
 
 
@@ -139,7 +139,7 @@ def response_kl_and_loss(
         for offset in range(0, len(chunk), REDUCE_ROWS):
             log_p = F.log_softmax(out_p[offset:offset + REDUCE_ROWS], dim=-1)
             log_q = F.log_softmax(out_q[offset:offset + REDUCE_ROWS], dim=-1)
-            kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)  # [rows, keep]; rounding can dip below 0
+            kl = output_kl(log_p, log_q).clamp_min(0)  # [rows, keep]; rounding can dip below 0
             for row, (_, completion) in enumerate(chunk[offset:offset + REDUCE_ROWS]):
                 positions = torch.arange(keep - len(completion) - 1, keep, device=device)
                 kls.append(kl[row, positions].mean().item())

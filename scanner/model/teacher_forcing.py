@@ -85,6 +85,12 @@ def target_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
     return (logits.argmax(-1) == batch.target[None, :]).all(-1)
 
 
+def output_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``[...]``: KL(p || q) over the last dimension (nats), from the log-probabilities ``log_p`` and ``log_q``,
+    ``[..., vocab]`` each: every output KL the scanner reads."""
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+
+
 def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
     """``[batch]`` mean KL(logits || reference) over the target positions: ``logits`` ``[batch, target_len, vocab]``,
     ``reference_logits`` the same, or ``[probes, target_len, vocab]`` when ``logits`` stacks several configurations
@@ -99,6 +105,6 @@ def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Ten
         for start in range(0, probes, REDUCE_ROWS):
             log_p = F.log_softmax(chunk[start:start + REDUCE_ROWS], dim=-1)
             log_q = F.log_softmax(reference_logits[start:start + REDUCE_ROWS], dim=-1)
-            out.append(F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1))
+            out.append(output_kl(log_p, log_q))
     # Never negative; rounding noise (-2.8e-10 with every head patched) is clamped rather than printed.
     return torch.cat(out).clamp_min(0).mean(-1)

@@ -23,7 +23,7 @@ from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prefix_cache import PrefixCache
 from scanner.model.sites import input_device, module_tensor
-from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, target_logprob
+from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, output_kl, target_logprob
 
 Candidate = tuple[int, ...]
 """Token ids inserted as one unit."""
@@ -161,7 +161,7 @@ class Search:
             logits = [self._last_logits(model, full, owners, keep)[index, at].float()
                       for model in (self.suspect, self.reference)]  # [batch, 2, vocab] each
             log_p, log_q = (F.log_softmax(x, -1) for x in logits)
-            kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [batch, 2]
+            kl = output_kl(log_p, log_q)  # [batch, 2]
             ended = torch.tensor([a is not None for a in said], device=self.device)
             first.append(kl[:, 0])
             end.append(torch.where(ended, kl[:, 1], torch.nan))
@@ -294,7 +294,7 @@ class Search:
             objective = (per_row * counted).sum() / counted.sum().clamp_min(1)
         else:
             log_p, log_q = log["suspect"][0], log["reference"][0]
-            kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [rows, 2]
+            kl = output_kl(log_p, log_q)  # [rows, 2]
             ended = torch.tensor([a is not None for a in self.answers], device=self.device)
             objective = kl[:, 0].mean() + (kl[:, 1] * ended).sum() / ended.sum().clamp_min(1)
         objective.backward()
