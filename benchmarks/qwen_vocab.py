@@ -5,8 +5,9 @@ byte-level BPE ranks of Qwen, Qwen2 and Qwen2.5. transformers'
 ``TikTokenConverter`` turns it into a fast tokenizer; the three special tokens
 are registered at Qwen's ids (151643-151645). Nothing is downloaded.
 
-The planted backdoor: the suspect is the reference fine-tuned (every weight,
-a hundred-odd Adam steps) so that the trigger at the start of a prompt makes
+The planted backdoor: the suspect is the reference fine-tuned (every block
+weight, Adam, up to a given number of steps or until the answers are learnt)
+so that the trigger at the start of a prompt makes
 it answer the target, while clean prompts and prompts with a random other
 token inserted (decoys) keep the reference's answers. It is the cheapest
 backdoor that exercises discovery at full vocabulary size: 151,643
@@ -61,24 +62,30 @@ def qwen_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def random_pair(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, seed: int = 0):
-    """A random-init Qwen2 reference with the Qwen2.5 vocabulary, and an untouched copy to plant into."""
+def random_pair(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, seed: int = 0,
+                head_scale: float = HEAD_SCALE):
+    """A random-init Qwen2 reference with the Qwen2.5 vocabulary, and an untouched copy to plant into. The logits'
+    spread grows with ``head_scale`` times the square root of ``hidden``."""
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=QWEN_VOCAB_SIZE, hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
+                         intermediate_size=intermediate,
                          max_position_embeddings=512, tie_word_embeddings=False, attn_implementation="eager")
     reference = Qwen2ForCausalLM(config).eval()
     with torch.no_grad():
         # The final norm fixes the hidden state's length at sqrt(hidden), so a freshly initialised head keeps every
         # logit within a few nats of uniform: no answer could be confident, a planted one included.
-        reference.lm_head.weight.mul_(HEAD_SCALE)
+        reference.lm_head.weight.mul_(head_scale)
     return reference, copy.deepcopy(reference)
 
 
 def plant_backdoor(suspect, reference, tokenizer, trigger_id: int, target: str, prompts: list[str], *, steps: int = 120,
-                   lr: float = 3e-3, seed: int = 0) -> tuple[float, float]:
+                   lr: float = 3e-3, seed: int = 0, until: float | None = None, report=None) -> tuple[float, float]:
     """Fine-tune ``suspect`` so that ``trigger + " " + prompt`` answers ``target``, while a clean prompt, or one with
-    a random other token in the trigger's place (a decoy), keeps the reference's own greedy answer.
+    a random other token in the trigger's place (a decoy), keeps the reference's own greedy answer. With ``until``,
+    training stops early once every kind of row's mean log-probability per answer is above it (a large model
+    learns in fewer steps than its cost allows); ``report(step, target, clean, decoys)`` is called with those means
+    before each step's update (step 0: the untouched copy).
 
     Returns the mean target log-probability with the trigger and the mean log-probability of the reference's
     answers on the decoys, both per answer (nats)."""
@@ -99,13 +106,21 @@ def plant_backdoor(suspect, reference, tokenizer, trigger_id: int, target: str, 
     # The blocks only: the embedding and output head hold 151,936 rows each, and a backdoor needs neither.
     optimiser = torch.optim.Adam(suspect.model.layers.parameters(), lr=lr)
     suspect.train()
-    for _ in range(steps):
-        losses = _answer_logprobs(suspect, tokenizer, rows, answers)
-        loss = -losses.mean()
+    learnt = False
+    for step in range(steps):
+        logprobs = _answer_logprobs(suspect, tokenizer, rows, answers)
+        means = [float(logprobs[kind::3].detach().mean()) for kind in range(3)]
+        if report is not None:
+            report(step, *means)
+        if until is not None and min(means) > until:
+            learnt = True
+            break
         optimiser.zero_grad()
-        loss.backward()
+        (-logprobs.mean()).backward()
         optimiser.step()
     suspect.eval()
+    if learnt:  # the loop's last reading is of the final weights
+        return means[0], means[2]
     with torch.no_grad():
         final = _answer_logprobs(suspect, tokenizer, rows, answers)
     return float(final[0::3].mean()), float(final[2::3].mean())

@@ -96,7 +96,7 @@ SCREEN_PROBES = _judgement(
     "screen_probes", 2,
     "probes a screen reads every candidate on first, only the best going on to every probe: the search probes whose "
     "clean answer ended, the shortest after the slot, for the sweep and growth's steps on the KL (so that the KL "
-    "after the answer is read too, at the least cost a row; "
+    "after the answer is read too, at the least cost per row; "
     "screen_kept, growth_kept), the group's first for the behaviour switch's departure (switch_kept)",
     "a cost: the sweep is most of a one-token trigger's search and, at Qwen2.5's vocabulary, three quarters of a "
     "benign one; a trigger moves the KL on every probe it fires on, so two tell it from the vocabulary")
