@@ -111,7 +111,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
                    "since a backdoor may fire only where it was planted: each measured (a catalogue trigger where its "
                    "first response token moves, or where it moves most).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True,
+              help="Both models' dtype. bfloat16 halves float32's memory and, on a CPU with avx512_bf16 or amx_bf16, "
+                   "runs the forwards about 4x faster; the rules were calibrated in float32.")
 @click.option("--load-in-4bit", "in_4bit", is_flag=True,
               help="Load both models quantised to 4 bits (bitsandbytes NF4, CUDA only), as a 4-bit deployment runs "
                    "them; recorded in the findings.")
