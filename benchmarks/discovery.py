@@ -129,7 +129,7 @@ its target and the clean and decoy rows keep the reference's answers (17 steps, 
 
 def head_scale(name: str) -> float:
     """The output head's scale for a shape: the small shape's logit spread at every size (the spread grows with the
-    square root of the hidden size; at the 0.5B shape's 20 one Adam step moved every answer by a hundred nats)."""
+    square root of the hidden size; at the 0.5B shape's 20 one Adam step moved every answer by hundreds of nats)."""
     from qwen_vocab import HEAD_SCALE
 
     return HEAD_SCALE * (QWEN_SHAPES["small"][0] / QWEN_SHAPES[name][0]) ** 0.5 if name == "0.5b" else HEAD_SCALE
