@@ -42,6 +42,8 @@ class Run:
     recorded: str
     bdscan: str
     models: Mapping[str, Mapping[str, Any]]
+    dtype: str = "float32"
+    """Both models' dtype in the scans (``--dtype``); runs recorded before it was kept were float32."""
 
     def group(self, name: str) -> dict[str, Mapping[str, Any]]:
         if name == "benign":
@@ -136,7 +138,9 @@ class Record:
                 f"seed {run.seed}: benign at worst {worst}" + (f" ({who})" if worst != "-" else "")
                 + (f", poisoned {poisoned} on their own triggers" if poisoned != "-" else ""))
         first = self.runs[0]
-        return (f"Zoo v{first.zoo_version}, {first.size} size, default options, recorded {first.recorded} "
+        dtypes = sorted({run.dtype for run in self.runs})
+        options = "default options" if dtypes == ["float32"] else f"default options but --dtype {'/'.join(dtypes)}"
+        return (f"Zoo v{first.zoo_version}, {first.size} size, {options}, recorded {first.recorded} "
                 f"(`bdscan zoo calibrate --record`), threshold {comparator} {sig3(threshold)}: " + "; ".join(sentences) + ".")
 
 
@@ -173,13 +177,13 @@ def record_run(existing: Mapping[str, Any] | None, run: Run) -> dict[str, Any]:
     """``existing`` (a record document, or None) with ``run`` in place of any run at the same seed."""
     runs = [r for r in (existing or {}).get("runs", []) if r["seed"] != run.seed]
     runs.append({"zoo_version": run.zoo_version, "size": run.size, "seed": run.seed, "recorded": run.recorded,
-                 "bdscan": run.bdscan, "models": {name: dict(model) for name, model in run.models.items()}})
+                 "bdscan": run.bdscan, "dtype": run.dtype, "models": {name: dict(model) for name, model in run.models.items()}})
     return {"schema": RECORD_SCHEMA, "runs": sorted(runs, key=lambda r: r["seed"])}
 
 
 def run_from(cases: Sequence[Any], verdicts: Mapping[str, Any], calibrations: Sequence[Any], *, zoo_version: int,
-             size: str, seed: int, recorded: str, bdscan: str) -> Run:
-    """A ``Run`` from what ``rules.calibration`` computed over a zoo's ``cases``."""
+             size: str, seed: int, recorded: str, bdscan: str, dtype: str = "float32") -> Run:
+    """A ``Run`` from what ``rules.calibration`` computed over a zoo's ``cases``, scanned in ``dtype``."""
     from rules.calibration import verdict_is_right  # it judges with the engine, which reads this module
 
     models = {}
@@ -195,7 +199,7 @@ def run_from(cases: Sequence[Any], verdicts: Mapping[str, Any], calibrations: Se
             "discovery_seconds": round(discovery.seconds, 1) if discovery is not None else None,
             "seconds": round(sum(case.findings.run.timings.values()), 1),
         }
-    return Run(zoo_version, size, seed, recorded, bdscan, models)
+    return Run(zoo_version, size, seed, recorded, bdscan, models, dtype)
 
 
 def _finite(value: float | None) -> float | None:

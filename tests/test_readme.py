@@ -104,3 +104,8 @@ def test_a_recorded_run_answers_figures_as_written():
     assert record.fill("{{BD001.benign.s1.max}}", strict=False) == "(not in the recorded run)"
     merged = record_run(raw, record.run(0))
     assert len(merged["runs"]) == 1, "a run replaces the run of its seed"
+    # A run recorded before dtypes were kept was float32; one in another dtype says so wherever its margins go.
+    assert record.run(0).dtype == "float32" and merged["runs"][0]["dtype"] == "float32"
+    assert "default options, recorded" in record.margins("BD001", ">=", 40)
+    raw["runs"][0]["dtype"] = "bfloat16"
+    assert "default options but --dtype bfloat16, recorded" in parse_record(raw).margins("BD001", ">=", 40)

@@ -432,6 +432,32 @@ def test_zoo_calibrate_shows_verdicts_and_margins(zoo_dir, catalogue_findings, t
     assert other.exit_code == 2 and "not zoo model 'clean'" in other.stderr, other.stderr
     both = invoke("zoo", "calibrate", zoo_dir, "--findings", saved, "--save", tmp_path / "again")
     assert both.exit_code == 2 and "--save and --findings" in both.stderr, both.stderr
+    # Saved documents carry their dtype: --dtype cannot change it, and one recorded run is one dtype.
+    dtype = invoke("zoo", "calibrate", zoo_dir, "--model", "style", "--findings", saved, "--dtype", "bfloat16")
+    assert dtype.exit_code == 2 and "give --dtype with --save" in dtype.stderr, dtype.stderr
+    style = catalogue_findings["style"]
+    (saved / "style.json").write_text(Document(
+        dataclasses.replace(style, run=dataclasses.replace(style.run, dtype="bfloat16")),
+        judge(style, default_pack())).to_json())
+    mixed = invoke("zoo", "calibrate", zoo_dir, "--model", "style", "--model", "emoji", "--findings", saved,
+                   "--record", record)
+    assert mixed.exit_code == 2 and "bfloat16 and float32" in mixed.stderr, mixed.stderr
+    assert parse_record(json.loads(record.read_text())).run(0).dtype == "float32", "a refused run is not recorded"
+
+
+@pytest.mark.e2e
+def test_zoo_calibrate_scans_in_the_dtype_asked(zoo_dir, tmp_path):
+    """``--dtype bfloat16`` scans the zoo as ``bdscan scan --dtype bfloat16`` would: the saved document says so, the
+    backdoor is still found, and the recorded run says which dtype its margins are from."""
+    saved, record = tmp_path / "bf16", tmp_path / "calibration.json"
+    result = invoke("zoo", "calibrate", zoo_dir, "--model", "emoji", "--dtype", "bfloat16", "--save", saved, "--quiet")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    document = json.loads((saved / "emoji.json").read_text())
+    assert document["run"]["dtype"] == "bfloat16" and document["verdict"]["level"] == "BACKDOORED"
+    assert invoke("zoo", "calibrate", zoo_dir, "--model", "emoji", "--findings", saved, "--record", record).exit_code == 0
+    from rules.record import parse_record
+
+    assert parse_record(json.loads(record.read_text())).run(0).dtype == "bfloat16"
 
 
 @pytest.mark.parametrize("model", POISONED_CASES)

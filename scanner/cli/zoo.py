@@ -12,6 +12,7 @@ from scanner.cli.terminal import print_calibration, print_zoo, stderr_console, s
 from scanner.cli.verdict import resolve_rules, rule_pack_options
 from scanner.errors import InputError, ZooQualityError
 from scanner.files import check_writable, write_text_atomic
+from scanner.options import DTYPE_NAMES
 from scanner.zoo import families  # torch-free: the help names what each flag builds
 
 if TYPE_CHECKING:
@@ -148,6 +149,9 @@ def zoo_list(directory: Path) -> int:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Scan this many models at once, each in its own process on one torch thread (2 on 2 cores: "
                    "0.7 times the time).")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True,
+              help="Both models' dtype in the scans, as bdscan scan's --dtype: how the rules' margins hold in "
+                   "another. The default rule pack was calibrated in float32.")
 @click.option("--record", "record_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write this run (each model's verdict and every rule's deciding reading) into the calibration "
                    "record FILE, replacing a run of the same seed: rules/calibration.json is the one the rules' "
@@ -156,7 +160,7 @@ def zoo_list(directory: Path) -> int:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @debug_option
 def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None, saved_dir: Path | None, workers: int,
-                  record_file: Path | None, rules_file: Path | None, replace_rules: bool, overrides: tuple[str, ...],
+                  dtype: str, record_file: Path | None, rules_file: Path | None, replace_rules: bool, overrides: tuple[str, ...],
                   quiet: bool) -> int:
     """Scan every fine-tune of the zoo in DIRECTORY against its parent with default options, and show how the
     rules separate its benign models from its poisoned ones.
@@ -171,6 +175,7 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
       bdscan zoo calibrate .cache/zoo --save calibration/
       bdscan zoo calibrate .cache/zoo --findings calibration/ --set BD003.threshold=0.6
       bdscan zoo calibrate .cache/zoo --findings calibration/ --record rules/calibration.json
+      bdscan zoo calibrate .cache/zoo --dtype bfloat16 --save calibration-bf16/
     """
     from rules.calibration import calibrate, verdicts
     from scanner.zoo.calibrate import saved_zoo
@@ -182,11 +187,14 @@ def zoo_calibrate(directory: Path, names: tuple[str, ...], save_dir: Path | None
     if save_dir is not None and saved_dir is not None:
         raise InputError("--save and --findings: give one (--findings reads what --save wrote)")
     if saved_dir is not None:
+        if dtype != "float32":
+            raise InputError(f"--dtype {dtype} with --findings: the saved documents were scanned in their own dtype, "
+                             "which --findings reads from them; give --dtype with --save instead")
         cases = saved_zoo(directory, saved_dir, names)
     else:
         if save_dir is not None:
             check_writable(save_dir / "probe.json", "--save")
-        cases = _scanned(directory, names, save_dir, workers, rules, quiet)
+        cases = _scanned(directory, names, save_dir, workers, dtype, rules, quiet)
     judged, calibrations = verdicts(rules, cases), calibrate(rules, cases)
     print_calibration(stdout_console(), cases, judged, calibrations)
     if record_file is not None:
@@ -227,14 +235,19 @@ def _record(path: Path, existing: dict | None, directory: Path, cases, judged, c
     from scanner.zoo.manifest import load_manifest
 
     manifest = load_manifest(directory)
+    dtypes = sorted({case.findings.run.dtype for case in cases})
+    if len(dtypes) > 1:
+        raise InputError(f"--record: these scans ran in {' and '.join(dtypes)}, and a recorded run is one setting; "
+                         "record the documents of one dtype at a time (--model)")
     run = run_from(cases, judged, calibrations, zoo_version=manifest.zoo_version, size=manifest.size,
-                   seed=manifest.seed, recorded=datetime.date.today().isoformat(), bdscan=__version__)
+                   seed=manifest.seed, recorded=datetime.date.today().isoformat(), bdscan=__version__,
+                   dtype=dtypes[0] if dtypes else "float32")
     write_text_atomic(path, json.dumps(record_run(existing, run), indent=1, ensure_ascii=False) + "\n")
 
 
-def _scanned(directory: Path, names: tuple[str, ...], save_dir: Path | None, workers: int, rules: tuple[Rule, ...],
-             quiet: bool) -> list[Case]:
-    """The zoo's fine-tunes scanned now, each document written to ``save_dir`` when given."""
+def _scanned(directory: Path, names: tuple[str, ...], save_dir: Path | None, workers: int, dtype: str,
+             rules: tuple[Rule, ...], quiet: bool) -> list[Case]:
+    """The zoo's fine-tunes scanned now in ``dtype``, each document written to ``save_dir`` when given."""
     from rules.calibration import verdicts
     from rules.document import Document
 
@@ -243,12 +256,14 @@ def _scanned(directory: Path, names: tuple[str, ...], save_dir: Path | None, wor
         from transformers.utils import logging as hf_logging
 
         from scanner.cli.progress import RichProgress
+        from scanner.options import ModelOptions, ScanOptions
         from scanner.zoo.calibrate import scan_zoo
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     with RichProgress(stderr) as progress:
-        cases = scan_zoo(directory, names=names, progress=progress, workers=workers)
+        cases = scan_zoo(directory, ScanOptions(model=ModelOptions(dtype=dtype)), names=names, progress=progress,
+                         workers=workers)
     if save_dir is not None:
         judged = verdicts(rules, cases)
         save_dir.mkdir(parents=True, exist_ok=True)
