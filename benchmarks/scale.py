@@ -157,15 +157,15 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     from scanner.options import BehaviourOptions, ModelOptions
 
     pair = load_pair(suspect, str(base))
-    behaviour, batch = BehaviourOptions(), ModelOptions().batch_size
+    behaviour, batch, rows = BehaviourOptions(), ModelOptions().batch_size, ModelOptions().rows_per_forward
     positions, pad = behaviour.positions, pad_id(pair.tokenizer)
     placed = {where: prepare(pair.tokenizer, default_probes()[:probes], "cf", where, 0) for where in positions}
     started = time.perf_counter()
     clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, placed["end"].clean,
-                          max_new_tokens=behaviour.max_new_tokens, batch_size=batch)
+                          max_new_tokens=behaviour.max_new_tokens, batch_size=batch, rows_per_generation=rows)
     clean_s, started = time.perf_counter() - started, time.perf_counter()
     measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, placed["end"], clean.findings,
-                      max_new_tokens=behaviour.max_new_tokens, batch_size=batch)
+                      max_new_tokens=behaviour.max_new_tokens, batch_size=batch, rows_per_generation=rows)
     run_s, started = time.perf_counter() - started, time.perf_counter()
     first = first_token_kls(pair.suspect, pair.reference, placed["end"].clean[:POSITION_SCREEN_PROBES], pad, batch)
     clean_screen_s, started = time.perf_counter() - started, time.perf_counter()

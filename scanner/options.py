@@ -78,9 +78,10 @@ class ModelOptions:
     """``4bit`` or ``8bit``: both models loaded quantised by bitsandbytes (CUDA only), as a quantised deployment
     runs them; ``none``: ``dtype`` throughout."""
     batch_size: int = 16
-    """Probes per batch in generation and teacher-forced measurements."""
+    """Probes per batch in teacher-forced measurements, whose logits hold every answer position."""
     rows_per_forward: int = 256
-    """Rows one patched or searching forward holds (fewer where their logits would pass the memory cap)."""
+    """Rows one patched or searching forward holds (fewer where their logits would pass the memory cap), and rows one
+    generation holds (its logits hold one position a step)."""
     allow_download: bool = False
     allow_pickle: bool = False
     """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""

@@ -50,9 +50,9 @@ def test_the_base_against_itself_measures_zero_at_any_batch_size_and_the_scan_sa
     probes = prepare(pair.tokenizer, list(_probes(zoo_dir, 10)), EMOJI_TRIGGER, "start", 0)
     for batch_size in (1, 5):
         clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, probes.clean, max_new_tokens=8,
-                              batch_size=batch_size)
+                              batch_size=batch_size, rows_per_generation=batch_size)
         result = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, probes, clean.findings,
-                                   max_new_tokens=8, batch_size=batch_size)
+                                   max_new_tokens=8, batch_size=batch_size, rows_per_generation=batch_size)
         assert result.kl_clean == pytest.approx(0, abs=1e-6)
         assert result.kl_triggered == pytest.approx(0, abs=1e-6)
     assert measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference)).unchanged

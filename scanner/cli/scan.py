@@ -113,7 +113,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True,
               help="Both models' dtype. bfloat16 halves float32's memory and, on a CPU with avx512_bf16 or amx_bf16, "
-                   "runs the forwards about 4x faster; the rules were calibrated in float32.")
+                   "runs the forwards about 4x faster. The rules were calibrated in float32; in bfloat16 32 of the test zoo's "
+                   "35 models kept their verdicts (benchmarks/README.md).")
 @click.option("--load-in-4bit", "in_4bit", is_flag=True,
               help="Load both models quantised to 4 bits (bitsandbytes NF4, CUDA only), as a 4-bit deployment runs "
                    "them; recorded in the findings.")
@@ -129,7 +130,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=BehaviourOptions().max_new_tokens, show_default=True,
               help="Tokens each model answers each probe with (a payload after the answer needs room).")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Probes per forward where every answer position's logits are kept (the output KL along an "
+                   "answer). Generation takes up to 256 probes at once.")
 @click.option("--patch-method", type=click.Choice(PATCH_METHODS), default="ranked", show_default=True,
               help="ranked: heads in order of attention KL; atp: in order of attribution patching's estimate (one "
                    "backward for every head); greedy: at each step the head that lowers output KL most.")

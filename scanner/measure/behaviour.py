@@ -175,12 +175,15 @@ class CleanRun:
 
 def measure_clean(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    clean: Sequence[RenderedProbe], *, max_new_tokens: int, batch_size: int, on_batch=None,
+    clean: Sequence[RenderedProbe], *, max_new_tokens: int, batch_size: int, rows_per_generation: int, on_batch=None,
 ) -> CleanRun:
-    """Greedy completions of the clean probes under both models, and the output KL along the suspect's."""
+    """Greedy completions of the clean probes under both models (``rows_per_generation`` probes at a time), and the
+    output KL along the suspect's (``batch_size`` at a time: its logits hold every answer position)."""
     rows = [p.ids for p in clean]
-    suspect_ids = complete_ids(suspect, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
-    reference_ids = complete_ids(reference, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
+    suspect_ids = complete_ids(suspect, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=rows_per_generation,
+                               on_batch=on_batch)
+    reference_ids = complete_ids(reference, tokenizer, rows, max_new_tokens=max_new_tokens,
+                                 batch_size=rows_per_generation, on_batch=on_batch)
     kl, _, _ = response_kl_and_loss(suspect, reference, clean, suspect_ids, pad_id(tokenizer), batch_size)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     return CleanRun(
@@ -191,16 +194,17 @@ def measure_clean(
 
 def measure_behaviour(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    probes: TriggerProbes, clean: CleanFindings, *, max_new_tokens: int, batch_size: int, on_batch=None,
+    probes: TriggerProbes, clean: CleanFindings, *, max_new_tokens: int, batch_size: int, rows_per_generation: int,
+    on_batch=None,
 ) -> BehaviourResult:
     """Greedy completions of both models on the triggered probes, and the KL and loss around the suspect's;
-    the clean side comes from ``clean`` (``measure_clean`` on the same prompts)."""
+    the clean side comes from ``clean`` (``measure_clean`` on the same prompts). Batch sizes as ``measure_clean``'s."""
     generated = {}
     for model_name, model in (("suspect", suspect), ("reference", reference)):
         # The very token ids every other stage measures on, not a second rendering.
         rows = [p.ids for p in probes.triggered]
         generated[model_name] = complete_ids(
-            model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
+            model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=rows_per_generation, on_batch=on_batch)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     texts = {key: [decode(ids) for ids in value] for key, value in generated.items()}
     kl_triggered, loss_s, loss_r = response_kl_and_loss(

@@ -67,7 +67,9 @@ def discover(
           for search in searches] if common is not None else []
 
     report("leakage: sampling user turns from both models", 0, 1)
-    leakage = leaked_texts(suspect, reference, tokenizer, seed=seed)
+    # All at once where they fit: a generation step reads every weight whatever its rows (on 2 cores at the
+    # Qwen2.5-0.5B shape, 10.3 ms a row of a step in a batch of 32, 6.9 in one of 256).
+    leakage = leaked_texts(suspect, reference, tokenizer, seed=seed, batch_size=rows_per_forward)
     budget.spent += leakage.drawn
     report("leakage: sampling user turns from both models", 1, 1)
     swept: list[Swept] = []
