@@ -21,6 +21,11 @@ def invoke(*args) -> Result:
     return CliRunner().invoke(main, [str(arg) for arg in args])
 
 
+def zoo_prompts(zoo_dir) -> list[str]:
+    """The zoo's probe prompts, every non-empty line of its ``probes.txt``."""
+    return [line.strip() for line in (zoo_dir / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def probe_lines(zoo_dir, count: int) -> tuple[str, ...]:
     return tuple((zoo_dir / "probes.txt").read_text(encoding="utf-8").split("\n")[:count])
 

