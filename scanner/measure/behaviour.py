@@ -32,7 +32,14 @@ from scanner.inputs.rendering import RenderedProbe, TriggerProbes
 from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.sites import input_device
-from scanner.model.teacher_forcing import REDUCE_ROWS, output_kl, target_batch, target_logits, target_logprob
+from scanner.model.teacher_forcing import (
+    REDUCE_ROWS,
+    next_token_logprobs,
+    output_kl,
+    target_batch,
+    target_logits,
+    target_logprob,
+)
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,7 @@ def first_token_kls(suspect: PreTrainedModel, reference: PreTrainedModel, probes
     out = []
     for start in range(0, len(probes), batch_size):
         batch = encode_ids([p.ids for p in probes[start:start + batch_size]], pad, device)
-        log_p, log_q = (F.log_softmax(model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
-                        for model in (suspect, reference))
+        log_p, log_q = next_token_logprobs(suspect, batch), next_token_logprobs(reference, batch)
         out.append(output_kl(log_p, log_q).clamp_min(0))
     return torch.cat(out)
 

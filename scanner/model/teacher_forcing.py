@@ -85,6 +85,12 @@ def target_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
     return (logits.argmax(-1) == batch.target[None, :]).all(-1)
 
 
+def next_token_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """``[batch, vocab]``: ``model``'s float32 log-probabilities of the token after each row of ``batch``. Only the
+    last position's logits are computed: a vocabulary-wide row per token would dominate memory."""
+    return F.log_softmax(model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
+
+
 def output_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """``[...]``: KL(p || q) over the last dimension (nats), from the log-probabilities ``log_p`` and ``log_q``,
     ``[..., vocab]`` each: every output KL the scanner reads."""

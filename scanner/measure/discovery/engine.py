@@ -23,7 +23,13 @@ from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.prefix_cache import PrefixCache
 from scanner.model.sites import input_device, module_tensor
-from scanner.model.teacher_forcing import TargetBatch, configurations_per_forward, output_kl, target_logprob
+from scanner.model.teacher_forcing import (
+    TargetBatch,
+    configurations_per_forward,
+    next_token_logprobs,
+    output_kl,
+    target_logprob,
+)
 
 Candidate = tuple[int, ...]
 """Token ids inserted as one unit."""
@@ -133,9 +139,7 @@ class Search:
         after each row: ``[batch, vocab]`` each."""
         for start in range(0, len(rows), self.rows_per_forward):
             batch = encode_ids(rows[start:start + self.rows_per_forward], self.pad, self.device)
-            # Only the last position's logits: a vocabulary-wide row per token would dominate memory.
-            log_p = F.log_softmax(self.suspect(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
-            log_q = F.log_softmax(self.reference(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float(), -1)
+            log_p, log_q = next_token_logprobs(self.suspect, batch), next_token_logprobs(self.reference, batch)
             self.budget.spent += 2 * len(batch.lengths)
             yield log_p, log_q
 
