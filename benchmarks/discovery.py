@@ -15,8 +15,9 @@ cached head (``scanner.model.prefix_cache``): the naive loop to compare with.
 ``--thorough`` grows every line to its longest, as discovery did before growth
 stopped where nothing points to a backdoor (a benign model's usual case).
 ``--qwen-shapes 0.5b`` plants the trigger into a pair of Qwen2.5-0.5B's shape
-(about 5 minutes, cached) and writes the seconds of each discovery step to
-stderr.
+(about 5 minutes, cached). Each Qwen row writes the seconds of each discovery
+step and what it found (every candidate kept, with its fire rate, and the
+search's notes) to stderr.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
+from step_clock import StepClock  # noqa: E402
 
 from rules.calibration import part_of_trigger  # noqa: E402
 from rules.discovery import firing  # noqa: E402
@@ -145,27 +147,6 @@ def planted_cache(name: str) -> Path:
     return ROOT / ".cache" / "bench" / f"{stem}.safetensors"
 
 
-class StepClock:
-    """An ``on_step`` that writes each discovery step's seconds to stderr as the next one starts (``finish`` writes
-    the last): where a large model's search spends its time. A step that reports no progress counts in the one
-    before it."""
-
-    def __init__(self) -> None:
-        self.current: str | None = None
-        self.since = time.perf_counter()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != self.current:
-            self.finish()
-            self.current = stage
-
-    def finish(self) -> None:
-        now = time.perf_counter()
-        if self.current is not None:
-            print(f"  {now - self.since:8.1f} s  {self.current}", file=sys.stderr, flush=True)
-        self.current, self.since = None, now
-
-
 def _planting_step(step: int, *means: float) -> None:
     print(f"planting step {step}: answer log p (trigger, clean, decoy) " + ", ".join(f"{m:.2f}" for m in means),
           file=sys.stderr, flush=True)
@@ -195,7 +176,12 @@ def qwen_rows(shapes: list[str]) -> list[str]:
         started, clock = time.perf_counter(), StepClock()
         found = discover(suspect, reference, tokenizer, QWEN_PROMPTS, seed=0,
                          weight_diff=measure_weight_diff(sites_for(suspect), sites_for(reference)), on_step=clock)
-        clock.finish()
+        clock.close()
+        for c in found.candidates:
+            rate = "-" if c.fire_rate is None else f"{c.fire_rate:.3f}"
+            print(f"  {c.position:5s} {c.stage:9s} fires {rate:>5s}  {c.text!r} -> {c.target!r}", file=sys.stderr)
+        for note in found.notes:
+            print(f"  note: {note}", file=sys.stderr, flush=True)
         hidden, layers, heads, _, _ = shape
         planting = f"target log p {planted:.2f}, decoys {decoys:.2f}" if planted == planted else "cached"
         label = f"random Qwen2 h{hidden} L{layers} H{heads} (planted: {planting})"

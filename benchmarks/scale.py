@@ -194,54 +194,19 @@ def _print_stages(findings) -> dict[str, float]:
     return stages
 
 
-class _StepClock:
-    """A ``Progress`` that times every step the scan names (a progress bar's description), printing each as it
-    starts, so a run of hours shows where it is."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.current, self.since, self.began = "", time.perf_counter(), time.perf_counter()
-        self.handles = 0
-
-    def _switch(self, description: str) -> None:
-        now = time.perf_counter()
-        if self.current:
-            self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
-        self.current, self.since = description, now
-        print(f"[{now - self.began:7.0f} s] {description}", file=sys.stderr, flush=True)
-
-    def start(self, description: str, total: int) -> int:
-        self._switch(description)
-        self.handles += 1
-        return self.handles
-
-    def advance(self, task: int, amount: int = 1) -> None:
-        pass
-
-    def finish(self, task: int) -> None:
-        pass
-
-    def describe(self, task: int, description: str) -> None:
-        self._switch(description)
-
-    def stage(self, index: int, total: int, name: str) -> None:
-        self._switch(f"stage {index}/{total}: {name}")
-
-    def close(self) -> None:
-        self._switch("")
-
-
 def measure_default(base: Path, suspect: Path, probes: int, seed: int, dtype: str = "float32") -> None:
     """The default scan (no trigger given: the catalogue and discovery) of the pair, a benign suspect (nothing is
     planted), with the first ``probes`` built-in prompts: seconds per stage from the findings, per progress step as
     the scan named them, discovery's sequences and notes, and the verdict. Both models are loaded as ``dtype``
     (``--dtype``)."""
+    from step_clock import StepClock
+
     from rules.engine import default_pack, judge
     from scanner.api import ScanOptions, scan
     from scanner.inputs.probes import default_probes
     from scanner.options import ModelOptions, ProbeOptions
 
-    clock = _StepClock()
+    clock = StepClock()
     started = time.perf_counter()
     options = ScanOptions(probes=ProbeOptions(given=tuple(default_probes()[:probes])), seed=seed,
                           model=ModelOptions(dtype=dtype))

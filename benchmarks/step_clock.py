@@ -1,0 +1,53 @@
+"""Seconds per named step of a long benchmark run, written to stderr as each step ends: where a run of hours spends
+its time, and how far it has got."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class StepClock:
+    """Times every step a run names, and prints each as it ends (elapsed since the start, the step's seconds).
+
+    Two ways in: as a ``scanner.progress.Progress`` for a whole scan (a step is a progress bar's description or a
+    stage), and called as discovery's ``on_step(stage, done, total)``. ``close`` ends the last step; ``seconds``
+    sums each step's time over the times it ran."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.seconds: dict[str, float] = {}
+        self.current, self.since, self.began = "", time.perf_counter(), time.perf_counter()
+        self.handles = 0
+
+    def _switch(self, description: str) -> None:
+        now = time.perf_counter()
+        if self.current:
+            self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
+            print(f"[{now - self.began:7.0f} s] {now - self.since:8.1f} s  {self.current}", file=self.out, flush=True)
+        self.current, self.since = description, now
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.current:
+            self._switch(stage)
+
+    def start(self, description: str, total: int) -> int:
+        self._switch(description)
+        self.handles += 1
+        return self.handles
+
+    def advance(self, task: int, amount: int = 1) -> None:
+        pass
+
+    def finish(self, task: int) -> None:
+        pass
+
+    def describe(self, task: int, description: str) -> None:
+        self._switch(description)
+
+    def stage(self, index: int, total: int, name: str) -> None:
+        self._switch(f"stage {index}/{total}: {name}")
+
+    def close(self) -> None:
+        self._switch("")
