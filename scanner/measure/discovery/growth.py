@@ -25,8 +25,8 @@ for as long as they are allowed to grow. ``thorough`` grows them all the same.
 
 Once a candidate fires (``FIRES``), every line grows one step more, and then only lines whose own candidate fires
 on ``TARGET_FROM`` of the probes (but not ``FIRES``) and holds no firing candidate go on: another trigger's pieces,
-not junk around the one found. A trigger that misses one search probe in eight (as ``FIRES`` allows) sent every line after its target
-until ``max_tokens``: at a Qwen2.5-0.5B-sized pair, a quarter hour a step.
+not junk around the one found. A trigger that misses one search probe in eight (as ``FIRES`` allows) sent every
+line after its target until ``max_tokens``: at a Qwen2.5-0.5B-sized pair, a quarter hour a step.
 """
 
 from __future__ import annotations
