@@ -124,13 +124,13 @@ def test_growth_towards_a_target_takes_the_phrases_next_word_over_a_booster():
     assert [inserted((1, 2), p) for p in [(5, 1, 2), (1, 5, 2), (1, 2, 5), (1, 1, 2)]] == [5, 5, 5, 1]
 
 
-def test_growth_narrows_a_step_after_a_candidate_fires_to_the_lines_that_half_fire(zoo_dir, monkeypatch):
-    """Once a candidate fires (``FIRES``) but not on every probe, every line grows one step more, then only lines
-    whose own candidate fires on ``TARGET_FROM`` to ``FIRES`` of the probes and holds no firing candidate. Every
-    trigger the test zoo's search finds fires on 8 of 8, which ends growth anyway, so ``FIRES`` is set here to
-    where a two-token task switch of the benign task fine-tune fires at the end (5 of 8; its best, 6 of 8, has 4
-    tokens): growth narrows a step later, says so in the notes, keeps that candidate, grows nothing to 4 tokens,
-    and spends less than the same search that never narrows. A thorough search never narrows."""
+def test_growth_narrows_after_a_step_where_a_candidate_fires_before_it(zoo_dir, monkeypatch):
+    """Where a candidate fires (``FIRES``) before growth, every line grows one step, then only lines whose own
+    candidate fires on ``TARGET_FROM`` to ``FIRES`` of the probes and holds no firing candidate. Every trigger the
+    test zoo's sweep finds fires on 8 of 8, which ends growth anyway, so ``FIRES`` is set here to where a swept task
+    switch of the benign task fine-tune fires at the end (4 of 8): growth narrows after one step, says so in the
+    notes, keeps that token, grows nothing past 2 tokens (to 4 without narrowing), and spends less. A thorough
+    search never narrows."""
     from scanner.inputs.loading import load_pair
     from scanner.measure.discovery import discover, growth, thresholds
 
@@ -145,14 +145,14 @@ def test_growth_narrows_a_step_after_a_candidate_fires_to_the_lines_that_half_fi
 
     never = search(1.01)
     rate = lambda c: c.fire_rate or 0.0  # noqa: E731
-    pair_fires = max((c for c in never.candidates if len(c.token_ids) == 2), key=rate)
-    assert thresholds.TARGET_FROM.value <= rate(pair_fires) < max(map(rate, never.candidates)) < 1.0
     grown = lambda found: [c for c in found.candidates if c.stage == "grown"]  # noqa: E731
+    swept = max((c for c in never.candidates if c.stage == "sweep"), key=rate)
+    assert thresholds.TARGET_FROM.value <= rate(swept) < 1.0, [(c.text, c.fire_rate) for c in never.candidates]
     assert max(len(c.token_ids) for c in grown(never)) == 4
-    narrowed = search(rate(pair_fires))
-    notes = [note for note in narrowed.notes if "a step after a candidate fired" in note]
-    assert notes and "--thorough" in notes[0] and not any("a step after" in note for note in never.notes), narrowed.notes
-    assert pair_fires.text in [c.text for c in narrowed.candidates]
-    assert max(len(c.token_ids) for c in grown(narrowed)) == 3, [c.text for c in grown(narrowed)]
+    narrowed = search(rate(swept))
+    notes = [note for note in narrowed.notes if "found before growth fired" in note]
+    assert notes and "--thorough" in notes[0] and not any("before growth" in note for note in never.notes), narrowed.notes
+    assert swept.text in [c.text for c in narrowed.candidates]
+    assert max(len(c.token_ids) for c in grown(narrowed)) == 2, [c.text for c in grown(narrowed)]
     assert narrowed.sequences < never.sequences, (narrowed.sequences, never.sequences)
-    assert not any("a step after" in note for note in search(rate(pair_fires), thorough=True).notes)
+    assert not any("before growth" in note for note in search(rate(swept), thorough=True).notes)

@@ -23,9 +23,9 @@ found no payload after the clean answer (a target no benign fine-tune of the zoo
 models are benign, and on them growth was two thirds of discovery: lines of task switches gain a nat of KL a step
 for as long as they are allowed to grow. ``thorough`` grows them all the same.
 
-Once a candidate fires (``FIRES``), every line grows one step more, and then only lines whose own candidate fires
-on ``TARGET_FROM`` of the probes (but not ``FIRES``) and holds no firing candidate go on: another trigger's pieces,
-not junk around the one found. A trigger that misses one search probe in eight (as ``FIRES`` allows) sent every
+Where a candidate fires (``FIRES``) before growth, every line grows one step, and then only lines whose own
+candidate fires on ``TARGET_FROM`` of the probes (but not ``FIRES``) and holds no firing candidate go on: another
+trigger's pieces, not junk around the one found. A trigger that misses one search probe in eight (as ``FIRES`` allows) sent every
 line after its target until ``max_tokens``: at a Qwen2.5-0.5B-sized pair, a quarter hour a step.
 """
 
@@ -63,7 +63,7 @@ class Grown:
     """Whether growth followed an inverted target (``minimise`` then refines before it minimises)."""
     stopped: str = ""
     """Why growth stopped before ``max_tokens`` with lines left to grow: for lack of evidence, or because a candidate
-    fired and the lines stopped do not half fire themselves."""
+    fired before growth and the lines stopped do not half fire themselves."""
 
 
 NOT_GROWN = Grown(())
@@ -112,12 +112,16 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         at.score_target(swept.candidates, payload, "sweep for the inverted payload", True, at.payload_scores)
         followers, payload_typical = _followers(at.payload_scores, swept.candidates)
     grown: list[Candidate] = []
-    narrowed, fired_steps = "", 0
+    # A candidate found firing (``FIRES``) before growth is a trigger found whole. One that fires only once grown may be
+    # junk that fires a behaviour's target (seed 1's refusal model: "i cloud", while a line not yet firing grows the
+    # trigger's piece "in" into "colour thisinn"): then every line grows on.
+    narrowing, steps = not thorough and at.best_fire >= FIRES.value, 0
+    narrowed = ""
     while (lines or followers) and at.best_fire < 1.0 and not search.budget.exhausted:
-        fired_steps += at.best_fire >= FIRES.value
-        if not thorough and fired_steps > 1:
-            # A trigger is found (``FIRES``) and every line has had a step since: growth goes on only along lines
-            # that half fire themselves without holding what fires (``_other_piece``). In that step seed 0's
+        steps += 1
+        if narrowing and steps > 1:
+            # Every line has had a step since the trigger was found: growth goes on only along lines that half
+            # fire themselves without holding what fires (``_other_piece``). In that step seed 0's
             # multi-trigger model (🌵, violin, ZR7), "in" of violin firing on 7 of 8, grows lines that do not
             # half fire into candidates that fire ("inZ", "v" and "le" each with a byte token). At a
             # Qwen2.5-0.5B-sized pair, where a step of every line costs a quarter hour, every line of a planted
@@ -219,8 +223,8 @@ def _other_piece(at: Position, c: Candidate) -> bool:
 
 def _narrowed_note(at: Position, dropped: int) -> str:
     """What growth at ``at`` left ungrown once a candidate fired, for the findings' notes."""
-    return (f"growth at the {at.search.position} stopped {dropped} line(s) a step after a candidate fired on "
-            f"{at.best_fire:.0%} of the search probes: only lines whose own candidate fires on "
+    return (f"growth at the {at.search.position} stopped {dropped} line(s) after a step: a candidate found before growth fired on "
+            f"{at.best_fire:.0%} of the search probes, and only lines whose own candidate fires on "
             f"{TARGET_FROM.value:.0%} to {FIRES.value:.0%} of them and holds no firing one grow on; --thorough "
             "grows every line")
 
