@@ -6,7 +6,9 @@ A scan loads both models as ``--dtype`` says (float32 by default). Discovery's s
 through each model, 256 to a forward, reading one position of the output head; behaviour and leakage generate a
 token at a time for a batch of probes over a key-value cache. On a CPU whose cores multiply bfloat16 natively
 (``avx512_bf16``, ``amx_bf16``) both may run several times faster in bfloat16; on one that does not, slower. Prints
-the seconds of each (median of 3, after a warm-up) per dtype and whether this CPU reports bfloat16 support.
+the seconds of each (median of 3, after a warm-up) per dtype and whether this CPU reports bfloat16 support, then
+what a generation step costs a row at each batch size (``BATCHES``): a step reads every weight whatever its rows,
+which is why a scan generates all its probes at once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROWS, TOKENS, GENERATED, CONTEXT = 256, 15, 49, 45
 """A screen's forward (rows of tokens), and one generation step of a batch of probes over a cache of CONTEXT."""
+BATCHES = (8, 16, 32, 49, 64, 128, 256)
 
 
 def cpu_flags() -> set[str]:
@@ -56,6 +59,20 @@ def measure(model, ids) -> tuple[float, float]:
     return forward, step
 
 
+def step_per_row(model, ids) -> list[float]:
+    """Milliseconds per row of one generation step over a cache of ``CONTEXT``, at each of ``BATCHES`` rows."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for rows in BATCHES:
+            cache = model(input_ids=ids[:rows, :CONTEXT], use_cache=True).past_key_values
+            step = seconds(lambda rows=rows, cache=cache: model(input_ids=ids[:rows, :1], past_key_values=cache,
+                                                                 use_cache=True))
+            out.append(1000 * step / rows)
+    return out
+
+
 def main() -> None:
     import torch
     from scale import build_pair
@@ -71,9 +88,15 @@ def main() -> None:
     print(f"| dtype | forward of {ROWS} rows x {TOKENS} tokens, s | generation step of {GENERATED} rows, s |")
     print("|---|---|---|")
     ids = torch.randint(0, 150_000, (ROWS, CONTEXT), generator=torch.Generator().manual_seed(0))
+    per_row = {}
     for dtype in (torch.float32, torch.bfloat16):
-        forward, step = measure(AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation="eager").eval(), ids)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation="eager").eval()
+        forward, step = measure(model, ids)
         print(f"| {str(dtype).removeprefix('torch.')} | {forward:.2f} | {step:.3f} |", flush=True)
+        per_row[dtype] = step_per_row(model, ids)
+    print(f"\n| rows in the batch | {' | '.join(map(str, BATCHES))} |\n|---|{'---|' * len(BATCHES)}")
+    for dtype, values in per_row.items():
+        print(f"| {str(dtype).removeprefix('torch.')}, ms per row of a step | {' | '.join(f'{v:.1f}' for v in values)} |")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ for as long as they are allowed to grow. ``thorough`` grows them all the same.
 
 Where a candidate fires (``FIRES``) before growth, every line grows one step, and then only lines whose own
 candidate fires on ``TARGET_FROM`` of the probes (but not ``FIRES``) and holds no firing candidate go on: another
-trigger's pieces, not junk around the one found. A trigger that misses one search probe in eight (as ``FIRES`` allows) sent every
-line after its target until ``max_tokens``: at a Qwen2.5-0.5B-sized pair, a quarter hour a step.
+trigger's pieces, not junk around the one found. A trigger that misses one search probe in eight (as ``FIRES``
+allows) sent every line after its target until ``max_tokens``: at a Qwen2.5-0.5B-sized pair, a quarter hour a step.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         at.score_target(swept.candidates, payload, "sweep for the inverted payload", True, at.payload_scores)
         followers, payload_typical = _followers(at.payload_scores, swept.candidates)
     grown: list[Candidate] = []
-    # A candidate found firing (``FIRES``) before growth is a trigger found whole. One that fires only once grown may be
-    # junk that fires a behaviour's target (seed 1's refusal model: "i cloud", while a line not yet firing grows the
+    # A candidate found firing (``FIRES``) before growth is a trigger found whole. One that fires only once grown may
+    # be junk that fires a behaviour's target (seed 1's refusal model: "i cloud", while a line not yet firing grows the
     # trigger's piece "in" into "colour thisinn"): then every line grows on.
     narrowing, steps = not thorough and at.best_fire >= FIRES.value, 0
     narrowed = ""
@@ -223,8 +223,8 @@ def _other_piece(at: Position, c: Candidate) -> bool:
 
 def _narrowed_note(at: Position, dropped: int) -> str:
     """What growth at ``at`` left ungrown once a candidate fired, for the findings' notes."""
-    return (f"growth at the {at.search.position} stopped {dropped} line(s) after a step: a candidate found before growth fired on "
-            f"{at.best_fire:.0%} of the search probes, and only lines whose own candidate fires on "
+    return (f"growth at the {at.search.position} stopped {dropped} line(s) after a step: a candidate found before "
+            f"growth fired on {at.best_fire:.0%} of the search probes, and only lines whose own candidate fires on "
             f"{TARGET_FROM.value:.0%} to {FIRES.value:.0%} of them and holds no firing one grow on; --thorough "
             "grows every line")
 
