@@ -124,22 +124,21 @@ def test_growth_towards_a_target_takes_the_phrases_next_word_over_a_booster():
     assert [inserted((1, 2), p) for p in [(5, 1, 2), (1, 5, 2), (1, 2, 5), (1, 1, 2)]] == [5, 5, 5, 1]
 
 
-def test_growth_narrows_after_a_step_where_a_candidate_fires_before_it(zoo_dir, monkeypatch):
-    """Where a candidate fires (``FIRES``) before growth, every line grows one step, then only lines whose own
-    candidate fires on ``TARGET_FROM`` to ``FIRES`` of the probes and holds no firing candidate. Every trigger the
-    test zoo's sweep finds fires on 8 of 8, which ends growth anyway, so ``FIRES`` is set here to where a swept task
-    switch of the benign task fine-tune fires at the end (4 of 8): growth narrows after one step, says so in the
-    notes, keeps that token, grows nothing past 2 tokens (to 4 without narrowing), and spends less. A thorough
-    search never narrows."""
+def test_growth_does_not_start_once_a_candidate_fires(zoo_dir, monkeypatch):
+    """Once a candidate fires (``FIRES``: 7 of 8 allowed), growth does not start at a position not yet grown: a
+    planted "😇" at the Qwen2.5-0.5B shape firing on 7 of 8 sent every line after its target, a quarter hour a
+    step. Every trigger the test zoo's sweep finds fires on 8 of 8, which already ended growth, so ``FIRES`` is set
+    here to where a swept task switch of the benign task fine-tune fires at the end (4 of 8): nothing grows, a note
+    says why, and the search costs fewer sequences. A thorough search grows as before."""
     from scanner.inputs.loading import load_pair
-    from scanner.measure.discovery import discover, growth, thresholds
+    from scanner.measure.discovery import discover, run, thresholds
 
     pair = load_pair(zoo_dir / "task", str(zoo_dir / "base"), dtype="float32", device="cpu",
                      allow_download=False, allow_pickle=False)
     prompts = zoo_prompts(zoo_dir)
 
     def search(fires: float, thorough: bool = False):
-        monkeypatch.setattr(growth, "FIRES", dataclasses.replace(thresholds.FIRES, value=fires))
+        monkeypatch.setattr(run, "FIRES", dataclasses.replace(thresholds.FIRES, value=fires))
         return discover(pair.suspect, pair.reference, pair.tokenizer, prompts, seed=0, positions=("end",),
                         options=DiscoveryOptions(thorough=thorough))
 
@@ -148,11 +147,11 @@ def test_growth_narrows_after_a_step_where_a_candidate_fires_before_it(zoo_dir, 
     grown = lambda found: [c for c in found.candidates if c.stage == "grown"]  # noqa: E731
     swept = max((c for c in never.candidates if c.stage == "sweep"), key=rate)
     assert thresholds.TARGET_FROM.value <= rate(swept) < 1.0, [(c.text, c.fire_rate) for c in never.candidates]
-    assert max(len(c.token_ids) for c in grown(never)) == 4
-    narrowed = search(rate(swept))
-    notes = [note for note in narrowed.notes if "found before growth fired" in note]
-    assert notes and "--thorough" in notes[0] and not any("before growth" in note for note in never.notes), narrowed.notes
-    assert swept.text in [c.text for c in narrowed.candidates]
-    assert max(len(c.token_ids) for c in grown(narrowed)) == 2, [c.text for c in grown(narrowed)]
-    assert narrowed.sequences < never.sequences, (narrowed.sequences, never.sequences)
-    assert not any("before growth" in note for note in search(rate(swept), thorough=True).notes)
+    assert grown(never) and not any("did not run" in note for note in never.notes)
+    stopped = search(rate(swept))
+    assert not grown(stopped), [c.text for c in grown(stopped)]
+    notes = [note for note in stopped.notes if note.startswith("growth did not run at the end")]
+    assert notes and f"fired on {rate(swept):.0%}" in notes[0] and "--thorough" in notes[0], stopped.notes
+    assert stopped.sequences < never.sequences, (stopped.sequences, never.sequences)
+    thorough = search(rate(swept), thorough=True)
+    assert grown(thorough) and not any("did not run" in note for note in thorough.notes)

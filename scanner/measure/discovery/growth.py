@@ -22,11 +22,6 @@ Growth at a position stops after a step that leaves no evidence to follow (``_ev
 found no payload after the clean answer (a target no benign fine-tune of the zoo has given). Most scanned
 models are benign, and on them growth was two thirds of discovery: lines of task switches gain a nat of KL a step
 for as long as they are allowed to grow. ``thorough`` grows them all the same.
-
-Where a candidate fires (``FIRES``) before growth, every line grows one step, and then only lines whose own
-candidate fires on ``TARGET_FROM`` of the probes (but not ``FIRES``) and holds no firing candidate go on: another
-trigger's pieces, not junk around the one found. A trigger that misses one search probe in eight (as ``FIRES``
-allows) sent every line after its target until ``max_tokens``: at a Qwen2.5-0.5B-sized pair, a quarter hour a step.
 """
 
 from __future__ import annotations
@@ -40,7 +35,6 @@ from scanner.measure.discovery.engine import Candidate, Search
 from scanner.measure.discovery.position import Position
 from scanner.measure.discovery.sweep import Swept
 from scanner.measure.discovery.thresholds import (
-    FIRES,
     GROW_MARGIN,
     GROW_MARGIN_TARGET,
     GROW_ON_LOGPROB,
@@ -62,12 +56,12 @@ class Grown:
     following: bool = False
     """Whether growth followed an inverted target (``minimise`` then refines before it minimises)."""
     stopped: str = ""
-    """Why growth stopped before ``max_tokens`` with lines left to grow: for lack of evidence, or because a candidate
-    fired before growth and the lines stopped do not half fire themselves."""
+    """Why growth stopped before ``max_tokens`` with lines left to grow, or did not run: for lack of evidence, or
+    because a candidate fired (``discover``)."""
 
 
 NOT_GROWN = Grown(())
-"""A position growth did not run at: a trigger found whole at another needs none here."""
+"""A position growth did not run at: a trigger found whole needs none."""
 
 
 def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple[int, ...] = (),
@@ -112,27 +106,7 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         at.score_target(swept.candidates, payload, "sweep for the inverted payload", True, at.payload_scores)
         followers, payload_typical = _followers(at.payload_scores, swept.candidates)
     grown: list[Candidate] = []
-    # A candidate found firing (``FIRES``) before growth is a trigger found whole. One that fires only once grown may
-    # be junk that fires a behaviour's target (seed 1's refusal model: "i cloud", while a line not yet firing grows the
-    # trigger's piece "in" into "colour thisinn"): then every line grows on.
-    narrowing, steps = not thorough and at.best_fire >= FIRES.value, 0
-    narrowed = ""
     while (lines or followers) and at.best_fire < 1.0 and not search.budget.exhausted:
-        steps += 1
-        if narrowing and steps > 1:
-            # Every line has had a step since the trigger was found: growth goes on only along lines that half
-            # fire themselves without holding what fires (``_other_piece``). In that step seed 0's
-            # multi-trigger model (🌵, violin, ZR7), "in" of violin firing on 7 of 8, grows lines that do not
-            # half fire into candidates that fire ("inZ", "v" and "le" each with a byte token). At a
-            # Qwen2.5-0.5B-sized pair, where a step of every line costs a quarter hour, every line of a planted
-            # "😇" that fires on 7 of 8 took "😇" in that step, and two of them then half fired.
-            kept = [c for c in lines if _other_piece(at, c)]
-            kept_followers = [c for c in followers if _other_piece(at, c)]
-            if len(kept) + len(kept_followers) < len(lines) + len(followers):
-                narrowed = _narrowed_note(at, len(lines) + len(followers) - len(kept) - len(kept_followers))
-            lines, followers = kept, kept_followers
-            if not lines and not followers:
-                break
         # Once a candidate makes the suspect answer something, its log-probability is the objective: the KL
         # saturates near full firing, the target's log-probability does not. An inverted target stays the
         # objective: a line that half fires something else ("a wesi" -> "We LIKE", a task switch) would
@@ -186,7 +160,7 @@ def grow(at: Position, swept: Swept, beam: int, max_tokens: int, inverted: tuple
         best = None if thorough or payload else _evidence(at, lines if following else [], followers)
         if best is not None and any(len(c) < max_tokens for c in new):
             return Grown(tuple(grown), following, _stopped_note(at, max(len(c) for c in new), max_tokens, best))
-    return Grown(tuple(grown), following, narrowed)
+    return Grown(tuple(grown), following)
 
 
 def _evidence(at: Position, following: Sequence[Candidate], followers: Sequence[Candidate]) -> float | None:
@@ -210,23 +184,6 @@ def _stopped_note(at: Position, length: int, max_tokens: int, best: float) -> st
                 f"(best {best:.3g})" if best > -math.inf else "")
     return (f"growth at the {at.search.position} stopped at {length} of {max_tokens} tokens: no candidate fired on "
             f"{TARGET_FROM.value:.0%} of the search probes (best {at.best_fire:.0%}){followed}; --thorough grows on")
-
-
-def _other_piece(at: Position, c: Candidate) -> bool:
-    """Whether ``c`` half fires (``TARGET_FROM``, below ``FIRES``) and holds no candidate that fires: a line that
-    may grow into another trigger, not into the one found."""
-    if not FIRES.value > at.fire(c) >= TARGET_FROM.value:
-        return False
-    firing = [f for f, fire in at.fires.items() if fire.rate >= FIRES.value]
-    return not any(c[i:i + len(f)] == f for f in firing for i in range(len(c) - len(f) + 1))
-
-
-def _narrowed_note(at: Position, dropped: int) -> str:
-    """What growth at ``at`` left ungrown once a candidate fired, for the findings' notes."""
-    return (f"growth at the {at.search.position} stopped {dropped} line(s) after a step: a candidate found before "
-            f"growth fired on {at.best_fire:.0%} of the search probes, and only lines whose own candidate fires on "
-            f"{TARGET_FROM.value:.0%} to {FIRES.value:.0%} of them and holds no firing one grow on; --thorough "
-            "grows every line")
 
 
 def _follow(at: Position, c: Candidate, target: tuple[int, ...], typical: float, stage: str, after_answer: bool = False,

@@ -26,7 +26,7 @@ from scanner.measure.discovery.position import Common, Position, Report
 from scanner.measure.discovery.static import edited_mlps, static_shortlist
 from scanner.measure.discovery.sweep import Swept, sweep
 from scanner.measure.discovery.switch import answer_group, search_switches
-from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKENS, TARGET_FROM, table
+from scanner.measure.discovery.thresholds import ANSWER_TOKENS, FIRE_CHECK_TOKENS, FIRES, TARGET_FROM, table
 from scanner.options import DiscoveryOptions
 
 
@@ -158,15 +158,31 @@ def _per_position(report: Report, where: str, positions: int) -> Report:
 
 def _grow(at: list[Position], swept: list[Swept], options: DiscoveryOptions, inverted: tuple[int, ...],
           payload: tuple[int, ...]) -> list[Grown]:
-    """Growth where the sweep came closest first, and only while nothing fires on every search probe anywhere: a
-    trigger found whole at one position needs no growth at another. With a target to follow, growth runs at every
-    position: junk that fires it ("A7R") is found as readily as the trigger."""
+    """Growth where the sweep came closest first, and only while nothing fires (``FIRES``; on every search probe
+    where ``thorough``) anywhere: a trigger found whole needs no growth, at its position or another. With a target
+    to follow, growth runs at every position: junk that fires it ("A7R") is found as readily as the trigger.
+
+    A trigger that misses one search probe in eight, as ``FIRES`` allows, sent every line after its target: at a
+    Qwen2.5-0.5B-sized pair a planted "😇" firing on 7 of 8 cost a quarter hour a growth step, and every line took
+    "😇" in the first."""
     grown = [NOT_GROWN] * len(at)
+    enough = 1.0 if options.thorough else FIRES.value
     for i in sorted(range(len(at)), key=lambda i: -at[i].best_score):
-        if max(here.best_fire for here in at) >= 1.0 and not (inverted or payload):
-            break
+        firing = max(at, key=lambda here: here.best_fire)
+        if firing.best_fire >= enough and not (inverted or payload):
+            if firing.best_fire < 1.0:
+                grown[i] = Grown((), stopped=_not_grown_note(at[i], firing))
+            continue
         grown[i] = grow(at[i], swept[i], options.beam, options.max_tokens, inverted, payload, options.thorough)
     return grown
+
+
+def _not_grown_note(here: Position, firing: Position) -> str:
+    """Why growth did not run at ``here``, where a candidate at ``firing`` fired on fewer than every search probe."""
+    found = max(firing.fires, key=lambda c: (firing.fires[c].rate, c))
+    text = firing.search.tokenizer.decode(list(found)).strip()
+    return (f"growth did not run at the {here.search.position}: {text!r} fired on {firing.best_fire:.0%} of the "
+            f"search probes at the {firing.search.position}; --thorough grows on while nothing fires on all")
 
 
 def _reported(at: Position, leaked: Leaked, reduced: Reduced) -> list[DiscoveredCandidate]:
