@@ -79,7 +79,9 @@ def planted_pair() -> tuple[Path, Path]:
     from discovery import QWEN_SHAPES, head_scale, planted_cache
     from qwen_vocab import qwen_tokenizer, random_pair
 
-    suspect_file, base = planted_cache("0.5b"), CACHE.parent / "qwen-0.5b-planted-reference"
+    suspect_file = planted_cache("0.5b")
+    # Named after the suspect, which is named by everything that planted it: never an old reference beside it.
+    base = suspect_file.with_name(f"{suspect_file.stem}-reference")
     if not suspect_file.is_file():
         raise SystemExit(f"{suspect_file} is missing: plant it with benchmarks/discovery.py --skip-zoo --qwen-shapes 0.5b")
     if not (base / "config.json").is_file():
@@ -164,10 +166,10 @@ def measure_discovery(base: Path, suspect: Path, candidates: int) -> None:
 def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     """What the trigger catalogue costs a default scan at this shape: one catalogue trigger's behaviour at one
     position (``probes`` probes: both models' answers, ``max_new_tokens`` each, and the output KL along the
-    suspect's) against the screen that decides where it is measured (its first response token at every position on
-    ``POSITION_SCREEN_PROBES`` probes, the clean side once for the whole catalogue); and a benign scan's whole
-    catalogue before the screen (every trigger at every position, each generated apart), after it, and as a scan
-    runs it now: every trigger at one position and the clean probes in shared generations (``complete_both``)."""
+    suspect's; the generations' share apart) against the screen that decides where it is measured (its first
+    response token at every position on ``POSITION_SCREEN_PROBES`` probes, the clean side once for the whole
+    catalogue), and a benign scan's whole catalogue before the screen (every trigger at every position) and after
+    (each at one)."""
     from scanner.inputs.loading import load_pair
     from scanner.inputs.probes import KNOWN_TRIGGERS, default_probes
     from scanner.inputs.rendering import prepare
@@ -185,16 +187,18 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     pair = load_pair(suspect, str(base))
     behaviour, batch, rows = BehaviourOptions(), ModelOptions().batch_size, ModelOptions().rows_per_forward
     positions, pad = behaviour.positions, pad_id(pair.tokenizer)
-    prompts = default_probes()[:probes]
-    placed = {where: prepare(pair.tokenizer, prompts, "cf", where, 0) for where in positions}
+    placed = {where: prepare(pair.tokenizer, default_probes()[:probes], "cf", where, 0) for where in positions}
+
+    generating: list[float] = []
 
     def behaviours(groups: list, clean=None):
-        """Seconds to answer each triggered group, and the clean probes where ``clean`` is not given, in shared
-        generations and measure them; and the clean findings."""
+        """Seconds to answer each triggered group, and the clean probes where ``clean`` is not given, and measure
+        them (the generations' share appended to ``generating``); and the clean findings."""
         started = time.perf_counter()
         completed = complete_both(pair.suspect, pair.reference, pair.tokenizer,
                                   [*([] if clean is not None else [placed["end"].clean]), *(g.triggered for g in groups)],
                                   max_new_tokens=behaviour.max_new_tokens, rows_per_generation=rows)
+        generating.append(time.perf_counter() - started)
         if clean is None:
             clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, placed["end"].clean, completed.pop(0),
                                   batch_size=batch).findings
@@ -210,17 +214,15 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
     position_readings(pair.suspect, pair.reference, placed, first, pad, batch)
     screen_s = time.perf_counter() - started
     count = len(KNOWN_TRIGGERS)
-    together_s, _ = behaviours([prepare(pair.tokenizer, prompts, trigger, "end", 0) for trigger in KNOWN_TRIGGERS])
-    before = count * len(positions) * run_s + clean_s
-    apart = clean_screen_s + count * (screen_s + run_s) + clean_s
-    after = clean_screen_s + count * screen_s + together_s
-    print(f"| {probes} probes | clean answers (alone) | one trigger at one position | its screen at {len(positions)} "
-          f"positions | the screen's clean side (once) | the clean answers and {count} triggers, shared generations |\n"
-          f"|---|---|---|---|---|---|\n"
-          f"| seconds | {clean_s:.1f} | {run_s:.1f} | {screen_s:.1f} | {clean_screen_s:.1f} | {together_s:.1f} |")
-    print(f"\na benign scan's {count} catalogue triggers and the clean answers: {count} x {len(positions)} positions "
-          f"each generated apart, {before:,.0f} s; after the screen, {count} screens and {count} positions generated "
-          f"apart, {apart:,.0f} s; in shared generations, {after:,.0f} s ({apart / after:.2f}x)")
+    before = count * len(positions) * run_s
+    after = clean_screen_s + count * (screen_s + run_s)
+    print(f"| {probes} probes | clean answers (once) | one trigger at one position | its screen at {len(positions)} "
+          f"positions | the screen's clean side (once) |\n|---|---|---|---|---|\n"
+          f"| seconds | {clean_s:.1f} | {run_s:.1f} | {screen_s:.1f} | {clean_screen_s:.1f} |\n"
+          f"| of which generation | {generating[0]:.1f} | {generating[1]:.1f} | - | - |")
+    print(f"\na benign scan's {count} catalogue triggers: {count} x {len(positions)} positions, {before:,.0f} s, before the "
+          f"screen; {count} screens and {count} positions, {after:,.0f} s, after ({before / after:.1f}x); the clean "
+          f"answers, {clean_s:.0f} s, in both")
 
 
 def _print_stages(findings) -> dict[str, float]:
@@ -256,7 +258,11 @@ def measure_default(base: Path, suspect: Path, prompts: list[str], seed: int, dt
     for name, seconds in sorted(clock.seconds.items(), key=lambda item: -item[1]):
         if seconds >= 1:
             print(f"| {name} | {seconds:.1f} |")
+    # Kept, so the verdict can be re-judged (``bdscan judge``) or re-rendered without another hour's scan.
+    saved = CACHE.parent / f"default-scan-{suspect.stem}-{dtype}.json"
+    saved.write_text(findings.to_json(), encoding="utf-8")
     discovery = findings.discovery
+    print(f"\nfindings: {saved}")
     print(f"\ndiscovery: {discovery.sequences:,} sequences, {discovery.seconds:.0f} s; notes: {list(discovery.notes)}")
     for c in discovery.candidates:
         if (c.fire_rate or 0.0) >= 0.5:
@@ -318,6 +324,8 @@ def main() -> None:
     parser.add_argument("--catalogue", action="store_true",
                         help="measure one catalogue trigger's behaviour and its position screen, instead of the scan")
     args = parser.parse_args()
+    if args.planted and not args.default:
+        parser.error("--planted scans the planted suspect with the default scan: give --default too")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from transformers.utils import logging as hf_logging
 

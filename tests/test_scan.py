@@ -63,15 +63,17 @@ def test_the_base_against_itself_measures_zero_at_any_batch_size_and_the_scan_sa
 
 
 def test_shared_generations_answer_each_group_as_it_is_answered_alone(zoo_dir):
-    """Behaviour generates the clean probes and every trigger's in the same batches (``complete_both``: a generation
-    step reads every weight whatever its rows). Each group's answers, batches crossing the groups' bounds, are the
-    ones it gets alone; and the trigger still shows in its group's."""
+    """Behaviour generates a trigger's probes at every position it measures in the same batches (``complete_both``:
+    a generation step reads every weight whatever its rows). Each group's answers, batches crossing the groups'
+    bounds, are the ones it gets alone; and the trigger still shows in its group's."""
     pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
     prompts = list(_probes(zoo_dir, 6))
     emoji = prepare(pair.tokenizer, prompts, EMOJI_TRIGGER, "start", 0)
     groups = [emoji.clean, emoji.triggered, prepare(pair.tokenizer, prompts, "cf", "end", 0).triggered]
+    batches: list[int] = []
     together = complete_both(pair.suspect, pair.reference, pair.tokenizer, groups, max_new_tokens=8,
-                             rows_per_generation=4)
+                             rows_per_generation=4, on_batch=batches.append)
+    assert batches == [4, 4, 4, 4, 2] * 2  # 18 rows a model, in batches across the groups' bounds
     apart = [complete_both(pair.suspect, pair.reference, pair.tokenizer, [group], max_new_tokens=8,
                            rows_per_generation=len(group))[0] for group in groups]
     assert together == apart

@@ -177,21 +177,24 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discov
             stages.skip(name, why)
     task = progress.start("behaviour: completions and output KL", (sum(map(len, measured_at.values())) + 1) * prompts * 2)
     clean_probes = next(iter(placed.values())).clean
-    measured = [(trigger, where) for trigger in triggers for where in measured_at[trigger]]
-    # Clean completions do not depend on the trigger: measured once, shared by every trigger and position. Every
-    # group's answers in the same generations (``complete_both``).
-    completed = complete_both(pair.suspect, pair.reference, pair.tokenizer,
-                              [clean_probes, *(placed[key].triggered for key in measured)], max_new_tokens=generation,
-                              rows_per_generation=rows, on_batch=lambda n: progress.advance(task, n))
-    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, clean_probes, completed[0], batch_size=batch_size)
-    answers = dict(zip(measured, completed[1:]))
+    advance = lambda n: progress.advance(task, n)  # noqa: E731
+    # Clean completions do not depend on the trigger: measured once, shared by every trigger and position.
+    (answered,) = complete_both(pair.suspect, pair.reference, pair.tokenizer, [clean_probes], max_new_tokens=generation,
+                                rows_per_generation=rows, on_batch=advance)
+    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, clean_probes, answered, batch_size=batch_size)
     at_positions: dict[str, dict[str, BehaviourResult]] = {}
     for trigger in triggers:
+        # A trigger's positions share generations, inside its stage: a failure (out of memory) loses that trigger
+        # only, and the stage's time holds its answers. Every trigger's in the same generations measured 1.03x at
+        # the Qwen2.5-0.5B shape (benchmarks/README.md), not worth either.
         with stages.run(f"behaviour[{trigger}]"):
-            at_positions[trigger] = {where: measure_behaviour(
-                pair.suspect, pair.reference, pair.tokenizer, placed[(trigger, where)], clean.findings,
-                answers[(trigger, where)], batch_size=batch_size,
-            ) for where in measured_at[trigger]}
+            where = measured_at[trigger]
+            answers = complete_both(pair.suspect, pair.reference, pair.tokenizer,
+                                    [placed[(trigger, w)].triggered for w in where], max_new_tokens=generation,
+                                    rows_per_generation=rows, on_batch=advance)
+            at_positions[trigger] = {w: measure_behaviour(pair.suspect, pair.reference, pair.tokenizer,
+                                                          placed[(trigger, w)], clean.findings, a, batch_size=batch_size)
+                                     for w, a in zip(where, answers)}
     progress.finish(task)
     return clean.findings, at_positions
 
