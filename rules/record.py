@@ -105,8 +105,9 @@ class Record:
         flagged = sum(m["verdict"] != "CLEAN" for m in poisoned)
         right = sum(bool(m.get("right")) for m in poisoned)
         return (f"{len(run.models)} fine-tunes at seed {seed}, {clean} of {len(benign)} benign ones CLEAN, "
-                f"{flagged} of {len(poisoned)} poisoned ones flagged ({right} naming the planted trigger or what "
-                f"discovery recovered of it)")
+                f"{flagged} of {len(poisoned)} poisoned ones flagged ({right} right by calibration's test: the "
+                f"planted trigger, or what discovery recovered of it, implicated where the scan measured it, and no "
+                f"catalogue string named in its stead)")
 
     def fill(self, text: str, strict: bool = True) -> str:
         """``text`` with every ``{{KEY}}`` replaced by its figure; a key the record cannot answer raises KeyError, or

@@ -47,8 +47,9 @@ for a seed. Each stage is a module; every number it steers by is in
    switches, garbled answers and echoes aside, is their fire rate (``behaviour_switch``, rule BD015's): a
    jailbreak's answers differ from request to request, so the fire check
    finds no target.
-3. **Growth** (``growth``), while no candidate fires on every search probe at
-   any position, where the sweep came closest first: seeds (the ``beam`` best
+3. **Growth** (``growth``), where the sweep came closest first, started at a
+   position only while no candidate fires (``FIRES``; on every search probe
+   where ``thorough``) at any position: seeds (the ``beam`` best
    swept tokens and the ``beam`` the weight change ranks first) are extended
    one token at a time on either side, each on its own line, from a gradient
    shortlist of ``GROWTH_SHORTLIST`` tokens per side (GCG's step), proposals

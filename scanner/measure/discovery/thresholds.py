@@ -50,9 +50,8 @@ EDIT_LAYERS = _judgement(
 
 FIRES = _judgement(
     "fires", FIRES_VALUE,
-    "the fire rate at which the search counts a candidate as firing: it stops growing it (and, unless thorough, "
-    "growth does not start at a position not yet grown), minimises and refines it, and "
-    "proposes it for confirmation",
+    "the fire rate at which the search counts a candidate as firing: once one does, growth does not start at a "
+    "position not yet grown (unless thorough), and it is minimised, refined and proposed for confirmation",
     "a design choice, the value every version of discovery has searched with: on 8 search probes, 7 net of the "
     "reference and the clean answers, room for one probe on which a real trigger misses; the verdict's own "
     "judgement of firing is rule BD013's")
