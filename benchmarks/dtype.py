@@ -8,7 +8,8 @@ token at a time for a batch of probes over a key-value cache. On a CPU whose cor
 (``avx512_bf16``, ``amx_bf16``) both may run several times faster in bfloat16; on one that does not, slower. Prints
 the seconds of each (median of 3, after a warm-up) per dtype and whether this CPU reports bfloat16 support, then
 what a generation step costs a row at each batch size (``BATCHES``): a step reads every weight whatever its rows,
-which is why a scan generates all its probes at once.
+which is why a scan generates up to 256 probes at once (on real probes the saving is smaller than this table
+suggests: ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def measure_catalogue(base: Path, suspect: Path, probes: int) -> None:
         generating.append(time.perf_counter() - started)
         if clean is None:
             clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, placed["end"].clean, completed.pop(0),
-                                  batch_size=batch).findings
+                                  batch_size=batch)
         for group, answers in zip(groups, completed):
             measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, group, clean, answers, batch_size=batch)
         return time.perf_counter() - started, clean

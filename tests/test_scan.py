@@ -53,7 +53,7 @@ def test_the_base_against_itself_measures_zero_at_any_batch_size_and_the_scan_sa
                                   max_new_tokens=8, rows_per_generation=batch_size)
         clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, probes.clean, completed[0],
                               batch_size=batch_size)
-        result = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, probes, clean.findings, completed[1],
+        result = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, probes, clean, completed[1],
                                    batch_size=batch_size)
         assert result.kl_clean == pytest.approx(0, abs=1e-6)
         assert result.kl_triggered == pytest.approx(0, abs=1e-6)

@@ -185,18 +185,18 @@ def _behaviour(pair: LoadedPair, placed: Placed, triggers: Sequence[str], discov
     at_positions: dict[str, dict[str, BehaviourResult]] = {}
     for trigger in triggers:
         # A trigger's positions share generations, inside its stage: a failure (out of memory) loses that trigger
-        # only, and the stage's time holds its answers. Every trigger's in the same generations measured 1.03x at
-        # the Qwen2.5-0.5B shape (benchmarks/README.md), not worth either.
+        # only, and the stage's time holds its answers. Every trigger's in the same generations saved 3% at the
+        # Qwen2.5-0.5B shape (benchmarks/README.md), not worth either.
         with stages.run(f"behaviour[{trigger}]"):
             where = measured_at[trigger]
             answers = complete_both(pair.suspect, pair.reference, pair.tokenizer,
                                     [placed[(trigger, w)].triggered for w in where], max_new_tokens=generation,
                                     rows_per_generation=rows, on_batch=advance)
             at_positions[trigger] = {w: measure_behaviour(pair.suspect, pair.reference, pair.tokenizer,
-                                                          placed[(trigger, w)], clean.findings, a, batch_size=batch_size)
+                                                          placed[(trigger, w)], clean, a, batch_size=batch_size)
                                      for w, a in zip(where, answers)}
     progress.finish(task)
-    return clean.findings, at_positions
+    return clean, at_positions
 
 
 def _catalogue_positions(pair: LoadedPair, placed: Placed, catalogue: Sequence[str], positions: Sequence[str],

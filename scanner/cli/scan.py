@@ -132,7 +132,7 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
               help="Tokens each model answers each probe with (a payload after the answer needs room).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Probes per forward where every answer position's logits are kept (the output KL along an "
-                   "answer). Generation takes up to 256 probes at once, every trigger's and the clean ones together.")
+                   "answer). Generation takes up to 256 probes at once (a trigger's at every position it is measured at).")
 @click.option("--patch-method", type=click.Choice(PATCH_METHODS), default="ranked", show_default=True,
               help="ranked: heads in order of attention KL; atp: in order of attribution patching's estimate (one "
                    "backward for every head); greedy: at each step the head that lowers output KL most.")

@@ -184,9 +184,9 @@ def complete_both(
     groups: Sequence[Sequence[RenderedProbe]], *, max_new_tokens: int, rows_per_generation: int, on_batch=None,
 ) -> list[Completions]:
     """Greedy completions of every group of probes under both models, the groups sharing generations of
-    ``rows_per_generation`` rows: a generation step reads every weight whatever its rows, so the clean probes and
-    every trigger's go in together (on 2 cores at the Qwen2.5-0.5B shape, a row of a step costs 10.6 ms in a batch
-    of 49 probes and 6.9 in one of 256). The very token ids every other stage measures on, not a second rendering."""
+    ``rows_per_generation`` rows (a generation step reads every weight whatever its rows): the very token ids every
+    other stage measures on, not a second rendering. A scan passes one trigger's probes at each position it is
+    measured at; every trigger's at once saved 3% at the Qwen2.5-0.5B shape (``benchmarks/README.md``)."""
     rows = [p.ids for group in groups for p in group]
     by_model = [complete_ids(model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=rows_per_generation,
                              on_batch=on_batch) for model in (suspect, reference)]
@@ -198,27 +198,16 @@ def complete_both(
     return out
 
 
-@dataclass(frozen=True)
-class CleanRun:
-    """Both models' greedy completions of the clean probes, measured once for every trigger."""
-
-    suspect_ids: tuple[tuple[int, ...], ...]
-    findings: CleanFindings
-
-
 def measure_clean(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     clean: Sequence[RenderedProbe], completed: Completions, *, batch_size: int,
-) -> CleanRun:
+) -> CleanFindings:
     """The clean probes' answers (``completed``, from ``complete_both``) and the output KL along the suspect's
     (``batch_size`` probes at a time: its logits hold every answer position)."""
     kl, _, _ = response_kl_and_loss(suspect, reference, clean, completed.suspect, pad_id(tokenizer), batch_size)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-    return CleanRun(
-        completed.suspect,
-        CleanFindings(tuple(decode(ids) for ids in completed.suspect), tuple(decode(ids) for ids in completed.reference),
-                      tuple(kl)),
-    )
+    return CleanFindings(tuple(decode(ids) for ids in completed.suspect),
+                         tuple(decode(ids) for ids in completed.reference), tuple(kl))
 
 
 def measure_behaviour(

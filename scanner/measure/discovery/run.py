@@ -180,7 +180,8 @@ def _grow(at: list[Position], swept: list[Swept], options: DiscoveryOptions, inv
 def _not_grown_note(here: Position, firing: Position) -> str:
     """Why growth did not run at ``here``, where a candidate at ``firing`` fired on fewer than every search probe."""
     found = max(firing.fires, key=lambda c: (firing.fires[c].rate, c))
-    return (f"growth did not run at the {here.search.position}: {decoded(firing.search.tokenizer, found)!r} fired on {firing.best_fire:.0%} of the "
+    text = decoded(firing.search.tokenizer, found)
+    return (f"growth did not run at the {here.search.position}: {text!r} fired on {firing.best_fire:.0%} of the "
             f"search probes at the {firing.search.position}; --thorough grows on while nothing fires on all")
 
 
