@@ -268,6 +268,9 @@ def test_screened_ablation_is_exact_where_it_measures_and_finds_the_layer_of_the
     # Room for the per-layer screen and one layer's heads: one layer is ablated head by head.
     rows = layers * probes + heads * probes
     assert screened_layers(layers, heads, probes, rows) == 1
+    # The row budget is a cap, and so are the layers: at the Qwen2.5-0.5B shape 16 probes leave rows for 16 layers.
+    assert [screened_layers(24, 14, probes) for probes in (49, 16, 4)] == [4, 4, 4]
+    assert ablation_runs("auto", 24, 14, 16) == 24 + 4 * 14
     assert ablation_runs("screened", layers, heads, probes, rows) == layers + heads
     screened = measure_ablation(suspect, patcher, means, targets, rows_per_forward=64, method="auto", exact_rows=rows)
     assert screened.method == "screened" and len(screened.layer_effect) == layers

@@ -54,10 +54,19 @@ def resolve_method(method: str, layers: int, heads: int, probes: int, exact_rows
     return "exact" if layers * heads * probes <= exact_rows else "screened"
 
 
+SCREENED_LAYERS = 4
+"""Most layers ``screened`` ablates head by head, whatever rows ``EXACT_ROWS`` would leave: the layers whose joint
+ablation lowered the target most. Checked on 18 poisoned models of three zoos (test size at seeds 0 and 1, demo
+size), each cut to one screened layer: the head whose ablation hurt the target most was in the layer the screen
+ranked first in 17 and second in the other, and the three strongest were within the first two but once. Four is
+twice that, and what the row budget gave at the Qwen2.5-0.5B shape and 49 probes; at 16 probes the budget alone
+gave 16 layers of 24 (3,968 rows, 660 s a trigger on 2 cores) where 4 take 1,280."""
+
+
 def screened_layers(layers: int, heads: int, probes: int, exact_rows: int = EXACT_ROWS) -> int:
     """How many layers ``screened`` ablates head by head: what ``exact_rows`` leaves after one configuration per
-    layer, at least one."""
-    return max(1, min(layers, (exact_rows - layers * probes) // (heads * probes)))
+    layer, at most ``SCREENED_LAYERS``, at least one."""
+    return max(1, min(layers, SCREENED_LAYERS, (exact_rows - layers * probes) // (heads * probes)))
 
 
 def ablation_runs(method: str, layers: int, heads: int, probes: int, exact_rows: int = EXACT_ROWS) -> int:
@@ -76,9 +85,9 @@ def measure_ablation(
 ) -> AblationFindings:
     """``exact``: every head ablated, ``layers x heads x probes`` rows through the suspect. ``screened``: every
     layer's heads ablated together, then each head of the layers whose ablation lowered the target most, as many
-    layers as ``exact_rows`` allows (``screened_layers``); the other heads are NaN, not measured. ``atp``: every
-    head estimated from one forward and one backward (``sites`` needed), the ``CHECKED`` the estimate ranks first
-    then ablated exactly beside it. ``auto``: ``exact`` within ``exact_rows``, else ``screened``. ``on_runs(n)`` is
+    layers as ``exact_rows`` allows up to ``SCREENED_LAYERS`` (``screened_layers``); the other heads are NaN, not
+    measured. ``atp``: every head estimated from one forward and one backward (``sites`` needed), the ``CHECKED``
+    the estimate ranks first then ablated exactly beside it. ``auto``: ``exact`` within ``exact_rows``, else ``screened``. ``on_runs(n)`` is
     called with the configurations finished after each forward (``ablation_runs`` in all)."""
     baseline = target_logprob(target_logits(suspect, targets), targets)  # [probes]
     layers, heads, probes = patcher.layers, patcher.heads, baseline.shape[0]
