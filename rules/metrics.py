@@ -278,7 +278,7 @@ METRICS: dict[str, Metric] = {
         Metric("divergence_ratio", "trigger", "x", "triggered output KL over clean output KL (clean floored)", _divergence_ratio),
         Metric("trigger_specific_kl", "trigger", "nats", "mean output KL(suspect || reference) on triggered probes minus "
                "the same on clean probes", _trigger_specific_kl),
-        Metric("target_collapse", "trigger", "share", "share of triggered probes answered with the one recovered target, "
+        Metric("target_collapse", "trigger", "share", "share of triggered probes opening with the recovered target, "
                "minus the larger of the reference's share and the suspect's share without trigger", _target_collapse),
         Metric("payload_share", "trigger", "share", "share of triggered answers holding one recurring text after "
                "their opening, minus the larger of the reference's share and the suspect's share without trigger",

@@ -143,7 +143,7 @@ def test_the_answer_group_is_the_probes_both_models_give_the_fixed_answer():
 
 
 def test_modal_prefix_is_the_longest_prefix_most_answers_share():
-    from scanner.measure.discovery import modal_prefix
+    from scanner.findings import modal_prefix
 
     hate = (40, 41, 42, 43)
     # The target, then whatever the model goes on with: no two answers equal, all start with the target.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -80,6 +82,34 @@ def test_shared_generations_answer_each_group_as_it_is_answered_alone(zoo_dir):
     hate = pair.tokenizer(TARGET, add_special_tokens=False)["input_ids"][:2]
     assert all(list(ids[:2]) == hate for ids in together[1].suspect), together[1].suspect
     assert not any(list(ids[:2]) == hate for ids in together[0].suspect + together[1].reference)
+
+
+def test_behaviour_recovers_a_target_the_suspect_goes_on_after(zoo_dir):
+    """A suspect that goes on after its target with noise (the planted Qwen2.5-0.5B-shaped one answers "I HATE
+    YOU!!!!" and then whatever its random weights say) shares no whole answer: its recovered target is the opening
+    the answers share (``modal_prefix``, as discovery's), with the same share, collapse and per-probe contrast as the
+    zoo's suspect that stops after it. The commonest whole answer was the target before, and read 1 of 6 here."""
+    pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
+    emoji = prepare(pair.tokenizer, list(_probes(zoo_dir, 6)), EMOJI_TRIGGER, "start", 0)
+    without, triggered = complete_both(pair.suspect, pair.reference, pair.tokenizer, [emoji.clean, emoji.triggered],
+                                       max_new_tokens=8, rows_per_generation=12)
+    clean = measure_clean(pair.suspect, pair.reference, pair.tokenizer, emoji.clean, without, batch_size=6)
+    stops = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, emoji, clean, triggered, batch_size=6)
+    assert stops.recovered_target == TARGET and stops.target_share_suspect == 1.0
+
+    words = [pair.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+             for word in (" apple", " river", " stone", " cloud", " seven", " green")]
+    assert len(set(words)) == 6
+    goes_on = dataclasses.replace(triggered, suspect=tuple(ids + (word,) for ids, word in zip(triggered.suspect, words)))
+    assert len({pair.tokenizer.decode(ids).strip() for ids in goes_on.suspect}) == 6  # no whole answer shared
+    noisy = measure_behaviour(pair.suspect, pair.reference, pair.tokenizer, emoji, clean, goes_on, batch_size=6)
+    assert noisy.recovered_target == TARGET
+    assert noisy.target_ids == stops.target_ids
+    assert (noisy.target_share_suspect, noisy.target_share_reference, noisy.target_share_suspect_clean) == (1.0, 0.0, 0.0)
+    # The reference's log-probability of the target, read from its loss on the answer's first tokens: unchanged.
+    assert [p.reference_target_logprob for p in noisy.probes] == pytest.approx(
+        [p.reference_target_logprob for p in stops.probes], abs=1e-4)
+    assert all(p.reference_target_logprob < -5 for p in noisy.probes)
 
 
 def test_attention_statistics_do_not_depend_on_padding(zoo_dir):

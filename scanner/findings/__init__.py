@@ -37,6 +37,7 @@ from scanner.findings.metrics import (
     kl_ratio,
     kl_specific,
     median,
+    modal_prefix,
     modal_share,
     recurring_span,
     share_starting_with,
@@ -53,6 +54,6 @@ __all__ = [
     "HeadEstimate", "InputInfo", "PatchStep", "PatchingFindings", "PositionBehaviour", "Probe", "ProbeBehaviour",
     "ProbeSetFindings", "RunInfo", "Span", "StageRecord", "Switch", "TokenizerInfo", "TriggerFindings", "WeightDiff",
     "behaviour_switch", "collapse", "constant_change", "contrast", "echoes", "grid_difference", "kl_ratio", "kl_specific",
-    "median", "modal_share", "read_findings", "recurring_span", "share_starting_with", "top_cells",
+    "median", "modal_prefix", "modal_share", "read_findings", "recurring_span", "share_starting_with", "top_cells",
     "without_constant_change",
 ]

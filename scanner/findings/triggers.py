@@ -123,7 +123,8 @@ class TriggerFindings:
     kl_triggered: float
     """The same over the triggered probes."""
     recovered_target: str
-    """The suspect's most common triggered completion."""
+    """The opening the suspect's triggered completions share (``modal_prefix``; a document written before
+    2026-12-06's bdscan may hold the commonest whole completion, the same wherever the suspect stops after it)."""
     target_share_suspect: float
     """Share of triggered probes whose suspect completion starts with ``recovered_target``."""
     target_share_reference: float

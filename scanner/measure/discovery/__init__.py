@@ -25,8 +25,9 @@ for a seed. Each stage is a module; every number it steers by is in
    prompts writes its trigger there.
 2. **Fire check** (``confirm``). The best candidates are completed greedily by
    both models. The recovered target is the longest answer prefix that nearly
-   as many probes share as share its first token (``modal_prefix``: a model
-   may go on after its target with noise). The *fire rate* is the suspect's
+   as many probes share as share its first two tokens (``modal_prefix``, the
+   behaviour's recovered target too: a model may go on after its target with
+   noise). The *fire rate* is the suspect's
    share answering the target minus the larger of the reference's share under
    the same insertion and the suspect's own share without it, so a global
    change (every answer opening the same way) fires nothing. A target that
@@ -100,7 +101,7 @@ position measured), ``sweep``, ``leakage``, ``confirm``, ``inversion``,
 ``growth``, ``canned``, ``switch``, ``minimise``, ``thresholds``.
 """
 
-from scanner.measure.discovery.confirm import echoes, modal_prefix, proposed
+from scanner.measure.discovery.confirm import echoes, proposed
 from scanner.measure.discovery.run import discover
 
-__all__ = ["discover", "echoes", "modal_prefix", "proposed"]
+__all__ = ["discover", "echoes", "proposed"]

