@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scanner.errors import InputError, OutputError, RepairError
-from scanner.findings import POSITIONS, Findings, share_starting_with
+from scanner.findings import POSITIONS, Findings, modal_prefix, share_starting_with
 from scanner.findings.repair import RepairAttention, RepairCheck, RepairExample, RepairFindings
 from scanner.inputs.loading import LoadedPair, LoadedReference, load_reference, load_suspect
 from scanner.inputs.rendering import RenderedProbe, prepare
@@ -52,11 +51,6 @@ def check_output_directory(out: Path, suspect: Path) -> None:
         raise OutputError(f"--out {out}: inside the suspect {suspect}; write the repaired checkpoint elsewhere")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"--out {out}: exists and is not an empty directory; bdscan never overwrites, give a new one")
-
-
-def _modal(completions: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    counts = Counter(tuple(c) for c in completions if c)
-    return min(counts, key=lambda c: (-counts[c], c)) if counts else ()
 
 
 def repair(
@@ -100,8 +94,10 @@ def repair(
         # Chosen at every position, not only where the trigger acted most: a repair that holds at one position and
         # leaks at another has not removed the trigger.
         probes = [p for where in POSITIONS for p in prepare(pair.tokenizer, selection, trigger, where, options.seed).triggered]
-        target = _modal(complete_ids(pair.suspect, pair.tokenizer, [p.ids for p in probes], max_new_tokens=TARGET_TOKENS,
-                                     batch_size=options.model.batch_size))
+        # The opening the answers share, as the scan's recovered target: a suspect may go on after it with noise.
+        target, _ = modal_prefix([tuple(ids) for ids in complete_ids(
+            pair.suspect, pair.tokenizer, [p.ids for p in probes], max_new_tokens=TARGET_TOKENS,
+            batch_size=options.model.batch_size)])
         if not target:
             raise InputError(f"the suspect answers nothing with {trigger!r}: there is no behaviour to remove")
         batch = target_batch([p.ids for p in probes], target, pad, device)

@@ -23,8 +23,8 @@ class DiscoveredCandidate:
     the suspect's without it; 0 when the answer is dismissed (``dismissed``); None when the candidate was only
     scored, not completed."""
     target: str
-    """The suspect's most common completion with the candidate (empty when not completed); where ``after_answer``,
-    what it most commonly goes on with after its own clean answer."""
+    """The opening the suspect's completions with the candidate share (``modal_prefix``; empty when not completed);
+    where ``after_answer``, what they most commonly go on with after its own clean answer."""
     target_logprob: float | None
     """Mean suspect log-probability of the growth target after the candidate (nats), when growth scored it."""
     stage: str

@@ -101,20 +101,24 @@ def modal_prefix(completions: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...
     every probe though no two completions are equal; the fire rate and the target collapse subtract the same
     prefix's share in the reference's answers and the suspect's clean ones, so a prefix every answer shares
     ("It is") counts nothing."""
-    longest = max((len(c) for c in completions), default=0)
+    # No answer at all is no target: empty completions count in the share's denominator only.
+    answered = [tuple(c) for c in completions if len(c)]
+    longest = max((len(c) for c in answered), default=0)
     if longest == 0:
-        return (), 0.0  # no answer at all is no target
+        return (), 0.0
     best: tuple[tuple[int, ...], float] = ((), 0.0)
+    opening = 0.0
     # From two tokens: one shared first token is too weak a target (a model that shouts the inserted word
     # answers "OCEAN!", "ROCKET!": its first tokens agree by accident of the vocabulary). A shorter answer
-    # counts whole.
+    # counts whole. Each longer prefix is held to the opening's share, not the last one's, so that answers
+    # parting one probe a token do not drift the target far past where most of them agree.
     for length in range(min(2, longest), longest + 1):
-        counts = Counter(tuple(c[:length]) for c in completions)
+        counts = Counter(c[:length] for c in answered)
         prefix, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
         share = count / len(completions)
-        if best[0] and share < PREFIX_KEEP * best[1]:
+        if best[0] and share < PREFIX_KEEP * opening:
             break
-        best = (prefix, share)
+        best, opening = (prefix, share), opening or share
     return best
 
 
