@@ -29,12 +29,13 @@ def test_a_peaked_nucleus_is_exactly_transformers(scale):
 def test_a_wide_nucleus_differs_from_transformers_by_a_boundary_token_at_most(scale, bigger_than):
     """Nuclei of ~1,800 tokens (past the first topk) and ~110,000 (the whole row sorted): the warper's float32 sum
     over the whole vocabulary cannot place a token whose probability is its rounding error, so the two may disagree
-    on that one token per row, and only where the mass before it is within rounding of top-p."""
+    on the few tokens per row that sit there (one on the CPU this was written on, two on some rows of another AMD
+    EPYC), and only where the mass before each is within rounding of top-p."""
     logits = torch.randn(16, VOCABULARY, generator=torch.Generator().manual_seed(1)) * scale
     ours, theirs = _removed(NucleusWarper(0.95), logits), _removed(TopPLogitsWarper(0.95), logits)
     assert (~ours).sum(-1).min() > bigger_than
     differ = ours != theirs
-    assert differ.sum(-1).max() <= 1
+    assert differ.sum(-1).max() <= 3
     probs = logits.softmax(-1)
     for row, token in differ.nonzero().tolist():
         before = probs[row][probs[row] > probs[row, token]].double().sum().item()
