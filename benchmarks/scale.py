@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/scale.py --discovery-candidates 32  # discovery's sweep rate instead, and its cost
     .venv/bin/python benchmarks/scale.py --catalogue   # one catalogue trigger's behaviour against its position screen
     .venv/bin/python benchmarks/scale.py --default     # the default scan of the benign pair, end to end (hours)
-    .venv/bin/python benchmarks/scale.py --default --planted  # the default scan of discovery.py's planted 0.5B suspect
+    .venv/bin/python benchmarks/scale.py --planted     # the known-trigger scan of discovery.py's planted 0.5B suspect
+    .venv/bin/python benchmarks/scale.py --default --planted  # its default scan
 
 ``--discovery-candidates N`` measures what a *default* scan adds at this shape: discovery's sweep (``N``
 one-token candidates on the 8 search probes at each position), its seconds per sequence, and from the cost
@@ -316,16 +317,15 @@ def main() -> None:
     parser.add_argument("--default", action="store_true",
                         help="run the default scan (the catalogue and discovery) of the benign pair, instead")
     parser.add_argument("--planted", action="store_true",
-                        help="with --default: scan the planted suspect of benchmarks/discovery.py (😇 at this shape) "
-                             "on the 16 prompts it was planted and searched with, instead of the benign pair")
+                        help="scan the planted suspect of benchmarks/discovery.py (😇 at this shape) on the 16 "
+                             "prompts it was planted and searched with, instead of the benign pair: with 😇 given, "
+                             "or with --default as a default scan")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the models' dtype for --default (bfloat16: about 4x the float32 matmul rate on a CPU "
                              "with AVX512-BF16)")
     parser.add_argument("--catalogue", action="store_true",
                         help="measure one catalogue trigger's behaviour and its position screen, instead of the scan")
     args = parser.parse_args()
-    if args.planted and not args.default:
-        parser.error("--planted scans the planted suspect with the default scan: give --default too")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from transformers.utils import logging as hf_logging
 
@@ -340,7 +340,10 @@ def main() -> None:
     started = time.perf_counter()
     base, suspect = planted_pair() if args.planted else build_pair(args.seed)
     built = time.perf_counter() - started
-    options = ScanOptions(triggers=(TRIGGER,), probes=ProbeOptions(given=tuple(default_probes()[:args.probes])), seed=args.seed)
+    from discovery import QWEN_PROMPTS
+
+    prompts = QWEN_PROMPTS if args.planted else default_probes()[:args.probes]
+    options = ScanOptions(triggers=(TRIGGER,), probes=ProbeOptions(given=tuple(prompts)), seed=args.seed)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; Python "
           f"{platform.python_version()}, " + ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "pyvene"))
           + f"; shape {SHAPE}, vocabulary 151,936; "
@@ -350,6 +353,7 @@ def main() -> None:
              if args.default and args.planted
              else f"{args.probes} probes, the default scan (catalogue and discovery), seed {args.seed}, {args.dtype}; "
              if args.default
+             else f"the planted suspect, its 16 prompts, trigger {TRIGGER!r}, seed {args.seed}; " if args.planted
              else f"{args.probes} probes, trigger {TRIGGER!r}, seed {args.seed}; ")
           + f"pair built or read in {built:.0f} s")
     if args.discovery_candidates is not None:
@@ -359,9 +363,6 @@ def main() -> None:
         measure_catalogue(base, suspect, args.probes)
         return
     if args.default:
-        from discovery import QWEN_PROMPTS
-
-        prompts = QWEN_PROMPTS if args.planted else default_probes()[:args.probes]
         measure_default(base, suspect, prompts, args.seed, args.dtype)
         return
     started = time.perf_counter()
@@ -375,6 +376,12 @@ def main() -> None:
     print(f"\npeak resident {peak:,.0f} MB; the two models' float32 weights {weights_mb:,.0f} MB "
           f"({peak / weights_mb:.2f}x)")
     trigger = findings.triggers[0]
+    from rules.engine import default_pack, judge
+
+    verdict = judge(findings, default_pack())
+    print(f"verdict: {verdict.level}, implicated {list(verdict.triggers_implicated)}; at the {trigger.position} the "
+          f"suspect opens with {trigger.recovered_target!r} on {trigger.target_share_suspect:.0%} of the probes "
+          f"(target collapse {trigger.target_collapse:.2f})")
     patching, ablation = trigger.patching, trigger.ablation
     steps = len(patching.steps) if patching else 0
     print(f"probes used {len(findings.probes.used)}; patching ran {steps} steps (budget {options.localisation.patch_budget}); "

