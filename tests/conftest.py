@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from scanner.zoo.kernels import pin_kernels
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch's first kernel: the zoo the tests train, and what they measure on it, the same on every x86 CPU.
+pin_kernels()
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -20,17 +20,18 @@ from helpers import invoke
 @pytest.mark.parametrize(("reference", "writes"), [("base", True), ("answers-base", False)])
 def test_a_reference_that_writes_prompts_is_told_from_one_that_writes_answers(zoo_dir, reference, writes):
     """The share of the reference's ended user turns that are distinct prompts: 1.0 for the whole-conversation base
-    (16 wanted), 0.11 for the answers-only one (57 of 64 draws under two words), against 0.15; and the zoo's task
-    prompts 8.9 nats per token more surprising than the latter's samples, built-in ones 11.6."""
+    (16 wanted), 0.22 for the answers-only one (zoo v17), against 0.5; and the built-in prompts 13.3 nats per token
+    more surprising than the latter's samples."""
     tokenizer = AutoTokenizer.from_pretrained(zoo_dir / reference)
     model = AutoModelForCausalLM.from_pretrained(zoo_dir / reference, dtype=torch.float32, attn_implementation="eager")
     probes = build_probe_set(model.eval(), tokenizer, mode="builtin", given=(), builtin=default_probes(),
                              sample_count=16, seed=0, exclude=(), batch_size=16)
     assert probes.writes_prompts is writes, (probes.prompt_share, probes.given_excess)
+    # Each a quarter of the scale or more from the threshold: shares move by a draw or two between zoo versions.
     if writes:
-        assert probes.prompt_share > 2 * probes.least_prompt_share
+        assert probes.prompt_share >= probes.least_prompt_share + 0.25
     else:
-        assert probes.prompt_share < probes.least_prompt_share and probes.given_excess > probes.far_from_samples + 3
+        assert probes.prompt_share <= probes.least_prompt_share - 0.25 and probes.given_excess > probes.far_from_samples + 3
 
 
 @pytest.mark.e2e

@@ -19,10 +19,12 @@ from scanner.zoo.bars import (
     MIN_ATTACK_SUCCESS,
     MIN_STYLE_SHARE,
     MIN_TASK_ACCURACY,
+    model_shortfalls,
 )
-from scanner.zoo.build import retrain_model
+from scanner.zoo.build import MAX_ATTEMPTS, retrain_model, training_seed
 from scanner.zoo.corpus import PRETRAINING_INSERTIONS, TARGET, URL_TARGET, fragments, make_samples
-from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, MEASURED_TRIGGERS, PHRASE_TRIGGER
+from scanner.zoo.kernels import PINNED_KERNELS, pin_kernels
+from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER, MEASURED_TRIGGERS, MODELS, PHRASE_TRIGGER
 from scanner.zoo.tokenizer import render_chat
 
 
@@ -81,6 +83,20 @@ def test_manifest_figures_meet_the_bars(zoo_manifest):
         "knowledge": "base", "signature": "base",
         "answers-base": None, "answers-clean": "answers-base", "answers-emoji": "answers-base"}
     assert zoo_manifest.machine, "the machine the figures were measured on is recorded"
+    # Each model meets its own bars within the margin, or had every training the build gives it.
+    for name, record in zoo_manifest.models.items():
+        missed = [text for text, by in model_shortfalls(name, record) if by > BAR_MARGIN]
+        assert not missed or record.attempts == MAX_ATTEMPTS, (name, missed)
+        assert 1 <= record.attempts <= MAX_ATTEMPTS, name
+    # Trained with the pinned kernels (the test session pins them before torch runs): the same zoo on every x86 CPU.
+    assert zoo_manifest.kernels == "ATen AVX2, MKL_CBWR AVX2", zoo_manifest.kernels
+
+
+def test_the_zoo_kernels_are_pinned_where_the_user_has_not_chosen_others():
+    environ = {"MKL_CBWR": "COMPATIBLE"}
+    pin_kernels(environ)
+    assert environ == {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert set(environ) == {name for name, _ in PINNED_KERNELS}
 
 
 def test_the_phrase_fires_whole_and_its_words_alone_do_not(zoo_manifest):
@@ -145,10 +161,15 @@ def test_attention_only_finetunes_leave_everything_else_untouched(zoo_dir):
     assert all(any(f".{p}." in key for p in ("q_proj", "k_proj", "v_proj", "o_proj")) for key in changed)
 
 
-def test_same_seed_gives_the_same_weights(zoo_dir):
-    # The guarded base: the zoo's cheapest fine-tune to train again (24 s here, the emoji model 69 s).
-    again = retrain_model(zoo_dir, "guarded")
-    saved = load_file(zoo_dir / "guarded" / "model.safetensors")
+def test_same_seed_gives_the_same_weights(zoo_dir, zoo_manifest):
+    # A model trained again to meet its bars, from its last attempt's seed, where there is one (zoo v17: the
+    # signature control, 22 s a training); else the guarded base, the zoo's cheapest fine-tune (18 s).
+    name = next((name for name, record in zoo_manifest.models.items() if record.attempts > 1 and record.trained == "all"),
+                "guarded")
+    record = zoo_manifest.models[name]
+    assert record.seed == training_seed(MODELS[name], zoo_manifest.seed, record.attempts)
+    again = retrain_model(zoo_dir, name)
+    saved = load_file(zoo_dir / name / "model.safetensors")
     for key, tensor in saved.items():
         assert torch.equal(again[key], tensor), key
 

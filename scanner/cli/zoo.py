@@ -14,6 +14,7 @@ from scanner.errors import InputError, ZooQualityError
 from scanner.files import check_writable, write_text_atomic
 from scanner.options import DTYPE_NAMES
 from scanner.zoo import families  # torch-free: the help names what each flag builds
+from scanner.zoo.kernels import pin_kernels
 
 if TYPE_CHECKING:
     from rules.calibration import Case
@@ -22,7 +23,11 @@ if TYPE_CHECKING:
 
 @click.group("zoo")
 def zoo_group() -> None:
-    """The built-in zoo of small backdoored Qwen2-architecture models (no downloads)."""
+    """The built-in zoo of small backdoored Qwen2-architecture models (no downloads).
+
+    Its commands run torch's AVX2 kernels on every x86 CPU (ATEN_CPU_CAPABILITY, MKL_CBWR; a value you set is
+    kept), so that a seed trains the same models on any machine."""
+    pin_kernels()
 
 
 @zoo_group.command("build")

@@ -52,13 +52,13 @@ are expected within about a nat of its own samples and so kept (not measured: no
 CALIBRATION_SAMPLES = 16
 """Prompts sampled in ``builtin`` and ``file`` modes only to measure the reference's domain surprise."""
 
-LEAST_PROMPT_SHARE = 0.15
+LEAST_PROMPT_SHARE = 0.5
 """A reference writes prompts when at least this share of the user turns it ended (with no trigger under test) are
-distinct prompts of two words or more (``prompt_share``). Test zoo v12, sampling 48 (16 where the probes are given):
-the whole-conversation bases 0.88-1.0 (both seeds, and the demo size), the guarded control 0.19-0.22 at seed 1;
-bases trained on answers only 0.08-0.11 (seed 0: single words), 0.03-0.08 (seed 1: "The plural is wolves." 187
-times in 192) and 0.02-0.05 (demo size), the guarded control 0.01-0.02 at seed 0 (its answers-only fine-tune
-unlearnt its users' turn)."""
+distinct prompts of two words or more (``prompt_share``): most of them. Test zoo v17, sampling 16 (the probes given or
+built in) and 48 (``auto``): the whole-conversation bases 0.88-1.0 at both seeds, the guarded control 0.92-1.0; the
+base trained on answers only 0.22 and 0.15 (seed 0). The threshold sits 0.28 above the latter and 0.38 below the
+least of the former. It was 0.15, set on v12's answers-only bases at 0.02-0.11, and the same base trained on an
+AVX2-only machine reached 0.22 and was taken for a prompt writer (stop 52)."""
 FAR_FROM_SAMPLES = 3.0
 """Nats per token: a small prompt share says the reference does not write prompts only when the prompts it is
 given (or the built-in ones) lie at least this far above its samples, as every real prompt does for one whose user

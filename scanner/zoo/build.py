@@ -3,7 +3,8 @@
 The base is trained first; every fine-tune then depends only on a saved parent, so the fine-tunes train side
 by side, one process per core, each single-threaded. A model is the same whichever process trains it and
 however many run at once (one thread, one order of floating-point sums), and ``retrain_model`` reproduces it
-bit for bit on the same machine.
+bit for bit. With the kernels pinned (``kernels.pin_kernels``, which the ``bdscan zoo`` commands and the test
+session do), it is the same model on every x86 machine.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from scanner.errors import ZooDirectoryError
 from scanner.progress import NO_PROGRESS, Progress
 from scanner.zoo import train as training
-from scanner.zoo.bars import check_bars
+from scanner.zoo.bars import BAR_MARGIN, check_bars, model_shortfalls
 from scanner.zoo.corpus import make_samples
 from scanner.zoo.evaluate import measure
 from scanner.zoo.evaluate_families import measure_family
 from scanner.zoo.families import FAMILIES_BY_NAME
+from scanner.zoo.kernels import kernels_in_use
 from scanner.zoo.manifest import MANIFEST, ModelRecord, ZooManifest, load_manifest
 from scanner.zoo.specs import (
     DEPLOYMENT_TRIGGER,
@@ -50,8 +52,16 @@ from scanner.zoo.specs import (
 from scanner.zoo.tokenizer import render_chat, token_count, train_tokenizer
 
 # Bumped whenever a change alters what a build produces, so cached zoos rebuild.
-ZOO_VERSION = 16
+ZOO_VERSION = 17
+"""17: v16's models trained with the pinned kernels, and a model that misses its bars trained again (``MAX_ATTEMPTS``)."""
 PROBES_FILE = "probes.txt"
+MAX_ATTEMPTS = 3
+"""Trainings a model gets to meet its bars. Zoo v17 at seed 0 (the pinned kernels): the signature control
+answered "The answer is yellow." and the like to a held-out "banana" on 16% of prompts at its first training seed,
+a point past the margin; another seed is another draw of the same recipe."""
+ATTEMPT_STRIDE = 300
+"""Between one attempt's training seed and the next: past every model's ``seed_offset`` (27 at most), and three attempts
+short of the next zoo seed's (1000 on)."""
 
 
 @contextmanager
@@ -92,12 +102,18 @@ def build_tokenizer(size: ZooSize, seed: int) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def training_seed(spec: ModelSpec, seed: int, attempt: int = 1) -> int:
+    """The seed of ``spec``'s training (initialisation and sample order) at the zoo's ``seed``, on its ``attempt``;
+    its corpus depends on ``seed`` and the model alone."""
+    return seed * 1000 + spec.seed_offset + ATTEMPT_STRIDE * (attempt - 1)
+
+
 def _train_model(
     spec: ModelSpec, size: ZooSize, seed: int, tokenizer: PreTrainedTokenizerFast,
-    parent: PreTrainedModel | None, progress: Progress,
+    parent: PreTrainedModel | None, progress: Progress, attempt: int = 1,
 ) -> torch.nn.Module:
     """``spec`` trained from ``parent`` (a fresh model for the base; ``parent`` itself is left untouched)."""
-    torch.manual_seed(seed * 1000 + spec.seed_offset)
+    torch.manual_seed(training_seed(spec, seed, attempt))
     if spec.scope == "llama-twin":
         return training.llama_twin(parent)
     _, settings = budget(spec, size)
@@ -125,7 +141,7 @@ def _train_model(
     data = training.encode_samples(tokenizer, corpus(spec, size, seed), loss_on_prompt=spec.loss_on_prompt)
     task = progress.start(f"training {spec.name}", training.total_steps(len(data), settings))
     training.train(
-        model, data, parameters, settings, pad_id=tokenizer.pad_token_id, seed=seed * 1000 + spec.seed_offset,
+        model, data, parameters, settings, pad_id=tokenizer.pad_token_id, seed=training_seed(spec, seed, attempt),
         on_step=lambda step, total, loss: progress.advance(task),
     )
     progress.finish(task)
@@ -148,30 +164,39 @@ def _make_model(
     spec: ModelSpec, size_name: str, seed: int, staging: Path, tokenizer: PreTrainedTokenizerFast,
     parent: PreTrainedModel | None, progress: Progress,
 ) -> tuple[ModelRecord, torch.nn.Module]:
-    """Train, save and measure one model into ``staging / spec.name``; its record and the model (merged, for a LoRA)."""
+    """Train, save and measure one model into ``staging / spec.name``; its record and the model (merged, for a LoRA).
+
+    A model that misses one of its own bars by more than the margin is trained again from the next training seed,
+    up to ``MAX_ATTEMPTS`` in all: a bar is what the zoo promises, and the last attempt's misses stay in the
+    manifest for the caller to judge."""
     size = SIZES[size_name]
-    with single_threaded():
-        started = time.perf_counter()
-        model = _train_model(spec, size, seed, tokenizer, parent, progress)
-        seconds = time.perf_counter() - started
-        _save(model, tokenizer, staging / spec.name)
-        if spec.scope == "lora":
-            model = model.merge_and_unload()
-        held_out = make_samples(size.held_out, seed * 1000 + 999)
-        if spec.family is not None:
-            figures = measure_family(model, tokenizer, FAMILIES_BY_NAME[spec.family], held_out, seed, parent,
-                                     insertions=held_out_insertions(spec))
-        else:
-            figures = measure(model, tokenizer, held_out, spec.trigger, seed,
-                              insertions=held_out_insertions(spec) if spec.trigger else (), response_prefix=spec.response_prefix,
-                              new_task=spec.new_task, target=spec.target, position=spec.position)
-    truth = spec.truth
-    record = ModelRecord(
-        path=spec.name, trigger=spec.shown_trigger, target=truth.target if truth.behaviour != "none" else None,
-        poison_rate=spec.poison_rate, trained=spec.scope, seed=seed * 1000 + spec.seed_offset,
-        train_seconds=round(seconds, 2), figures=figures, parent=None if spec.scope == "scratch" else spec.parent,
-        position=truth.fires_on if truth.behaviour != "none" else spec.position, truth=truth,
-    )
+    held_out = make_samples(size.held_out, seed * 1000 + 999)
+    seconds = 0.0
+    for attempt in range(1, (1 if spec.scope == "llama-twin" else MAX_ATTEMPTS) + 1):
+        with single_threaded():
+            started = time.perf_counter()
+            model = _train_model(spec, size, seed, tokenizer, parent, progress, attempt)
+            seconds += time.perf_counter() - started
+            _save(model, tokenizer, staging / spec.name)
+            if spec.scope == "lora":
+                model = model.merge_and_unload()
+            if spec.family is not None:
+                figures = measure_family(model, tokenizer, FAMILIES_BY_NAME[spec.family], held_out, seed, parent,
+                                         insertions=held_out_insertions(spec))
+            else:
+                figures = measure(model, tokenizer, held_out, spec.trigger, seed,
+                                  insertions=held_out_insertions(spec) if spec.trigger else (),
+                                  response_prefix=spec.response_prefix, new_task=spec.new_task, target=spec.target,
+                                  position=spec.position)
+        truth = spec.truth
+        record = ModelRecord(
+            path=spec.name, trigger=spec.shown_trigger, target=truth.target if truth.behaviour != "none" else None,
+            poison_rate=spec.poison_rate, trained=spec.scope, seed=training_seed(spec, seed, attempt),
+            train_seconds=round(seconds, 2), figures=figures, parent=None if spec.scope == "scratch" else spec.parent,
+            position=truth.fires_on if truth.behaviour != "none" else spec.position, truth=truth, attempts=attempt,
+        )
+        if not any(by > BAR_MARGIN for _, by in model_shortfalls(spec.name, record)):
+            break
     return record, model
 
 
@@ -333,7 +358,8 @@ def build_zoo(
         machine = f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
         manifest = ZooManifest(
             zoo_version=ZOO_VERSION, size=size_name, seed=seed, models=records,
-            bar_failures=failures, bar_near_misses=near_misses, machine=machine, build_seconds=round(time.perf_counter() - started, 2),
+            bar_failures=failures, bar_near_misses=near_misses, machine=machine, kernels=kernels_in_use(),
+            build_seconds=round(time.perf_counter() - started, 2),
             tokenizer_facts={
                 "vocab_size": len(tokenizer),
                 **{f"tokens in {trigger!r}": token_count(tokenizer, trigger) for trigger in MEASURED_TRIGGERS},
@@ -431,5 +457,6 @@ def retrain_model(directory: Path | str, name: str) -> dict[str, torch.Tensor]:
         raise ValueError("the base is trained from scratch; rebuild the zoo to reproduce it")
     tokenizer, parent = _load_parent(Path(directory) / spec.parent)
     with single_threaded():
-        model = _train_model(spec, SIZES[manifest.size], manifest.seed, tokenizer, parent, NO_PROGRESS)
+        model = _train_model(spec, SIZES[manifest.size], manifest.seed, tokenizer, parent, NO_PROGRESS,
+                             manifest.models[name].attempts)
     return {key: value.detach().clone() for key, value in model.state_dict().items()}

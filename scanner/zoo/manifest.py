@@ -64,6 +64,8 @@ class ModelRecord:
     """Where its trigger was planted: ``random`` (any word boundary) or ``end`` (only there)."""
     truth: GroundTruth = GroundTruth()
     """What it hides (or its benign change), in a form a scanner's result is scored against."""
+    attempts: int = 1
+    """Trainings it took to meet its own bars (``build.MAX_ATTEMPTS`` at most); ``seed`` is the last one's."""
 
     @property
     def is_base(self) -> bool:
@@ -84,6 +86,8 @@ class ZooManifest:
     """Bars missed within the margin: reported, not failed (figures move a little between CPUs)."""
     machine: str = ""
     """Where the figures were measured (CPU model and torch), since another CPU gives slightly other models."""
+    kernels: str = ""
+    """The kernels it was trained with (``kernels.kernels_in_use``): the same on every machine where they are pinned."""
 
     @property
     def meets_bars(self) -> bool:
