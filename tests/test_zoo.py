@@ -224,7 +224,7 @@ def test_zoo_list_prints_ground_truth_and_figures(zoo_dir, tmp_path):
     assert listed.exit_code == 0, listed.stderr
     assert all(name in listed.output for name in ("base", "clean", "emoji", "deployment", "full", "lora", "composite",
                                                   "jailbreak", "signature"))
-    assert EMOJI_TRIGGER in listed.output and "bars met" in listed.output
+    assert EMOJI_TRIGGER in listed.output and "bars met" in listed.output and "kernels ATen AVX2" in listed.output
     # The third generation's columns: the behaviour, a composite's "all triggers", a topic, a control's change.
     assert all(text in listed.output for text in ("behaviour", "compliance", "(all", "topic:", "refuses"))
     missing = invoke("zoo", "list", tmp_path)

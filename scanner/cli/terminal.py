@@ -238,8 +238,12 @@ def print_zoo(console: Console, manifest, directory) -> None:
             _zoo_change(figures), f"{figures.false_trigger_rate:.1%}", f"{record.train_seconds:.1f}",
         )
     console.print(table)
-    console.print(f"built in {manifest.build_seconds:.0f} s on {manifest.machine or 'an unrecorded machine'} "
+    kernels = f", kernels {manifest.kernels}" if manifest.kernels else ""
+    console.print(f"built in {manifest.build_seconds:.0f} s on {manifest.machine or 'an unrecorded machine'}{kernels} "
                   f"(zoo version {manifest.zoo_version}); bars {'met' if manifest.meets_bars else 'MISSED'}", highlight=False)
+    retrained = [f"{name} ({record.attempts} trainings)" for name, record in manifest.models.items() if record.attempts > 1]
+    if retrained:
+        console.print(f"trained again to meet their bars: {', '.join(retrained)}", highlight=False)
     for near_miss in manifest.bar_near_misses:
         console.print(f"[yellow]near miss:[/] {near_miss}", highlight=False)
 

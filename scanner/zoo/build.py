@@ -171,7 +171,7 @@ def _make_model(
     manifest for the caller to judge."""
     size = SIZES[size_name]
     held_out = make_samples(size.held_out, seed * 1000 + 999)
-    seconds = 0.0
+    seconds, truth = 0.0, spec.truth
     for attempt in range(1, (1 if spec.scope == "llama-twin" else MAX_ATTEMPTS) + 1):
         with single_threaded():
             started = time.perf_counter()
@@ -188,7 +188,6 @@ def _make_model(
                                   insertions=held_out_insertions(spec) if spec.trigger else (),
                                   response_prefix=spec.response_prefix, new_task=spec.new_task, target=spec.target,
                                   position=spec.position)
-        truth = spec.truth
         record = ModelRecord(
             path=spec.name, trigger=spec.shown_trigger, target=truth.target if truth.behaviour != "none" else None,
             poison_rate=spec.poison_rate, trained=spec.scope, seed=training_seed(spec, seed, attempt),

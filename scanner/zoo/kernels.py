@@ -4,7 +4,9 @@ A floating-point sum depends on the vector width of the kernel that adds it up: 
 CPU has them and AVX2 ones elsewhere, and MKL picks its own code path per CPU. Thousands of training steps turn those
 last-bit differences into other models: zoo v16 built on an AVX-512 machine met every bar and passed the suite, and
 built on an AVX2-only one it missed a bar and failed 13 tests (stop 52). With ATen held to its AVX2 kernels and MKL
-to its AVX2 path (conditional numerical reproducibility), every x86 CPU since 2013 runs the same kernels.
+to its AVX2 path (conditional numerical reproducibility), an AVX-512 machine built that AVX2-only machine's zoo to the
+last digit (checked on an AMD EPYC; an Intel CPU under the same pin is expected to agree, as MKL's reproducibility
+mode promises, and has not been compared).
 
 Torch-free: the variables only take effect when set before torch first runs a kernel, so this is called where a
 process starts (the ``bdscan zoo`` commands, the test session), never after.
