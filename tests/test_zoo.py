@@ -99,6 +99,17 @@ def test_the_zoo_kernels_are_pinned_where_the_user_has_not_chosen_others():
     assert set(environ) == {name for name, _ in PINNED_KERNELS}
 
 
+def test_a_zoo_trained_with_other_kernels_is_not_reused(zoo_dir, tmp_path):
+    from scanner.zoo.build import matching_zoo
+    from scanner.zoo.specs import EXTRA_MODELS
+
+    assert matching_zoo(zoo_dir, "test", 0, tuple(EXTRA_MODELS)) is not None, "the session's own zoo is reused"
+    manifest = json.loads((zoo_dir / "zoo.json").read_text(encoding="utf-8"))
+    manifest["kernels"] = "ATen AVX512, MKL_CBWR unset"  # what an unpinned AVX-512 process records
+    (tmp_path / "zoo.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert matching_zoo(tmp_path, "test", 0, tuple(EXTRA_MODELS)) is None
+
+
 def test_the_phrase_fires_whole_and_its_words_alone_do_not(zoo_manifest):
     phrase = zoo_manifest.models["phrase"]
     assert phrase.trigger == PHRASE_TRIGGER and phrase.target == URL_TARGET

@@ -109,7 +109,7 @@ def zoo_build(directory: Path, size: str, seed: int, with_full: bool, with_lora:
     manifest = None if force else matching_zoo(directory, size, seed, extras)
     if manifest is not None:
         # Its figures are those of the build that made it, not of this run: say so.
-        stderr.print(f"reusing the zoo already in {directory} (the same zoo version, size and seed); --force rebuilds it",
+        stderr.print(f"reusing the zoo already in {directory} (the same zoo version, size, seed and kernels); --force rebuilds it",
                      highlight=False)
     else:
         with RichProgress(stderr) as progress:

@@ -417,7 +417,12 @@ def refuse_to_replace(directory: Path) -> None:
 def matching_zoo(
     directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (), core: bool = True,
 ) -> ZooManifest | None:
-    """The manifest of the zoo in ``directory`` when this zoo version built it with these settings, else None."""
+    """The manifest of the zoo in ``directory`` when this zoo version built it with these settings, else None.
+
+    The settings include the kernels: a zoo trained with other ones (by a program that ran torch before it could pin
+    them, or on a machine where the user chose others) holds other models, which this process's tests and bars were
+    not measured on, so it is built again rather than reused.
+    """
     try:
         manifest = load_manifest(directory)
     except ZooDirectoryError:
@@ -427,6 +432,7 @@ def matching_zoo(
         and manifest.zoo_version == ZOO_VERSION
         and manifest.size == size_name
         and manifest.seed == seed
+        and manifest.kernels == kernels_in_use()
         and {spec.name for spec in models_for(extras, core)} <= set(manifest.models)
     ):
         return manifest
@@ -437,7 +443,7 @@ def ensure_zoo(
     directory: Path | str, size_name: str = "test", seed: int = 0, extras: tuple[str, ...] = (),
     progress: Progress = NO_PROGRESS, core: bool = True, workers: int | None = None,
 ) -> ZooManifest:
-    """The zoo in ``directory`` if it was built by this zoo version with these settings, else a fresh build."""
+    """The zoo in ``directory`` if it was built by this zoo version with these settings and kernels, else a fresh build."""
     return (matching_zoo(directory, size_name, seed, extras, core)
             or build_zoo(directory, size_name, seed, extras, progress, core, workers))
 
