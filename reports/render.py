@@ -20,6 +20,7 @@ from rules.metrics import not_writing_prompts
 from rules.numbers import sig3
 from rules.verdict import LEVELS
 from scanner.findings import TriggerFindings, top_cells
+from scanner.findings.repair import revert_closer_note
 
 PROBES_SHOWN = 4
 TOP_HEADS = 8
@@ -128,6 +129,7 @@ def render_report(document: Document, *, command: str | None = None, generated_a
         context_lead=CONTEXT_LEAD,
         not_writing=None if findings.probes.writes_prompts else not_writing_prompts(findings.probes),
         repair_patterns=repair_patterns,
+        revert_note=revert_closer_note(findings.repair) if findings.repair is not None and findings.repair.costlier_than_revert else "",
         implicated=[t for name in verdict.triggers_implicated for t in findings.triggers if t.trigger == name],
         triggers=[_trigger_view(t) for t in triggers if t.trigger in noted],
         quiet=[t for t in triggers if t.trigger not in noted],

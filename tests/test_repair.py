@@ -10,7 +10,7 @@ import pytest
 from rules.engine import default_pack, judge
 from scanner.api import ScanOptions, scan
 from scanner.errors import OutputError, RepairError
-from scanner.findings.repair import REMOVED_WITHIN
+from scanner.findings.repair import REMOVED_WITHIN, RepairFindings, revert_closer_note
 from scanner.options import BehaviourOptions, ProbeOptions
 from scanner.zoo.specs import DEPLOYMENT_TRIGGER, EMOJI_TRIGGER, END_TRIGGER
 
@@ -46,11 +46,34 @@ def test_repair_writes_a_checkpoint_the_trigger_no_longer_fires(repaired_emoji, 
     assert "removed" in result.stdout and "clean answers kept" in result.stdout
 
 
+def test_a_repair_that_costs_more_than_the_reference_says_so(repaired_emoji):
+    result, _, work = repaired_emoji
+    repair = json.loads((work / "repair.json").read_text(encoding="utf-8"))["repair"]
+    costlier = repair["clean_kl_to_suspect"] > repair["clean_kl_revert"]
+    assert repair["costlier_than_revert"] is costlier
+    said = "clean behaviour than this repair does"  # the terminal wraps lines, and the report escapes quotes
+    assert (said in " ".join(result.stdout.split())) is costlier, result.stdout
+    assert (said in " ".join((work / "repair.html").read_text(encoding="utf-8").split())) is costlier
+
+
+@pytest.mark.parametrize(("to_suspect", "revert", "costlier"), [(0.294, 0.0119, True), (0.01, 0.05, False), (0.05, 0.05, False)])
+def test_costlier_than_revert_compares_the_repairs_clean_cost_with_the_references(to_suspect, revert, costlier):
+    repair = RepairFindings(
+        triggers=("x",), selection_probes=2, held_out_probes=1, steps=(), restored=("L0H0",), restored_parameters=1,
+        changed_parameters=2, total_components=2, checks=(), clean_kl_to_suspect=to_suspect, clean_kl_to_reference=0.1,
+        clean_kl_revert=revert, clean_answers_kept=1.0, output="out", output_format="model")
+    assert repair.costlier_than_revert is costlier
+    note = revert_closer_note(repair)
+    assert f"{to_suspect:.3g} nats" in note and f"reference itself is {revert:.3g}" in note
+
+
 @pytest.mark.xfail(
     reason="zoo v17's emoji: the repair restores 71% of the changed attention parameters and keeps 18 of 24 held-out "
            "clean answers, while the reference alone is 0.012 nats from the suspect on them and the repaired model "
-           "0.29: the mixture is further from both than either is from the other. A repair that checks its held-out "
-           "cost against a whole revert is next", strict=True)
+           "0.29: the mixture is further from both than either is from the other. Measured since: every mix the "
+           "search reaches, forward or taken back from the full revert, fits the suspect's clean selection answers worse "
+           "than the full revert; a forward search stopped within 5 points of the floor restores 2 parts and keeps every "
+           "answer but leaves 8% held-out attack success. The repair says so (costlier_than_revert)", strict=True)
 def test_the_repair_keeps_the_suspects_clean_answers(repaired_emoji):
     _, _, work = repaired_emoji
     repair = json.loads((work / "repair.json").read_text(encoding="utf-8"))["repair"]

@@ -19,6 +19,7 @@ from scanner.cli.verdict import Outputs, resolve_rules, rule_pack_options, write
 from scanner.errors import InputError, RepairError
 from scanner.files import write_text_atomic
 from scanner.findings import POSITIONS
+from scanner.findings.repair import revert_closer_note
 from scanner.inputs.probes import read_probe_file
 from scanner.options import BehaviourOptions, ModelOptions, ProbeOptions, ScanOptions
 
@@ -136,5 +137,7 @@ def _print_repair(repaired) -> None:
         highlight=False)
     for note in repaired.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if repaired.costlier_than_revert:
+        console.print(f"[yellow]note:[/] {revert_closer_note(repaired)}", highlight=False)
     if repaired.removed:
         console.print("[bold green]removed[/]: held-out attack success at the reference's own", highlight=False)
