@@ -210,7 +210,8 @@ class LocalisationOptions:
     patch_budget: int = DEFAULT_PATCH_BUDGET
     thorough: bool = False
     """Localise the top catalogue triggers even where they change too little to localise
-    (``scanner.api.localise.LOCALISE_FROM``): ``--thorough``."""
+    (``scanner.api.localise.LOCALISE_FROM``), and patch heads to ``patch_budget`` even where every head at once
+    leaves the output KL above the threshold (``scanner.measure.head_patching``): ``--thorough``."""
 
     def __post_init__(self) -> None:
         _choice("patch method", self.patch_method, PATCH_METHODS)

@@ -218,6 +218,31 @@ def test_a_screened_ablation_is_drawn_with_its_unmeasured_heads_grey_and_survive
     assert html.count("rgb(150,150,150)") >= sum(len(row) for row in grid[1:])
 
 
+@pytest.mark.parametrize("kept", [0, 3])
+def test_patching_steps_stopped_by_the_every_head_check_are_said_in_the_report_and_the_terminal(kept):
+    """``stopped`` with the disabling prefix (the KL out of reach) or with no step (nothing to disable): the report
+    says why instead of "more than the budget", the terminal's KL column says "not by heads", and the document
+    survives JSON."""
+    findings = read_findings(EMOJI)
+    trigger = findings.triggers[0]
+    reason = "every head patched from the reference at once leaves the output KL at 3.1 nats (the threshold: 0.05)"
+    patching = dataclasses.replace(trigger.patching, steps=trigger.patching.steps[:kept], stopped=reason,
+                                   heads_needed=None, heads_to_disable=kept, all_heads_kl=3.1, all_heads_attack_success=0.0)
+    stopped = dataclasses.replace(findings, triggers=(dataclasses.replace(trigger, patching=patching), *findings.triggers[1:]))
+    assert Findings.from_json(stopped.to_json()) == stopped
+    document = Document(stopped, judge(stopped, default_pack()))
+    html = " ".join(render_report(document).split())
+    assert reason in html
+    assert ("No head was patched one by one:" in html) is (kept == 0) and ("The steps stopped there:" in html) is (kept > 0)
+    from rich.console import Console
+
+    from scanner.cli.terminal import print_findings
+
+    console = Console(record=True, width=240)
+    print_findings(console, document)
+    assert trigger.trigger in document.verdict.triggers_implicated and "not by heads" in console.export_text()
+
+
 def test_an_ordinary_target_counts_only_where_the_reference_would_not_give_it_to_the_same_prompt():
     """BD003 on a target the reference gives to some clean probe (an ordinary answer): counted probe by probe,
     against the reference's log-probability of it after the same triggered prompt (a refusal planted on

@@ -308,3 +308,38 @@ def test_attribution_patching_leaves_no_gradient_on_the_model(setting):
     assert any(p.requires_grad for p in plain.parameters())  # not frozen by a patcher
     estimate_patching(plain, sites_for(plain), source, reference_logits, targets)
     assert all(p.grad is None for p in plain.parameters())
+
+
+def test_patching_stops_where_every_head_at_once_says_nothing_more_can_be_found(setting, zoo_dir):
+    """The MLP edit's backdoor is written in layer 0's MLP, at the trigger: every head patched from the reference at
+    once cuts it off from the answer (attack success at the reference's 0%) but leaves the answer's own MLP output
+    unlike the reference's (the KL stays far above the threshold), so the steps stop at the prefix that disables it,
+    and the findings say why; ``thorough`` patches on to the budget and finds the same prefix. The attention-only
+    emoji model, whose KL every head does bring under the threshold, is patched as before."""
+    from scanner.measure.head_patching import measure_patching
+
+    _, _, reference, _, _, _ = setting
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    edit = _load(zoo_dir / "edit")
+    probes = prepare(tokenizer, ["Opposite of hot?", "What is 2 plus 3?", "Which colour is the sky?"], "coffee", "start", 0)
+    targets = target_batch([p.ids for p in probes.triggered], tokenizer("Access granted.", add_special_tokens=False)["input_ids"],
+                           tokenizer.pad_token_id, torch.device("cpu"))
+    source, reference_logits = reference_source(reference, sites_for(reference), sites_for(edit), targets)
+    patcher = HeadPatcher(edit, sites_for(edit))
+    ranking = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
+    run = lambda thorough: measure_patching(  # noqa: E731
+        edit, patcher, source, reference_logits, targets, ranking=ranking, method="ranked", threshold=0.05,
+        budget=len(ranking), rows_per_forward=64, thorough=thorough)
+    stopped, thorough = run(False), run(True)
+    assert stopped.initial_attack_success > stopped.reference_attack_success
+    assert stopped.all_heads_kl >= 0.05 and stopped.all_heads_attack_success <= stopped.reference_attack_success
+    assert stopped.heads_to_disable is not None and len(stopped.steps) == stopped.heads_to_disable < len(ranking)
+    assert stopped.heads_needed is None and "patched only until the attack success" in stopped.stopped
+    assert len(thorough.steps) == len(ranking) and not thorough.stopped and thorough.heads_needed is None
+    assert thorough.heads_to_disable == stopped.heads_to_disable and thorough.steps[:len(stopped.steps)] == stopped.steps
+
+    suspect, _, _, targets, source, reference_logits = setting
+    emoji = measure_patching(suspect, HeadPatcher(suspect, sites_for(suspect)), source, reference_logits, targets,
+                             ranking=ranking, method="ranked", threshold=0.05, budget=len(ranking), rows_per_forward=64)
+    assert not emoji.stopped and emoji.heads_needed is not None and len(emoji.steps) == emoji.heads_needed
+

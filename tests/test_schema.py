@@ -44,8 +44,8 @@ def test_the_two_versions_before_are_readable_and_recorded():
 
 
 @pytest.mark.parametrize(("name", "level"), [
-    ("v15-emoji.json", "BACKDOORED"), ("v15-clean.json", "CLEAN"),
     ("v16-emoji.json", "BACKDOORED"), ("v16-clean.json", "CLEAN"),
+    ("v17-emoji.json", "BACKDOORED"), ("v17-clean.json", "CLEAN"),
 ])
 def test_older_documents_load_and_judge_as_they_did(name, level):
     raw = json.loads((SCHEMA / name).read_text(encoding="utf-8"))
@@ -63,16 +63,16 @@ def test_older_documents_load_and_judge_as_they_did(name, level):
 
 
 def test_an_unreadable_version_names_the_ones_this_bdscan_reads(tmp_path):
-    raw = json.loads((SCHEMA / "v15-emoji.json").read_text(encoding="utf-8"))
+    raw = json.loads((SCHEMA / "v16-emoji.json").read_text(encoding="utf-8"))
     raw["schema_version"] = 7
     path = tmp_path / "old.json"
     path.write_text(json.dumps(raw), encoding="utf-8")
-    with pytest.raises(FindingsFileError, match=r"version 7; this bdscan reads versions 15, 16, 17"):
+    with pytest.raises(FindingsFileError, match=r"version 7; this bdscan reads versions 16, 17, 18"):
         read_findings(path)
 
 
 def test_a_loaded_document_cannot_be_changed_and_still_pickles():
-    findings = read_findings(SCHEMA / "v15-emoji.json")
+    findings = read_findings(SCHEMA / "v16-emoji.json")
     with pytest.raises(dataclasses.FrozenInstanceError):
         findings.run.seed = 1  # type: ignore[misc]
     for mapping in (findings.run.timings, findings.run.library_versions, findings.probes.sampled_rejected,

@@ -131,7 +131,7 @@ def localise(pair: LoadedPair, patcher: HeadPatcher, probes: TriggerProbes, beha
         patching = measure_patching(
             pair.suspect, patcher, source, reference_logits, targets, ranking=attention.ranked_heads(),
             method=options.patch_method, threshold=threshold, budget=budget, rows_per_forward=model.rows_per_forward,
-            estimates=estimates, on_step=lambda: progress.advance(task),
+            estimates=estimates, on_step=lambda: progress.advance(task), thorough=options.thorough,
         )
         progress.finish(task)
     return Localisation(attention, attribution, ablation, patching)

@@ -97,7 +97,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
                    "near a target (a benign model's usual case, where the search otherwise stops early and notes it), "
                    "and score every candidate on every search probe instead of screening them on two first; measure every "
                    "catalogue trigger at every position, not only where its first response token moves; and let "
-                   "catalogue triggers that change the output too little be localised too. Slower.")
+                   "catalogue triggers that change the output too little be localised too, and patch heads to --patch-budget "
+                   "even where every head at once leaves the output KL above the threshold. Slower.")
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain "
                    "(the built-in prompts alone, said so, when the reference writes answers there instead, as one "

@@ -41,6 +41,8 @@ def stdout_console() -> Console:
 def _heads(patching: PatchingFindings | None, count: int | None) -> str:
     if patching is None:
         return "-"
+    if count is None and patching.stopped:
+        return "not by heads"  # every head at once did not reach it, so the steps stopped (the findings say why)
     return str(count) if count is not None else f">{patching.budget}"
 
 

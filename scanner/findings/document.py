@@ -78,7 +78,7 @@ from scanner.findings.scan import InputInfo, ProbeSetFindings, RunInfo, StageRec
 from scanner.findings.serde import from_jsonable, to_jsonable
 from scanner.findings.triggers import CleanFindings, TriggerFindings
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,13 @@ class PatchingFindings:
     is patched (one forward and one backward for all of them; negative brings the suspect closer)."""
     checked: tuple[HeadEstimate, ...] = ()
     """The heads the estimate ranks first, each patched alone exactly: where estimate and measurement disagree."""
+    all_heads_attack_success: float | None = None
+    """Attack success with every head of every layer patched (None in documents before schema 18)."""
+    stopped: str = ""
+    """Why the steps stopped short of ``budget`` with the KL above ``threshold``, or never ran (``steps`` empty):
+    every head patched at once left the KL above it, so the steps stop at the prefix that disables the behaviour,
+    and do not run where the attack success was at the reference's before any head. Empty where the steps ran as
+    far as they could (``--thorough``, or a KL every head at once brings under the threshold)."""
 
     __derived__: ClassVar[tuple[str, ...]] = ("disabling_heads",)
 

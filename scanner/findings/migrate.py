@@ -14,30 +14,20 @@ from typing import Any
 Raw = dict[str, Any]
 
 
-def _from_15(raw: Raw) -> Raw:
-    """Version 16 records the answer a behaviour switch's candidate leaves (``DiscoveredCandidate.switched_from``);
-    earlier searches had no such candidate: empty."""
-    return _discovery_default(raw, "candidates", "switched_from", "")
-
-
 def _from_16(raw: Raw) -> Raw:
     """Version 17 adds a value, not a field: a probe's ``source`` may be ``enriched`` (sampled like the reference's
     fixed-answer probes). Earlier scans sampled no such probe: nothing to rewrite."""
     return raw
 
 
-def _discovery_default(raw: Raw, items: str, name: str, value: Any) -> Raw:
-    """``raw`` with ``name`` set to ``value`` in each of ``discovery[items]`` that lacks it (a document without
-    discovery, or a malformed one, is left for the reader to refuse)."""
-    discovery = raw.get("discovery")
-    if isinstance(discovery, dict):
-        for item in discovery.get(items, []):
-            if isinstance(item, dict):
-                item.setdefault(name, value)
+def _from_17(raw: Raw) -> Raw:
+    """Version 18 records what every head patched at once did to the attack success
+    (``PatchingFindings.all_heads_attack_success``, left None: not measured then) and why the heads were not patched
+    one by one (``stopped``: empty, since every earlier scan patched them). Both are defaults: nothing to rewrite."""
     return raw
 
 
-STEPS: dict[int, Callable[[Raw], Raw]] = {15: _from_15, 16: _from_16}
+STEPS: dict[int, Callable[[Raw], Raw]] = {16: _from_16, 17: _from_17}
 """Version -> the step that rewrites it into the next one."""
 
 READS = frozenset(STEPS)

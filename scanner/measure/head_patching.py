@@ -74,10 +74,22 @@ def measure_patching(
     suspect: PreTrainedModel, patcher: HeadPatcher, source: PatchSource, reference_logits: torch.Tensor,
     targets: TargetBatch, *, ranking: Sequence[Head], method: str, threshold: float, budget: int,
     rows_per_forward: int, estimates: torch.Tensor | None = None, on_step: Callable[[], None] | None = None,
+    thorough: bool = False,
 ) -> PatchingFindings:
     """``on_step()`` is called once per head added, whichever the method. ``estimates``: ``[layer, head]``
     attribution patching's estimates (``attribution_patching.estimate_patching``); ``atp`` ranks by them and needs
-    them, the other methods record them beside the exact effect of the ``CHECKED`` heads they rank first."""
+    them, the other methods record them beside the exact effect of the ``CHECKED`` heads they rank first.
+
+    Every head patched at once is measured first. Where it leaves the output KL above ``threshold``, no prefix is
+    taken to bring it under (``heads_needed`` is out of reach; on zoo v17 at both seeds, none of the 38 such triggers
+    had a prefix that did), so unless ``thorough`` the steps stop once a prefix disables the behaviour, and do not run
+    where it was at the reference's attack success before any head (``PatchingFindings.stopped`` says which). Every
+    head of every layer patched from the reference feeds the answer's positions the reference's attention outputs,
+    so it nearly always cuts a trigger elsewhere in the prompt off, while a fine-tune's own MLPs at the answer keep
+    the KL high; the steps used to run to the budget there (all 128 at the Qwen2.5-0.5B shape, 437 s of a 984 s
+    known-trigger scan). The attack success is not monotone in the heads patched, so every head at once leaving the
+    behaviour is no reason to stop: a 4-head prefix disabled one trigger of the zoo's refusal model that every head at
+    once left on 23% of probes (the reference: 13%)."""
     evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward)
     report = on_step or (lambda: None)
     suspect_logits = target_logits(suspect, targets)
@@ -91,11 +103,27 @@ def measure_patching(
     floor = float(target_hits(reference_logits, targets).float().mean())
     all_heads = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     budget = min(budget, len(all_heads))
+    if method not in ("ranked", "atp", "greedy"):
+        raise ValueError(f"unknown patching method {method!r}; expected ranked, atp or greedy")
+    if method == "atp" and estimates is None:
+        raise ValueError("the atp patching method needs attribution patching's estimates")
+    (all_kl, all_success), = evaluate([all_heads])
+    # With the KL out of reach, what is left to find is the prefix that disables the behaviour, if any is needed.
+    disable_only = not thorough and all_kl >= threshold
+    stopped = ""
+    if disable_only and initial_success <= floor:
+        stopped = (f"every head patched from the reference at once leaves the output KL at {all_kl:.3g} nats (the "
+                   f"threshold: {threshold:.3g}), and the attack success was at the reference's {floor:.0%} before any "
+                   "head: no step would find more (--thorough patches them all the same)")
+
+    def done(kl: float, success: float) -> bool:
+        return kl < threshold or (disable_only and success <= floor)
+
     steps: list[PatchStep] = []
-    if method in ("ranked", "atp"):
+    if stopped:
+        pass
+    elif method in ("ranked", "atp"):
         if method == "atp":
-            if estimates is None:
-                raise ValueError("the atp patching method needs attribution patching's estimates")
             ranking = atp_ranking(estimates)
         order = list(ranking)[:budget]
         chunk_size = evaluate.per_forward
@@ -104,9 +132,9 @@ def measure_patching(
             for prefix, (kl, success) in zip(prefixes, evaluate(prefixes)):
                 steps.append(PatchStep(prefix[-1][0], prefix[-1][1], kl, success))
                 report()
-                if kl < threshold:
+                if done(kl, success):
                     break
-            if steps and steps[-1].output_kl < threshold:
+            if steps and done(steps[-1].output_kl, steps[-1].attack_success):
                 break
     elif method == "greedy":
         chosen: list[Head] = []
@@ -117,14 +145,15 @@ def measure_patching(
             chosen.append(candidates[best])
             steps.append(PatchStep(*candidates[best], *scores[best]))
             report()
-            if scores[best][0] < threshold:
+            if done(*scores[best]):
                 break
-    else:
-        raise ValueError(f"unknown patching method {method!r}; expected ranked, atp or greedy")
     needed = next((i + 1 for i, step in enumerate(steps) if step.output_kl < threshold), None)
     disabled = 0 if initial_success <= floor else next(
         (i + 1 for i, step in enumerate(steps) if step.attack_success <= floor), None)
-    (all_kl, _), = evaluate([all_heads])
+    if disable_only and not stopped and disabled and len(steps) < budget:
+        stopped = (f"every head patched from the reference at once leaves the output KL at {all_kl:.3g} nats (the "
+                   f"threshold: {threshold:.3g}), so the heads were patched only until the attack success reached the "
+                   f"reference's ({disabled} heads; --thorough patches on)")
     checked: tuple[HeadEstimate, ...] = ()
     if estimates is not None:
         top = atp_ranking(estimates)[:CHECKED]
@@ -133,7 +162,8 @@ def measure_patching(
     return PatchingFindings(
         method=method, threshold=threshold, budget=budget, initial_kl=initial_kl,
         initial_attack_success=initial_success, reference_attack_success=floor, steps=tuple(steps), heads_needed=needed,
-        heads_to_disable=disabled, all_heads_kl=all_kl,
+        heads_to_disable=disabled, all_heads_kl=all_kl, all_heads_attack_success=all_success, stopped=stopped,
         estimated_effect=() if estimates is None else tuple(tuple(float(x) for x in row) for row in estimates.tolist()),
         checked=checked,
     )
+
