@@ -386,6 +386,16 @@ def main() -> None:
     steps = len(patching.steps) if patching else 0
     print(f"probes used {len(findings.probes.used)}; patching ran {steps} steps (budget {options.localisation.patch_budget}); "
           f"ablation {ablation.method}, {len(ablation.measured_layers)} of its layers head by head")
+    if patching:
+        success = patching.all_heads_attack_success
+        print(f"patching: output KL {patching.initial_kl:.3g} nats unpatched, {patching.all_heads_kl:.3g} with every head "
+              f"(threshold {patching.threshold:.3g}); attack success {patching.initial_attack_success:.0%} unpatched, "
+              f"{'-' if success is None else f'{success:.0%}'} with every head (the reference's "
+              f"{patching.reference_attack_success:.0%}); heads to disable {patching.heads_to_disable}, to the threshold "
+              f"{patching.heads_needed}" + (f"; stopped: {patching.stopped}" if patching.stopped else ""))
+    saved = CACHE.parent / f"known-trigger-scan-{suspect.stem}.json"
+    saved.write_text(findings.to_json(), encoding="utf-8")
+    print(f"findings written to {saved.relative_to(ROOT)} (bdscan judge reads them)")
     config = json.loads((base / "config.json").read_text(encoding="utf-8"))
     layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
     probes = len(findings.probes.used)
