@@ -86,8 +86,9 @@ def measure_patching(
     where it was at the reference's attack success before any head (``PatchingFindings.stopped`` says which). Every
     head of every layer patched from the reference feeds the answer's positions the reference's attention outputs,
     so it nearly always cuts a trigger elsewhere in the prompt off, while a fine-tune's own MLPs at the answer keep
-    the KL high; the steps used to run to the budget there (all 128 at the Qwen2.5-0.5B shape, 437 s of a 984 s
-    known-trigger scan). The attack success is not monotone in the heads patched, so every head at once leaving the
+    the KL high, and the steps used to run to the budget there: on zoo v17 the check took the steps from 424 to 255
+    (seed 0) and 176 to 129 (seed 1); at the Qwen2.5-0.5B shape's planted pair no 128-head prefix disables what every
+    head at once does, so all 128 still run (541 s of 973). The attack success is not monotone in the heads patched, so every head at once leaving the
     behaviour is no reason to stop: a 4-head prefix disabled one trigger of the zoo's refusal model that every head at
     once left on 23% of probes (the reference: 13%)."""
     evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward)
