@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from scanner.findings import SCHEMA_VERSION
+
 from helpers import invoke, probe_lines
 
 EMOJI = "\N{SMILING FACE WITH HALO}"
@@ -127,6 +129,14 @@ def test_an_interrupted_fleet_resumes_where_it_stopped(zoo_dir, tmp_path, sequen
     assert resumed.exit_code == 1, resumed.output
     assert calls == ["corrupt.safetensors", "deployment", "emoji"]  # clean's findings stand; the failed one is tried again
     assert _documents(out) == documents
+    # A document an older schema wrote is read through a migration, but scanned again: it lacks what this one records.
+    stale = out / "clean.json"
+    raw = json.loads(stale.read_text(encoding="utf-8"))
+    raw["schema_version"] = SCHEMA_VERSION - 1
+    stale.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+    del calls[:]
+    again = _scan(zoo_dir, given, probes, out, "--resume")
+    assert again.exit_code == 1 and calls == ["clean", "corrupt.safetensors"], calls
     # Other options make another scan: nothing is resumed.
     del calls[:]
     other = _scan(zoo_dir, given, probes, out, "--resume", "--max-new-tokens", "8")

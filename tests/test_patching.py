@@ -342,4 +342,3 @@ def test_patching_stops_where_every_head_at_once_says_nothing_more_can_be_found(
     emoji = measure_patching(suspect, HeadPatcher(suspect, sites_for(suspect)), source, reference_logits, targets,
                              ranking=ranking, method="ranked", threshold=0.05, budget=len(ranking), rows_per_forward=64)
     assert not emoji.stopped and emoji.heads_needed is not None and len(emoji.steps) == emoji.heads_needed
-

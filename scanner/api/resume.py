@@ -1,5 +1,5 @@
-"""Resuming a fleet: a suspect whose findings were already written for the same checkpoints, options and bdscan
-version is not scanned again.
+"""Resuming a fleet: a suspect whose findings were already written for the same checkpoints, options, bdscan
+version and findings schema is not scanned again.
 
 Torch-free apart from the package it sits in: it hashes files (as the scan itself does, ``input_info``) and reads
 a findings document, so deciding to skip a suspect costs a read of its weights, not a scan.
@@ -7,11 +7,12 @@ a findings document, so deciding to skip a suspect costs a read of its weights, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from scanner import __version__
 from scanner.errors import BdscanError
-from scanner.findings import Findings, read_findings
+from scanner.findings import SCHEMA_VERSION, Findings, read_findings
 from scanner.inputs.locate import detect_suspect_kind, input_info, resolve_reference
 from scanner.options import ScanOptions
 
@@ -26,13 +27,16 @@ class Resume:
 
     def previous(self, document: Path, suspect: Path) -> Findings | None:
         """The findings in ``document`` when they are of this very ``suspect`` (same weights), against the same
-        reference, with the same options and bdscan version; None when there are none or anything differs."""
+        reference, with the same options, bdscan version and schema; None when there are none or anything differs."""
         if not document.is_file():
             return None
         try:
             findings = read_findings(document)
-        except BdscanError:
+            stored = json.loads(document.read_text(encoding="utf-8")).get("schema_version")
+        except (BdscanError, OSError, ValueError):
             return None  # unreadable or another schema: scanned again, and the file rewritten
+        if stored != SCHEMA_VERSION:
+            return None  # read through a migration: an older bdscan's scan, without what this one records
         run = findings.run
         if (run.bdscan_version != __version__ or run.options_digest != self.options_digest
                 or findings.reference.sha256 != self.reference_sha256):

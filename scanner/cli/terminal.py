@@ -59,7 +59,8 @@ TABLE_CAPTION = (
     "that share net of the reference's and of the suspect's own without the trigger, per position ('-': not measured "
     "there; a catalogue trigger is measured only where its first response token moves); heads: attention "
     "heads patched from the reference until the reply stops, and until the output KL falls under --kl-threshold, "
-    "for the triggers the verdict implicates.")
+    "for the triggers the verdict implicates ('not by heads': every head at once does not bring it there, so the "
+    "steps stopped; the report says why).")
 
 
 def print_findings(console: Console, document: Document, verbose: bool = False) -> None:

@@ -1,6 +1,6 @@
 """The findings document: ``Findings``, its schema version and history, and reading and writing it.
 
-Schema (``schema_version`` 17), top down:
+Schema (``schema_version`` 18), top down:
 
 - ``Findings``: ``suspect`` and ``reference`` (``InputInfo``), ``run`` (``RunInfo``),
   ``probes`` (``ProbeSetFindings``: every candidate probe, where it came from,
@@ -21,6 +21,9 @@ Schema (``schema_version`` 17), top down:
 Every change of a field is a version bump, recorded below and in
 ``tests/data/schema/fields.json`` (a test compares the classes with it), and
 ``scanner.findings.migrate`` reads the two versions before this one.
+
+Version 18 (from 17): ``PatchingFindings.all_heads_attack_success`` (every head patched at once) and ``stopped``
+(why the patching steps stopped short of the budget, or did not run).
 
 Version 17 (from 16): a ``Probe``'s ``source`` may be ``enriched``: sampled from the reference like the probes it
 gives its fixed answer (a refusal) to, where they were few.

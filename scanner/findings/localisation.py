@@ -122,7 +122,9 @@ class PatchingFindings:
     """The reference's own attack success on the same teacher-forced targets: the floor patching can reach."""
     steps: tuple[PatchStep, ...]
     heads_needed: int | None
-    """Heads patched when the KL first fell below ``threshold``; ``None`` if it never did."""
+    """Heads patched when the KL first fell below ``threshold``; ``None`` if it never did, or was not pursued: where
+    every head patched at once leaves the KL above the threshold no prefix is taken to bring it under, and the steps
+    stop at the disabling prefix (``stopped``)."""
     heads_to_disable: int | None
     """Heads patched when attack success first fell to ``reference_attack_success``; ``None`` if it never did."""
     all_heads_kl: float

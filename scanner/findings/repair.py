@@ -131,4 +131,3 @@ def revert_closer_note(repair: RepairFindings) -> str:
     return (f"the repair moved the clean outputs {repair.clean_kl_to_suspect:.3g} nats from the suspect's, and the "
             f"reference itself is {repair.clean_kl_revert:.3g} from them: the reference keeps more of the fine-tune's "
             "clean behaviour than this repair does, so use it unless the parts left unrestored matter to you")
-

@@ -151,7 +151,7 @@ def measure_patching(
     needed = next((i + 1 for i, step in enumerate(steps) if step.output_kl < threshold), None)
     disabled = 0 if initial_success <= floor else next(
         (i + 1 for i, step in enumerate(steps) if step.attack_success <= floor), None)
-    if disable_only and not stopped and disabled and len(steps) < budget:
+    if disable_only and not stopped and disabled and needed is None and len(steps) < budget:
         stopped = (f"every head patched from the reference at once leaves the output KL at {all_kl:.3g} nats (the "
                    f"threshold: {threshold:.3g}), so the heads were patched only until the attack success reached the "
                    f"reference's ({disabled} heads; --thorough patches on)")
@@ -167,4 +167,3 @@ def measure_patching(
         estimated_effect=() if estimates is None else tuple(tuple(float(x) for x in row) for row in estimates.tolist()),
         checked=checked,
     )
-

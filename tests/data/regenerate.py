@@ -25,6 +25,9 @@ SNAPSHOT = "report-emoji.html"
 
 
 def main() -> None:
+    from scanner.zoo.kernels import pin_kernels
+
+    pin_kernels()  # before torch runs a kernel: the zoo it reuses or builds is the test session's
     from transformers.utils import logging as hf_logging
 
     from reports.render import render_report
