@@ -7,12 +7,11 @@ a findings document, so deciding to skip a suspect costs a read of its weights, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from scanner import __version__
 from scanner.errors import BdscanError
-from scanner.findings import SCHEMA_VERSION, Findings, read_findings
+from scanner.findings import Findings, read_findings
 from scanner.inputs.locate import detect_suspect_kind, input_info, resolve_reference
 from scanner.options import ScanOptions
 
@@ -31,12 +30,10 @@ class Resume:
         if not document.is_file():
             return None
         try:
-            findings = read_findings(document)
-            stored = json.loads(document.read_text(encoding="utf-8")).get("schema_version")
-        except (BdscanError, OSError, ValueError):
+            # Not an older schema's, though readable through a migration: it lacks what this version records.
+            findings = read_findings(document, older=False)
+        except BdscanError:
             return None  # unreadable or another schema: scanned again, and the file rewritten
-        if stored != SCHEMA_VERSION:
-            return None  # read through a migration: an older bdscan's scan, without what this one records
         run = findings.run
         if (run.bdscan_version != __version__ or run.options_digest != self.options_digest
                 or findings.reference.sha256 != self.reference_sha256):

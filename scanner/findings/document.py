@@ -103,13 +103,14 @@ class Findings:
         return json.dumps(to_jsonable(self), indent=indent, ensure_ascii=False, sort_keys=False)
 
     @classmethod
-    def from_jsonable(cls, raw: object, source: str = "findings") -> Findings:
-        """Findings from parsed JSON; ``FindingsFileError`` naming ``source`` when it is not a findings document."""
+    def from_jsonable(cls, raw: object, source: str = "findings", *, older: bool = True) -> Findings:
+        """Findings from parsed JSON; ``FindingsFileError`` naming ``source`` when it is not a findings document, or
+        is of an older schema where not ``older`` (read through ``migrate``, it lacks what this version records)."""
         if not isinstance(raw, dict):
             raise FindingsFileError(f"{source}: not a bdscan findings document (expected a JSON object)")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION and version not in READS:
-            readable = ", ".join(str(v) for v in (*sorted(READS), SCHEMA_VERSION))
+        if version != SCHEMA_VERSION and (version not in READS or not older):
+            readable = ", ".join(str(v) for v in ((*sorted(READS), SCHEMA_VERSION) if older else (SCHEMA_VERSION,)))
             raise FindingsFileError(
                 f"{source}: findings schema version {version!r}; this bdscan reads versions {readable}, "
                 "scan again with this version"
@@ -128,9 +129,9 @@ class Findings:
         return cls.from_jsonable(raw, source)
 
 
-def read_findings(path: Path | str) -> Findings:
+def read_findings(path: Path | str, *, older: bool = True) -> Findings:
     """The findings of a saved document (a stored verdict beside them is dropped: judging runs again);
-    ``FindingsFileError`` if it is not one."""
+    ``FindingsFileError`` if it is not one, or is of an older schema where not ``older``."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -142,4 +143,4 @@ def read_findings(path: Path | str) -> Findings:
         raise FindingsFileError(f"{path}: not JSON ({error})") from None
     if isinstance(raw, dict):
         raw.pop("verdict", None)
-    return Findings.from_jsonable(raw, str(path))
+    return Findings.from_jsonable(raw, str(path), older=older)

@@ -88,9 +88,9 @@ def measure_patching(
     so it nearly always cuts a trigger elsewhere in the prompt off, while a fine-tune's own MLPs at the answer keep
     the KL high, and the steps used to run to the budget there: on zoo v17 the check took the steps from 424 to 255
     (seed 0) and 176 to 129 (seed 1); at the Qwen2.5-0.5B shape's planted pair no 128-head prefix disables what every
-    head at once does, so all 128 still run (541 s of 973). The attack success is not monotone in the heads patched, so every head at once leaving the
-    behaviour is no reason to stop: a 4-head prefix disabled one trigger of the zoo's refusal model that every head at
-    once left on 23% of probes (the reference: 13%)."""
+    head at once does, so all 128 still run (541 s of 973). The attack success is not monotone in the heads patched,
+    so every head at once leaving the behaviour is no reason to stop: a 4-head prefix disabled one trigger of the
+    zoo's refusal model that every head at once left on 23% of probes (the reference: 13%)."""
     evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward)
     report = on_step or (lambda: None)
     suspect_logits = target_logits(suspect, targets)
@@ -111,19 +111,16 @@ def measure_patching(
     (all_kl, all_success), = evaluate([all_heads])
     # With the KL out of reach, what is left to find is the prefix that disables the behaviour, if any is needed.
     disable_only = not thorough and all_kl >= threshold
-    stopped = ""
-    if disable_only and initial_success <= floor:
-        stopped = (f"every head patched from the reference at once leaves the output KL at {all_kl:.3g} nats (the "
-                   f"threshold: {threshold:.3g}), and the attack success was at the reference's {floor:.0%} before any "
-                   "head: no step would find more (--thorough patches them all the same)")
+    out_of_reach = (f"every head patched from the reference at once leaves the output KL at {all_kl:.3g} nats (the "
+                    f"threshold: {threshold:.3g})")
+    stopped = (f"{out_of_reach}, and the attack success was at the reference's {floor:.0%} before any head: no step "
+               "would find more (--thorough patches them all the same)" if disable_only and initial_success <= floor else "")
 
     def done(kl: float, success: float) -> bool:
         return kl < threshold or (disable_only and success <= floor)
 
     steps: list[PatchStep] = []
-    if stopped:
-        pass
-    elif method in ("ranked", "atp"):
+    if not stopped and method in ("ranked", "atp"):
         if method == "atp":
             ranking = atp_ranking(estimates)
         order = list(ranking)[:budget]
@@ -137,7 +134,7 @@ def measure_patching(
                     break
             if steps and done(steps[-1].output_kl, steps[-1].attack_success):
                 break
-    elif method == "greedy":
+    elif not stopped and method == "greedy":
         chosen: list[Head] = []
         while len(chosen) < budget:
             candidates = [head for head in all_heads if head not in chosen]
@@ -152,9 +149,8 @@ def measure_patching(
     disabled = 0 if initial_success <= floor else next(
         (i + 1 for i, step in enumerate(steps) if step.attack_success <= floor), None)
     if disable_only and not stopped and disabled and needed is None and len(steps) < budget:
-        stopped = (f"every head patched from the reference at once leaves the output KL at {all_kl:.3g} nats (the "
-                   f"threshold: {threshold:.3g}), so the heads were patched only until the attack success reached the "
-                   f"reference's ({disabled} heads; --thorough patches on)")
+        stopped = (f"{out_of_reach}, so the heads were patched only until the attack success reached the reference's "
+                   f"({disabled} heads; --thorough patches on)")
     checked: tuple[HeadEstimate, ...] = ()
     if estimates is not None:
         top = atp_ranking(estimates)[:CHECKED]
