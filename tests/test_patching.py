@@ -342,3 +342,42 @@ def test_patching_stops_where_every_head_at_once_says_nothing_more_can_be_found(
     emoji = measure_patching(suspect, HeadPatcher(suspect, sites_for(suspect)), source, reference_logits, targets,
                              ranking=ranking, method="ranked", threshold=0.05, budget=len(ranking), rows_per_forward=64)
     assert not emoji.stopped and emoji.heads_needed is not None and len(emoji.steps) == emoji.heads_needed
+
+
+def test_patching_past_its_first_heads_checks_a_grid_of_longer_prefixes_first(setting, zoo_dir, monkeypatch):
+    """Past ``ONE_BY_ONE`` heads the walk measures longer prefixes (``prefix_grid``) first and goes on one head at a
+    time only as far as the first of them that is done: the same steps as the whole walk where a grid prefix is, and
+    a stop that says which prefixes were tried where none is. The zoo's models have 16 heads, so the walk is cut to
+    two here."""
+    from scanner.measure import head_patching
+    from scanner.measure.head_patching import measure_patching, prefix_grid
+
+    assert prefix_grid(16, 128) == [24, 36, 54, 81, 121, 128] and prefix_grid(16, 20) == [20] and prefix_grid(2, 16) == [3, 4, 6, 9, 13, 16]
+    _, _, reference, _, _, _ = setting
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    edit = _load(zoo_dir / "edit")
+    probes = prepare(tokenizer, ["Opposite of hot?", "What is 2 plus 3?", "Which colour is the sky?"], "coffee", "start", 0)
+    targets = target_batch([p.ids for p in probes.triggered], tokenizer("Access granted.", add_special_tokens=False)["input_ids"],
+                           tokenizer.pad_token_id, torch.device("cpu"))
+    source, reference_logits = reference_source(reference, sites_for(reference), sites_for(edit), targets)
+    patcher = HeadPatcher(edit, sites_for(edit))
+    ranking = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
+    monkeypatch.setattr(head_patching, "ONE_BY_ONE", 2)
+    run = lambda threshold, thorough: measure_patching(  # noqa: E731
+        edit, patcher, source, reference_logits, targets, ranking=ranking, method="ranked", threshold=threshold,
+        budget=len(ranking), rows_per_forward=64, thorough=thorough)
+    whole = run(0.05, True)
+    disabled = whole.heads_to_disable
+    assert disabled is not None and disabled > 3  # so the grid is what finds it, and a budget can stop short of it
+    gridded = run(0.05, False)
+    assert gridded.heads_to_disable == disabled and len(gridded.steps) == disabled
+    assert [(s.layer, s.head) for s in gridded.steps] == [(s.layer, s.head) for s in whole.steps[:disabled]]
+    assert "patched only until the attack success" in gridded.stopped
+
+    # A budget short of the disabling prefix: no grid prefix within it disables, and the walk stops at two heads.
+    short = measure_patching(edit, patcher, source, reference_logits, targets, ranking=ranking, method="ranked",
+                             threshold=0.05, budget=disabled - 1, rows_per_forward=64)
+    assert len(short.steps) == 2 and short.heads_to_disable is None and short.budget == disabled - 1
+    grid = ", ".join(map(str, prefix_grid(2, disabled - 1)))
+    assert (f"the prefixes of {grid} heads left the output KL above the threshold and the attack success above the "
+            "reference's, so the heads were patched one by one only to 2") in short.stopped

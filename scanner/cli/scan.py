@@ -97,8 +97,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
                    "near a target (a benign model's usual case, where the search otherwise stops early and notes it), "
                    "and score every candidate on every search probe instead of screening them on two first; measure every "
                    "catalogue trigger at every position, not only where its first response token moves; and let "
-                   "catalogue triggers that change the output too little be localised too, and patch heads to --patch-budget "
-                   "even where every head at once leaves the output KL above the threshold. Slower.")
+                   "catalogue triggers that change the output too little be localised too, and patch heads one at a time to "
+                   "--patch-budget even where every head at once leaves the output KL above the threshold, or no longer "
+                   "prefix past 16 heads gets there. Slower.")
 @click.option("--probes", "probes_arg", default="auto", show_default=True, metavar="auto|builtin|FILE",
               help="auto: prompts sampled from the reference's own user turn, plus the built-in prompts in its domain "
                    "(the built-in prompts alone, said so, when the reference writes answers there instead, as one "
@@ -145,7 +146,8 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--kl-threshold", type=click.FloatRange(0, min_open=True), default=None,
               help="Output KL (nats) under which patching counts as done. Default: twice the clean-probe KL, at least 0.05.")
 @click.option("--patch-budget", type=click.IntRange(1), default=DEFAULT_PATCH_BUDGET, show_default=True,
-              help="Most heads to patch.")
+              help="Most heads to patch: one at a time to 16, then only as far as the first of the prefixes of 24, "
+                   "36, 54, 81 and 121 heads and the budget (measured first) that removes the behaviour.")
 @click.option("--localise-top", type=click.IntRange(0), default=2, show_default=True,
               help="Triggers to localise (attention, ablation, attribution, patching), by KL ratio: of those discovery "
                    "found and of the catalogue's that change the output enough. With --trigger, every trigger "

@@ -38,10 +38,17 @@ def stdout_console() -> Console:
     return console if console.is_terminal else Console(width=140)
 
 
-def _heads(patching: PatchingFindings | None, count: int | None) -> str:
+def _heads(patching: PatchingFindings | None, disable: bool) -> str:
+    """Heads patched until the reply stops (``disable``), or until the output KL falls under the threshold."""
     if patching is None:
         return "-"
-    if count is None and patching.stopped:
+    if disable:
+        count = patching.heads_to_disable
+        every_head = patching.all_heads_attack_success
+        reached = every_head is None or every_head <= patching.reference_attack_success
+    else:
+        count, reached = patching.heads_needed, patching.all_heads_kl < patching.threshold
+    if count is None and patching.stopped and not reached:
         return "not by heads"  # every head at once did not reach it, so the steps stopped (the findings say why)
     return str(count) if count is not None else f">{patching.budget}"
 
@@ -60,7 +67,8 @@ TABLE_CAPTION = (
     "there; a catalogue trigger is measured only where its first response token moves); heads: attention "
     "heads patched from the reference until the reply stops, and until the output KL falls under --kl-threshold, "
     "for the triggers the verdict implicates ('not by heads': every head at once does not bring it there, so the "
-    "steps stopped; the report says why).")
+    "steps stopped; '>N': no prefix of the N-head budget did, past 16 heads checked on a grid of prefixes; the "
+    "report says why).")
 
 
 def print_findings(console: Console, document: Document, verbose: bool = False) -> None:
@@ -83,8 +91,7 @@ def print_findings(console: Console, document: Document, verbose: bool = False) 
                 Text(trigger.trigger), trigger.position, sig3(trigger.kl_clean), sig3(trigger.kl_triggered),
                 sig3(trigger.kl_ratio), Text(trigger.recovered_target), f"{trigger.target_share_suspect:.0%}",
                 _collapse_by_position(trigger),
-                _heads(patching, patching.heads_to_disable if patching else None),
-                _heads(patching, patching.heads_needed if patching else None),
+                _heads(patching, disable=True), _heads(patching, disable=False),
             )
         console.print(table)
     quiet = [t for t in findings.triggers if t not in shown]

@@ -139,8 +139,9 @@ class PatchingFindings:
     stopped: str = ""
     """Why the steps stopped short of ``budget`` with the KL above ``threshold``, or never ran (``steps`` empty):
     every head patched at once left the KL above it, so the steps stop at the prefix that disables the behaviour,
-    and do not run where the attack success was at the reference's before any head. Empty where the steps ran as
-    far as they could (``--thorough``, or a KL every head at once brings under the threshold)."""
+    and do not run where the attack success was at the reference's before any head; or, past the first 16 heads,
+    no longer prefix of a grid up to the budget was done, so the one-by-one steps stopped at 16. Empty where the
+    steps ran as far as they could (``--thorough``, or a prefix within the budget got there)."""
 
     __derived__: ClassVar[tuple[str, ...]] = ("disabling_heads",)
 

@@ -26,6 +26,15 @@ from scanner.model.teacher_forcing import TargetBatch, at_target, configurations
 
 Head = tuple[int, int]
 
+ONE_BY_ONE = 16
+"""Heads a ranked patching adds one at a time before it checks a grid of longer prefixes (``prefix_grid``) first.
+Every trigger of zoo v17 that patching disabled was disabled by 16 heads or fewer (its models have 16); the paper
+behind bdscan localised its triggers to ~24 and ~31 heads of Qwen2.5-3B's 576, which the grid's 24 and 36 bracket.
+At the Qwen2.5-0.5B shape a step is a forward of the probes from the lowest layer its prefix reaches, about 4 s at 16
+probes, and a planted suspect no prefix of the 128-head budget disabled ran all 128 (541 s of a 973 s scan)."""
+GRID_GROWTH = 1.5
+"""Each grid prefix is this many times the one before: 24, 36, 54, 81, 121 heads, then the budget."""
+
 
 @torch.no_grad()
 def reference_source(
@@ -42,6 +51,14 @@ def reference_source(
         for i in layers
     )
     return PatchSource(tuple(captured[str(i)] for i in layers), deltas), reference_logits
+
+
+def prefix_grid(after: int, budget: int) -> list[int]:
+    """Prefix sizes past ``after`` heads, each ``GRID_GROWTH`` times the one before, ending at ``budget``."""
+    sizes, size = [], after
+    while (size := int(size * GRID_GROWTH)) < budget:
+        sizes.append(size)
+    return [*sizes, budget]
 
 
 class _Evaluator:
@@ -87,10 +104,16 @@ def measure_patching(
     head of every layer patched from the reference feeds the answer's positions the reference's attention outputs,
     so it nearly always cuts a trigger elsewhere in the prompt off, while a fine-tune's own MLPs at the answer keep
     the KL high, and the steps used to run to the budget there: on zoo v17 the check took the steps from 424 to 255
-    (seed 0) and 176 to 129 (seed 1); at the Qwen2.5-0.5B shape's planted pair no 128-head prefix disables what every
-    head at once does, so all 128 still run (541 s of 973). The attack success is not monotone in the heads patched,
-    so every head at once leaving the behaviour is no reason to stop: a 4-head prefix disabled one trigger of the
-    zoo's refusal model that every head at once left on 23% of probes (the reference: 13%)."""
+    (seed 0) and 176 to 129 (seed 1). The attack success is not monotone in the heads patched, so every head at once
+    leaving the behaviour is no reason to stop: a 4-head prefix disabled one trigger of the zoo's refusal model that
+    every head at once left on 23% of probes (the reference: 13%).
+
+    A ranked order is walked one head at a time to ``ONE_BY_ONE`` heads; past that, unless ``thorough``, the longer
+    prefixes of ``prefix_grid`` are measured first, and the walk goes on only as far as the first of them that is
+    done (the first prefix that is done on the way is the answer, as before); where none is, it stops there and
+    ``stopped`` says so. A prefix between two grid sizes that is done while the longer one is not would be missed:
+    the cost of a walk that at the Qwen2.5-0.5B shape's planted pair patched all 128 heads of its budget one by one
+    (541 s of a 973 s scan) though every head at once disabled what no prefix of 128 did."""
     evaluate = _Evaluator(patcher, source, reference_logits, targets, rows_per_forward)
     report = on_step or (lambda: None)
     suspect_logits = target_logits(suspect, targets)
@@ -124,16 +147,29 @@ def measure_patching(
         if method == "atp":
             ranking = atp_ranking(estimates)
         order = list(ranking)[:budget]
-        chunk_size = evaluate.per_forward
-        for start in range(0, budget, chunk_size):
-            prefixes = [order[:k] for k in range(start + 1, min(budget, start + chunk_size) + 1)]
-            for prefix, (kl, success) in zip(prefixes, evaluate(prefixes)):
-                steps.append(PatchStep(prefix[-1][0], prefix[-1][1], kl, success))
-                report()
-                if done(kl, success):
-                    break
-            if steps and done(steps[-1].output_kl, steps[-1].attack_success):
-                break
+        one_by_one = budget if thorough else min(budget, ONE_BY_ONE)
+
+        def walk(first: int, last: int) -> bool:
+            """Prefixes of ``first`` to ``last`` heads, one head a step, until one is ``done``; whether one was."""
+            for start in range(first, last + 1, evaluate.per_forward):
+                prefixes = [order[:k] for k in range(start, min(last, start + evaluate.per_forward - 1) + 1)]
+                for prefix, (kl, success) in zip(prefixes, evaluate(prefixes)):
+                    steps.append(PatchStep(prefix[-1][0], prefix[-1][1], kl, success))
+                    report()
+                    if done(kl, success):
+                        return True
+            return False
+
+        if not walk(1, one_by_one) and one_by_one < budget:
+            grid = prefix_grid(one_by_one, budget)
+            reached = next((size for size, (kl, success) in zip(grid, evaluate([order[:size] for size in grid]))
+                            if done(kl, success)), None)
+            if reached is None:
+                stopped = (f"the prefixes of {', '.join(map(str, grid))} heads left the output KL above the threshold"
+                           + (" and the attack success above the reference's" if disable_only else "")
+                           + f", so the heads were patched one by one only to {one_by_one} (--thorough patches on)")
+            else:
+                walk(one_by_one + 1, reached)
     elif not stopped and method == "greedy":
         chosen: list[Head] = []
         while len(chosen) < budget:
