@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/sampling.py
 
 ``--probes auto`` and leakage sample user turns at top-p 0.95. transformers' ``TopPLogitsWarper`` sorts each row's
-151,936 logits at every step; ``scanner.model.prompt_sampling.NucleusWarper`` reads the nucleus from a ``topk``.
+151,936 logits at every step; ``scanner.model.prompt_sampling.NucleusWarper`` reads the nucleus from a ``topk``, or
+from a histogram of log-probabilities where it is wider than 4,096 tokens.
 Logits are standard normal times a scale: the larger the scale, the smaller the nucleus (a trained model's
 is tens to a few thousand tokens; a random-init model's is most of the vocabulary). Per batch of 32 rows (probe
 sampling's) and 256 (leakage's) and per scale: the mean nucleus, the milliseconds of a step (median of 7), and the

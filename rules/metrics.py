@@ -148,7 +148,7 @@ def _heads_to_disable(findings: Findings, trigger: TriggerFindings) -> Reading |
         return NotMeasured("the recovered target fired on fewer than half the triggered probes before patching")
     if patching.heads_to_disable is None:
         return NotMeasured(f"patching {len(patching.steps)} heads did not bring attack success down to the reference's "
-                           f"({patching.reference_attack_success:.0%})")
+                           f"({patching.reference_attack_success:.0%})" + (f": {patching.stopped}" if patching.stopped else ""))
     total = findings.run.architecture.total_heads
     share = patching.heads_to_disable / total if total else math.nan
     return Reading(float(patching.heads_to_disable), {

@@ -562,25 +562,26 @@ def test_enriched_probes_are_named_in_the_terminal_and_the_report_and_stay_out_o
 
 
 def test_patching_stopped_by_the_prefix_grid_shows_the_budget_where_every_head_at_once_gets_there():
-    """Past 16 heads no grid prefix disabled the trigger, though every head at once does (the Qwen2.5-0.5B planted
-    pair's case) and leaves the KL above the threshold: the terminal says '>budget' for the reply and 'not by heads'
-    for the KL, and the report gives the reason."""
+    """Past its first heads no grid prefix disabled the trigger, though every head at once does (the Qwen2.5-0.5B planted
+    pair's case) and leaves the KL above the threshold: the terminal says '>N' (the heads patched one by one) for the reply and 'not by heads' for
+    the KL, the report and BD005's reason for not reading give the grid's reason."""
     from rich.console import Console
 
     from scanner.cli.terminal import print_findings
 
     findings = read_findings(EMOJI)
     trigger = findings.triggers[0]
-    reason = ("the prefixes of 24, 36, 54, 81, 121, 128 heads left the output KL above the threshold and the attack "
-              "success above the reference's, so the heads were patched one by one only to 16 (--thorough patches on)")
-    patching = dataclasses.replace(trigger.patching, steps=trigger.patching.steps[:16], stopped=reason, budget=128,
+    reason = ("the prefixes of 15, 22, 33, 49, 73, 109, 128 heads left the output KL above the threshold and the attack "
+              "success above the reference's, so the heads were patched one by one only to 10 (--thorough patches on)")
+    patching = dataclasses.replace(trigger.patching, steps=trigger.patching.steps[:10], stopped=reason, budget=128,
                                    heads_needed=None, heads_to_disable=None, all_heads_kl=20.3,
                                    all_heads_attack_success=trigger.patching.reference_attack_success)
     stopped = dataclasses.replace(findings, triggers=(dataclasses.replace(trigger, patching=patching), *findings.triggers[1:]))
     document = Document(stopped, judge(stopped, default_pack()))
     shown = " ".join(render_report(document).split())
-    assert "Behaviour disabled after more than 128 heads" in shown and reason[:reason.index("'")] in shown
+    assert "Behaviour disabled after more than 10 heads" in shown and reason[:reason.index("'")] in shown
+    assert any(n.rule_id == "BD005" and reason in n.reason for n in document.verdict.not_evaluated), document.verdict.not_evaluated
     console = Console(record=True, width=240)
     print_findings(console, document)
     row = next(line for line in console.export_text().splitlines() if line.startswith(f"│ {trigger.trigger} "))
-    assert [cell.strip() for cell in row.split("│")[-3:-1]] == [">128", "not by heads"], row
+    assert [cell.strip() for cell in row.split("│")[-3:-1]] == [">10", "not by heads"], row

@@ -381,3 +381,16 @@ def test_patching_past_its_first_heads_checks_a_grid_of_longer_prefixes_first(se
     grid = ", ".join(map(str, prefix_grid(2, disabled - 1)))
     assert (f"the prefixes of {grid} heads left the output KL above the threshold and the attack success above the "
             "reference's, so the heads were patched one by one only to 2") in short.stopped
+
+    # Every head at once brings the emoji model's KL under the threshold, so the KL is pursued: a grid prefix that
+    # only disables the behaviour is walked to all the same, and the disabling prefix recorded, as the whole walk does.
+    monkeypatch.setattr(head_patching, "ONE_BY_ONE", 1)
+    emoji, _, _, targets, source, reference_logits = setting
+    emoji_patcher = HeadPatcher(emoji, sites_for(emoji))
+    runs = {thorough: measure_patching(emoji, emoji_patcher, source, reference_logits, targets, ranking=ranking,
+                                       method="ranked", threshold=0.01, budget=8, rows_per_forward=64, thorough=thorough)
+            for thorough in (True, False)}
+    assert runs[True].all_heads_kl < 0.01 and runs[True].heads_needed is None and len(runs[True].steps) == 8
+    assert runs[False].heads_to_disable == runs[True].heads_to_disable > 1 and runs[False].heads_needed is None
+    assert len(runs[False].steps) == runs[False].heads_to_disable
+    assert "heads left the output KL above the threshold, so the heads were patched one by one only to" in runs[False].stopped

@@ -146,8 +146,9 @@ def _quantisation(in_4bit: bool, in_8bit: bool) -> str:
 @click.option("--kl-threshold", type=click.FloatRange(0, min_open=True), default=None,
               help="Output KL (nats) under which patching counts as done. Default: twice the clean-probe KL, at least 0.05.")
 @click.option("--patch-budget", type=click.IntRange(1), default=DEFAULT_PATCH_BUDGET, show_default=True,
-              help="Most heads to patch: one at a time to 16, then only as far as the first of the prefixes of 24, "
-                   "36, 54, 81 and 121 heads and the budget (measured first) that removes the behaviour.")
+              help="Most heads to patch. In ranked and atp order: one at a time to 16, then only as far as the first "
+                   "of the prefixes of 24, 36, 54, 81 and 121 heads and the budget (measured first) that removes the "
+                   "behaviour or brings the KL under --kl-threshold.")
 @click.option("--localise-top", type=click.IntRange(0), default=2, show_default=True,
               help="Triggers to localise (attention, ablation, attribution, patching), by KL ratio: of those discovery "
                    "found and of the catalogue's that change the output enough. With --trigger, every trigger "

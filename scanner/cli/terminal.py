@@ -48,9 +48,12 @@ def _heads(patching: PatchingFindings | None, disable: bool) -> str:
         reached = every_head is None or every_head <= patching.reference_attack_success
     else:
         count, reached = patching.heads_needed, patching.all_heads_kl < patching.threshold
-    if count is None and patching.stopped and not reached:
-        return "not by heads"  # every head at once did not reach it, so the steps stopped (the findings say why)
-    return str(count) if count is not None else f">{patching.budget}"
+    if count is not None:
+        return str(count)
+    if patching.stopped:
+        # Every head at once did not reach it, or no longer prefix of the grid did: the findings say why.
+        return f">{len(patching.steps)}" if reached else "not by heads"
+    return f">{patching.budget}"
 
 
 def _collapse_by_position(trigger: TriggerFindings) -> str:
@@ -67,8 +70,8 @@ TABLE_CAPTION = (
     "there; a catalogue trigger is measured only where its first response token moves); heads: attention "
     "heads patched from the reference until the reply stops, and until the output KL falls under --kl-threshold, "
     "for the triggers the verdict implicates ('not by heads': every head at once does not bring it there, so the "
-    "steps stopped; '>N': no prefix of the N-head budget did, past 16 heads checked on a grid of prefixes; the "
-    "report says why).")
+    "steps stopped; '>N': not the first N, and where N is under the budget, no longer prefix a grid of them tried "
+    "either; the report says why).")
 
 
 def print_findings(console: Console, document: Document, verbose: bool = False) -> None:

@@ -126,7 +126,8 @@ class PatchingFindings:
     every head patched at once leaves the KL above the threshold no prefix is taken to bring it under, and the steps
     stop at the disabling prefix (``stopped``)."""
     heads_to_disable: int | None
-    """Heads patched when attack success first fell to ``reference_attack_success``; ``None`` if it never did."""
+    """Heads patched when attack success first fell to ``reference_attack_success``; ``None`` if it never did within
+    the steps (past the first 16, only as far as a grid of longer prefixes said to go: ``stopped``)."""
     all_heads_kl: float
     """KL with every head of every layer patched: what patching heads can reach at best."""
     estimated_effect: tuple[tuple[float, ...], ...] = ()

@@ -56,7 +56,7 @@ def reference_source(
 def prefix_grid(after: int, budget: int) -> list[int]:
     """Prefix sizes past ``after`` heads, each ``GRID_GROWTH`` times the one before, ending at ``budget``."""
     sizes, size = [], after
-    while (size := int(size * GRID_GROWTH)) < budget:
+    while (size := max(size + 1, int(size * GRID_GROWTH))) < budget:
         sizes.append(size)
     return [*sizes, budget]
 
@@ -160,16 +160,23 @@ def measure_patching(
                         return True
             return False
 
-        if not walk(1, one_by_one) and one_by_one < budget:
+        finished = walk(1, one_by_one)
+        if not finished and one_by_one < budget:
             grid = prefix_grid(one_by_one, budget)
-            reached = next((size for size, (kl, success) in zip(grid, evaluate([order[:size] for size in grid]))
-                            if done(kl, success)), None)
-            if reached is None:
-                stopped = (f"the prefixes of {', '.join(map(str, grid))} heads left the output KL above the threshold"
-                           + (" and the attack success above the reference's" if disable_only else "")
-                           + f", so the heads were patched one by one only to {one_by_one} (--thorough patches on)")
-            else:
-                walk(one_by_one + 1, reached)
+            measured = dict(zip(grid, evaluate([order[:size] for size in grid])))
+            while not finished:
+                # The next grid prefix that is done, or that disables the behaviour where no step has yet (the KL may
+                # be pursued past it): the walk goes on to it, and stops sooner at a prefix that is done.
+                disabled_yet = initial_success <= floor or any(step.attack_success <= floor for step in steps)
+                following = next((size for size in grid if size > len(steps) and (
+                    done(*measured[size]) or (not disabled_yet and measured[size][1] <= floor))), None)
+                if following is None:
+                    unmet = "the output KL above the threshold" + ("" if disabled_yet else
+                                                                   " and the attack success above the reference's")
+                    stopped = (f"the prefixes of {', '.join(map(str, grid))} heads left {unmet}, so the heads were "
+                               f"patched one by one only to {len(steps)} (--thorough patches on)")
+                    break
+                finished = walk(len(steps) + 1, following)
     elif not stopped and method == "greedy":
         chosen: list[Head] = []
         while len(chosen) < budget:
