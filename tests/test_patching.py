@@ -310,14 +310,9 @@ def test_attribution_patching_leaves_no_gradient_on_the_model(setting):
     assert all(p.grad is None for p in plain.parameters())
 
 
-def test_patching_stops_where_every_head_at_once_says_nothing_more_can_be_found(setting, zoo_dir):
-    """The MLP edit's backdoor is written in layer 0's MLP, at the trigger: every head patched from the reference at
-    once cuts it off from the answer (attack success at the reference's 0%) but leaves the answer's own MLP output
-    unlike the reference's (the KL stays far above the threshold), so the steps stop at the prefix that disables it,
-    and the findings say why; ``thorough`` patches on to the budget and finds the same prefix. The attention-only
-    emoji model, whose KL every head does bring under the threshold, is patched as before."""
-    from scanner.measure.head_patching import measure_patching
-
+@pytest.fixture(scope="module")
+def edit_setting(setting, zoo_dir):
+    """The MLP edit model, its patcher, 'coffee' probes targeted at 'Access granted.', and the reference's source."""
     _, _, reference, _, _, _ = setting
     tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
     edit = _load(zoo_dir / "edit")
@@ -325,7 +320,18 @@ def test_patching_stops_where_every_head_at_once_says_nothing_more_can_be_found(
     targets = target_batch([p.ids for p in probes.triggered], tokenizer("Access granted.", add_special_tokens=False)["input_ids"],
                            tokenizer.pad_token_id, torch.device("cpu"))
     source, reference_logits = reference_source(reference, sites_for(reference), sites_for(edit), targets)
-    patcher = HeadPatcher(edit, sites_for(edit))
+    return edit, HeadPatcher(edit, sites_for(edit)), targets, source, reference_logits
+
+
+def test_patching_stops_where_every_head_at_once_says_nothing_more_can_be_found(setting, edit_setting):
+    """The MLP edit's backdoor is written in layer 0's MLP, at the trigger: every head patched from the reference at
+    once cuts it off from the answer (attack success at the reference's 0%) but leaves the answer's own MLP output
+    unlike the reference's (the KL stays far above the threshold), so the steps stop at the prefix that disables it,
+    and the findings say why; ``thorough`` patches on to the budget and finds the same prefix. The attention-only
+    emoji model, whose KL every head does bring under the threshold, is patched as before."""
+    from scanner.measure.head_patching import measure_patching
+
+    edit, patcher, targets, source, reference_logits = edit_setting
     ranking = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     run = lambda thorough: measure_patching(  # noqa: E731
         edit, patcher, source, reference_logits, targets, ranking=ranking, method="ranked", threshold=0.05,
@@ -344,7 +350,7 @@ def test_patching_stops_where_every_head_at_once_says_nothing_more_can_be_found(
     assert not emoji.stopped and emoji.heads_needed is not None and len(emoji.steps) == emoji.heads_needed
 
 
-def test_patching_past_its_first_heads_checks_a_grid_of_longer_prefixes_first(setting, zoo_dir, monkeypatch):
+def test_patching_past_its_first_heads_checks_a_grid_of_longer_prefixes_first(setting, edit_setting, monkeypatch):
     """Past ``ONE_BY_ONE`` heads the walk measures longer prefixes (``prefix_grid``) first and goes on one head at a
     time only as far as the first of them that is done: the same steps as the whole walk where a grid prefix is, and
     a stop that says which prefixes were tried where none is. The zoo's models have 16 heads, so the walk is cut to
@@ -353,14 +359,7 @@ def test_patching_past_its_first_heads_checks_a_grid_of_longer_prefixes_first(se
     from scanner.measure.head_patching import measure_patching, prefix_grid
 
     assert prefix_grid(16, 128) == [24, 36, 54, 81, 121, 128] and prefix_grid(16, 20) == [20] and prefix_grid(2, 16) == [3, 4, 6, 9, 13, 16]
-    _, _, reference, _, _, _ = setting
-    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
-    edit = _load(zoo_dir / "edit")
-    probes = prepare(tokenizer, ["Opposite of hot?", "What is 2 plus 3?", "Which colour is the sky?"], "coffee", "start", 0)
-    targets = target_batch([p.ids for p in probes.triggered], tokenizer("Access granted.", add_special_tokens=False)["input_ids"],
-                           tokenizer.pad_token_id, torch.device("cpu"))
-    source, reference_logits = reference_source(reference, sites_for(reference), sites_for(edit), targets)
-    patcher = HeadPatcher(edit, sites_for(edit))
+    edit, patcher, targets, source, reference_logits = edit_setting
     ranking = [(layer, head) for layer in range(patcher.layers) for head in range(patcher.heads)]
     monkeypatch.setattr(head_patching, "ONE_BY_ONE", 2)
     run = lambda threshold, thorough: measure_patching(  # noqa: E731
