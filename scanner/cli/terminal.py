@@ -50,10 +50,9 @@ def _heads(patching: PatchingFindings | None, disable: bool) -> str:
         count, reached = patching.heads_needed, patching.all_heads_kl < patching.threshold
     if count is not None:
         return str(count)
-    if patching.stopped:
-        # Every head at once did not reach it, or no longer prefix of the grid did: the findings say why.
-        return f">{len(patching.steps)}" if reached else "not by heads"
-    return f">{patching.budget}"
+    if patching.stopped and not reached:
+        return "not by heads"  # every head at once did not reach it, so the steps stopped (the findings say why)
+    return f">{patching.heads_tried}"
 
 
 def _collapse_by_position(trigger: TriggerFindings) -> str:

@@ -147,6 +147,12 @@ class PatchingFindings:
     __derived__: ClassVar[tuple[str, ...]] = ("disabling_heads",)
 
     @property
+    def heads_tried(self) -> int:
+        """The most heads a count of ``None`` speaks for: the steps taken where they stopped short (``stopped``; past
+        the first 16, a grid of longer prefixes was measured too), else the budget."""
+        return len(self.steps) if self.stopped else self.budget
+
+    @property
     def disabling_heads(self) -> tuple[Head, ...]:
         """The heads patched, in order, until attack success fell to the reference's; empty if it never did."""
         return tuple((step.layer, step.head) for step in self.steps[: self.heads_to_disable or 0])

@@ -87,6 +87,42 @@ class _Evaluator:
         return results
 
 
+def _walk(evaluate: _Evaluator, order: Sequence[Head], one_by_one: int, done: Callable[[float, float], bool],
+          floor: float, disabled_before: bool, report: Callable[[], None]) -> tuple[list[PatchStep], str]:
+    """The steps of ``order``'s prefixes, one head a step, to ``one_by_one`` heads or the first that is ``done``;
+    past that, the prefixes of ``prefix_grid`` are measured first and the walk goes on only to the next of them that
+    is done, or whose attack success is at ``floor`` where neither the suspect unpatched (``disabled_before``) nor
+    a step was yet. With why it stopped short, or ""."""
+    steps: list[PatchStep] = []
+
+    def walk(first: int, last: int) -> bool:
+        """Prefixes of ``first`` to ``last`` heads until one is ``done``; whether one was."""
+        for start in range(first, last + 1, evaluate.per_forward):
+            prefixes = [order[:k] for k in range(start, min(last, start + evaluate.per_forward - 1) + 1)]
+            for prefix, (kl, success) in zip(prefixes, evaluate(prefixes)):
+                steps.append(PatchStep(prefix[-1][0], prefix[-1][1], kl, success))
+                report()
+                if done(kl, success):
+                    return True
+        return False
+
+    if walk(1, one_by_one) or one_by_one >= len(order):
+        return steps, ""
+    grid = prefix_grid(one_by_one, len(order))
+    measured = dict(zip(grid, evaluate([order[:size] for size in grid])))
+    while True:
+        # The KL may be pursued past the prefix that disables the behaviour: the walk goes there first.
+        disabled = disabled_before or any(step.attack_success <= floor for step in steps)
+        following = next((size for size in grid if size > len(steps) and (
+            done(*measured[size]) or (not disabled and measured[size][1] <= floor))), None)
+        if following is None:
+            unmet = "the output KL above the threshold" + ("" if disabled else " and the attack success above the reference's")
+            return steps, (f"the prefixes of {', '.join(map(str, grid))} heads left {unmet}, so the heads were patched one "
+                           f"by one only to {len(steps)} (--thorough patches on)")
+        if walk(len(steps) + 1, following):
+            return steps, ""
+
+
 def measure_patching(
     suspect: PreTrainedModel, patcher: HeadPatcher, source: PatchSource, reference_logits: torch.Tensor,
     targets: TargetBatch, *, ranking: Sequence[Head], method: str, threshold: float, budget: int,
@@ -146,37 +182,8 @@ def measure_patching(
     if not stopped and method in ("ranked", "atp"):
         if method == "atp":
             ranking = atp_ranking(estimates)
-        order = list(ranking)[:budget]
-        one_by_one = budget if thorough else min(budget, ONE_BY_ONE)
-
-        def walk(first: int, last: int) -> bool:
-            """Prefixes of ``first`` to ``last`` heads, one head a step, until one is ``done``; whether one was."""
-            for start in range(first, last + 1, evaluate.per_forward):
-                prefixes = [order[:k] for k in range(start, min(last, start + evaluate.per_forward - 1) + 1)]
-                for prefix, (kl, success) in zip(prefixes, evaluate(prefixes)):
-                    steps.append(PatchStep(prefix[-1][0], prefix[-1][1], kl, success))
-                    report()
-                    if done(kl, success):
-                        return True
-            return False
-
-        finished = walk(1, one_by_one)
-        if not finished and one_by_one < budget:
-            grid = prefix_grid(one_by_one, budget)
-            measured = dict(zip(grid, evaluate([order[:size] for size in grid])))
-            while not finished:
-                # The next grid prefix that is done, or that disables the behaviour where no step has yet (the KL may
-                # be pursued past it): the walk goes on to it, and stops sooner at a prefix that is done.
-                disabled_yet = initial_success <= floor or any(step.attack_success <= floor for step in steps)
-                following = next((size for size in grid if size > len(steps) and (
-                    done(*measured[size]) or (not disabled_yet and measured[size][1] <= floor))), None)
-                if following is None:
-                    unmet = "the output KL above the threshold" + ("" if disabled_yet else
-                                                                   " and the attack success above the reference's")
-                    stopped = (f"the prefixes of {', '.join(map(str, grid))} heads left {unmet}, so the heads were "
-                               f"patched one by one only to {len(steps)} (--thorough patches on)")
-                    break
-                finished = walk(len(steps) + 1, following)
+        steps, stopped = _walk(evaluate, list(ranking)[:budget], budget if thorough else min(budget, ONE_BY_ONE), done,
+                               floor, initial_success <= floor, report)
     elif not stopped and method == "greedy":
         chosen: list[Head] = []
         while len(chosen) < budget:

@@ -83,35 +83,35 @@ class NucleusWarper(LogitsProcessor):
         row's nucleus, read from the first topk that holds it, else from the histogram."""
         vocabulary = probs.shape[-1]
         first, second = min(self.first_k, vocabulary), min(64 * self.first_k, vocabulary)
-        outside, done, top = _topk_nucleus(probs, limit, first)
+        outside, done, last, mass = _topk_nucleus(probs, limit, first)
         if bool(done.all()):
             return outside
         rest = (~done).nonzero()[:, 0]
         # A row the second topk could not finish even were each of its further tokens as likely as the first's
         # last goes to the histogram at once: that topk would cost it more than the histogram does.
-        wide = (top[rest, 1] + (second - first) * top[rest, 0]) < limit[rest]
+        wide = (mass[rest] + (second - first) * last[rest]) < limit[rest]
         rows, wide_rows = rest[~wide], rest[wide]
         if len(rows) == len(probs):
-            outside, done, _ = _topk_nucleus(probs, limit, second)
+            outside, done, _, _ = _topk_nucleus(probs, limit, second)
             wide_rows = rows[~done]
         elif len(rows):
-            outside[rows], done, _ = _topk_nucleus(probs[rows], limit[rows], second)
+            outside[rows], done, _, _ = _topk_nucleus(probs[rows], limit[rows], second)
             wide_rows = torch.cat([wide_rows, rows[~done]])
         if len(wide_rows):
             outside[wide_rows] = ~_wide_nucleus(probs[wide_rows], limit[wide_rows])
         return outside
 
 
-def _topk_nucleus(probs: torch.Tensor, limit: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _topk_nucleus(probs: torch.Tensor, limit: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """``probs``: ``[rows, vocab]``; ``limit``: ``[rows]``. The nucleus as a ``topk`` of ``k`` holds it: ``[rows,
     vocab]`` bool, the tokens outside it (every token of a row it does not hold); ``[rows]`` bool, the rows it
-    holds; ``[rows, 2]``, each row's ``k``-th probability and the mass of its ``k`` likeliest tokens."""
+    holds; and ``[rows]`` float64 each, a row's ``k``-th probability and the mass of its ``k`` likeliest tokens."""
     top, index = probs.topk(k, dim=-1)  # [rows, k], likeliest first
     mass = top.double().cumsum(dim=-1)
     done = (mass[:, -1] >= limit) | (k == probs.shape[-1])
     # Outside: the mass of the likelier tokens, this one excluded, reaches the limit.
     outside = torch.ones_like(probs, dtype=torch.bool).scatter_(-1, index, ((mass - top) >= limit[:, None]) | ~done[:, None])
-    return outside, done, torch.stack([top[:, -1].double(), mass[:, -1]], dim=-1)
+    return outside, done, top[:, -1].double(), mass[:, -1]
 
 
 BINS_PER_NAT = 256
