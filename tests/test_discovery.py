@@ -341,6 +341,56 @@ def test_candidates_run_from_each_probes_cached_head_score_as_whole_rows(zoo_dir
     assert cached_first[:8].mean() > 1.0 > cached_first[8:].mean(), "the emoji moves the first response token"
 
 
+@pytest.mark.parametrize("position", ["start", "end"])
+def test_kls_of_a_batch_split_by_activations_match_each_row_run_alone(zoo_dir, position, monkeypatch):
+    """``Search.kls`` reads the KL at the first response position and after the clean answer a few rows at a time
+    (``logits_kl``), in forwards no wider than ``ACTIVATION_BYTES`` allows: forced to one row a forward, and at the
+    zoo's own batches, it equals a hand-written KL of each row run alone through both models, unpadded."""
+    import torch
+    import torch.nn.functional as F
+
+    from scanner.inputs.loading import load_pair
+    from scanner.measure.discovery.engine import Budget, Search
+    from scanner.model import teacher_forcing
+
+    pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
+    search = Search(pair.suspect, pair.reference, pair.tokenizer, zoo_prompts(zoo_dir)[:8], 256, Budget(10**7), position)
+    search.set_answers([tuple(ids) for ids in search.complete(pair.suspect, search.clean_rows, 24)])
+    search.answers[3] = None  # a probe whose answer had not ended: nothing read after it
+    rows = [row for c in [search.encode(EMOJI_TRIGGER), (40,), (41, 42, 43)] for row in search.rows(c)]
+
+    def alone(row: list[int], answer: tuple[int, ...] | None) -> tuple[float, float]:
+        ids = torch.tensor([row + list(answer or ())])
+        with torch.no_grad():
+            log_p, log_q = (F.log_softmax(m(input_ids=ids).logits[0].double(), -1) for m in (pair.suspect, pair.reference))
+        kl = lambda at: float((log_p[at].exp() * (log_p[at] - log_q[at])).sum())  # noqa: E731
+        return kl(len(row) - 1), kl(ids.shape[1] - 1) if answer is not None else math.nan
+
+    expected = torch.tensor([alone(row, search.answers[i % 8]) for i, row in enumerate(rows)], dtype=torch.float32)
+    whole = search.kls(rows)
+    assert teacher_forcing.rows_by_activations(pair.suspect, 60, 256) == 256, "the zoo's batches are not split"
+    monkeypatch.setattr(teacher_forcing, "ACTIVATION_BYTES", 1)
+    assert teacher_forcing.rows_by_activations(pair.suspect, 60, 256) == 1
+    split = search.kls(rows)
+    for got in (whole, split):
+        torch.testing.assert_close(got[0], expected[:, 0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[1], expected[:, 1], atol=1e-4, rtol=1e-4, equal_nan=True)
+    assert expected[:8, 0].mean() > 1.0 > expected[8:, 0].mean(), "the emoji moves the first response token"
+
+
+def test_logits_kl_equals_output_kl_of_the_whole_batch():
+    """``logits_kl`` reads a batch ``REDUCE_ROWS`` rows at a time: the same KL as one log-softmax of it all."""
+    import torch
+    import torch.nn.functional as F
+
+    from scanner.model.teacher_forcing import REDUCE_ROWS, logits_kl, output_kl
+
+    generator = torch.Generator().manual_seed(0)
+    p, q = (torch.randn(3 * REDUCE_ROWS + 5, 2, 1000, generator=generator) * 3 for _ in range(2))
+    torch.testing.assert_close(logits_kl(p, q), output_kl(F.log_softmax(p, -1), F.log_softmax(q, -1)))
+    assert logits_kl(p, q).shape == (3 * REDUCE_ROWS + 5, 2)
+
+
 def test_completions_batched_across_candidates_are_each_candidates_own(zoo_dir):
     """Fire checks and inversion complete several candidates' rows in one generation (``complete_each``): each
     candidate's answers must be what it gets completed alone, whatever the others' lengths pad it to, and the

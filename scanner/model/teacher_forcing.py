@@ -25,6 +25,22 @@ REDUCE_ROWS = 8
 """Rows per vocabulary-wide reduction (log-partition, KL): temporaries of ``8 x target_len x vocab`` floats."""
 
 
+ACTIVATION_BYTES = 32 * 2**20
+"""Most bytes of one layer's widest activation (the MLP's, every token of the batch at its intermediate width in
+float32) a forward of many short rows may make: at the Qwen2.5-0.5B shape 256 rows of 16 tokens are 80 MB a tensor,
+several alive at once, and a discovery screen's forward of both models peaked 830 MB over the resident models
+against 436 MB at the 107 rows this allows (2 cores, 2026-12-07; seconds a row the same within this machine's
+noise, 155-195 ms at 32 to 256 rows). The test and demo zoos' rows never reach it: their batches are unchanged."""
+
+
+def rows_by_activations(model: PreTrainedModel, tokens: int, rows_per_forward: int) -> int:
+    """Rows of ``tokens`` tokens one forward of ``model`` runs: ``rows_per_forward``, fewer where the MLP's widest
+    activation would pass ``ACTIVATION_BYTES``, and at least one."""
+    config = model.config
+    width = max(getattr(config, "intermediate_size", 0) or 0, config.hidden_size)
+    return max(1, min(rows_per_forward, ACTIVATION_BYTES // max(1, tokens * width * 4)))
+
+
 def configurations_per_forward(rows_per_forward: int, probes: int, keep: int, vocab: int) -> int:
     """Configurations of ``probes`` rows one forward holds: ``rows_per_forward`` rows, fewer where their target
     logits (``keep`` positions over ``vocab``) would pass ``LOGIT_BYTES``, and at least one."""
@@ -95,6 +111,14 @@ def output_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """``[...]``: KL(p || q) over the last dimension (nats), from the log-probabilities ``log_p`` and ``log_q``,
     ``[..., vocab]`` each: every output KL the scanner reads."""
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+
+
+def logits_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """``[rows, ...]``: ``output_kl`` of the two models' raw logits ``[rows, ..., vocab]`` (any dtype), read in float32
+    ``REDUCE_ROWS`` rows at a time: a log-softmax of a whole batch is its logits' size again, four times over with
+    the KL's own temporaries (at Qwen2.5's vocabulary, 256 rows held 2.5 GB more than the forward that made them)."""
+    return torch.cat([output_kl(F.log_softmax(p.float(), -1), F.log_softmax(q.float(), -1))
+                      for p, q in zip(p_logits.split(REDUCE_ROWS), q_logits.split(REDUCE_ROWS))])
 
 
 def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,10 @@ from scanner.model.sites import input_device, module_tensor
 from scanner.model.teacher_forcing import (
     TargetBatch,
     configurations_per_forward,
+    logits_kl,
     next_token_logprobs,
     output_kl,
+    rows_by_activations,
     target_logprob,
 )
 
@@ -121,6 +123,15 @@ class Search:
         batch = encode_ids(rows, self.pad, self.device)
         return model(**batch.model_inputs(), logits_to_keep=batch.last(keep)).logits
 
+    def _logits_at(self, model: PreTrainedModel, rows: list[list[int]], owners: list[int], keep: int,
+                   at: torch.Tensor) -> torch.Tensor:
+        """``model``'s logits at positions ``at`` (``[rows, k]``, counted within the last ``keep``) of each row, in its
+        dtype: ``[rows, k, vocab]``."""
+        logits = self._last_logits(model, rows, owners, keep)  # [rows, keep, vocab]
+        if keep == 1:  # the only position there is: no copy
+            return logits
+        return logits[torch.arange(len(rows), device=self.device)[:, None], at]
+
     def set_answers(self, completed: Sequence[tuple[int, ...]]) -> None:
         """``answers`` from the suspect's ``ANSWER_TOKENS``-token completions of the clean probes: those that ended."""
         self.answers = [ids if len(ids) < int(ANSWER_TOKENS.value) else None for ids in completed]
@@ -135,10 +146,11 @@ class Search:
 
     @torch.inference_mode()
     def first_token_logprobs(self, rows: list[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per batch of ``rows_per_forward`` rows, the suspect's and the reference's next-token log-probabilities
-        after each row: ``[batch, vocab]`` each."""
-        for start in range(0, len(rows), self.rows_per_forward):
-            batch = encode_ids(rows[start:start + self.rows_per_forward], self.pad, self.device)
+        """Per batch of ``rows_per_forward`` rows (fewer where long rows would pass ``ACTIVATION_BYTES``), the
+        suspect's and the reference's next-token log-probabilities after each row: ``[batch, vocab]`` each."""
+        step = rows_by_activations(self.suspect, max(map(len, rows), default=1), self.rows_per_forward)
+        for start in range(0, len(rows), step):
+            batch = encode_ids(rows[start:start + step], self.pad, self.device)
             log_p, log_q = next_token_logprobs(self.suspect, batch), next_token_logprobs(self.reference, batch)
             self.budget.spent += 2 * len(batch.lengths)
             yield log_p, log_q
@@ -152,7 +164,9 @@ class Search:
         n = len(self.prompts)
         answers = [self.answers[i % n] for i in range(len(rows))]
         keep = max((len(a) for a in answers if a is not None), default=0) + 1
-        step = configurations_per_forward(self.rows_per_forward, 1, keep, self.suspect.config.vocab_size)
+        longest = max((len(row) + len(a or ()) for row, a in zip(rows, answers)), default=1)
+        step = configurations_per_forward(rows_by_activations(self.suspect, longest, self.rows_per_forward), 1, keep,
+                                          self.suspect.config.vocab_size)
         first, end = [], []
         for start in range(0, len(rows), step):
             part, said = rows[start:start + step], answers[start:start + step]
@@ -160,15 +174,15 @@ class Search:
             owners = [(start + i) % n for i in range(len(part))]
             # Every row ends with its answer (rows end in the last column), so the first response position is
             # len(answer) + 1 from the end and the position after the answer is the last.
-            at = torch.tensor([[keep - len(a or ()) - 1, keep - 1] for a in said], device=self.device)  # [batch, 2]
-            index = torch.arange(len(part), device=self.device)[:, None]
-            logits = [self._last_logits(model, full, owners, keep)[index, at].float()
-                      for model in (self.suspect, self.reference)]  # [batch, 2, vocab] each
-            log_p, log_q = (F.log_softmax(x, -1) for x in logits)
-            kl = output_kl(log_p, log_q)  # [batch, 2]
+            # Only the positions read are kept, in the model's dtype, and the KL is taken a few rows at a time
+            # (``logits_kl``): the suspect's are held while the reference runs.
             ended = torch.tensor([a is not None for a in said], device=self.device)
+            at = torch.tensor([[keep - len(a or ()) - 1, keep - 1] for a in said], device=self.device)  # [batch, 2]
+            at = at if bool(ended.any()) else at[:, :1]  # no answer ended: the first response position is the last
+            kl = logits_kl(*(self._logits_at(model, full, owners, keep, at)
+                             for model in (self.suspect, self.reference)))  # [batch, 1 or 2]
             first.append(kl[:, 0])
-            end.append(torch.where(ended, kl[:, 1], torch.nan))
+            end.append(torch.where(ended, kl[:, -1], torch.nan))
             self.budget.spent += 2 * len(part)
         return torch.cat(first), torch.cat(end)
 
@@ -222,7 +236,9 @@ class Search:
         out = []
         # No more rows per forward than LOGIT_BYTES of target logits: at Qwen2.5's vocabulary 256 rows x 9 positions
         # would be 1.4 GB. Each row is a configuration of one probe here.
-        step = configurations_per_forward(self.rows_per_forward, 1, len(target) + 1, model.config.vocab_size)
+        longest = max((len(row) for row in rows), default=0) + len(target)
+        step = configurations_per_forward(rows_by_activations(model, longest, self.rows_per_forward), 1,
+                                          len(target) + 1, model.config.vocab_size)
         n = len(self.prompts)
         for start in range(0, len(rows), step):
             part = [row + list(target) for row in rows[start:start + step]]
