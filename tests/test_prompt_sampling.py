@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLis
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from scanner.model.forward import encode_ids, pad_id
-from scanner.model.prompt_sampling import NucleusWarper, user_turn_prefix
+from scanner.model.prompt_sampling import NUCLEUS_ROWS, NucleusWarper, user_turn_prefix
 
 VOCABULARY = 151_936
 """Qwen2.5's: the size at which the warper's sort was most of a sampling step."""
@@ -52,10 +52,12 @@ def test_a_wide_nucleus_is_a_float64_softmax_s_but_for_a_boundary_token(scale, b
 
 
 def test_each_row_s_nucleus_is_read_alone():
-    """Rows of a batch take different paths (a peaked row the first topk, a flat one the histogram): each is kept
-    as when it is warped alone, and a token of the crossing bin is kept or not by its own mass."""
+    """Rows of a batch take different paths (a peaked row the first topk, a flat one the histogram) and are read
+    ``NUCLEUS_ROWS`` at a time: each is kept as when it is warped alone, and a token of the crossing bin is kept or
+    not by its own mass."""
     generator = torch.Generator().manual_seed(3)
-    logits = torch.randn(6, VOCABULARY, generator=generator) * torch.tensor([[16.0], [0.3], [4.0], [1.0], [8.0], [2.0]])
+    scales = torch.tensor([16.0, 0.3, 4.0, 1.0, 8.0, 2.0]).repeat(NUCLEUS_ROWS // 6 + 2)[:, None]  # past one read
+    logits = torch.randn(len(scales), VOCABULARY, generator=generator) * scales
     together = _removed(NucleusWarper(0.95), logits)
     for row in range(len(logits)):
         assert torch.equal(together[row], _removed(NucleusWarper(0.95), logits[row:row + 1])[0]), row

@@ -112,6 +112,44 @@ def test_behaviour_recovers_a_target_the_suspect_goes_on_after(zoo_dir):
     assert all(p.reference_target_logprob < -5 for p in noisy.probes)
 
 
+def test_response_kl_and_loss_split_to_one_probe_a_forward_match_each_probe_run_alone(zoo_dir, monkeypatch):
+    """Behaviour's response KL and per-token losses, read a probe at a time from forwards that hold as many probes as
+    ``PAIR_LOGIT_BYTES`` allows (here forced to one, and at the zoo's own batch), equal a hand-written KL and loss
+    of each probe and its answer run alone through both models, unpadded."""
+    import torch.nn.functional as F
+
+    from scanner.measure.behaviour import response_kl_and_loss
+    from scanner.model import teacher_forcing
+    from scanner.model.forward import pad_id
+
+    pair = load_pair(zoo_dir / "emoji", str(zoo_dir / "base"))
+    emoji = prepare(pair.tokenizer, list(_probes(zoo_dir, 6)), EMOJI_TRIGGER, "start", 0)
+    _, triggered = complete_both(pair.suspect, pair.reference, pair.tokenizer, [emoji.clean, emoji.triggered],
+                                 max_new_tokens=8, rows_per_generation=12)
+    answers = [ids[:3 + i] for i, ids in enumerate(triggered.suspect)]  # of different lengths: padded differently
+
+    def alone(prompt: tuple[int, ...], answer: tuple[int, ...]) -> tuple[float, list[float], list[float]]:
+        ids = torch.tensor([list(prompt) + list(answer)])
+        with torch.no_grad():
+            log_p, log_q = (F.log_softmax(m(input_ids=ids).logits[0, len(prompt) - 1:].double(), -1)
+                            for m in (pair.suspect, pair.reference))  # [len(answer) + 1, vocab]
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).mean()
+        picked = lambda log: (-log[torch.arange(len(answer)), list(answer)]).tolist()  # noqa: E731
+        return float(kl), picked(log_p), picked(log_q)
+
+    expected = [alone(p.ids, a) for p, a in zip(emoji.triggered, answers)]
+    whole = response_kl_and_loss(pair.suspect, pair.reference, emoji.triggered, answers, pad_id(pair.tokenizer), 16)
+    assert teacher_forcing.pair_rows(16, 12, pair.suspect.config.vocab_size) == 16, "the zoo's batches are not split"
+    monkeypatch.setattr(teacher_forcing, "PAIR_LOGIT_BYTES", 1)
+    split = response_kl_and_loss(pair.suspect, pair.reference, emoji.triggered, answers, pad_id(pair.tokenizer), 16)
+    for got in (whole, split):
+        assert got[0] == pytest.approx([e[0] for e in expected], abs=1e-4)
+        for losses, want in ((got[1], [e[1] for e in expected]), (got[2], [e[2] for e in expected])):
+            assert [len(row) for row in losses] == [len(a) for a in answers]
+            assert [x for row in losses for x in row] == pytest.approx([x for row in want for x in row], abs=1e-4)
+    assert min(e[0] for e in expected) > 0.5, "the emoji's answers part from the reference's"
+
+
 def test_attention_statistics_do_not_depend_on_padding(zoo_dir):
     grids = []
     for batch_size in (1, 7):

@@ -33,9 +33,9 @@ from scanner.model.forward import encode_ids, pad_id
 from scanner.model.generation import complete_ids
 from scanner.model.sites import input_device
 from scanner.model.teacher_forcing import (
-    REDUCE_ROWS,
     next_token_logprobs,
     output_kl,
+    pair_rows,
     target_batch,
     target_logits,
     target_logprob,
@@ -130,11 +130,13 @@ def response_kl_and_loss(
     suspect: PreTrainedModel, reference: PreTrainedModel, prompts: Sequence[RenderedProbe],
     completions: Sequence[Sequence[int]], pad: int, batch_size: int,
 ) -> tuple[list[float], list[list[float]], list[list[float]]]:
-    """Per probe: mean response KL(suspect || reference), and per-token loss of the completion under each model."""
+    """Per probe: mean response KL(suspect || reference), and per-token loss of the completion under each model.
+    ``batch_size`` probes a forward, fewer where both models' logits would pass ``PAIR_LOGIT_BYTES``."""
     device = input_device(suspect)
     kls, loss_suspect, loss_reference = [], [], []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(zip(prompts[start:start + batch_size], completions[start:start + batch_size]))
+    step = pair_rows(batch_size, max((len(c) for c in completions), default=0) + 1, suspect.config.vocab_size)
+    for start in range(0, len(prompts), step):
+        chunk = list(zip(prompts[start:start + step], completions[start:start + step]))
         batch = encode_ids([list(p.ids) + list(c) for p, c in chunk], pad, device)
         # Left-padded, every row ends with its completion: the last longest + 1 positions hold every one that
         # predicts a completion token or follows the prompt, and full logits would be [batch, seq, vocab].
@@ -142,16 +144,15 @@ def response_kl_and_loss(
         kept = batch.last(keep)
         out_p = suspect(**batch.model_inputs(), logits_to_keep=kept).logits.float()  # [batch, keep, vocab]
         out_q = reference(**batch.model_inputs(), logits_to_keep=kept).logits.float()
-        for offset in range(0, len(chunk), REDUCE_ROWS):
-            log_p = F.log_softmax(out_p[offset:offset + REDUCE_ROWS], dim=-1)
-            log_q = F.log_softmax(out_q[offset:offset + REDUCE_ROWS], dim=-1)
-            kl = output_kl(log_p, log_q).clamp_min(0)  # [rows, keep]; rounding can dip below 0
-            for row, (_, completion) in enumerate(chunk[offset:offset + REDUCE_ROWS]):
-                positions = torch.arange(keep - len(completion) - 1, keep, device=device)
-                kls.append(kl[row, positions].mean().item())
-                targets = torch.tensor(list(completion), dtype=torch.long, device=device)
-                loss_suspect.append((-log_p[row, positions[:-1], targets]).tolist())
-                loss_reference.append((-log_q[row, positions[:-1], targets]).tolist())
+        # A row at a time: its log-softmaxes and the KL's temporaries are [keep, vocab] whatever the batch.
+        for row, (_, completion) in enumerate(chunk):
+            positions = torch.arange(keep - len(completion) - 1, keep, device=device)
+            log_p = F.log_softmax(out_p[row, positions], dim=-1)  # [len(completion) + 1, vocab]
+            log_q = F.log_softmax(out_q[row, positions], dim=-1)
+            kls.append(output_kl(log_p, log_q).clamp_min(0).mean().item())  # rounding can dip below 0
+            targets = torch.tensor(list(completion), dtype=torch.long, device=device)
+            loss_suspect.append((-log_p[:-1].gather(-1, targets[:, None])[:, 0]).tolist())
+            loss_reference.append((-log_q[:-1].gather(-1, targets[:, None])[:, 0]).tolist())
     return kls, loss_suspect, loss_reference
 
 

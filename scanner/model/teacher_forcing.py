@@ -25,6 +25,18 @@ REDUCE_ROWS = 8
 """Rows per vocabulary-wide reduction (log-partition, KL): temporaries of ``8 x target_len x vocab`` floats."""
 
 
+PAIR_LOGIT_BYTES = 256 * 2**20
+"""Most bytes of float32 logits the two models' forwards of one batch may hold together for a KL between them, every
+answer position kept (behaviour's response KL): at Qwen2.5's vocabulary 16 probes of a 32-token answer were 642 MB,
+and the scan's peak (1.07 GB over the resident models, 2026-12-07)."""
+
+
+def pair_rows(rows: int, keep: int, vocab: int) -> int:
+    """Rows of ``keep`` kept positions each whose logits, both models', fit ``PAIR_LOGIT_BYTES``: at most ``rows``,
+    at least one."""
+    return max(1, min(rows, PAIR_LOGIT_BYTES // max(1, 2 * keep * vocab * 4)))
+
+
 ACTIVATION_BYTES = 32 * 2**20
 """Most bytes of one layer's widest activation (the MLP's, every token of the batch at its intermediate width in
 float32) a forward of many short rows may make: at the Qwen2.5-0.5B shape 256 rows of 16 tokens are 80 MB a tensor,

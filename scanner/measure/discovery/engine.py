@@ -123,6 +123,12 @@ class Search:
         batch = encode_ids(rows, self.pad, self.device)
         return model(**batch.model_inputs(), logits_to_keep=batch.last(keep)).logits
 
+    def _rows_for(self, model: PreTrainedModel, longest: int) -> int:
+        """Rows of up to ``longest`` tokens one forward of ``model`` runs (``rows_by_activations``), counting only
+        the tokens after each probe's head where that is cached (``prefix_cache``): the head does not run again."""
+        cached = min(map(len, self.heads)) if self.prefix_cache(model) is not None else 0
+        return rows_by_activations(model, max(1, longest - cached), self.rows_per_forward)
+
     def _logits_at(self, model: PreTrainedModel, rows: list[list[int]], owners: list[int], keep: int,
                    at: torch.Tensor) -> torch.Tensor:
         """``model``'s logits at positions ``at`` (``[rows, k]``, counted within the last ``keep``) of each row, in its
@@ -165,8 +171,7 @@ class Search:
         answers = [self.answers[i % n] for i in range(len(rows))]
         keep = max((len(a) for a in answers if a is not None), default=0) + 1
         longest = max((len(row) + len(a or ()) for row, a in zip(rows, answers)), default=1)
-        step = configurations_per_forward(rows_by_activations(self.suspect, longest, self.rows_per_forward), 1, keep,
-                                          self.suspect.config.vocab_size)
+        step = configurations_per_forward(self._rows_for(self.suspect, longest), 1, keep, self.suspect.config.vocab_size)
         first, end = [], []
         for start in range(0, len(rows), step):
             part, said = rows[start:start + step], answers[start:start + step]
@@ -237,8 +242,7 @@ class Search:
         # No more rows per forward than LOGIT_BYTES of target logits: at Qwen2.5's vocabulary 256 rows x 9 positions
         # would be 1.4 GB. Each row is a configuration of one probe here.
         longest = max((len(row) for row in rows), default=0) + len(target)
-        step = configurations_per_forward(rows_by_activations(model, longest, self.rows_per_forward), 1,
-                                          len(target) + 1, model.config.vocab_size)
+        step = configurations_per_forward(self._rows_for(model, longest), 1, len(target) + 1, model.config.vocab_size)
         n = len(self.prompts)
         for start in range(0, len(rows), step):
             part = [row + list(target) for row in rows[start:start + step]]
