@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -238,6 +239,14 @@ def _print_stages(findings) -> dict[str, float]:
     return stages
 
 
+def _print_steps(clock) -> None:
+    """Seconds and peak resident memory per progress step the scan named (``StepClock``), longest first."""
+    print("\n| progress step | seconds | peak resident MB |\n|---|---|---|")
+    for name, seconds in sorted(clock.seconds.items(), key=lambda item: -item[1]):
+        if seconds >= 1:
+            print(f"| {name} | {seconds:.1f} | {clock.peaks.get(name, math.nan):,.0f} |")
+
+
 def measure_default(base: Path, suspect: Path, prompts: list[str], seed: int, dtype: str = "float32") -> None:
     """The default scan (no trigger given: the catalogue and discovery) of the pair with ``prompts`` as its probes:
     seconds per stage from the findings, per progress step as the scan named them, discovery's sequences and notes,
@@ -255,10 +264,8 @@ def measure_default(base: Path, suspect: Path, prompts: list[str], seed: int, dt
     total = time.perf_counter() - started
     clock.close()
     _print_stages(findings)
-    print(f"| **total** | **{total:.1f}** |\n\n| progress step | seconds |\n|---|---|")
-    for name, seconds in sorted(clock.seconds.items(), key=lambda item: -item[1]):
-        if seconds >= 1:
-            print(f"| {name} | {seconds:.1f} |")
+    print(f"| **total** | **{total:.1f}** |")
+    _print_steps(clock)
     # Kept, so the verdict can be re-judged (``bdscan judge``) or re-rendered without another hour's scan.
     saved = CACHE.parent / f"default-scan-{suspect.stem}-{dtype}.json"
     saved.write_text(findings.to_json(), encoding="utf-8")
@@ -365,14 +372,19 @@ def main() -> None:
     if args.default:
         measure_default(base, suspect, prompts, args.seed, args.dtype)
         return
+    from step_clock import StepClock
+
+    clock = StepClock()
     started = time.perf_counter()
-    findings = scan(suspect, str(base), options)
+    findings = scan(suspect, str(base), options, clock)
     total = time.perf_counter() - started
+    clock.close()
     weights_mb = 2 * sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     stages = _print_stages(findings)
     print(f"| other (clean completions, probe preparation, assembly) | {total - sum(stages.values()):.1f} |")
     print(f"| **total** | **{total:.1f}** |")
+    _print_steps(clock)
     print(f"\npeak resident {peak:,.0f} MB; the two models' float32 weights {weights_mb:,.0f} MB "
           f"({peak / weights_mb:.2f}x)")
     trigger = findings.triggers[0]

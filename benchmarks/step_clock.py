@@ -1,9 +1,11 @@
-"""Seconds per named step of a long benchmark run, written to stderr as each step ends: where a run of hours spends
-its time, and how far it has got."""
+"""Seconds and peak resident memory per named step of a long benchmark run, written to stderr as each step ends:
+where a run of hours spends its time and its memory, and how far it has got."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -13,20 +15,37 @@ class StepClock:
 
     Two ways in: as a ``scanner.progress.Progress`` for a whole scan (a step is a progress bar's description or a
     stage), and called as discovery's ``on_step(stage, done, total)``. ``close`` ends the last step; ``seconds``
-    sums each step's time over the times it ran."""
+    sums each step's time over the times it ran; ``peaks`` keeps each step's highest resident set (MB), sampled
+    every ``SAMPLE_SECONDS`` by a daemon thread (Linux's ``/proc/self/statm``; nothing where there is none)."""
+
+    SAMPLE_SECONDS = 0.05
 
     def __init__(self, out: TextIO = sys.stderr) -> None:
         self.out = out
         self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
         self.current, self.since, self.began = "", time.perf_counter(), time.perf_counter()
         self.handles = 0
+        self._peak = _resident_mb()
+        if self._peak is not None:
+            threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            self._peak = max(self._peak or 0.0, _resident_mb() or 0.0)
+            time.sleep(self.SAMPLE_SECONDS)
 
     def _switch(self, description: str) -> None:
         now = time.perf_counter()
         if self.current:
             self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
-            print(f"[{now - self.began:7.0f} s] {now - self.since:8.1f} s  {self.current}", file=self.out, flush=True)
+            peak = ""
+            if self._peak is not None:
+                self.peaks[self.current] = max(self.peaks.get(self.current, 0.0), self._peak)
+                peak = f"  peak {self._peak:7,.0f} MB"
+            print(f"[{now - self.began:7.0f} s] {now - self.since:8.1f} s{peak}  {self.current}", file=self.out, flush=True)
         self.current, self.since = description, now
+        self._peak = _resident_mb()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage != self.current:
@@ -51,3 +70,12 @@ class StepClock:
 
     def close(self) -> None:
         self._switch("")
+
+
+def _resident_mb() -> float | None:
+    """The process's resident set now (MB), or None where ``/proc`` has no ``statm``."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
