@@ -16,10 +16,12 @@ from transformers import PreTrainedModel
 
 from scanner.model.forward import Batch, encode_ids
 
-LOGIT_BYTES = 512 * 2**20
+LOGIT_BYTES = 160 * 2**20
 """Most bytes of float32 target logits a batched forward may return. With Qwen2.5's 151,936-row head, 256 rows x 17
 kept positions are 2.6 GB, and a log-partition over them as much again: on the Qwen2.5-0.5B shape that took peak
-memory to 2.3 times the two models' weights."""
+memory to 2.3 times the two models' weights. At 512 MB head patching there still held three configurations of 16
+probes a forward (496 MB of logits beside the reference's) and was the known-trigger scan's peak, 6,975 MB
+(2026-12-07); one configuration a forward is what the zoo's batches, never near this cap, do not notice."""
 
 REDUCE_ROWS = 8
 """Rows per vocabulary-wide reduction (log-partition, KL): temporaries of ``8 x target_len x vocab`` floats."""
