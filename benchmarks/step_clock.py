@@ -26,26 +26,38 @@ class StepClock:
         self.peaks: dict[str, float] = {}
         self.current, self.since, self.began = "", time.perf_counter(), time.perf_counter()
         self.handles = 0
+        # The sampler and a step's switch both read and reset the running peak: under one lock, so a reading taken
+        # before a switch is never written into the next step's.
+        self._lock, self._stop = threading.Lock(), threading.Event()
         self._peak = _resident_mb()
         if self._peak is not None:
             threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
-        while True:
-            self._peak = max(self._peak or 0.0, _resident_mb() or 0.0)
-            time.sleep(self.SAMPLE_SECONDS)
+        while not self._stop.wait(self.SAMPLE_SECONDS):
+            self._take()
+
+    def _take(self, reset: bool = False) -> float | None:
+        """One reading added to the running peak; returned, and the peak restarted from now where ``reset``."""
+        now = _resident_mb()
+        with self._lock:
+            if now is None or self._peak is None:
+                return None
+            peak = max(self._peak, now)
+            self._peak = now if reset else peak
+            return peak
 
     def _switch(self, description: str) -> None:
         now = time.perf_counter()
+        peak = self._take(reset=True)  # a step shorter than a sample still has its own end read
         if self.current:
             self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
-            peak = ""
-            if self._peak is not None:
-                self.peaks[self.current] = max(self.peaks.get(self.current, 0.0), self._peak)
-                peak = f"  peak {self._peak:7,.0f} MB"
-            print(f"[{now - self.began:7.0f} s] {now - self.since:8.1f} s{peak}  {self.current}", file=self.out, flush=True)
+            shown = ""
+            if peak is not None:
+                self.peaks[self.current] = max(self.peaks.get(self.current, 0.0), peak)
+                shown = f"  peak {peak:7,.0f} MB"
+            print(f"[{now - self.began:7.0f} s] {now - self.since:8.1f} s{shown}  {self.current}", file=self.out, flush=True)
         self.current, self.since = description, now
-        self._peak = _resident_mb()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage != self.current:
@@ -70,6 +82,7 @@ class StepClock:
 
     def close(self) -> None:
         self._switch("")
+        self._stop.set()
 
 
 def _resident_mb() -> float | None:

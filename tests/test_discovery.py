@@ -367,14 +367,20 @@ def test_kls_of_a_batch_split_by_activations_match_each_row_run_alone(zoo_dir, p
         return kl(len(row) - 1), kl(ids.shape[1] - 1) if answer is not None else math.nan
 
     expected = torch.tensor([alone(row, search.answers[i % 8]) for i, row in enumerate(rows)], dtype=torch.float32)
+    longest = max(len(row) + len(search.answers[i % 8] or ()) for i, row in enumerate(rows))
+    assert teacher_forcing.rows_by_activations(pair.suspect, longest, 256) == 256, "the zoo's batches are not split"
     whole = search.kls(rows)
-    assert teacher_forcing.rows_by_activations(pair.suspect, 60, 256) == 256, "the zoo's batches are not split"
+    unanswered = dataclasses.replace(search)  # no answer ended: the first response position is the only one read
+    unanswered.answers = [None] * 8
+    only_first = unanswered.kls(rows)
     monkeypatch.setattr(teacher_forcing, "ACTIVATION_BYTES", 1)
-    assert teacher_forcing.rows_by_activations(pair.suspect, 60, 256) == 1
+    assert teacher_forcing.rows_by_activations(pair.suspect, longest, 256) == 1
     split = search.kls(rows)
     for got in (whole, split):
         torch.testing.assert_close(got[0], expected[:, 0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got[1], expected[:, 1], atol=1e-4, rtol=1e-4, equal_nan=True)
+    torch.testing.assert_close(only_first[0], expected[:, 0], atol=1e-4, rtol=1e-4)
+    assert only_first[1].isnan().all()
     assert expected[:8, 0].mean() > 1.0 > expected[8:, 0].mean(), "the emoji moves the first response token"
 
 

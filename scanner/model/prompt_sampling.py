@@ -78,6 +78,8 @@ class NucleusWarper(LogitsProcessor):
         """``scores``: ``[batch, vocab]`` logits; the same with every token outside its row's nucleus at -inf. Rows
         are read ``NUCLEUS_ROWS`` at a time: every row's nucleus is its own, and a whole batch's probabilities and
         their temporaries held three times its logits (445 MB over 256 rows of Qwen2.5's vocabulary)."""
+        if not len(scores):
+            return scores
         outside = torch.cat([self._outside_of(scores[i:i + NUCLEUS_ROWS]) for i in range(0, scores.shape[0], NUCLEUS_ROWS)])
         return scores.masked_fill(outside, -math.inf)
 

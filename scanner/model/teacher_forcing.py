@@ -19,9 +19,11 @@ from scanner.model.forward import Batch, encode_ids
 LOGIT_BYTES = 160 * 2**20
 """Most bytes of float32 target logits a batched forward may return. With Qwen2.5's 151,936-row head, 256 rows x 17
 kept positions are 2.6 GB, and a log-partition over them as much again: on the Qwen2.5-0.5B shape that took peak
-memory to 2.3 times the two models' weights. At 512 MB head patching there still held three configurations of 16
-probes a forward (496 MB of logits beside the reference's) and was the known-trigger scan's peak, 6,975 MB
-(2026-12-07); one configuration a forward is what the zoo's batches, never near this cap, do not notice."""
+memory to 2.3 times the two models' weights. It bounds every forward that keeps many positions
+(``configurations_per_forward``): ablation's and head patching's configurations, and discovery's KL and target
+reads. At 512 MB head patching still held three configurations of 16 probes a forward (496 MB of logits beside the
+reference's) and was the known-trigger scan's peak, 6,975 MB (2026-12-07); at 160 MB it holds one, and that scan
+peaked at 6,647 MB in no more time. The zoo's batches never come near the cap and are unchanged."""
 
 REDUCE_ROWS = 8
 """Rows per vocabulary-wide reduction (log-partition, KL): temporaries of ``8 x target_len x vocab`` floats."""

@@ -123,16 +123,21 @@ class Search:
         batch = encode_ids(rows, self.pad, self.device)
         return model(**batch.model_inputs(), logits_to_keep=batch.last(keep)).logits
 
-    def _rows_for(self, model: PreTrainedModel, longest: int) -> int:
-        """Rows of up to ``longest`` tokens one forward of ``model`` runs (``rows_by_activations``), counting only
-        the tokens after each probe's head where that is cached (``prefix_cache``): the head does not run again."""
-        cached = min(map(len, self.heads)) if self.prefix_cache(model) is not None else 0
-        return rows_by_activations(model, max(1, longest - cached), self.rows_per_forward)
+    def _rows_for(self, model: PreTrainedModel, rows: list[list[int]], owners: list[int]) -> int:
+        """Rows of ``rows`` (``owners``: each row's probe) one forward of ``model`` runs (``rows_by_activations`` of
+        the longest), counting only the tokens after the probes' heads where the rows continue their cached heads:
+        ``_last_logits`` then runs only those."""
+        if not rows:
+            return self.rows_per_forward
+        cache = self.prefix_cache(model)
+        cached = min(len(self.heads[o]) for o in owners) if cache is not None and cache.continues(rows, owners) else 0
+        return rows_by_activations(model, max(1, max(map(len, rows)) - cached), self.rows_per_forward)
 
     def _logits_at(self, model: PreTrainedModel, rows: list[list[int]], owners: list[int], keep: int,
                    at: torch.Tensor) -> torch.Tensor:
         """``model``'s logits at positions ``at`` (``[rows, k]``, counted within the last ``keep``) of each row, in its
-        dtype: ``[rows, k, vocab]``."""
+        dtype: ``[rows, k, vocab]``; where ``keep`` is 1 every position in ``at`` is that one, and it is returned
+        once, ``[rows, 1, vocab]``, without a copy."""
         logits = self._last_logits(model, rows, owners, keep)  # [rows, keep, vocab]
         if keep == 1:  # the only position there is: no copy
             return logits
@@ -170,12 +175,12 @@ class Search:
         n = len(self.prompts)
         answers = [self.answers[i % n] for i in range(len(rows))]
         keep = max((len(a) for a in answers if a is not None), default=0) + 1
-        longest = max((len(row) + len(a or ()) for row, a in zip(rows, answers)), default=1)
-        step = configurations_per_forward(self._rows_for(self.suspect, longest), 1, keep, self.suspect.config.vocab_size)
+        whole = [row + list(a or ()) for row, a in zip(rows, answers)]
+        step = configurations_per_forward(self._rows_for(self.suspect, whole, [i % n for i in range(len(rows))]), 1,
+                                          keep, self.suspect.config.vocab_size)
         first, end = [], []
         for start in range(0, len(rows), step):
-            part, said = rows[start:start + step], answers[start:start + step]
-            full = [row + list(a or ()) for row, a in zip(part, said)]
+            part, said, full = rows[start:start + step], answers[start:start + step], whole[start:start + step]
             owners = [(start + i) % n for i in range(len(part))]
             # Every row ends with its answer (rows end in the last column), so the first response position is
             # len(answer) + 1 from the end and the position after the answer is the last.
@@ -239,13 +244,14 @@ class Search:
         """``model``'s log-probability of ``target`` right after each row, teacher-forced: ``[rows]`` (nats)."""
         want = torch.tensor(list(target), device=self.device)
         out = []
-        # No more rows per forward than LOGIT_BYTES of target logits: at Qwen2.5's vocabulary 256 rows x 9 positions
-        # would be 1.4 GB. Each row is a configuration of one probe here.
-        longest = max((len(row) for row in rows), default=0) + len(target)
-        step = configurations_per_forward(self._rows_for(model, longest), 1, len(target) + 1, model.config.vocab_size)
+        # No more rows per forward than LOGIT_BYTES of target logits (at Qwen2.5's vocabulary 256 rows x 9 positions
+        # would be 1.4 GB) or ACTIVATION_BYTES of the MLP's activations. Each row is a configuration of one probe here.
         n = len(self.prompts)
+        whole = [row + list(target) for row in rows]
+        step = configurations_per_forward(self._rows_for(model, whole, [i % n for i in range(len(rows))]), 1,
+                                          len(target) + 1, model.config.vocab_size)
         for start in range(0, len(rows), step):
-            part = [row + list(target) for row in rows[start:start + step]]
+            part = whole[start:start + step]
             owners = [(start + i) % n for i in range(len(part))]
             # Positions predicting the target are the last len(target) + 1 but one.
             logits = self._last_logits(model, part, owners, len(target) + 1)[:, :-1].float()
