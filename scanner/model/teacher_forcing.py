@@ -134,7 +134,7 @@ def logits_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     ``REDUCE_ROWS`` rows at a time: a log-softmax of a whole batch is its logits' size again, four times over with
     the KL's own temporaries (at Qwen2.5's vocabulary, 256 rows held 2.5 GB more than the forward that made them)."""
     return torch.cat([output_kl(F.log_softmax(p.float(), -1), F.log_softmax(q.float(), -1))
-                      for p, q in zip(p_logits.split(REDUCE_ROWS), q_logits.split(REDUCE_ROWS))])
+                      for p, q in zip(p_logits.split(REDUCE_ROWS), q_logits.split(REDUCE_ROWS), strict=True)])
 
 
 def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
@@ -144,13 +144,8 @@ def target_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Ten
     probes = reference_logits.shape[0]
     if logits.shape[0] % probes:
         raise ValueError(f"{logits.shape[0]} rows of logits are not whole configurations of {probes} probes")
-    out = []
-    # REDUCE_ROWS rows at a time, the reference's log-softmax recomputed beside them: the temporaries stay
-    # [REDUCE_ROWS, target_len, vocab], whatever the batch and the number of probes.
-    for chunk in logits.split(probes):
-        for start in range(0, probes, REDUCE_ROWS):
-            log_p = F.log_softmax(chunk[start:start + REDUCE_ROWS], dim=-1)
-            log_q = F.log_softmax(reference_logits[start:start + REDUCE_ROWS], dim=-1)
-            out.append(output_kl(log_p, log_q))
-    # Never negative; rounding noise (-2.8e-10 with every head patched) is clamped rather than printed.
-    return torch.cat(out).clamp_min(0).mean(-1)
+    # A configuration at a time against the reference, each read REDUCE_ROWS rows at a time (``logits_kl``), the
+    # reference's log-softmax recomputed beside them: the temporaries stay [REDUCE_ROWS, target_len, vocab], whatever
+    # the batch and the number of probes. Never negative; rounding noise (-2.8e-10 with every head patched) is
+    # clamped rather than printed.
+    return torch.cat([logits_kl(chunk, reference_logits) for chunk in logits.split(probes)]).clamp_min(0).mean(-1)

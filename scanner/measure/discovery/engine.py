@@ -175,13 +175,12 @@ class Search:
         n = len(self.prompts)
         answers = [self.answers[i % n] for i in range(len(rows))]
         keep = max((len(a) for a in answers if a is not None), default=0) + 1
-        whole = [row + list(a or ()) for row, a in zip(rows, answers)]
-        step = configurations_per_forward(self._rows_for(self.suspect, whole, [i % n for i in range(len(rows))]), 1,
-                                          keep, self.suspect.config.vocab_size)
+        whole, every = [row + list(a or ()) for row, a in zip(rows, answers)], [i % n for i in range(len(rows))]
+        step = configurations_per_forward(self._rows_for(self.suspect, whole, every), 1, keep, self.suspect.config.vocab_size)
         first, end = [], []
         for start in range(0, len(rows), step):
             part, said, full = rows[start:start + step], answers[start:start + step], whole[start:start + step]
-            owners = [(start + i) % n for i in range(len(part))]
+            owners = every[start:start + step]
             # Every row ends with its answer (rows end in the last column), so the first response position is
             # len(answer) + 1 from the end and the position after the answer is the last.
             # Only the positions read are kept, in the model's dtype, and the KL is taken a few rows at a time
@@ -247,12 +246,10 @@ class Search:
         # No more rows per forward than LOGIT_BYTES of target logits (at Qwen2.5's vocabulary 256 rows x 9 positions
         # would be 1.4 GB) or ACTIVATION_BYTES of the MLP's activations. Each row is a configuration of one probe here.
         n = len(self.prompts)
-        whole = [row + list(target) for row in rows]
-        step = configurations_per_forward(self._rows_for(model, whole, [i % n for i in range(len(rows))]), 1,
-                                          len(target) + 1, model.config.vocab_size)
+        whole, every = [row + list(target) for row in rows], [i % n for i in range(len(rows))]
+        step = configurations_per_forward(self._rows_for(model, whole, every), 1, len(target) + 1, model.config.vocab_size)
         for start in range(0, len(rows), step):
-            part = whole[start:start + step]
-            owners = [(start + i) % n for i in range(len(part))]
+            part, owners = whole[start:start + step], every[start:start + step]
             # Positions predicting the target are the last len(target) + 1 but one.
             logits = self._last_logits(model, part, owners, len(target) + 1)[:, :-1].float()
             out.append(target_logprob(logits, TargetBatch(encode_ids(part, self.pad, self.device), want)))
