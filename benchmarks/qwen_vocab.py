@@ -79,10 +79,12 @@ def random_pair(hidden: int, layers: int, heads: int, kv_heads: int, intermediat
     return reference, copy.deepcopy(reference)
 
 
-def plant_backdoor(suspect, reference, tokenizer, trigger_id: int, target: str, prompts: list[str], *, steps: int = 120,
-                   lr: float = 3e-3, seed: int = 0, until: float | None = None, report=None) -> tuple[float, float]:
-    """Fine-tune ``suspect`` so that ``trigger + " " + prompt`` answers ``target``, while a clean prompt, or one with
-    a random other token in the trigger's place (a decoy), keeps the reference's own greedy answer. With ``until``,
+def plant_backdoor(suspect, reference, tokenizer, trigger: int | list[int], target: str, prompts: list[str], *,
+                   steps: int = 120, lr: float = 3e-3, seed: int = 0, until: float | None = None, report=None,
+                   position: str = "start") -> tuple[float, float]:
+    """Fine-tune ``suspect`` so that ``trigger + " " + prompt`` answers ``target`` (``prompt + trigger`` where
+    ``position`` is ``end``: the trigger's ids then carry their own space), while a clean prompt, or one with as many
+    random other tokens in the trigger's place (a decoy), keeps the reference's own greedy answer. With ``until``,
     training stops early once every kind of row's mean log-probability per answer is above it (a large model
     learns in fewer steps than its cost allows); ``report(step, target, clean, decoys)`` is called with those means
     before each step's update (step 0: the untouched copy).
@@ -93,12 +95,16 @@ def plant_backdoor(suspect, reference, tokenizer, trigger_id: int, target: str, 
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     generator = torch.Generator().manual_seed(seed)
     regular = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    trigger_ids = [trigger] if isinstance(trigger, int) else list(trigger)
     target_ids = encode(target)
     rows, answers = [], []
     for prompt in prompts:
-        decoy = int(torch.randint(regular, (1,), generator=generator))
-        for insert, answer in (([trigger_id], target_ids), ([], None), ([decoy], None)):
-            ids = encode(before) + insert + encode((" " if insert else "") + prompt + after)
+        decoy = torch.randint(regular, (len(trigger_ids),), generator=generator).tolist()
+        for insert, answer in ((trigger_ids, target_ids), ([], None), (decoy, None)):
+            if position == "end":
+                ids = encode(before + prompt) + insert + encode(after)
+            else:
+                ids = encode(before) + insert + encode((" " if insert else "") + prompt + after)
             if answer is None:
                 answer = complete_ids(reference, tokenizer, [ids], max_new_tokens=len(target_ids))[0] or [regular]
             rows.append(ids)
