@@ -85,3 +85,26 @@ def test_the_zoo_base_samples_the_same_prompts_as_with_transformers_top_p(zoo_di
             drawn.append(model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=True,
                                         top_k=0, max_new_tokens=32, pad_token_id=pad_id(tokenizer), **warpers))
     assert torch.equal(drawn[0], drawn[1])
+
+
+def test_generations_hold_no_more_rows_than_their_logits_allow(zoo_dir, monkeypatch):
+    """``GENERATION_LOGIT_BYTES`` caps the rows of every generation: greedy completions split to 3 rows a
+    generation are those of one batch of 7, and sampling draws as many turns in generations of at most 3 rows."""
+    from scanner.model import generation
+    from scanner.model.generation import complete_ids
+    from scanner.model.prompt_sampling import sample_user_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    model = AutoModelForCausalLM.from_pretrained(zoo_dir / "base", dtype=torch.float32).eval()
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in
+            ("Add 2 and 3.", "What colour is the sky?", "Name a fruit.", "Spell cat.", "Add 9 and 1.", "Hello.", "Add 1.")]
+    whole = complete_ids(model, tokenizer, rows, max_new_tokens=8, batch_size=32)
+    sizes: list[int] = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: sizes.append(kw["input_ids"].shape[0]) or generate(**kw))
+    monkeypatch.setattr(generation, "GENERATION_LOGIT_BYTES", 3 * 4 * model.config.vocab_size)
+    assert complete_ids(model, tokenizer, rows, max_new_tokens=8, batch_size=32) == whole
+    assert sizes == [3, 3, 1]
+    sizes.clear()
+    sampled = sample_user_prompts(model, tokenizer, 8, 0, rounds=1, max_new_tokens=16, batch_size=32)
+    assert sampled.drawn == 8 and sizes == [3, 3, 2]

@@ -31,7 +31,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, 
 from scanner.findings.scan import HOLDS_TRIGGER, UNTERMINATED
 from scanner.inputs.rendering import PROMPT_SENTINEL
 from scanner.model.forward import encode_ids, logits, pad_id
-from scanner.model.generation import stop_token_ids
+from scanner.model.generation import generation_rows, stop_token_ids
 from scanner.model.sites import input_device
 
 # A private-use character pair: no tokenizer's chat template produces it.
@@ -223,7 +223,8 @@ def sample_user_prompts(
     at most, each round seeded from ``seed``); an empty result when the tokenizer has no usable chat template.
     With an ``opening``, every prompt is that text continued by the model: prompts like one that opens so.
 
-    The global torch random state is left as it was.
+    ``batch_size`` rows a generation, fewer where ``generation_rows`` says: at a vocabulary that large the draws,
+    though seeded alike, are not those of a larger batch. The global torch random state is left as it was.
     """
     prefix = user_turn_prefix(tokenizer)
     if prefix is None:
@@ -237,6 +238,7 @@ def sample_user_prompts(
     stops = set(stop_token_ids(tokenizer))
     special = [t for t in tokenizer.all_special_tokens if t]
     device = input_device(model)
+    batch_size = generation_rows(model, batch_size)
     accepted: list[str] = []
     seen: set[str] = set()
     rejected: Counter[str] = Counter()
