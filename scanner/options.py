@@ -81,7 +81,8 @@ class ModelOptions:
     """Probes per batch in teacher-forced measurements, whose logits hold every answer position."""
     rows_per_forward: int = 256
     """Rows one patched or searching forward holds (fewer where their logits would pass the memory cap), and rows one
-    generation holds (its logits hold one position a step)."""
+    generation holds (its logits hold one position a step; fewer where a step's logits would pass
+    ``GENERATION_LOGIT_BYTES``: 69 rows at Qwen2.5's vocabulary)."""
     allow_download: bool = False
     allow_pickle: bool = False
     """Load pickle-based suspects, through ``torch.load(weights_only=True)`` only."""

@@ -108,3 +108,19 @@ def test_generations_hold_no_more_rows_than_their_logits_allow(zoo_dir, monkeypa
     sizes.clear()
     sampled = sample_user_prompts(model, tokenizer, 8, 0, rounds=1, max_new_tokens=16, batch_size=32)
     assert sampled.drawn == 8 and sizes == [3, 3, 2]
+
+
+def test_generation_rows_at_qwen_s_vocabulary_and_without_a_vocab_size():
+    """69 rows of Qwen2.5's 151,936-token logits fit the cap; a config without ``vocab_size`` is read from the
+    embedding table; never fewer than one row."""
+    from types import SimpleNamespace
+
+    from scanner.model.generation import GENERATION_LOGIT_BYTES, generation_rows
+
+    qwen = SimpleNamespace(config=SimpleNamespace(vocab_size=151_936))
+    assert generation_rows(qwen, 256) == 69 and generation_rows(qwen, 16) == 16
+    table = torch.nn.Embedding(GENERATION_LOGIT_BYTES // 4 // 5, 2)
+    bare = SimpleNamespace(config=SimpleNamespace(), get_input_embeddings=lambda: table)
+    assert generation_rows(bare, 256) == 5
+    huge = SimpleNamespace(config=SimpleNamespace(vocab_size=GENERATION_LOGIT_BYTES))
+    assert generation_rows(huge, 256) == 1

@@ -185,7 +185,8 @@ def complete_both(
     groups: Sequence[Sequence[RenderedProbe]], *, max_new_tokens: int, rows_per_generation: int, on_batch=None,
 ) -> list[Completions]:
     """Greedy completions of every group of probes under both models, the groups sharing generations of
-    ``rows_per_generation`` rows (a generation step reads every weight whatever its rows): the very token ids every
+    ``rows_per_generation`` rows (a generation step reads every weight whatever its rows; fewer where
+    ``generation_rows`` caps a step's logits): the very token ids every
     other stage measures on, not a second rendering. A scan passes one trigger's probes at each position it is
     measured at; every trigger's at once saved 3% at the Qwen2.5-0.5B shape (``benchmarks/README.md``)."""
     rows = [p.ids for group in groups for p in group]

@@ -223,8 +223,9 @@ def sample_user_prompts(
     at most, each round seeded from ``seed``); an empty result when the tokenizer has no usable chat template.
     With an ``opening``, every prompt is that text continued by the model: prompts like one that opens so.
 
-    ``batch_size`` rows a generation, fewer where ``generation_rows`` says: at a vocabulary that large the draws,
-    though seeded alike, are not those of a larger batch. The global torch random state is left as it was.
+    ``batch_size`` rows a generation, fewer where ``generation_rows`` caps a step's logits (69 rows at Qwen2.5's
+    vocabulary): where it does, the draws differ from those of one uncapped batch with the same seed. The global
+    torch random state is left as it was.
     """
     prefix = user_turn_prefix(tokenizer)
     if prefix is None:

@@ -63,8 +63,8 @@ def leaked_texts(
     suspect: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, seed: int,
     samples: int = int(LEAK_SAMPLES.value), batch_size: int,
 ) -> Leakage:
-    """``samples`` user turns drawn from each model, ``batch_size`` to a generation, and compared; nothing when the
-    tokenizer has no chat template to open a turn with."""
+    """``samples`` user turns drawn from each model, ``batch_size`` to a generation (fewer where ``generation_rows``
+    says), and compared; nothing when the tokenizer has no chat template to open a turn with."""
     drawn = [sample_user_prompts(model, tokenizer, samples, seed, rounds=1, max_new_tokens=int(LEAK_TOKENS.value),
                                  batch_size=batch_size) for model in (suspect, reference)]
     return Leakage(over_represented(drawn[0].prompts, drawn[1].prompts),

@@ -67,8 +67,9 @@ def discover(
           for search in searches] if common is not None else []
 
     report("leakage: sampling user turns from both models", 0, 1)
-    # All at once where they fit: a generation step reads every weight whatever its rows (on 2 cores at the
-    # Qwen2.5-0.5B shape, 10.3 ms a row of a step in a batch of 32, 6.9 in one of 256).
+    # As many rows a generation as its logits allow (``generation_rows``): a step reads every weight whatever its
+    # rows (on 2 cores at the Qwen2.5-0.5B shape, 10.3 ms a row of a step in a batch of 32, 6.9 in one of 256), but at
+    # Qwen2.5's vocabulary 256 rows held 1.4 GB over the model, so there a generation runs 69.
     leakage = leaked_texts(suspect, reference, tokenizer, seed=seed, batch_size=rows_per_forward)
     budget.spent += leakage.drawn
     report("leakage: sampling user turns from both models", 1, 1)

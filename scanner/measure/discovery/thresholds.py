@@ -92,10 +92,11 @@ SHORTLIST = _option(
     "shortlist",
     "tokens the gradient shortlist, and as many of the weight change's ranking, keep for the sweep of a large "
     "vocabulary",
-    "a cost whose margin is not known: ten triggers planted into Qwen-vocabulary pairs (benchmarks/shortlist.py) "
-    "had a token ranked 1st to 12th of 149,745 by the weight change (the gradient: 3rd to 135,334th), but the test "
-    "zoo's fine-tunes, trained on data, rank their trigger parts 1st to 674th of 877 by the weight change, so a "
-    "smaller shortlist, which would cut the screens at Qwen2.5's size in proportion, is not shown safe")
+    "a cost whose margin is not known: five triggers planted at two seeds into Qwen-vocabulary pairs "
+    "(benchmarks/shortlist.py) had a token ranked 1st to 12th of 149,745 by the weight change (the gradient: 3rd to "
+    "135,334th), but the test zoo's fine-tunes, trained on data, have trigger parts neither list ranks above 45th to "
+    "368th of 877 at either position; a smaller shortlist, which would cut the screens at Qwen2.5's size in "
+    "proportion, would lose more of those")
 SCREEN_PROBES = _judgement(
     "screen_probes", 2,
     "probes a screen reads every candidate on first, only the best going on to every probe: the search probes whose "
