@@ -72,6 +72,13 @@ def encode_ids(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device)
     return Batch(input_ids.to(device), attention_mask.to(device), position_ids.to(device), tuple(len(r) for r in rows))
 
 
+def rows_within(budget: int, row_bytes: int, at_most: int) -> int:
+    """Rows of ``row_bytes`` bytes each that fit ``budget`` bytes: at most ``at_most``, at least one. Every memory
+    cap on a batch (``LOGIT_BYTES``, ``PAIR_LOGIT_BYTES``, ``ACTIVATION_BYTES``, ``GENERATION_LOGIT_BYTES``) sizes
+    its rows here."""
+    return max(1, min(at_most, budget // max(1, row_bytes)))
+
+
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scanner.inputs.rendering import render_prompt
-from scanner.model.forward import encode_ids, pad_id
+from scanner.model.forward import encode_ids, pad_id, rows_within
 from scanner.model.sites import input_device
 
 
@@ -37,7 +37,7 @@ def generation_rows(model: PreTrainedModel, batch_size: int) -> int:
     """Rows one generation of ``model`` runs: ``batch_size``, fewer where a step's logits would pass
     ``GENERATION_LOGIT_BYTES``, and at least one."""
     vocab = getattr(model.config, "vocab_size", None) or model.get_input_embeddings().num_embeddings
-    return max(1, min(batch_size, GENERATION_LOGIT_BYTES // (4 * vocab)))
+    return rows_within(GENERATION_LOGIT_BYTES, 4 * vocab, batch_size)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from scanner.model.forward import Batch, encode_ids
+from scanner.model.forward import Batch, encode_ids, rows_within
 
 LOGIT_BYTES = 160 * 2**20
 """Most bytes of float32 target logits a batched forward may return. With Qwen2.5's 151,936-row head, 256 rows x 17
@@ -38,7 +38,7 @@ and the scan's peak (1.07 GB over the resident models, 2026-12-07)."""
 def pair_rows(rows: int, keep: int, vocab: int) -> int:
     """Rows of ``keep`` kept positions each whose logits, both models', fit ``PAIR_LOGIT_BYTES``: at most ``rows``,
     at least one."""
-    return max(1, min(rows, PAIR_LOGIT_BYTES // max(1, 2 * keep * vocab * 4)))
+    return rows_within(PAIR_LOGIT_BYTES, 2 * keep * vocab * 4, rows)
 
 
 ACTIVATION_BYTES = 32 * 2**20
@@ -54,14 +54,13 @@ def rows_by_activations(model: PreTrainedModel, tokens: int, rows_per_forward: i
     activation would pass ``ACTIVATION_BYTES``, and at least one."""
     config = model.config
     width = max(getattr(config, "intermediate_size", 0) or 0, config.hidden_size)
-    return max(1, min(rows_per_forward, ACTIVATION_BYTES // max(1, tokens * width * 4)))
+    return rows_within(ACTIVATION_BYTES, tokens * width * 4, rows_per_forward)
 
 
 def configurations_per_forward(rows_per_forward: int, probes: int, keep: int, vocab: int) -> int:
     """Configurations of ``probes`` rows one forward holds: ``rows_per_forward`` rows, fewer where their target
     logits (``keep`` positions over ``vocab``) would pass ``LOGIT_BYTES``, and at least one."""
-    by_memory = LOGIT_BYTES // max(1, probes * keep * vocab * 4)
-    return max(1, min(rows_per_forward // probes, by_memory))
+    return rows_within(LOGIT_BYTES, probes * keep * vocab * 4, rows_per_forward // probes)
 
 
 @dataclass(frozen=True)
