@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
+from scanner.model.forward import rows_within
 from scanner.model.patching import PatchSource
 from scanner.model.sites import Sites, dense_weight
 from scanner.model.teacher_forcing import TargetBatch, at_target, target_kl, target_logprob
@@ -29,9 +30,24 @@ CHECKED = 8
 """Heads an estimate ranks first that are also patched or ablated alone, exactly: one batched evaluation."""
 
 BACKWARD_ROWS = 4
-"""Probes per forward and backward. A backward keeps every layer's activations: for 49 probes of about 80 tokens at
-the Qwen2.5-0.5B shape that took the scan's peak memory to 3.2 times the two models' weights. The estimates are sums
-over probes, so a few probes at a time give the same numbers."""
+"""Most probes per forward and backward. A backward keeps every layer's activations: for 49 probes of about 80 tokens
+at the Qwen2.5-0.5B shape that took the scan's peak memory to 3.2 times the two models' weights. The estimates are
+sums over probes, so a few probes at a time give the same numbers."""
+
+BACKWARD_BYTES = 32 * 2**20
+"""Most bytes of the widest activation (the MLP's, in float32) summed over every layer and token that one backward's
+probes may keep; the graph saves about three such tensors a layer. At the Qwen2.5-0.5B shape 4 probes of the planted
+pair's 16 took the known-trigger scan's ablation step 646 MB over the resident models (2026-12-07), and RSS stayed
+450 MB up after it, under patching's own peak; a probe there is 24 layers x about 60 tokens x 4,864, 28 MB, so it
+now runs one probe a backward. The zoos' probes are far under it and still run ``BACKWARD_ROWS`` at a time."""
+
+
+def backward_rows(model: PreTrainedModel, tokens: int) -> int:
+    """Probes of ``tokens`` tokens one forward and backward of ``model`` runs: ``BACKWARD_ROWS``, fewer where every
+    layer's widest activation would pass ``BACKWARD_BYTES``, and at least one."""
+    config = model.config
+    width = max(getattr(config, "intermediate_size", 0) or 0, config.hidden_size)
+    return rows_within(BACKWARD_BYTES, config.num_hidden_layers * tokens * width * 4, BACKWARD_ROWS)
 
 
 def _gradients(
@@ -74,11 +90,11 @@ def _head_dot(gradient: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, hea
     return (projected.view(shape) * z.expand_as(projected).reshape(shape)).sum((0, 1, 3))
 
 
-def _chunks(targets: TargetBatch) -> list[tuple[slice, TargetBatch]]:
-    """``BACKWARD_ROWS`` probes at a time: the rows and the targets of each chunk (the batch's width kept)."""
-    probes = targets.batch.input_ids.shape[0]
+def _chunks(model: PreTrainedModel, targets: TargetBatch) -> list[tuple[slice, TargetBatch]]:
+    """``backward_rows`` probes at a time: the rows and the targets of each chunk (the batch's width kept)."""
+    probes, step = targets.batch.input_ids.shape[0], backward_rows(model, targets.batch.width)
     return [(rows, TargetBatch(targets.batch.rows(rows), targets.target))
-            for rows in (slice(start, start + BACKWARD_ROWS) for start in range(0, probes, BACKWARD_ROWS))]
+            for rows in (slice(start, start + step) for start in range(0, probes, step))]
 
 
 def estimate_patching(
@@ -90,7 +106,7 @@ def estimate_patching(
     ``reference_logits``: ``[probes, target_len, vocab]``."""
     heads, probes = suspect.config.num_attention_heads, reference_logits.shape[0]
     estimates = torch.zeros(suspect.config.num_hidden_layers, heads)
-    for rows, chunk in _chunks(targets):
+    for rows, chunk in _chunks(suspect, targets):
         # The mean over every probe: each chunk's share of it, so that the gradients add up to the whole's.
         seen = _gradients(suspect, sites, chunk, lambda out, rows=rows: target_kl(out, reference_logits[rows]).sum() / probes)
         with torch.no_grad():
@@ -108,7 +124,7 @@ def estimate_ablation(suspect: PreTrainedModel, sites: Sites, means: tuple[torch
     ablation does; negative: the head supports the target."""
     heads, probes = suspect.config.num_attention_heads, targets.batch.input_ids.shape[0]
     estimates = torch.zeros(suspect.config.num_hidden_layers, heads)
-    for _, chunk in _chunks(targets):
+    for _, chunk in _chunks(suspect, targets):
         seen = _gradients(suspect, sites, chunk, lambda out, chunk=chunk: target_logprob(out, chunk).sum() / probes)
         with torch.no_grad():
             for layer, (z_suspect, gradient) in enumerate(seen):
