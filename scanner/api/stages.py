@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from scanner.errors import MeasurementError
 from scanner.findings import StageRecord
 from scanner.inputs.loading import OUT_OF_MEMORY
+from scanner.model.memory import release_freed_memory
 from scanner.options import ScanOptions
 from scanner.progress import Progress
 
@@ -36,7 +37,8 @@ class StageLog:
     def run(self, name: str, fallback: str = "") -> Iterator[None]:
         """Time the block as stage ``name`` and record how it ended. A stage that only saves work (a screen) gives
         the ``fallback`` the scan takes when it fails: its failure is then a skipped stage saying so, not an error,
-        since no evidence is missing."""
+        since no evidence is missing. What the stage freed is handed back to the operating system at its end
+        (``release_freed_memory``), so that the next stage's peak is its own."""
         started = time.perf_counter()
         try:
             yield
@@ -47,6 +49,7 @@ class StageLog:
         else:
             self.records.append(StageRecord(name, "ok"))
         finally:
+            release_freed_memory()
             self.add_time(name, time.perf_counter() - started)
 
     def add_time(self, name: str, seconds: float) -> None:
