@@ -190,6 +190,29 @@ def test_attribution_patching_gives_the_same_estimates_a_few_probes_at_a_time(se
     assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-6)
 
 
+def test_backward_chunks_are_sized_by_every_layer_s_activations(setting):
+    """The zoo's probes run ``BACKWARD_ROWS`` a backward; at the Qwen2.5-0.5B shape one 60-token probe's MLP
+    activations over 24 layers (28 MB) nearly fill ``BACKWARD_BYTES``, so one probe a backward; never none."""
+    from types import SimpleNamespace
+
+    from scanner.measure.attribution_patching import BACKWARD_ROWS, backward_rows
+
+    suspect, _, _, targets, _, _ = setting
+    assert backward_rows(suspect, targets.batch.width) == BACKWARD_ROWS
+    qwen = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=24, hidden_size=896, intermediate_size=4_864))
+    assert backward_rows(qwen, 60) == 1 and backward_rows(qwen, 24) == 2 and backward_rows(qwen, 10_000) == 1
+
+
+def test_patched_forwards_hold_one_configuration_of_qwen_sized_logits_and_the_zoo_s_all():
+    """16 probes of a 5-token target over Qwen2.5's 151,936 tokens are 58 MB of logits: one configuration a patched
+    forward, where other reads hold two; the zoo's vocabulary never reaches either cap."""
+    from scanner.model.teacher_forcing import PATCHED_LOGIT_BYTES, configurations_per_forward
+
+    assert configurations_per_forward(64, 16, 6, 151_936, PATCHED_LOGIT_BYTES) == 1
+    assert configurations_per_forward(64, 16, 6, 151_936) == 2
+    assert configurations_per_forward(64, 16, 6, 2_000, PATCHED_LOGIT_BYTES) == 4
+
+
 def test_the_atp_method_disables_the_backdoor_and_checks_its_estimates_exactly(setting):
     from scanner.measure.attribution_patching import CHECKED, estimate_patching
     from scanner.measure.head_patching import measure_patching

@@ -19,9 +19,17 @@ from scanner.findings import AblationFindings, HeadEstimate
 from scanner.inputs.rendering import RenderedProbe
 from scanner.measure.attribution_patching import CHECKED, atp_ranking, estimate_ablation
 from scanner.model.forward import capture, encode_ids
+from scanner.model.memory import release_freed_memory
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites, input_device
-from scanner.model.teacher_forcing import TargetBatch, at_target, configurations_per_forward, target_logits, target_logprob
+from scanner.model.teacher_forcing import (
+    PATCHED_LOGIT_BYTES,
+    TargetBatch,
+    at_target,
+    configurations_per_forward,
+    target_logits,
+    target_logprob,
+)
 
 
 @torch.no_grad()
@@ -132,7 +140,7 @@ def _exact(patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: Targe
     configurations per forward. Configurations are taken in order, and a forward holds configurations of one first
     layer only, since it starts at the lowest layer it ablates in."""
     probes = baseline.shape[0]
-    per_forward = configurations_per_forward(rows_per_forward, probes, targets.keep, patcher.vocab)
+    per_forward = configurations_per_forward(rows_per_forward, probes, targets.keep, patcher.vocab, PATCHED_LOGIT_BYTES)
     effects = []
     residual = patcher.residual(targets.inputs())
     by_layer = [list(group) for _, group in itertools.groupby(configurations, key=lambda c: min(layer for layer, _ in c))]
@@ -142,6 +150,7 @@ def _exact(patcher: HeadPatcher, means: tuple[torch.Tensor, ...], targets: Targe
         with patcher.patched(PatchSource(means, None), masks.to(baseline.device), residual) as run:
             ablated = target_logprob(at_target(run(repeated.inputs())), repeated).view(len(chunk), probes)
         effects += [float((row - baseline).mean()) for row in ablated]
+        release_freed_memory()  # as head patching's forwards: what this one freed, before the next
         if on_runs is not None:
             on_runs(len(chunk))
     return effects

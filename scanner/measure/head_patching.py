@@ -20,9 +20,18 @@ from transformers import PreTrainedModel
 from scanner.findings import HeadEstimate, PatchingFindings, PatchStep
 from scanner.measure.attribution_patching import CHECKED, atp_ranking
 from scanner.model.forward import capture
+from scanner.model.memory import release_freed_memory
 from scanner.model.patching import HeadPatcher, PatchSource, masks_for
 from scanner.model.sites import Sites, dense_weight, input_device
-from scanner.model.teacher_forcing import TargetBatch, at_target, configurations_per_forward, target_hits, target_kl, target_logits
+from scanner.model.teacher_forcing import (
+    PATCHED_LOGIT_BYTES,
+    TargetBatch,
+    at_target,
+    configurations_per_forward,
+    target_hits,
+    target_kl,
+    target_logits,
+)
 
 Head = tuple[int, int]
 
@@ -68,7 +77,8 @@ class _Evaluator:
                  targets: TargetBatch, rows_per_forward: int) -> None:
         self.patcher, self.source, self.reference_logits, self.targets = patcher, source, reference_logits, targets
         self.probes = targets.batch.input_ids.shape[0]
-        self.per_forward = configurations_per_forward(rows_per_forward, self.probes, targets.keep, patcher.vocab)
+        self.per_forward = configurations_per_forward(rows_per_forward, self.probes, targets.keep, patcher.vocab,
+                                                      PATCHED_LOGIT_BYTES)
         self.residual = patcher.residual(targets.inputs())
 
     def __call__(self, configurations: Sequence[Sequence[Head]]) -> list[tuple[float, float]]:
@@ -84,6 +94,10 @@ class _Evaluator:
             kl = target_kl(patched, self.reference_logits).view(times, self.probes)
             hits = target_hits(patched, repeated).float().view(times, self.probes)
             results += [(float(k.mean()), float(h.mean())) for k, h in zip(kl, hits)]
+            # Hundreds of these forwards run back to back, and glibc keeps what each frees (in several heaps: torch's
+            # threads allocate too): handed back here, patching's growth over what it holds stays that of one forward.
+            del patched
+            release_freed_memory()
         return results
 
 
