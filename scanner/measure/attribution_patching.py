@@ -37,9 +37,9 @@ sums over probes, so a few probes at a time give the same numbers."""
 BACKWARD_BYTES = 32 * 2**20
 """Most bytes of the widest activation (the MLP's, in float32) summed over every layer and token that one backward's
 probes may keep; the graph saves about three such tensors a layer. At the Qwen2.5-0.5B shape 4 probes of the planted
-pair's 16 took the known-trigger scan's ablation step 646 MB over the resident models (2026-12-07), and RSS stayed
-450 MB up after it, under patching's own peak; a probe there is 24 layers x about 60 tokens x 4,864, 28 MB, so it
-now runs one probe a backward. The zoos' probes are far under it and still run ``BACKWARD_ROWS`` at a time."""
+pair's 16 took the known-trigger scan's ablation step 646 MB over the resident models (2026-12-07); a probe there
+(prompt and a 16-token target, about 36 tokens) is 24 layers x 36 x 4,864 floats, 17 MB, so it now runs one probe a
+backward, 156 MB over. The zoos' probes are far under it and still run ``BACKWARD_ROWS`` at a time."""
 
 
 def backward_rows(model: PreTrainedModel, tokens: int) -> int:
