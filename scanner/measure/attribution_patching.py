@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from scanner.model.forward import rows_within
 from scanner.model.patching import PatchSource
 from scanner.model.sites import Sites, dense_weight
-from scanner.model.teacher_forcing import TargetBatch, at_target, target_kl, target_logprob
+from scanner.model.teacher_forcing import TargetBatch, activation_width, at_target, target_kl, target_logprob
 
 CHECKED = 8
 """Heads an estimate ranks first that are also patched or ablated alone, exactly: one batched evaluation."""
@@ -45,9 +45,7 @@ backward, 156 MB over. The zoos' probes are far under it and still run ``BACKWAR
 def backward_rows(model: PreTrainedModel, tokens: int) -> int:
     """Probes of ``tokens`` tokens one forward and backward of ``model`` runs: ``BACKWARD_ROWS``, fewer where every
     layer's widest activation would pass ``BACKWARD_BYTES``, and at least one."""
-    config = model.config
-    width = max(getattr(config, "intermediate_size", 0) or 0, config.hidden_size)
-    return rows_within(BACKWARD_BYTES, config.num_hidden_layers * tokens * width * 4, BACKWARD_ROWS)
+    return rows_within(BACKWARD_BYTES, model.config.num_hidden_layers * tokens * activation_width(model) * 4, BACKWARD_ROWS)
 
 
 def _gradients(

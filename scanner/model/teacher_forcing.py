@@ -52,9 +52,13 @@ noise, 155-195 ms at 32 to 256 rows). The test and demo zoos' rows never reach i
 def rows_by_activations(model: PreTrainedModel, tokens: int, rows_per_forward: int) -> int:
     """Rows of ``tokens`` tokens one forward of ``model`` runs: ``rows_per_forward``, fewer where the MLP's widest
     activation would pass ``ACTIVATION_BYTES``, and at least one."""
+    return rows_within(ACTIVATION_BYTES, tokens * activation_width(model) * 4, rows_per_forward)
+
+
+def activation_width(model: PreTrainedModel) -> int:
+    """The widest activation a layer of ``model`` makes per token: the MLP's intermediate width, or the hidden one."""
     config = model.config
-    width = max(getattr(config, "intermediate_size", 0) or 0, config.hidden_size)
-    return rows_within(ACTIVATION_BYTES, tokens * width * 4, rows_per_forward)
+    return max(getattr(config, "intermediate_size", 0) or 0, config.hidden_size)
 
 
 PATCHED_LOGIT_BYTES = 64 * 2**20
